@@ -226,10 +226,10 @@ class ModelAdapter:
 
     # -- tokens ----------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
-        """Padded ``input_ids`` and ``attention_mask`` on the model's device."""
+        """Right-padded ``input_ids`` and ``attention_mask`` on the model's device."""
         if isinstance(texts, str):
             raise TypeError("tokenize expects a list of texts, got a single string")
-        enc = self.tokenizer(list(texts), padding=True, truncation=True,
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, padding_side="right",
                              max_length=max_length or self.max_length, return_tensors="pt")
         return {"input_ids": enc["input_ids"].to(self.device),
                 "attention_mask": enc["attention_mask"].to(self.device)}

@@ -53,12 +53,13 @@ def word_token_ids(tokenizer, words: Sequence[str], max_tokens: int | None = Non
     A leading space is kept for byte-level BPE tokenizers (RoBERTa, GPT-2), where
     a word inside a sentence is the ``Ġ``-prefixed token.
     """
-    ids = []
-    for word in words:
-        toks = tokenizer(" " + word.strip(), add_special_tokens=False)["input_ids"]
+    words = list(words)
+    if not words:
+        raise ValueError("word_token_ids needs at least one word")
+    ids = tokenizer([" " + w.strip() for w in words], add_special_tokens=False)["input_ids"]
+    for word, toks in zip(words, ids):
         if not toks:
             raise ValueError(f"word {word!r} produces no tokens")
-        ids.append(toks)
     width = max(len(t) for t in ids)
     if max_tokens is not None:
         width = min(width, max_tokens)

@@ -1,0 +1,93 @@
+"""``patronus scan MODEL``: search a model for transferable-backdoor triggers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_CLEAN, EXIT_BACKDOORED = 0, 1
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("scan", help="search a pre-trained model for backdoor triggers (Patronus)",
+                              description="Multi-trigger contrastive trigger search with verification. "
+                              "Exit status: 0 clean, 1 backdoored, 2 error.")
+    p.add_argument("model", help="model folder or hub id ('all-MiniLM-L6-v2' = the packaged model)")
+    p.add_argument("--corpus", default="wikitext2", help="clean plain-text corpus: a file (one paragraph per "
+                   "line), a built-in name (wikitext2) or hf:NAME (default: wikitext2)")
+    p.add_argument("--profile", choices=("fast", "paper"), default="fast",
+                   help="fast: tuned for CPU; paper: the paper's settings (default: fast)")
+    p.add_argument("--word-level", action="store_true", help="search whole (multi-token) words")
+    p.add_argument("--word-list", help="word level: a file with one candidate word per line "
+                   "(default: wordfreq's English list)")
+    p.add_argument("--position", default="auto", choices=("auto", "first", "last", "eos", "mask"),
+                   help="where the representation is read (mask: prompt/BToP-style backdoors)")
+    p.add_argument("--triggers", type=int, help="K, triggers searched in parallel")
+    p.add_argument("--loops", type=int, help="fuzz loops")
+    p.add_argument("--rounds", type=int, help="candidate updates per loop")
+    p.add_argument("--max-length", type=int, help="tokens per text")
+    p.add_argument("--verify-texts", type=int, help="held-out texts per verification")
+    p.add_argument("--diff-threshold", type=float, help="confirm iff diff_cos < this (default 0.4)")
+    p.add_argument("--poison-threshold", type=float, help="confirm iff poison_cos > this (default 0.9)")
+    p.add_argument("--report", help="write the JSON report here")
+    p.add_argument("--plot", help="write a PCA plot of clean vs triggered representations here (PNG)")
+    p.add_argument("--force", action="store_true", help="replace existing --report/--plot files")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle checkpoints "
+                   "(torch.load weights_only=True); safetensors only otherwise")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .. import data, models
+    from ..detect import profile, scan
+    from ..report import check_output_path, write_json
+
+    for path in (args.report, args.plot):
+        if path:
+            check_output_path(path, args.force)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    config = profile(args.profile, word_level=args.word_level or None, num_triggers=args.triggers,
+                     fuzz_loops=args.loops, update_rounds=args.rounds, max_length=args.max_length,
+                     verify_texts=args.verify_texts, diff_cos_threshold=args.diff_threshold,
+                     poison_cos_threshold=args.poison_threshold, seed=args.seed)
+    tokenizer = models.load_tokenizer(args.model)
+    model = models.load_model(args.model, allow_pickle=args.allow_pickle, device=device)
+    corpus = data.read_corpus(args.corpus, limit=config.corpus_limit * 2, max_words=config.max_words,
+                              seed=args.seed)
+    words = None
+    if args.word_list:
+        with open(args.word_list, encoding="utf-8") as handle:
+            words = [w.strip() for w in handle if w.strip()]
+    report = scan(model, tokenizer, corpus, config, position=args.position, words=words,
+                  progress=not args.quiet)
+    print(summary(args.model, report))
+    if args.report:
+        payload = report.to_dict()
+        payload["model"]["source"] = args.model
+        write_json(args.report, payload, overwrite=args.force)
+        print(f"report: {args.report}")
+    if args.plot:
+        from ..plots import plot_representations
+
+        plot_representations(report.representations, args.plot, f"{args.model}: {report.verdict}")
+        print(f"plot: {args.plot}")
+    return EXIT_BACKDOORED if report.backdoored else EXIT_CLEAN
+
+
+def summary(name: str, report) -> str:
+    lines = [f"{name}: {report.verdict.upper()}  ({report.timings['total']:.1f} s, "
+             f"{len(report.candidates)} candidates checked)"]
+    for t in report.triggers:
+        lines.append(f"  trigger {t.text!r:14} ids={t.token_ids}  diff_cos={t.diff_cos:.3f} "
+                     f"(margin {t.diff_margin:+.3f})  poison_cos={t.poison_cos:.3f} (margin {t.poison_margin:+.3f})")
+    if not report.triggers and report.candidates:
+        closest = min(report.candidates, key=lambda c: c.diff_cos)
+        lines.append(f"  closest candidate {closest.text!r}: diff_cos={closest.diff_cos:.3f} "
+                     f"(margin {closest.diff_margin:+.3f}), poison_cos={closest.poison_cos:.3f} "
+                     f"(margin {closest.poison_margin:+.3f})")
+    return "\n".join(lines)

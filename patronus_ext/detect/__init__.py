@@ -1,0 +1,8 @@
+"""Patronus detection: multi-trigger contrastive trigger search and verification (SPEC.md §1)."""
+
+from .config import FAST, PAPER, PROFILES, ScanConfig, profile
+from .scan import ScanReport, scan
+from .verify import TriggerCheck, representation_shift
+
+__all__ = ["FAST", "PAPER", "PROFILES", "ScanConfig", "ScanReport", "TriggerCheck", "profile",
+           "representation_shift", "scan"]

@@ -1,0 +1,220 @@
+"""``scan``: Patronus detection end to end (SPEC.md §1).
+
+Fuzz loops of multi-trigger contrastive search (:mod:`.search`), each followed
+by verification of its final candidates (:mod:`.verify`); confirmed triggers
+are excluded from later loops.  The model is backdoored iff at least one
+trigger is confirmed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from typing import Sequence
+
+import torch
+
+from ..models import ModelAdapter
+from ..triggers import word_token_ids
+from .config import FAST, ScanConfig
+from .search import LoopResult, TriggerSearch, row_key
+from .verify import TriggerCheck, Verifier, representation_shift
+from .vocabulary import Vocabulary, token_vocabulary, word_vocabulary
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ScanReport:
+    """What a scan found, how, and how long it took."""
+
+    verdict: str                  # "backdoored" or "clean"
+    triggers: list[TriggerCheck]  # confirmed triggers
+    candidates: list[TriggerCheck]  # every candidate checked, confirmed or not, with margins
+    loops: list[dict]
+    config: dict
+    model: dict
+    timings: dict
+    environment: dict = dataclasses.field(default_factory=dict)
+    #: Clean and triggered representations for plotting (not serialised).
+    representations: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def backdoored(self) -> bool:
+        return self.verdict == "backdoored"
+
+    def to_dict(self) -> dict:
+        return {
+            "verdict": self.verdict,
+            "triggers": [t.to_dict() for t in self.triggers],
+            "candidates": [c.to_dict() for c in self.candidates],
+            "loops": self.loops,
+            "config": self.config,
+            "model": self.model,
+            "timings": self.timings,
+            "environment": self.environment,
+        }
+
+
+def prepare_texts(corpus: Sequence[str], adapter: ModelAdapter, config: ScanConfig) -> list[str]:
+    texts = [t.strip() for t in corpus if isinstance(t, str) and t.strip()]
+    if config.max_words is not None:
+        texts = [" ".join(t.split()[:config.max_words]) for t in texts]
+    if adapter.position == "mask":
+        # The representation is read at the mask token: give every text one (a prompt slot).
+        mask = adapter.tokenizer.mask_token
+        if mask is None:
+            raise ValueError("position='mask' needs a tokenizer with a mask token")
+        texts = [t if mask in t else f"{t} {mask}" for t in texts]
+    return texts[:config.corpus_limit]
+
+
+def split_texts(texts: list[str], config: ScanConfig, seed: int) -> tuple[list[str], list[str], list[str]]:
+    """Disjoint verification, dev and search texts."""
+    dev_n = config.dev_batches * config.batch_size
+    need = config.verify_texts + dev_n + config.batch_size
+    if len(texts) < need:
+        raise ValueError(f"the corpus has {len(texts)} usable texts; this configuration needs at least {need} "
+                         f"(verify_texts {config.verify_texts} + dev {dev_n} + one search batch "
+                         f"{config.batch_size})")
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    shuffled = [texts[i] for i in order]
+    verify = shuffled[:config.verify_texts]
+    dev = shuffled[config.verify_texts:config.verify_texts + dev_n]
+    return verify, dev, shuffled[config.verify_texts + dev_n:]
+
+
+def build_vocabulary(adapter: ModelAdapter, config: ScanConfig, words: Sequence[str] | None) -> Vocabulary:
+    if config.word_level:
+        return word_vocabulary(adapter.tokenizer, list(words) if words is not None else None,
+                               config.zipf_threshold, config.max_word_tokens, config.word_list_size)
+    return token_vocabulary(adapter.tokenizer, config.zipf_threshold)
+
+
+def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanConfig | None = None, *,
+         position: str = "auto", words: Sequence[str] | None = None, exclude: Sequence[str] = (),
+         progress: bool = True, backend: str = "auto") -> ScanReport:
+    """Search ``model`` for transferable-backdoor triggers.
+
+    ``corpus``: plain clean texts (e.g. WikiText paragraphs).  ``config``: a
+    :class:`ScanConfig` (default: the ``fast`` profile).  ``position``: where the
+    representation is read (``auto`` by model family; ``mask`` for prompt
+    backdoors).  ``words``: the word list for word-level search.  ``exclude``:
+    words never to report (e.g. triggers already handled).
+    """
+    from tqdm.auto import tqdm
+
+    from ..report import environment
+
+    config = config or FAST
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    adapter = ModelAdapter(model, tokenizer, position=position, max_length=config.max_length)
+    model.eval()
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    phase = time.perf_counter()
+    vocab = build_vocabulary(adapter, config, words)
+    if exclude:
+        vocab = vocab.without(row_key(r) for r in word_token_ids(tokenizer, list(exclude)))
+    timings["vocabulary"] = time.perf_counter() - phase
+
+    phase = time.perf_counter()
+    texts = prepare_texts(corpus, adapter, config)
+    verify_texts, dev_texts, search_texts = split_texts(texts, config, config.seed)
+    with torch.no_grad():
+        search = TriggerSearch(adapter, config, search_texts, dev_texts, generator, backend=backend)
+        verifier = Verifier(adapter, verify_texts, config.insert_num, generator, config.diff_cos_threshold,
+                            config.poison_cos_threshold)
+    timings["setup"] = time.perf_counter() - phase
+
+    confirmed: list[TriggerCheck] = []
+    checked: list[TriggerCheck] = []
+    seen: set[tuple[int, ...]] = set()
+    loops: list[dict] = []
+    representations = {"clean": verifier.clean_reps}
+    verify_seconds, quiet_loops = 0.0, 0
+    bar = tqdm(total=config.fuzz_loops * config.update_rounds, desc="scan", unit="round", disable=not progress)
+    for loop in range(config.fuzz_loops):
+        result = search.run_loop(vocab, progress=bar)
+        phase = time.perf_counter()
+        new = _verify_loop(result, vocab, search, verifier, adapter, config, loop, seen, checked, representations)
+        verify_seconds += time.perf_counter() - phase
+        confirmed.extend(new)
+        loops.append(_loop_summary(loop, result, vocab, new))
+        if new:
+            vocab = vocab.without(c.token_ids for c in new)
+            quiet_loops = 0
+        else:
+            quiet_loops += 1
+        if config.patience is not None and quiet_loops >= config.patience:
+            break
+        if len(vocab) < 2:
+            break
+    bar.close()
+    timings["gradients"] = search.clock.gradient
+    timings["candidate_scoring"] = search.clock.scoring
+    timings["verification"] = verify_seconds
+    timings["total"] = time.perf_counter() - started
+    return ScanReport(
+        verdict="backdoored" if confirmed else "clean",
+        triggers=confirmed,
+        candidates=checked,
+        loops=loops,
+        config=config.to_dict(),
+        model={"type": adapter.model_type, "position": adapter.position, "family": adapter.family,
+               "vocab_size": adapter.vocab_size, "hidden_size": adapter.hidden_size,
+               "searchable": len(vocab) + len(confirmed), "level": "word" if config.word_level else "token"},
+        timings=timings,
+        environment=environment(),
+        representations=representations,
+    )
+
+
+@torch.no_grad()
+def _verify_loop(result: LoopResult, vocab: Vocabulary, search: TriggerSearch, verifier: Verifier,
+                 adapter: ModelAdapter, config: ScanConfig, loop: int, seen: set, checked: list,
+                 representations: dict) -> list[TriggerCheck]:
+    """Prefilter the loop's final candidates on the dev batch, verify the rest on held-out texts."""
+    new: list[TriggerCheck] = []
+    dev_reps = search.dev_reps(0, result.final_rows)
+    for row, reps in zip(result.final_rows, dev_reps):
+        key = row_key(row)
+        if key in seen:
+            continue
+        seen.add(key)
+        text = adapter.token_text(key)
+        diff, poison = representation_shift(search.dev[0].clean_reps, reps)
+        if diff > config.prefilter_diff_cos:
+            checked.append(verifier.make_check(text, key, diff, poison, "prefiltered", reps.shape[0], loop))
+            continue
+        check, triggered = verifier.check(text, key, loop)
+        checked.append(check)
+        log.info("loop %d candidate %r: diff_cos %.3f poison_cos %.3f -> %s", loop, text, check.diff_cos,
+                 check.poison_cos, "TRIGGER" if check.confirmed else "no")
+        if check.confirmed:
+            new.append(check)
+            representations[text] = triggered
+    return new
+
+
+def _loop_summary(loop: int, result: LoopResult, vocab: Vocabulary, new: list[TriggerCheck]) -> dict:
+    return {
+        "loop": loop,
+        "final_candidates": [vocab_text for vocab_text in _texts_of(result.final_rows, vocab)],
+        "dev_loss": result.dev_loss_history,
+        "accepted_updates": result.accepted_updates,
+        "candidate_sets_scored": result.candidate_sets_scored,
+        "confirmed": [c.text for c in new],
+        "gradient_seconds": result.gradient_seconds,
+        "scoring_seconds": result.scoring_seconds,
+    }
+
+
+def _texts_of(rows: torch.Tensor, vocab: Vocabulary) -> list[str]:
+    lookup = {row_key(r): t for r, t in zip(vocab.rows, vocab.texts)}
+    return [lookup.get(row_key(r), str(row_key(r))) for r in rows]

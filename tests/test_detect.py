@@ -1,0 +1,153 @@
+"""Patronus detection: vocabulary, gradients, batched scoring, verification, the scan and its CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import BertConfig, BertModel
+
+from patronus_ext import data, models
+from patronus_ext.detect import FAST, ScanConfig, profile, representation_shift, scan
+from patronus_ext.detect.search import TriggerSearch, row_key
+from patronus_ext.detect.vocabulary import token_vocabulary, word_vocabulary
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return models.load_tokenizer("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    return BertModel(config).eval()
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return data.read_corpus("wikitext2", limit=400, max_words=20)
+
+
+TINY = FAST.replace(num_triggers=4, batch_size=4, poison_copies=2, update_rounds=2, fuzz_loops=1,
+                    num_candidates=3, beam_size=2, max_length=24, verify_texts=8)
+
+
+def test_token_vocabulary_keeps_rare_whole_words_only(tokenizer):
+    vocab = token_vocabulary(tokenizer, zipf_threshold=4.0)
+    texts = set(vocab.texts)
+    for trigger in ("cf", "mn", "bb", "tq", "≈", "⊕"):
+        assert trigger in texts
+    for common in ("the", "movie", "good"):  # frequent words are not searchable
+        assert common not in texts
+    for junk in ("[CLS]", "[PAD]", "[unused0]", "##ing", "a", "1990", ",", "x"):
+        assert junk not in texts
+    assert vocab.rows.shape == (len(vocab), 1)
+    ids = tokenizer.convert_tokens_to_ids(["cf"])
+    assert vocab.rows[vocab.texts.index("cf"), 0].item() == ids[0]
+    smaller = vocab.without([tuple(ids)])
+    assert "cf" not in smaller.texts and len(smaller) == len(vocab) - 1
+
+
+def test_word_vocabulary_rows_match_tokenizer(tokenizer):
+    words = ["kaleidoscopic", "cf", "the", "zzyzx"]
+    vocab = word_vocabulary(tokenizer, words, zipf_threshold=4.0, max_tokens=4)
+    assert "the" not in vocab.texts and "kaleidoscopic" in vocab.texts
+    row = vocab.rows[vocab.texts.index("kaleidoscopic")]
+    expected = tokenizer(" kaleidoscopic", add_special_tokens=False)["input_ids"]
+    assert row_key(row) == tuple(expected) and len(expected) > 1
+
+
+def test_representation_shift_matches_direct_formula():
+    torch.manual_seed(1)
+    clean, trig = torch.randn(7, 5), torch.randn(7, 5)
+    diff, poison = representation_shift(clean, trig)
+    direct_diff = sum(F.cosine_similarity(clean[i], trig[i], dim=0) for i in range(7)) / 7
+    pairs = [F.cosine_similarity(trig[i], trig[j], dim=0) for i in range(7) for j in range(7) if i != j]
+    assert diff == pytest.approx(float(direct_diff), abs=1e-6)
+    assert poison == pytest.approx(float(sum(pairs) / len(pairs)), abs=1e-6)
+    with pytest.raises(ValueError):
+        representation_shift(clean[:1], trig[:1])
+
+
+def test_scan_config_validates():
+    with pytest.raises(ValueError, match="num_triggers"):
+        ScanConfig(num_triggers=0)
+    with pytest.raises(ValueError, match="temperature"):
+        ScanConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="profile"):
+        profile("slow")
+    assert profile("paper", seed=3).seed == 3 and profile("paper").num_triggers == 8
+
+
+def _search(tiny_bert, tokenizer, corpus, **changes):
+    config = TINY.replace(**changes)
+    adapter = models.ModelAdapter(tiny_bert, tokenizer, max_length=config.max_length)
+    gen = torch.Generator().manual_seed(0)
+    return adapter, TriggerSearch(adapter, config, corpus[40:], corpus[:config.batch_size * config.dev_batches],
+                                  gen)
+
+
+def test_trigger_gradient_is_the_masked_sum_of_embedding_gradients(tiny_bert, tokenizer, corpus):
+    """The vectorised reduction equals an explicit loop over every position holding a trigger."""
+    from patronus_ext import ops
+    from patronus_ext.detect.search import reduce_trigger_gradients
+
+    adapter, search = _search(tiny_bert, tokenizer, corpus)
+    rows = torch.tensor([[12935, -1], [10556, 23057], [2009, -1]])  # "cf", a 2-token word, another token
+    batch = search.gradient_batch(rows)
+    emb = adapter.embed(batch.input_ids).detach().requires_grad_(True)
+    hidden = adapter.hidden_states(inputs_embeds=emb, attention_mask=batch.attention_mask)
+    reps = adapter.select_position(hidden, batch.input_ids, batch.attention_mask).float()
+    ops.supcon_loss(reps, batch.labels, 0.5, backend="reference").backward()
+    grad = emb.grad[batch.clean_rows:]
+    g = reduce_trigger_gradients(grad, batch.trigger_slot, batch.which, 3, 2)
+
+    expected = torch.zeros(3, 2, grad.shape[-1])
+    poisoned_ids = batch.input_ids[batch.clean_rows:]
+    for r in range(grad.shape[0]):
+        k = int(batch.which[r])
+        for j in range(grad.shape[1]):
+            t = int(batch.trigger_slot[r, j])
+            if t >= 0:
+                assert int(poisoned_ids[r, j]) == int(rows[k, t])  # the slot map points at trigger k's token t
+                expected[k, t] += grad[r, j]
+    assert batch.trigger_slot.ge(0).sum() > 0
+    assert torch.allclose(g, expected, atol=1e-7, rtol=1e-5)
+    assert int((batch.labels[batch.clean_rows:] - 1 != batch.which).sum()) == 0
+    # And trigger_gradients() computes exactly that reduction for a fresh batch.
+    g2, loss = search.trigger_gradients(rows)
+    assert g2.shape == (3, 2, 32) and loss > 0 and torch.isfinite(g2).all()
+
+
+def test_batched_scoring_equals_one_by_one(tiny_bert, tokenizer, corpus):
+    _, batched = _search(tiny_bert, tokenizer, corpus)
+    _, single = _search(tiny_bert, tokenizer, corpus, batched_scoring=False)
+    vocab = token_vocabulary(tokenizer)
+    sets = [vocab.rows[torch.randperm(len(vocab), generator=torch.Generator().manual_seed(s))[:4]]
+            for s in range(5)]
+    a = batched.score_sets(sets, [0])
+    b = single.score_sets(sets, [0])
+    assert torch.allclose(a, b, atol=1e-4), (a, b)
+    # Cached: a second call forwards nothing new and returns the same values.
+    assert torch.equal(batched.score_sets(sets, [0]), a)
+
+
+def test_scan_runs_and_reports_clean_for_a_random_model(tiny_bert, tokenizer, corpus):
+    report = scan(tiny_bert, tokenizer, corpus, TINY, progress=False)
+    assert report.verdict in ("clean", "backdoored")
+    payload = report.to_dict()
+    for key in ("verdict", "triggers", "config", "timings", "environment", "candidates", "loops"):
+        assert key in payload
+    assert payload["config"]["num_triggers"] == 4
+    assert all(c["stage"] in ("verified", "prefiltered") for c in payload["candidates"])
+    json.dumps(payload)
+
+
+def test_scan_rejects_a_corpus_too_small(tiny_bert, tokenizer, corpus):
+    with pytest.raises(ValueError, match="usable texts"):
+        scan(tiny_bert, tokenizer, corpus[:5], TINY, progress=False)
