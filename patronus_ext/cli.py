@@ -11,7 +11,7 @@ import logging
 import sys
 
 #: Sub-command modules; each defines ``register(subparsers)`` which sets ``func``.
-COMMANDS = ("demo", "scan", "attack", "evaluate")
+COMMANDS = ("demo", "scan", "calibrate", "attack", "evaluate")
 
 EXIT_ERROR = 2
 
@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # a command not built yet
         module.register(subparsers)
+    for sub in subparsers.choices.values():  # accept -v after the sub-command too
+        sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="log progress details")
     return parser
 
 

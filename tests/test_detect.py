@@ -151,3 +151,36 @@ def test_scan_runs_and_reports_clean_for_a_random_model(tiny_bert, tokenizer, co
 def test_scan_rejects_a_corpus_too_small(tiny_bert, tokenizer, corpus):
     with pytest.raises(ValueError, match="usable texts"):
         scan(tiny_bert, tokenizer, corpus[:5], TINY, progress=False)
+
+
+def test_suggested_thresholds_keep_benign_candidates_out():
+    from patronus_ext.detect import PAPER
+    from patronus_ext.detect.calibrate import suggest_thresholds
+
+    # Far from the region: the paper's thresholds stand.
+    assert suggest_thresholds([(0.8, 0.95), (0.5, 0.93)], PAPER, 0.05) == (0.4, 0.9)
+    # A benign word with diff_cos 0.42 and high poison_cos: diff threshold tightened below it.
+    diff, poison = suggest_thresholds([(0.42, 0.96), (0.9, 0.99)], PAPER, 0.05)
+    assert diff == pytest.approx(0.37) and poison == 0.9
+    # Deep inside on diff_cos: only a stricter poison_cos separates it.
+    diff, poison = suggest_thresholds([(0.02, 0.95)], PAPER, 0.05)
+    assert diff == 0.4 and poison == pytest.approx(0.999)
+
+
+def test_scan_cli_on_a_tiny_model(tmp_path, tiny_bert, tokenizer):
+    from patronus_ext.cli import main
+
+    folder = tmp_path / "tiny"
+    tiny_bert.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(data.read_corpus("wikitext2", limit=200)))
+    report = tmp_path / "scan.json"
+    argv = ["scan", str(folder), "--corpus", str(corpus), "--triggers", "3", "--loops", "1", "--rounds", "1",
+            "--max-length", "24", "--verify-texts", "8", "--report", str(report), "--quiet"]
+    code = main(argv)
+    payload = json.loads(report.read_text())
+    assert code == (1 if payload["verdict"] == "backdoored" else 0)
+    assert payload["model"]["source"] == str(folder)
+    assert main(argv) == 2  # the report exists: refused without --force, exit 2
+    assert main(["scan", str(tmp_path / "missing")]) == 2

@@ -1,0 +1,47 @@
+"""``patronus calibrate MODEL [MODEL ...]``: derive scan thresholds from benign models."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("calibrate", help="suggest scan thresholds from benign (clean) models",
+                              description="Runs the trigger search on each benign model without confirming "
+                              "anything, verifies every final candidate and suggests diff/poison thresholds "
+                              "that keep all of them out of the trigger region by --margin.")
+    p.add_argument("models", nargs="+", help="benign model folders or hub ids")
+    p.add_argument("--corpus", default="wikitext2", help="clean plain-text corpus (default: wikitext2)")
+    p.add_argument("--profile", choices=("fast", "paper"), default="fast")
+    p.add_argument("--loops", type=int, help="fuzz loops per model")
+    p.add_argument("--margin", type=float, default=0.05, help="distance kept from every benign candidate")
+    p.add_argument("--report", help="write the calibration JSON here")
+    p.add_argument("--force", action="store_true", help="replace an existing --report file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (weights_only)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import data, models
+    from ..detect import profile
+    from ..detect.calibrate import calibrate
+    from ..report import check_output_path, write_json
+
+    if args.report:
+        check_output_path(args.report, args.force)
+    config = profile(args.profile, fuzz_loops=args.loops, seed=args.seed)
+    corpus = data.read_corpus(args.corpus, limit=config.corpus_limit * 2, max_words=config.max_words,
+                              seed=args.seed)
+    benign = [(name, models.load_model(name, allow_pickle=args.allow_pickle), models.load_tokenizer(name))
+              for name in args.models]
+    result = calibrate(benign, corpus, config, margin=args.margin, progress=not args.quiet)
+    print(f"{len(result.candidates)} benign candidates from {len(result.models)} model(s): "
+          f"min diff_cos {result.min_benign_diff_cos:.3f}, max poison_cos {result.max_benign_poison_cos:.3f}")
+    print(f"suggested: --diff-threshold {result.diff_cos_threshold:.3f} "
+          f"--poison-threshold {result.poison_cos_threshold:.3f}  (paper: 0.4 / 0.9)")
+    if args.report:
+        write_json(args.report, result.to_dict(), overwrite=args.force)
+        print(f"report: {args.report}")
+    return 0

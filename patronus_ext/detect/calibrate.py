@@ -1,0 +1,76 @@
+"""Calibrating the verification thresholds on benign models.
+
+The paper's rule (trigger iff ``diff_cos < 0.4`` and ``poison_cos > 0.9``) was
+set on BERT-base-sized encoders; a different family can sit elsewhere (an
+anisotropic representation space has high ``poison_cos`` for any word).  The
+hardest benign negatives are the words the search itself proposes on a clean
+model: :func:`calibrate` runs the full search on each benign model with
+confirmation switched off and every final candidate verified, records their
+``(diff_cos, poison_cos)``, and suggests thresholds that keep all of them out
+of the trigger region by at least ``margin``:
+
+* ``diff_cos_threshold = min(paper value, smallest benign diff_cos among the
+  candidates with poison_cos above the poison threshold - margin)``;
+* ``poison_cos_threshold`` stays at the paper value unless that would leave a
+  benign candidate inside the region, in which case it is raised above the
+  largest such candidate's ``poison_cos`` (capped below 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from .config import ScanConfig
+from .scan import scan
+
+
+@dataclasses.dataclass
+class Calibration:
+    """Benign candidates' statistics and the thresholds they suggest."""
+
+    models: list[str]
+    candidates: list[dict]
+    min_benign_diff_cos: float
+    max_benign_poison_cos: float
+    diff_cos_threshold: float
+    poison_cos_threshold: float
+    margin: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def suggest_thresholds(points: Sequence[tuple[float, float]], base: ScanConfig, margin: float
+                       ) -> tuple[float, float]:
+    """Thresholds that keep every benign ``(diff_cos, poison_cos)`` at least ``margin`` outside the region."""
+    diff_thr, poison_thr = base.diff_cos_threshold, base.poison_cos_threshold
+    risky = [d for d, p in points if p > poison_thr - margin]
+    if risky:
+        diff_thr = min(diff_thr, min(risky) - margin)
+    if diff_thr < 0:  # cannot separate by diff_cos alone: tighten poison_cos instead
+        diff_thr = base.diff_cos_threshold
+        inside = [p for d, p in points if d < diff_thr + margin]
+        if inside:
+            poison_thr = min(0.999, max(poison_thr, max(inside) + margin))
+    return diff_thr, poison_thr
+
+
+def calibrate(benign: Sequence[tuple[str, object, object]], corpus: Sequence[str], config: ScanConfig,
+              margin: float = 0.05, progress: bool = True) -> Calibration:
+    """Scan each benign ``(name, model, tokenizer)`` without confirming anything; suggest thresholds."""
+    if not benign:
+        raise ValueError("calibration needs at least one benign model")
+    if not 0 <= margin < 0.5:
+        raise ValueError(f"margin must lie in [0, 0.5), got {margin}")
+    # Nothing is confirmed (so no loop stops early or excludes a word) and nothing is prefiltered.
+    probe = config.replace(diff_cos_threshold=-1.0, prefilter_diff_cos=1.0, patience=None)
+    records = []
+    for name, model, tokenizer in benign:
+        report = scan(model, tokenizer, corpus, probe, progress=progress)
+        records += [{"model": name, "text": c.text, "diff_cos": c.diff_cos, "poison_cos": c.poison_cos}
+                    for c in report.candidates]
+    points = [(r["diff_cos"], r["poison_cos"]) for r in records]
+    diff_thr, poison_thr = suggest_thresholds(points, config, margin)
+    return Calibration([b[0] for b in benign], records, min(p[0] for p in points), max(p[1] for p in points),
+                       diff_thr, poison_thr, margin)
