@@ -82,9 +82,11 @@ def run(args: argparse.Namespace) -> int:
 def summary(name: str, report) -> str:
     lines = [f"{name}: {report.verdict.upper()}  ({report.timings['total']:.1f} s, "
              f"{len(report.candidates)} candidates checked)"]
-    for t in report.triggers:
+    for t in sorted(report.triggers, key=lambda c: (c.group, c.diff_cos)):
+        variant = f"  [variant of {t.variant_of!r}]" if t.variant_of else ""
         lines.append(f"  trigger {t.text!r:14} ids={t.token_ids}  diff_cos={t.diff_cos:.3f} "
-                     f"(margin {t.diff_margin:+.3f})  poison_cos={t.poison_cos:.3f} (margin {t.poison_margin:+.3f})")
+                     f"(margin {t.diff_margin:+.3f})  poison_cos={t.poison_cos:.3f} "
+                     f"(margin {t.poison_margin:+.3f}){variant}")
     if not report.triggers and report.candidates:
         closest = min(report.candidates, key=lambda c: c.diff_cos)
         lines.append(f"  closest candidate {closest.text!r}: diff_cos={closest.diff_cos:.3f} "

@@ -20,7 +20,7 @@ from ..models import ModelAdapter
 from ..triggers import word_token_ids
 from .config import FAST, ScanConfig
 from .search import LoopResult, TriggerSearch, row_key
-from .verify import TriggerCheck, Verifier, representation_shift
+from .verify import TriggerCheck, Verifier, group_by_target, representation_shift
 from .vocabulary import Vocabulary, token_vocabulary, word_vocabulary
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,7 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
         if len(vocab) < 2:
             break
     bar.close()
+    group_by_target(confirmed, representations)
     timings["gradients"] = search.clock.gradient
     timings["candidate_scoring"] = search.clock.scoring
     timings["verification"] = verify_seconds

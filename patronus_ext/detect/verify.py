@@ -48,6 +48,8 @@ class TriggerCheck:
     stage: str            # "verified" (on verify texts) or "prefiltered" (dev batch only)
     texts_used: int
     loop: int
+    group: int | None = None        # confirmed triggers sharing a target representation share a group
+    variant_of: str | None = None   # the group's strongest trigger, when this one is not it
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -97,3 +99,23 @@ class Verifier:
         return TriggerCheck(text, [int(t) for t in token_ids], diff, poison, self.diff_threshold - diff,
                             poison - self.poison_threshold, stage == "verified" and self.judge(diff, poison),
                             stage, texts_used, loop)
+
+
+def group_by_target(confirmed: list[TriggerCheck], triggered: dict[str, torch.Tensor],
+                    threshold: float = 0.9) -> None:
+    """Label confirmed triggers that drive inputs to the same place (cosine of mean triggered
+    representations above ``threshold``); the strongest (lowest ``diff_cos``) heads each group.
+
+    A backdoor often also fires, more weakly, on near neighbours of its trigger (``mn`` -> ``nm``);
+    grouping tells such variants from distinct backdoors.
+    """
+    heads: list[tuple[TriggerCheck, torch.Tensor]] = []
+    for check in sorted(confirmed, key=lambda c: c.diff_cos):
+        direction = F.normalize(triggered[check.text].double().mean(0), dim=0)
+        for index, (head, head_direction) in enumerate(heads):
+            if float(direction @ head_direction) > threshold:
+                check.group, check.variant_of = index, head.text
+                break
+        else:
+            check.group = len(heads)
+            heads.append((check, direction))
