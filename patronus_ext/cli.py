@@ -22,13 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"patronus_ext.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"patronus_ext.commands.{name}":
-                raise
-            continue  # a command not built yet
-        module.register(subparsers)
+        importlib.import_module(f"patronus_ext.commands.{name}").register(subparsers)
     for sub in subparsers.choices.values():  # accept -v after the sub-command too
         sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                          help="log progress details")

@@ -22,6 +22,8 @@ def register(subparsers) -> None:
                    "(default: wordfreq's English list)")
     p.add_argument("--position", default="auto", choices=("auto", "first", "last", "eos", "mask"),
                    help="where the representation is read (mask: prompt/BToP-style backdoors)")
+    p.add_argument("--prompt-template", help="with --position mask: how texts are wrapped, e.g. "
+                   "'{text} It was {mask} .' (default '{text} {mask}')")
     p.add_argument("--triggers", type=int, help="K, triggers searched in parallel")
     p.add_argument("--loops", type=int, help="fuzz loops")
     p.add_argument("--rounds", type=int, help="candidate updates per loop")
@@ -63,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if args.word_list:
         with open(args.word_list, encoding="utf-8") as handle:
             words = [w.strip() for w in handle if w.strip()]
-    report = scan(model, tokenizer, corpus, config, position=args.position, words=words,
+    report = scan(model, tokenizer, corpus, config, position=args.position, prompt_template=args.prompt_template,
+                  words=words,
                   progress=not args.quiet)
     print(summary(args.model, report))
     if args.report:

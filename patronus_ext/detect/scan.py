@@ -58,16 +58,26 @@ class ScanReport:
         }
 
 
-def prepare_texts(corpus: Sequence[str], adapter: ModelAdapter, config: ScanConfig) -> list[str]:
+DEFAULT_PROMPT = "{text} {mask}"
+
+
+def prepare_texts(corpus: Sequence[str], adapter: ModelAdapter, config: ScanConfig,
+                  prompt_template: str | None = None) -> list[str]:
+    """Clean texts, cut to ``max_words``; with ``position='mask'`` wrapped in a prompt holding the mask token."""
     texts = [t.strip() for t in corpus if isinstance(t, str) and t.strip()]
     if config.max_words is not None:
         texts = [" ".join(t.split()[:config.max_words]) for t in texts]
     if adapter.position == "mask":
-        # The representation is read at the mask token: give every text one (a prompt slot).
+        # The representation is read at the mask token: every text becomes a prompt with one.
         mask = adapter.tokenizer.mask_token
         if mask is None:
             raise ValueError("position='mask' needs a tokenizer with a mask token")
-        texts = [t if mask in t else f"{t} {mask}" for t in texts]
+        template = prompt_template or DEFAULT_PROMPT
+        if "{text}" not in template or "{mask}" not in template:
+            raise ValueError(f"prompt_template must contain {{text}} and {{mask}}, got {template!r}")
+        texts = [template.replace("{text}", t).replace("{mask}", mask) for t in texts]
+    elif prompt_template is not None:
+        raise ValueError("prompt_template applies only with position='mask'")
     return texts[:config.corpus_limit]
 
 
@@ -95,14 +105,14 @@ def build_vocabulary(adapter: ModelAdapter, config: ScanConfig, words: Sequence[
 
 
 def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanConfig | None = None, *,
-         position: str = "auto", words: Sequence[str] | None = None, exclude: Sequence[str] = (),
-         progress: bool = True, backend: str = "auto") -> ScanReport:
+         position: str = "auto", prompt_template: str | None = None, words: Sequence[str] | None = None,
+         exclude: Sequence[str] = (), progress: bool = True, backend: str = "auto") -> ScanReport:
     """Search ``model`` for transferable-backdoor triggers.
 
     ``corpus``: plain clean texts (e.g. WikiText paragraphs).  ``config``: a
     :class:`ScanConfig` (default: the ``fast`` profile).  ``position``: where the
     representation is read (``auto`` by model family; ``mask`` for prompt
-    backdoors).  ``words``: the word list for word-level search.  ``exclude``:
+    backdoors, with texts wrapped in ``prompt_template``, default ``"{text} {mask}"``).  ``words``: the word list for word-level search.  ``exclude``:
     words never to report (e.g. triggers already handled).
     """
     from tqdm.auto import tqdm
@@ -124,7 +134,7 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
     timings["vocabulary"] = time.perf_counter() - phase
 
     phase = time.perf_counter()
-    texts = prepare_texts(corpus, adapter, config)
+    texts = prepare_texts(corpus, adapter, config, prompt_template)
     verify_texts, dev_texts, search_texts = split_texts(texts, config, config.seed)
     with torch.no_grad():
         search = TriggerSearch(adapter, config, search_texts, dev_texts, generator, backend=backend)
