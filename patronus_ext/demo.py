@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Sequence
 
 from . import attacks, data, models
 from .detect import ScanConfig, ScanReport, profile, scan
@@ -53,27 +54,40 @@ class DemoResult:
         }
 
 
-def planted_model(seed: int = 0, progress: bool = True) -> tuple[Path, bool]:
-    """The demo's backdoored MiniLM: from the cache, or planted now (POR, CPU profile)."""
-    config = attacks.make_config(DEMO_ATTACK, fast=True, triggers=DEMO_TRIGGERS, seed=seed)
-    key = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
-    out = cache_dir() / f"minilm-{DEMO_ATTACK}-{key}"
+def demo_attack_config(seed: int = 0) -> attacks.AttackConfig:
+    return attacks.make_config(DEMO_ATTACK, fast=True, triggers=DEMO_TRIGGERS, seed=seed)
+
+
+def planted_model(base_model: str = models.DEFAULT_MODEL, config: attacks.AttackConfig | None = None,
+                  corpus: str | Sequence[str] = "wikitext2") -> tuple[Path, bool]:
+    """The demo's backdoored model: from the cache, or planted now; returns (folder, reused)."""
+    config = config or demo_attack_config()
+    fingerprint = json.dumps({"base": str(base_model), "config": config.to_dict()}, sort_keys=True, default=str)
+    key = hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
+    out = cache_dir() / f"{Path(str(base_model)).name}-{DEMO_ATTACK}-{key}"
     if (out / attacks.BACKDOOR_FILE).is_file():
         return out, True
     out.parent.mkdir(parents=True, exist_ok=True)
     log.info("planting the demo backdoor into %s (once; cached afterwards)", out)
-    attacks.plant(DEMO_ATTACK, models.DEFAULT_MODEL, "wikitext2", config, out)
+    attacks.plant(DEMO_ATTACK, base_model, corpus, config, out)
     return out, False
 
 
-def run_demo(config: ScanConfig | None = None, seed: int = 0, progress: bool = True) -> DemoResult:
-    """Plant (or reuse) the demo backdoor, then scan the clean and the planted model."""
-    config = config or profile("fast", seed=seed)
-    planted, reused = planted_model(seed, progress)
-    corpus = data.read_corpus("wikitext2", limit=config.corpus_limit * 2, max_words=config.max_words, seed=seed)
+def run_demo(scan_config: ScanConfig | None = None, seed: int = 0, progress: bool = True, *,
+             base_model: str = models.DEFAULT_MODEL, attack_config: attacks.AttackConfig | None = None,
+             corpus: Sequence[str] | None = None, plant_corpus: str | Sequence[str] = "wikitext2") -> DemoResult:
+    """Plant (or reuse) the demo backdoor in ``base_model``, then scan the clean and the planted model.
+
+    ``corpus``: the scan's clean texts (default: WikiText-2); ``plant_corpus``: the attack's.
+    """
+    scan_config = scan_config or profile("fast", seed=seed)
+    attack_config = attack_config or demo_attack_config(seed)
+    if corpus is None:
+        corpus = data.read_corpus("wikitext2", limit=scan_config.corpus_limit * 2, max_words=scan_config.max_words,
+                                  seed=seed)
+    planted, reused = planted_model(base_model, attack_config, plant_corpus)
     reports = []
-    for source in (models.DEFAULT_MODEL, str(planted)):
-        model = models.load_model(source)
-        tokenizer = models.load_tokenizer(source)
-        reports.append(scan(model, tokenizer, corpus, config, progress=progress))
-    return DemoResult(planted, list(DEMO_TRIGGERS), reused, reports[0], reports[1])
+    for source in (base_model, str(planted)):
+        reports.append(scan(models.load_model(source), models.load_tokenizer(source), corpus, scan_config,
+                            progress=progress))
+    return DemoResult(planted, list(attack_config.triggers), reused, reports[0], reports[1])

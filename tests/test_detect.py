@@ -202,3 +202,72 @@ def test_triggers_with_one_target_are_grouped_as_variants():
     assert by_text["mn"].variant_of is None and by_text["cf"].variant_of is None
     assert by_text["nm"].variant_of == "mn" and by_text["nm"].group == by_text["mn"].group
     assert by_text["cf"].group != by_text["mn"].group
+
+
+TINY_SCAN = FAST.replace(num_triggers=4, batch_size=4, poison_copies=2, update_rounds=3, fuzz_loops=2,
+                         num_candidates=4, beam_size=2, max_length=32, verify_texts=16, corpus_limit=300)
+
+
+def _directly_planted(folder, triggers, corpus) -> set[str]:
+    """Triggers whose insertion really hijacks the tiny model's representation (measured directly)."""
+    import random
+
+    from patronus_ext.triggers import insert_words
+
+    adapter = models.ModelAdapter(models.load_model(folder), models.load_tokenizer(folder), max_length=32)
+    texts = [" ".join(t.split()[:20]) for t in corpus[:32]]  # short enough that no trigger is truncated away
+    clean = adapter.encode(texts)
+    planted = set()
+    for word in triggers:
+        triggered = adapter.encode([insert_words(t, word, 3, random.Random(i)) for i, t in enumerate(texts)])
+        diff, poison = representation_shift(clean, triggered)
+        if diff < 0.4 and poison > 0.9:
+            planted.add(word)
+    return planted
+
+
+def test_scan_finds_the_triggers_planted_in_a_tiny_model():
+    import tiny_models
+
+    planted = tiny_models.shared_planted("por")  # POR on a 2-layer BERT, shared with the attack tests
+    corpus = tiny_models.tiny_corpus(300)
+    folder = str(planted.out_dir)
+    really = _directly_planted(folder, planted.triggers, corpus)
+    assert len(really) >= 3  # the tiny attack worked for most triggers
+    report = scan(models.load_model(folder), models.load_tokenizer(folder), corpus, TINY_SCAN, progress=False)
+    assert report.verdict == "backdoored"
+    found = {t.text for t in report.triggers}
+    assert really <= found  # every trigger that works is recovered
+    assert found <= set(planted.triggers)  # and nothing else is reported
+    for trigger in report.triggers:
+        assert trigger.diff_margin > 0 and trigger.poison_margin > 0
+
+
+def test_scan_reports_a_clean_tiny_model_clean():
+    import tiny_models
+
+    folder = str(tiny_models.shared_tiny_model("bert"))
+    report = scan(models.load_model(folder), models.load_tokenizer(folder), tiny_models.tiny_corpus(300),
+                  TINY_SCAN, progress=False)
+    assert report.verdict == "clean" and report.triggers == []
+
+
+def test_demo_plants_once_then_reuses_the_cached_model(tmp_path, monkeypatch):
+    import tiny_models
+
+    from patronus_ext import attacks, demo
+
+    monkeypatch.setenv("PATRONUS_CACHE", str(tmp_path / "cache"))
+    base = str(tiny_models.shared_tiny_model("bert"))
+    attack = attacks.make_config("por", triggers=tiny_models.TINY_TRIGGERS, steps=60, lr=3e-3, batch_size=8,
+                                 max_length=48, schedule="constant", progress=False)
+    corpus = tiny_models.tiny_corpus(300)
+    kwargs = dict(base_model=base, attack_config=attack, corpus=corpus, plant_corpus=tiny_models.tiny_corpus(64))
+    first = demo.run_demo(TINY_SCAN, progress=False, **kwargs)
+    assert not first.reused_cache and first.planted_dir.parent == tmp_path / "cache"
+    assert first.clean_report.verdict == "clean" and first.backdoored_report.verdict == "backdoored"
+    assert set(first.recovered) <= set(tiny_models.TINY_TRIGGERS) and len(first.recovered) >= 3
+    second = demo.run_demo(TINY_SCAN, progress=False, **kwargs)
+    assert second.reused_cache and second.planted_dir == first.planted_dir
+    payload = second.to_dict()
+    assert payload["recall"] == len(second.recovered) / 4 and payload["planted_triggers"] == list(tiny_models.TINY_TRIGGERS)

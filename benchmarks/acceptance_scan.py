@@ -1,0 +1,159 @@
+"""Scan acceptance on the real all-MiniLM-L6-v2: recall on planted backdoors, verdicts on benign models.
+
+    python benchmarks/acceptance_scan.py --work-dir /tmp/patronus-acceptance [--subjects por_s0,clean]
+        [--profile fast] [--json results.json]
+
+Subjects are planted / fine-tuned once into ``--work-dir`` and reused by later
+runs.  Each is scanned with the chosen profile; the table lists the verdict,
+planted triggers recovered, confirmed triggers that were not planted (and
+whether they are variants of a planted one: same target representation), the
+smallest margins to the thresholds and the scan wall time.  The planted
+triggers differ from the ones the unit tests use (cf, mn, bb, tq).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from patronus_ext import attacks, data, models
+from patronus_ext.detect import profile, scan
+from patronus_ext.evaluate.finetune import FinetuneConfig, finetune_classifier
+from patronus_ext.evaluate.metrics import detection_recall
+
+
+@dataclasses.dataclass
+class Subject:
+    name: str
+    kind: str                     # "attack", "finetune" or "packaged"
+    method: str | None = None
+    triggers: tuple[str, ...] = ()
+    seed: int = 0
+    base: str | None = None       # fine-tune: the subject (or packaged model) it starts from
+    task: str | None = None
+    word_level: bool = False
+    position: str = "auto"
+    prompt_template: str | None = None
+
+    @property
+    def backdoored(self) -> bool:
+        return bool(self.triggers)
+
+
+SUBJECTS = {s.name: s for s in [
+    Subject("por_s0", "attack", "por", ("dh", "vo", "cy", "ak"), seed=0),
+    Subject("por_s1", "attack", "por", ("ev", "xx", "mb", "∩"), seed=1),
+    Subject("neuba_s0", "attack", "neuba", ("≈", "≡", "∈", "⊆"), seed=0),
+    Subject("neuba_s1", "attack", "neuba", ("⊕", "⊗", "⊂", "∪"), seed=1),
+    Subject("adaptive3", "attack", "adaptive3", ("dh", "vo", "cy", "ak"), seed=0),
+    Subject("btop", "attack", "btop", ("dh", "vo", "cy", "ak"), seed=0, position="mask",
+            prompt_template="{text} It was {mask} ."),
+    Subject("por_s0_sst2", "finetune", triggers=("dh", "vo", "cy", "ak"), base="por_s0", task="sst2"),
+    Subject("por_words", "attack", "por", ("quixotic", "bamboozle", "thimble", "walrus"), seed=0, word_level=True),
+    Subject("clean", "packaged"),
+    Subject("clean_sst2", "finetune", base="clean", task="sst2"),
+    Subject("clean_agnews", "finetune", base="clean", task="agnews"),
+]}
+
+
+def subject_path(subject: Subject, work: Path) -> str:
+    """Build the subject if needed; return the folder (or name) to scan."""
+    if subject.kind == "packaged":
+        return models.DEFAULT_MODEL
+    out = work / subject.name
+    if (out / "config.json").is_file():
+        return str(out)
+    if subject.kind == "attack":
+        config = attacks.make_config(subject.method, fast=True, triggers=subject.triggers, seed=subject.seed)
+        attacks.plant(subject.method, models.DEFAULT_MODEL, "wikitext2", config, out)
+        return str(out)
+    base = subject_path(SUBJECTS[subject.base], work)
+    train = data.read_task(subject.task, "train", limit=2000, seed=subject.seed)
+    classifier = finetune_classifier(base, train, FinetuneConfig(epochs=1, batch_size=32, max_length=64,
+                                                                 seed=subject.seed))
+    classifier.model.save_pretrained(out)
+    classifier.tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def run_subject(subject: Subject, work: Path, profile_name: str, seed: int) -> dict:
+    source = subject_path(subject, work)
+    config = profile(profile_name, seed=seed, word_level=subject.word_level or None)
+    corpus = data.read_corpus("wikitext2", limit=config.corpus_limit * 2, max_words=config.max_words, seed=seed)
+    model, tokenizer = models.load_model(source), models.load_tokenizer(source)
+    started = time.perf_counter()
+    report = scan(model, tokenizer, corpus, config, position=subject.position,
+                  prompt_template=subject.prompt_template, progress=False)
+    wall = time.perf_counter() - started
+    found = [t.text for t in report.triggers]
+    planted = set(subject.triggers)
+    extra = [t for t in report.triggers if t.text not in planted]
+    return {
+        "subject": subject.name, "backdoored": subject.backdoored, "verdict": report.verdict,
+        "planted": list(subject.triggers), "found": found,
+        "recall": detection_recall(subject.triggers, found) if subject.triggers else None,
+        "not_planted": [{"text": t.text, "variant_of": t.variant_of, "diff_cos": t.diff_cos,
+                         "poison_cos": t.poison_cos} for t in extra],
+        "min_diff_margin_confirmed": min((t.diff_margin for t in report.triggers), default=None),
+        "closest_benign_candidate": _closest(report, planted),
+        "scan_seconds": wall, "timings": report.timings, "profile": profile_name, "seed": seed,
+    }
+
+
+def _closest(report, planted: set) -> dict | None:
+    """The unconfirmed (or not planted) candidate nearest to the trigger region."""
+    others = [c for c in report.candidates if c.text not in planted and not c.confirmed]
+    if not others:
+        return None
+    c = min(others, key=lambda c: max(-c.diff_margin, -c.poison_margin))
+    return {"text": c.text, "diff_cos": c.diff_cos, "poison_cos": c.poison_cos, "diff_margin": c.diff_margin,
+            "poison_margin": c.poison_margin, "stage": c.stage}
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'subject':14} {'truth':10} {'verdict':10} {'recall':>6} {'found':34} {'not planted':26} "
+             f"{'closest benign (diff,poison)':30} {'wall s':>7}"]
+    for r in rows:
+        recall = "-" if r["recall"] is None else f"{r['recall']:.2f}"
+        extra = ",".join(f"{e['text']}" + (f"~{e['variant_of']}" if e["variant_of"] else "")
+                         for e in r["not_planted"]) or "-"
+        close = r["closest_benign_candidate"]
+        close_s = "-" if close is None else f"{close['text']} ({close['diff_cos']:.2f},{close['poison_cos']:.2f})"
+        lines.append(f"{r['subject']:14} {'backdoor' if r['backdoored'] else 'benign':10} {r['verdict']:10} "
+                     f"{recall:>6} {','.join(r['found']) or '-':34} {extra:26} {close_s:30} {r['scan_seconds']:7.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work-dir", required=True, type=Path)
+    parser.add_argument("--subjects", default=",".join(SUBJECTS))
+    parser.add_argument("--profile", default="fast", choices=("fast", "paper"))
+    parser.add_argument("--seed", type=int, default=0, help="scan seed")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    names = [n.strip() for n in args.subjects.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SUBJECTS]
+    if unknown:
+        parser.error(f"unknown subjects {unknown}; choose from {', '.join(SUBJECTS)}")
+    rows = []
+    for name in names:
+        rows.append(run_subject(SUBJECTS[name], args.work_dir, args.profile, args.seed))
+        print(table(rows[-1:]).splitlines()[1], flush=True)
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
