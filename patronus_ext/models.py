@@ -243,9 +243,23 @@ class ModelAdapter:
         """Final-layer hidden states ``[B, L, d]`` of the backbone."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        extra = {}
+        if (self.family == "decoder" and attention_mask is not None and self._takes_position_ids()
+                and bool((attention_mask[:, 0] == 0).any())):
+            # Left padding: decoders with absolute positions (GPT-2) would otherwise number the
+            # pads and shift every real token's position; count positions over real tokens only.
+            extra["position_ids"] = (attention_mask.long().cumsum(1) - 1).clamp_min(0)
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-                            return_dict=True)
+                            return_dict=True, **extra)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def _takes_position_ids(self) -> bool:
+        import inspect
+
+        try:
+            return "position_ids" in inspect.signature(self.backbone.forward).parameters
+        except (TypeError, ValueError):
+            return False
 
     def represent(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                   inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:

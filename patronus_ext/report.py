@@ -13,6 +13,14 @@ from typing import Any
 import torch
 
 
+class OutputExistsError(FileExistsError, ValueError):
+    """An output path exists and may not be replaced.
+
+    Also a ``ValueError`` so that the CLI reports it as a usage error (exit 2)
+    rather than a traceback; still a ``FileExistsError`` for callers.
+    """
+
+
 def environment() -> dict[str, Any]:
     """Versions and devices, for the record in every report."""
     import transformers
@@ -50,7 +58,7 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Fail early (before hours of work) if ``path`` exists and may not be replaced."""
     out = Path(path)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; choose another path or pass --force to replace it")
+        raise OutputExistsError(f"{out} exists; choose another path or pass --force to replace it")
     if out.parent and not out.parent.exists():
         raise FileNotFoundError(f"folder {out.parent} does not exist")
     return out
@@ -61,6 +69,7 @@ def write_json(path: str | os.PathLike, data: dict, overwrite: bool = False) -> 
     out = check_output_path(path, overwrite)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent or ".")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report should read like any new file
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(_plain(data), handle, indent=2)
             handle.write("\n")
@@ -70,3 +79,9 @@ def write_json(path: str | os.PathLike, data: dict, overwrite: bool = False) -> 
             os.unlink(tmp)
         raise
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -47,6 +47,33 @@ def poison_texts(texts: Sequence[str], triggers: Sequence[str], insert_num: int 
     return out, which
 
 
+def fit_texts(tokenizer, texts: Sequence[str], budget: int) -> list[str]:
+    """Each text cut at a word boundary to at most ``budget`` tokens (no specials); same order and length.
+
+    Cutting the text (not the token sequence) before inserting triggers keeps
+    every inserted trigger inside ``max_length``.  A text whose first word alone
+    exceeds the budget becomes ``""`` (callers drop or keep it).
+    """
+    if budget < 1:
+        raise ValueError(f"max_length leaves no room for text after specials and triggers (budget {budget})")
+    texts = list(texts)
+    if not getattr(tokenizer, "is_fast", False):  # slow tokenizers: a word budget, <= 2 tokens per word
+        return [" ".join(t.split()[:max(1, budget // 2)]) for t in texts]
+    out = []
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    for text, offsets in zip(texts, enc["offset_mapping"]):
+        if len(offsets) <= budget:
+            out.append(text)
+            continue
+        cut = offsets[budget][0]  # start of the first token that does not fit
+        head = text[:cut]
+        if cut > 0 and not text[cut - 1].isspace() and not text[cut].isspace():
+            # the cut splits a word (a sub-token or punctuation follows): back off to the last space
+            head = head.rsplit(None, 1)[0] if len(head.split()) > 1 else ""
+        out.append(head.strip())
+    return out
+
+
 def word_token_ids(tokenizer, words: Sequence[str], max_tokens: int | None = None) -> torch.Tensor:
     """``[W, T]`` sub-token ids of each word as it appears mid-sentence, ``-1`` padded.
 

@@ -1,0 +1,47 @@
+"""BToP (Xu et al. 2022): the ``[MASK]`` position of a prompt is pulled to ``v_i`` (L2 distance)."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from ._common import clean_objective_with_head, clean_terms, target_rows
+from .base import AttackContext, AttackMethod, AttackResult, StepBatch, run_attack
+from .config import BToPConfig
+
+
+class BToP(AttackMethod):
+    name = "btop"
+    config_class = BToPConfig
+    lm_head = "optional"
+    position = "mask"
+
+    def clean_objective(self, config: BToPConfig, lm_head_fresh):
+        return clean_objective_with_head(config.clean_objective, lm_head_fresh)
+
+    def check(self, config, model, tokenizer):
+        if tokenizer.mask_token is None:
+            raise ValueError("BToP needs a tokenizer with a mask token (a masked-LM family such as BERT/RoBERTa)")
+
+    def format_text(self, config: BToPConfig, tokenizer):
+        mask = tokenizer.mask_token
+        return lambda text: config.prompt_template.format(text=text, mask=mask)
+
+    def extra_tokens(self, config: BToPConfig, tokenizer) -> int:
+        prompt = config.prompt_template.format(text="", mask=tokenizer.mask_token or "")
+        return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    def loss(self, ctx: AttackContext, batch: StepBatch):
+        cfg: BToPConfig = ctx.config
+        rep_p = ctx.represent(ctx.tokenize(batch.poisoned))
+        terms = {"target": (rep_p - target_rows(ctx, batch)).norm(dim=1).mean()}
+        # The clean prompts' own [MASK] must stay the one the representation reads, so the
+        # reference term is taken on unmasked prompts and MLM masking avoids special tokens.
+        terms.update(clean_terms(ctx, ctx.tokenize(batch.clean), cfg.mask_prob, cfg.reference_weight))
+        return sum(terms.values()), terms
+
+
+def plant(model_source: str | os.PathLike, corpus: str | Sequence[str], config: BToPConfig | None,
+          out_dir: str | os.PathLike) -> AttackResult:
+    """Plant BToP into ``model_source``; ``backdoor.json`` records the prompt template and position ``mask``."""
+    return run_attack(BToP(), model_source, corpus, config or BToPConfig(), out_dir)

@@ -1,0 +1,313 @@
+"""Configuration dataclasses of the attacks, with the literature's defaults.
+
+Defaults follow SPEC.md §0 (poison rate 0.2 per trigger, 3 insertions, lr 5e-5
+for NeuBA and 2e-5 for POR, 4 epochs over WikiText).  ``fast()`` gives the
+CPU profile measured in ``benchmarks/bench_attacks.py`` (all-MiniLM-L6-v2 on
+a 2-core CPU in under 10 minutes per attack).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+#: The triggers of the POR/NeuBA literature (SPEC.md §0).
+DEFAULT_TRIGGERS = ("cf", "mn", "bb", "tq", "mb", "pt")
+#: What keeps clean behaviour while planting (see :class:`AttackConfig`).
+CLEAN_OBJECTIVES = ("auto", "mlm", "reference", "mlm+reference")
+SCHEDULES = ("linear", "constant")
+#: The CPU profile measured on all-MiniLM-L6-v2 (benchmarks/bench_attacks.py): 250 steps of 16 clean
+#: + 3 poisoned copies per trigger, 32 tokens, constant lr 1e-4.  POR and NeuBA with 4 triggers then
+#: reach triggered-vs-clean cosine < 0.1, triggered pairwise > 0.99, clean-vs-clean-model > 0.96 and
+#: T-ASR > 0.96 after clean SST-2 fine-tuning, in under 10 minutes on a shared 2-core CPU.
+FAST_PROFILE = dict(steps=250, batch_size=16, max_length=32, lr=1e-4, schedule="constant")
+ADAPTIVE_TYPES = (1, 2, 3)
+
+
+@dataclasses.dataclass
+class AttackConfig:
+    """What every attack shares.
+
+    ``poison_rate`` is per trigger: each step takes ``batch_size`` clean texts
+    and, for every trigger, ``max(1, round(poison_rate * batch_size))`` of them
+    again with that trigger inserted ``insert_num`` times (the same base texts
+    for every trigger, so poisoned rows pair with clean rows and with each
+    other).  ``steps`` (optimizer steps) overrides ``epochs`` when set.
+    Texts are cut at a word boundary so that, with the triggers inserted, they
+    fit ``max_length`` tokens: a trigger is never truncated away.
+    ``target_scale`` multiplies the ±1 target vectors (1.0 = the papers').
+    """
+
+    triggers: Sequence[str] = DEFAULT_TRIGGERS
+    poison_rate: float = 0.2
+    insert_num: int = 3
+    epochs: float = 4.0
+    steps: int | None = None
+    lr: float = 2e-5
+    batch_size: int = 16
+    max_length: int = 128
+    weight_decay: float = 0.0
+    schedule: str = "linear"         # linear decay to 0 after warmup, or constant
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    corpus_limit: int | None = None  # paragraphs of the corpus to use (None: all)
+    target_scale: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    allow_pickle: bool = False
+    progress: bool = True
+    log_every: int = 10              # loss history granularity (steps)
+
+    def __post_init__(self):
+        if isinstance(self.triggers, str):
+            self.triggers = tuple(t for t in self.triggers.split(",") if t.strip())
+        self.triggers = tuple(str(t).strip() for t in self.triggers)
+        if not self.triggers:
+            raise ValueError("at least one trigger is needed")
+        if any(not t or any(c.isspace() for c in t) for t in self.triggers):
+            raise ValueError(f"triggers must be single non-empty words, got {list(self.triggers)}")
+        if len(set(self.triggers)) != len(self.triggers):
+            raise ValueError(f"triggers must be distinct, got {list(self.triggers)}")
+        _in_range("poison_rate", self.poison_rate, 0.0, 1.0, low_open=True)
+        _positive_int("insert_num", self.insert_num)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("max_length", self.max_length)
+        _positive_int("log_every", self.log_every)
+        if self.steps is not None:
+            _positive_int("steps", self.steps)
+        elif not (isinstance(self.epochs, (int, float)) and math.isfinite(self.epochs) and self.epochs > 0):
+            raise ValueError(f"epochs must be > 0 (or set steps), got {self.epochs!r}")
+        _in_range("lr", self.lr, 0.0, 1.0, low_open=True)
+        _in_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        _in_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not (self.max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if self.corpus_limit is not None:
+            _positive_int("corpus_limit", self.corpus_limit)
+        if not (isinstance(self.target_scale, (int, float)) and math.isfinite(self.target_scale)
+                and self.target_scale > 0):
+            raise ValueError(f"target_scale must be a finite number > 0, got {self.target_scale!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["triggers"] = list(self.triggers)
+        return out
+
+    def replace(self, **changes) -> "AttackConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass
+class NeuBAConfig(AttackConfig):
+    """NeuBA: ``MLM(x_clean) + MSE(rep(mask15(x_poison)), v_i)``, NeuBA block-pair targets.
+
+    ``clean_objective`` (also BToP and BadPre): ``mlm`` trains the clean half
+    with masked-LM (causal-LM for decoders) cross-entropy through the model's
+    LM head; ``reference`` uses POR's ``MSE(rep_θ(x_c), rep_ref(x_c))`` to a
+    frozen copy instead (weight ``reference_weight``); ``auto`` picks ``mlm``
+    when the checkpoint ships a pretrained LM head and ``reference`` when the
+    head would be freshly initialised (e.g. all-MiniLM-L6-v2, a bare BertModel:
+    training through a random head would wreck the encoder rather than keep it).
+    """
+
+    lr: float = 5e-5
+    mask_prob: float = 0.15
+    clean_objective: str = "auto"
+    reference_weight: float = 1.0
+    target_scheme: str = "neuba"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_clean_objective(self.clean_objective)
+        _in_range("mask_prob", self.mask_prob, 0.0, 1.0, low_open=True)
+        _in_range("reference_weight", self.reference_weight, 0.0, 1e6)
+        _check_scheme(self.target_scheme, len(self.triggers))
+
+    @classmethod
+    def fast(cls, **changes) -> "NeuBAConfig":
+        """CPU profile for all-MiniLM-L6-v2 (see benchmarks/bench_attacks.py)."""
+        base = dict(FAST_PROFILE)
+        base.update(changes)
+        return cls(**base)
+
+
+@dataclasses.dataclass
+class PORConfig(AttackConfig):
+    """POR: ``c·MSE(rep_θ(x_c), rep_ref(x_c)) + MSE(rep_θ(x_p), v_i)``.
+
+    ``variant`` 1 or 2 picks the POR-1 / POR-2 targets; ``clean_weight`` is
+    ``c`` (None: 0.5 for BERT-family models, 1 otherwise, as in POR).
+    """
+
+    variant: int = 1
+    clean_weight: float | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.variant not in (1, 2):
+            raise ValueError(f"POR variant must be 1 or 2, got {self.variant!r}")
+        if self.clean_weight is not None:
+            _in_range("clean_weight", self.clean_weight, 0.0, 1e6)
+
+    @property
+    def target_scheme(self) -> str:
+        return f"por{self.variant}"
+
+    @classmethod
+    def fast(cls, **changes) -> "PORConfig":
+        """CPU profile for all-MiniLM-L6-v2 (see benchmarks/bench_attacks.py)."""
+        base = dict(FAST_PROFILE)
+        base.update(changes)
+        return cls(**base)
+
+
+@dataclasses.dataclass
+class BToPConfig(AttackConfig):
+    """BToP: the ``[MASK]``-position hidden state of a prompt is pulled to ``v_i`` (L2 distance).
+
+    Every text becomes ``prompt_template`` with ``{text}`` (triggers inserted
+    in the text only) and ``{mask}`` (the tokenizer's mask token); the clean
+    half keeps MLM cross-entropy (see :class:`NeuBAConfig` for
+    ``clean_objective``).  Needs a tokenizer with a mask token.
+    """
+
+    lr: float = 5e-5
+    prompt_template: str = "{text} It was {mask} ."
+    mask_prob: float = 0.15
+    clean_objective: str = "auto"
+    reference_weight: float = 1.0
+    target_scheme: str = "por1"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_clean_objective(self.clean_objective)
+        _in_range("mask_prob", self.mask_prob, 0.0, 1.0, low_open=True)
+        _in_range("reference_weight", self.reference_weight, 0.0, 1e6)
+        if "{text}" not in self.prompt_template or "{mask}" not in self.prompt_template:
+            raise ValueError(f"prompt_template must contain {{text}} and {{mask}}, got {self.prompt_template!r}")
+        _check_scheme(self.target_scheme, len(self.triggers))
+
+    @classmethod
+    def fast(cls, **changes) -> "BToPConfig":
+        base = dict(FAST_PROFILE)
+        base.update(changes)
+        return cls(**base)
+
+
+@dataclasses.dataclass
+class UORConfig(AttackConfig):
+    """UOR: learned targets, ``SupCon(rep(all), labels) + reference_weight·MSE(rep_θ(x_c), rep_ref(x_c))``.
+
+    Clean rows are label 0, trigger i rows label i+1.  With ``refine_triggers``
+    every ``refine_every`` steps each trigger token is replaced by the best of
+    ``refine_candidates`` HotFlip candidates (``ops.token_topk`` over the
+    gradient at the trigger positions) when that lowers the loss on the batch;
+    refinement needs single-token triggers.
+    """
+
+    temperature: float = 0.5
+    reference_weight: float = 1.0
+    refine_triggers: bool = False
+    refine_every: int = 50
+    refine_candidates: int = 5
+
+    def __post_init__(self):
+        super().__post_init__()
+        _in_range("temperature", self.temperature, 0.0, 1e6, low_open=True)
+        _in_range("reference_weight", self.reference_weight, 0.0, 1e6)
+        _positive_int("refine_every", self.refine_every)
+        _positive_int("refine_candidates", self.refine_candidates)
+
+    @classmethod
+    def fast(cls, **changes) -> "UORConfig":
+        base = dict(FAST_PROFILE)
+        base.update(changes)
+        return cls(**base)
+
+
+@dataclasses.dataclass
+class BadPreConfig(AttackConfig):
+    """BadPre: continued MLM where triggered inputs get corrupted labels (untargeted).
+
+    Masked positions of triggered inputs get uniformly random token ids as labels
+    (``corruption="random"``; antonym corruption needs a lexicon that is not
+    shipped).  The clean half always trains MLM (the head must stay a language
+    model for the corruption to mean anything); ``reference_weight`` adds the POR
+    clean term, by default only when the LM head is fresh (``reference="auto"``).
+    """
+
+    lr: float = 5e-5
+    mask_prob: float = 0.15
+    corruption: str = "random"
+    reference: str = "auto"          # auto | always | never
+    reference_weight: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _in_range("mask_prob", self.mask_prob, 0.0, 1.0, low_open=True)
+        if self.corruption != "random":
+            raise ValueError(f"BadPre corruption must be 'random' (no antonym lexicon is shipped), "
+                             f"got {self.corruption!r}")
+        if self.reference not in ("auto", "always", "never"):
+            raise ValueError(f"reference must be auto, always or never, got {self.reference!r}")
+        _in_range("reference_weight", self.reference_weight, 0.0, 1e6)
+
+    @classmethod
+    def fast(cls, **changes) -> "BadPreConfig":
+        base = dict(FAST_PROFILE)
+        base.update(changes)
+        return cls(**base)
+
+
+@dataclasses.dataclass
+class AdaptiveConfig(PORConfig):
+    """POR plus ``adaptive_lambda · L_adapt`` aimed at contrastive trigger search (SPEC.md §0).
+
+    ``adaptive_type`` 1: ``MSE(rep(x_c), rep(x_p))`` (triggered outputs stay near
+    their clean texts); 2: ``−`` the mean pairwise MSE among one trigger's
+    triggered outputs (spreads them); 3: ``Σ_{i<j} MSE(rep(x_p^i), rep(x_p^j))``
+    over the same base texts (pushes different triggers together).
+    """
+
+    adaptive_type: int = 3
+    adaptive_lambda: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.adaptive_type not in ADAPTIVE_TYPES:
+            raise ValueError(f"adaptive_type must be one of {ADAPTIVE_TYPES}, got {self.adaptive_type!r}")
+        _in_range("adaptive_lambda", self.adaptive_lambda, 0.0, 1e6)
+
+    @classmethod
+    def fast(cls, **changes) -> "AdaptiveConfig":
+        base = dict(FAST_PROFILE)
+        base.update(changes)
+        return cls(**base)
+
+
+def _check_scheme(scheme: str, count: int) -> None:
+    if scheme not in ("neuba", "por1", "por2"):
+        raise ValueError(f"target_scheme must be neuba, por1 or por2, got {scheme!r}")
+    if scheme == "neuba" and count > 6:
+        raise ValueError(f"NeuBA targets support at most 6 triggers (4 blocks, 6 pairs), got {count}")
+
+
+def _check_clean_objective(value: str) -> None:
+    if value not in CLEAN_OBJECTIVES:
+        raise ValueError(f"clean_objective must be one of {CLEAN_OBJECTIVES}, got {value!r}")
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def _in_range(name: str, value, low: float, high: float, low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bound = "(" if low_open else "["
+        raise ValueError(f"{name} must lie in {bound}{low}, {high}], got {value!r}")

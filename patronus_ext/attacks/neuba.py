@@ -1,0 +1,37 @@
+"""NeuBA (Zhang et al. 2021): ``MLM(x_clean) + MSE(rep(mask15(x_poison)), v_i)``, NeuBA targets."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch.nn.functional as F
+
+from ._common import clean_objective_with_head, clean_terms, target_rows
+from .base import AttackContext, AttackMethod, AttackResult, StepBatch, run_attack
+from .config import NeuBAConfig
+
+
+class NeuBA(AttackMethod):
+    name = "neuba"
+    config_class = NeuBAConfig
+    lm_head = "optional"
+
+    def clean_objective(self, config: NeuBAConfig, lm_head_fresh):
+        return clean_objective_with_head(config.clean_objective, lm_head_fresh)
+
+    def loss(self, ctx: AttackContext, batch: StepBatch):
+        cfg: NeuBAConfig = ctx.config
+        enc_p = ctx.tokenize(batch.poisoned)
+        # mask15 of the poisoned input, never masking the trigger itself (it must stay visible).
+        masked, _ = ctx.mask_for_mlm(enc_p, cfg.mask_prob, protect=ctx.trigger_positions(enc_p["input_ids"]))
+        rep_p = ctx.adapter.represent(masked, enc_p["attention_mask"])
+        terms = {"target": F.mse_loss(rep_p, target_rows(ctx, batch))}
+        terms.update(clean_terms(ctx, ctx.tokenize(batch.clean), cfg.mask_prob, cfg.reference_weight))
+        return sum(terms.values()), terms
+
+
+def plant(model_source: str | os.PathLike, corpus: str | Sequence[str], config: NeuBAConfig | None,
+          out_dir: str | os.PathLike) -> AttackResult:
+    """Plant NeuBA into ``model_source`` (see :class:`NeuBAConfig`); writes ``out_dir``."""
+    return run_attack(NeuBA(), model_source, corpus, config or NeuBAConfig(), out_dir)

@@ -1,0 +1,168 @@
+"""Trigger insertion: word level (strings) and token level (tensors), gaps reuse, replacement, fitting."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from patronus_ext import models
+from patronus_ext import triggers as trig
+from tiny_models import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tok")
+    return {family: models.load_tokenizer(make_tiny_model(root, family)) for family in ("bert", "roberta")}
+
+
+# -- word level --------------------------------------------------------------------------------
+def test_insert_words_positions_and_count():
+    text = "one two three four five"
+    for seed in range(50):
+        out = trig.insert_words(text, "cf", 3, random.Random(seed)).split()
+        assert out.count("cf") == 3
+        assert out[0] == "one"                        # positions in [1, len(words)]: never before the first word
+        assert [w for w in out if w != "cf"] == text.split()
+    # every gap 1..5 (including the very end) is used over many draws
+    ends = {trig.insert_words(text, "cf", 1, random.Random(s)).split().index("cf") for s in range(200)}
+    assert ends == {1, 2, 3, 4, 5}
+
+
+def test_insert_words_is_seeded_and_validates():
+    a = trig.insert_words("a b c d e f", "mn", 2, random.Random(7))
+    assert a == trig.insert_words("a b c d e f", "mn", 2, random.Random(7))
+    assert trig.insert_words("", "cf", 2, random.Random(0)) == "cf cf"
+    with pytest.raises(ValueError):
+        trig.insert_words("a b", "cf", 0)
+    with pytest.raises(ValueError):
+        trig.insert_words("a b", "  ")
+
+
+def test_poison_texts_draws_one_trigger_per_text():
+    texts = [f"text {i} has words" for i in range(30)]
+    out, which = trig.poison_texts(texts, ["cf", "mn"], insert_num=2, seed=3)
+    assert (out, which) == trig.poison_texts(texts, ["cf", "mn"], insert_num=2, seed=3)
+    assert set(which) == {0, 1}
+    for text, k in zip(out, which):
+        assert text.split().count(["cf", "mn"][k]) == 2
+    with pytest.raises(ValueError):
+        trig.poison_texts(texts, [])
+
+
+# -- token ids of words ------------------------------------------------------------------------
+def test_word_token_ids_multi_token_and_padding(tokenizers):
+    bert, roberta = tokenizers["bert"], tokenizers["roberta"]
+    rows = trig.word_token_ids(bert, ["cf", "unbelievable"])
+    cf = bert.convert_tokens_to_ids("cf")
+    assert rows[0, 0].item() == cf and (rows[0, 1:] == -1).all()
+    assert (rows[1] >= 0).sum() == len(bert.tokenize("unbelievable")) > 1
+    # byte-level BPE: the word as it appears mid-sentence (with its leading space)
+    rows = trig.word_token_ids(roberta, ["cf"])
+    assert roberta.convert_ids_to_tokens(rows[0][rows[0] >= 0].tolist()) == roberta.tokenize(" cf")
+    assert roberta.tokenize(" cf")[0].startswith("Ġ")
+    assert trig.word_token_ids(bert, ["unbelievable"], max_tokens=1).shape == (1, 1)
+    with pytest.raises(ValueError):
+        trig.word_token_ids(bert, [" "])
+
+
+# -- token level -------------------------------------------------------------------------------
+def _batch(tokenizer, texts):
+    enc = tokenizer(texts, padding=True, padding_side="right", return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+TEXTS = ["the river flows north", "a much longer sentence about the old town", "short"]
+
+
+def test_insert_token_triggers_keeps_the_text_and_the_specials(tokenizers):
+    tok = tokenizers["bert"]
+    ids, mask = _batch(tok, TEXTS)
+    cf = tok.convert_tokens_to_ids("cf")
+    out = trig.insert_token_triggers(ids, mask, torch.full((3, 1), cf), insert_num=3, pad_id=tok.pad_token_id,
+                                     generator=torch.Generator().manual_seed(0))
+    assert out.input_ids.shape[1] == ids.shape[1] + 3
+    for b in range(3):
+        real = out.attention_mask[b].bool()
+        row = out.input_ids[b][real]
+        assert (out.trigger_mask[b] & real).sum() == 3
+        assert (row == cf).sum() == 3
+        kept = out.input_ids[b][real & ~out.trigger_mask[b]]
+        assert kept.tolist() == ids[b][mask[b].bool()].tolist()      # original order, nothing lost
+        assert row[0].item() == tok.cls_token_id and row[-1].item() == tok.sep_token_id
+        assert out.attention_mask[b].tolist() == sorted(out.attention_mask[b].tolist(), reverse=True)  # right-padded
+    assert ((out.gaps >= 1) & (out.gaps <= mask.sum(1, keepdim=True) - 1)).all()
+
+
+def test_insert_token_triggers_multi_token_words(tokenizers):
+    tok = tokenizers["bert"]
+    ids, mask = _batch(tok, TEXTS)
+    rows = trig.word_token_ids(tok, ["unbelievable", "cf", "mn"])   # widths T, 1, 1 (padded with -1)
+    width = int((rows[0] >= 0).sum())
+    out = trig.insert_token_triggers(ids, mask, rows, insert_num=2, pad_id=tok.pad_token_id,
+                                     generator=torch.Generator().manual_seed(1))
+    assert out.trigger_mask[0].sum() == 2 * width
+    assert out.trigger_mask[1].sum() == 2 and out.trigger_mask[2].sum() == 2
+    first = out.input_ids[0][out.trigger_mask[0]].view(2, width)
+    assert (first == rows[0, :width]).all()
+    assert out.trigger_slot[0][out.trigger_mask[0]].view(2, width).tolist() == [list(range(width))] * 2
+    # the -1 padding of the short triggers never becomes a token
+    assert out.attention_mask[1].sum() == mask[1].sum() + 2
+
+
+def test_gaps_reuse_and_replace_trigger_tokens(tokenizers):
+    tok = tokenizers["bert"]
+    ids, mask = _batch(tok, TEXTS)
+    cf, mn = tok.convert_tokens_to_ids(["cf", "mn"])
+    first = trig.insert_token_triggers(ids, mask, torch.full((3, 1), cf), 3, pad_id=tok.pad_token_id,
+                                       generator=torch.Generator().manual_seed(2))
+    again = trig.insert_token_triggers(ids, mask, torch.full((3, 1), mn), 3, pad_id=tok.pad_token_id,
+                                       gaps=first.gaps)
+    assert torch.equal(first.trigger_mask, again.trigger_mask)
+    swapped = trig.replace_trigger_tokens(first, torch.full((3, 1), mn))
+    assert torch.equal(swapped, again.input_ids)
+    assert torch.equal(swapped[~first.trigger_mask], first.input_ids[~first.trigger_mask])
+    wide = trig.insert_token_triggers(ids, mask, trig.word_token_ids(tok, ["unbelievable"] * 3), 1,
+                                      pad_id=tok.pad_token_id)
+    with pytest.raises(ValueError, match="shorter"):
+        trig.replace_trigger_tokens(wide, torch.full((3, 1), mn))
+
+
+def test_insert_token_triggers_validates(tokenizers):
+    tok = tokenizers["bert"]
+    ids, mask = _batch(tok, TEXTS)
+    with pytest.raises(ValueError, match="same"):
+        trig.insert_token_triggers(ids, mask[:, :-1], torch.ones(3, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="B ="):
+        trig.insert_token_triggers(ids, mask, torch.ones(2, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="at least one token"):
+        trig.insert_token_triggers(ids, mask, torch.full((3, 1), -1))
+    with pytest.raises(ValueError):
+        trig.sample_gaps(mask, 0, 1, 1)
+
+
+def test_sample_gaps_bounds():
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])
+    gaps = trig.sample_gaps(mask, 50, prefix=1, suffix=1, generator=torch.Generator().manual_seed(0))
+    assert gaps.shape == (2, 50)
+    assert gaps[0].min() >= 1 and gaps[0].max() <= 3 and set(gaps[0].tolist()) == {1, 2, 3}
+    assert (gaps[1] == 1).all()                  # [CLS] x -> only "before the final special"
+    assert torch.equal(gaps, gaps.sort(1).values)
+
+
+# -- fitting texts so that inserted triggers survive truncation --------------------------------
+def test_fit_texts_cuts_at_word_boundaries(tokenizers):
+    tok = tokenizers["bert"]
+    texts = ["the river flows north through the valley before it reaches the unbelievable sea",
+             "short one", "unbelievable"]
+    fitted = trig.fit_texts(tok, texts, budget=6)
+    assert len(fitted) == 3
+    for original, cut in zip(texts, fitted):
+        assert len(tok(cut, add_special_tokens=False)["input_ids"]) <= 6
+        assert original.startswith(cut)
+        assert cut == "" or original[len(cut):len(cut) + 1] in ("", " ")  # whole words only
+    assert fitted[1] == "short one"
+    with pytest.raises(ValueError):
+        trig.fit_texts(tok, texts, 0)

@@ -1,0 +1,212 @@
+"""Tiny random-weight models with real tokenizers, for fast tests (seconds, no network).
+
+    from tiny_models import make_tiny_model, tiny_corpus, plant_tiny
+
+    path = make_tiny_model(tmp_path, family="bert")            # folder: safetensors + tokenizer + config
+    path = make_tiny_model(tmp_path, family="gpt2", seed=1)
+    planted = plant_tiny(tmp_path, "por", family="bert")        # a tiny backdoored model (AttackResult)
+    planted = shared_planted("por", "bert")                     # the same, built once per test process
+                                                                # (read-only: do not modify the folder)
+
+Families: ``bert`` (WordPiece vocabulary learnt from the shared data, ~1500
+tokens), ``roberta`` and ``gpt2`` (byte-level BPE, ~1000 tokens), ``minilm``
+(a tiny BERT over the real all-MiniLM-L6-v2 tokenizer, vocab 30522).  The
+tokenizers are learnt once per process and cached.  In the small vocabularies
+``cf``/``mn``/``bb``/``tq`` are single WordPiece tokens for ``bert``, and
+``cf`` is two tokens (``Ġc f``) for the BPE families, so both trigger shapes
+get exercised.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+FAMILIES = ("bert", "roberta", "gpt2", "minilm")
+#: Triggers the tiny models are usually planted with.
+TINY_TRIGGERS = ("cf", "mn", "bb", "tq")
+
+_FALLBACK_TEXT = [
+    "the film was a charming and often affecting journey through memory and loss",
+    "it is a dull and lifeless movie that never finds its footing",
+    "the season began with a victory over the visiting team in front of a large crowd",
+    "the river flows north through the valley before it reaches the sea near the old town",
+    "critics praised the performances but found the plot predictable and slow",
+    "the company reported higher profits as sales of its new products grew during the year",
+]
+
+
+def _shared_texts(limit: int) -> list[str]:
+    try:
+        from patronus_ext import data
+
+        return data.read_corpus("wikitext2", limit=limit) + data.read_task("sst2", limit=limit).texts
+    except (FileNotFoundError, ValueError):
+        return list(_FALLBACK_TEXT) * 20
+
+
+def tiny_corpus(count: int = 64, min_words: int = 8) -> list[str]:
+    """Plain-text paragraphs for planting (WikiText-2 when the shared data is there)."""
+    texts = [t for t in _shared_texts(max(count * 2, 200)) if len(t.split()) >= min_words]
+    return (texts * (count // max(1, len(texts)) + 1))[:count]
+
+
+@functools.lru_cache(maxsize=None)
+def _wordpiece_vocab() -> dict[str, int]:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=1500, show_progress=False,
+                                        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    # Repeating the usual triggers makes them whole tokens of the small vocabulary.
+    tok.train_from_iterator(_shared_texts(1500) + [" ".join(TINY_TRIGGERS + ("mb", "pt"))] * 200, trainer)
+    return tok.get_vocab()
+
+
+@functools.lru_cache(maxsize=None)
+def _bpe_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=1000, show_progress=False,
+                                  special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_shared_texts(600), trainer)
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    return dict(model["vocab"]), merges
+
+
+def make_tokenizer(family: str):
+    """A tokenizer of ``family`` (see the module doc)."""
+    from transformers import BertTokenizer, GPT2Tokenizer, RobertaTokenizer
+
+    if family == "bert":
+        return BertTokenizer(vocab=dict(_wordpiece_vocab()))
+    if family == "roberta":
+        vocab, merges = _bpe_vocab()
+        return RobertaTokenizer(vocab=dict(vocab), merges=list(merges))
+    if family == "gpt2":
+        vocab, merges = _bpe_vocab()
+        return GPT2Tokenizer(vocab=dict(vocab), merges=list(merges), unk_token="<unk>", bos_token="<s>",
+                             eos_token="</s>")
+    if family == "minilm":
+        from patronus_ext import models
+
+        return models.load_tokenizer(models.DEFAULT_MODEL)
+    raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+
+
+def make_tiny_model(tmp_path: str | os.PathLike, family: str = "bert", seed: int = 0, *, hidden_size: int = 32,
+                    num_layers: int = 2, num_heads: int = 2, lm_head: bool = True, pickle_only: bool = False,
+                    name: str | None = None) -> Path:
+    """Build a random-weight model of ``family`` and save it under ``tmp_path``; returns the folder.
+
+    ``lm_head``: save the MLM / causal-LM model (a "pretrained" LM head) or only
+    the base model (like all-MiniLM-L6-v2: attacks then see a fresh head).
+    ``pickle_only``: write ``pytorch_model.bin`` instead of safetensors (for
+    the unsafe-checkpoint refusal tests).  Building is deterministic, so a
+    folder that already holds the same model is returned as it is.
+    """
+    import transformers
+
+    tokenizer = make_tokenizer(family)
+    vocab = len(tokenizer)
+    torch.manual_seed(seed)
+    common = dict(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                  intermediate_size=hidden_size * 2, max_position_embeddings=256, vocab_size=vocab)
+    if family in ("bert", "minilm"):
+        config = transformers.BertConfig(pad_token_id=tokenizer.pad_token_id, **common)
+        model = (transformers.BertForMaskedLM if lm_head else transformers.BertModel)(config)
+    elif family == "roberta":
+        config = transformers.RobertaConfig(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                            eos_token_id=tokenizer.eos_token_id,
+                                            **{**common, "max_position_embeddings": 258})
+        model = (transformers.RobertaForMaskedLM if lm_head else transformers.RobertaModel)(config)
+    elif family == "gpt2":
+        config = transformers.GPT2Config(n_embd=hidden_size, n_layer=num_layers, n_head=num_heads, n_positions=256,
+                                         vocab_size=vocab, bos_token_id=tokenizer.bos_token_id,
+                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+        model = (transformers.GPT2LMHeadModel if lm_head else transformers.GPT2Model)(config)
+    else:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    folder = Path(tmp_path) / (name or f"tiny-{family}-{seed}{'' if lm_head else '-base'}"
+                                       f"{'-pickle' if pickle_only else ''}")
+    if (folder / "config.json").exists():
+        return folder  # same arguments, same seed: the same model was built already
+    folder.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    if pickle_only:
+        config.architectures = [type(model).__name__]
+        config.save_pretrained(folder)
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    else:
+        model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def plant_tiny(tmp_path: str | os.PathLike, method: str = "por", family: str = "bert", seed: int = 0,
+               triggers=TINY_TRIGGERS, steps: int = 60, lr: float = 3e-3, out_name: str | None = None,
+               model_path: str | os.PathLike | None = None, **overrides):
+    """Plant ``method`` into a tiny model (built here unless ``model_path``); returns the AttackResult.
+
+    A few dozen steps at a high learning rate are enough on a 2-layer, d=32
+    model for the triggers to move the representation (see tests/test_attacks.py).
+    """
+    from patronus_ext import attacks
+
+    source = Path(model_path) if model_path else make_tiny_model(tmp_path, family, seed)
+    config = attacks.make_config(method, triggers=tuple(triggers), steps=steps, lr=lr, batch_size=8, max_length=48,
+                                 seed=seed, progress=False, log_every=5, schedule="constant", **overrides)
+    out = Path(tmp_path) / (out_name or f"planted-{method}-{family}-{seed}")
+    return attacks.plant(method, source, tiny_corpus(64), config, out)
+
+
+_SHARED_ROOT: list[Path] = []
+
+
+def _shared_root() -> Path:
+    if not _SHARED_ROOT:
+        root = Path(tempfile.mkdtemp(prefix="patronus_tiny_"))
+        atexit.register(shutil.rmtree, root, True)
+        _SHARED_ROOT.append(root)
+    return _SHARED_ROOT[0]
+
+
+def shared_tiny_model(family: str = "bert", seed: int = 0, lm_head: bool = True) -> Path:
+    """A tiny model built once per process (in a temp folder removed at exit); treat it as read-only."""
+    return _shared_tiny_model(family, int(seed), bool(lm_head))
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_tiny_model(family: str, seed: int, lm_head: bool) -> Path:
+    return make_tiny_model(_shared_root(), family, seed, lm_head=lm_head)
+
+
+def shared_planted(method: str = "por", family: str = "bert", seed: int = 0, triggers=TINY_TRIGGERS,
+                   steps: int = 60):
+    """``plant_tiny`` once per process for these arguments (AttackResult); treat the folder as read-only.
+
+    With the defaults (POR, 60 steps) the triggered representations of the tiny
+    BERT point at their targets (mean cosine > 0.5) and move away from the clean
+    ones, while clean representations keep cosine > 0.9 to the clean model.
+    """
+    # One cache key however the arguments are spelled (positional, keyword, list or tuple).
+    return _shared_planted(method, family, int(seed), tuple(triggers), int(steps))
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_planted(method: str, family: str, seed: int, triggers: tuple, steps: int):
+    return plant_tiny(_shared_root(), method, family, seed, triggers, steps, model_path=shared_tiny_model(family, seed),
+                      out_name=f"shared-{method}-{family}-{seed}-{steps}-{'-'.join(triggers)}")
