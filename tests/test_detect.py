@@ -186,21 +186,24 @@ def test_scan_cli_on_a_tiny_model(tmp_path, tiny_bert, tokenizer):
     assert main(["scan", str(tmp_path / "missing")]) == 2
 
 
-def test_triggers_with_one_target_are_grouped_as_variants():
+def test_weaker_echoes_of_a_trigger_are_marked_as_variants():
     from patronus_ext.detect.verify import TriggerCheck, group_by_target
 
     def check(text, diff):
         return TriggerCheck(text, [1], diff, 0.99, 0.4 - diff, 0.09, True, "verified", 8, 0)
 
     torch.manual_seed(0)
+    clean = torch.randn(8, 16)
     target_a, target_b = torch.randn(16), torch.randn(16)
     reps = {"mn": target_a + 0.01 * torch.randn(8, 16), "nm": target_a + 0.05 * torch.randn(8, 16),
-            "cf": target_b + 0.01 * torch.randn(8, 16)}
-    checks = [check("nm", 0.33), check("cf", 0.02), check("mn", 0.05)]
-    group_by_target(checks, reps)
+            "cf": target_b + 0.01 * torch.randn(8, 16), "xx": target_b + 0.01 * torch.randn(8, 16)}
+    checks = [check("nm", 0.33), check("cf", 0.02), check("mn", 0.05), check("xx", 0.04)]
+    group_by_target(checks, reps, clean)
     by_text = {c.text: c for c in checks}
-    assert by_text["mn"].variant_of is None and by_text["cf"].variant_of is None
     assert by_text["nm"].variant_of == "mn" and by_text["nm"].group == by_text["mn"].group
+    assert by_text["mn"].variant_of is None and by_text["cf"].variant_of is None
+    # Same target but equally strong (an adaptive attack's triggers): separate triggers, not variants.
+    assert by_text["xx"].variant_of is None and by_text["xx"].group != by_text["cf"].group
     assert by_text["cf"].group != by_text["mn"].group
 
 

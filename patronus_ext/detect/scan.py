@@ -166,7 +166,7 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
         if len(vocab) < 2:
             break
     bar.close()
-    group_by_target(confirmed, representations)
+    group_by_target(confirmed, representations, verifier.clean_reps)
     timings["gradients"] = search.clock.gradient
     timings["candidate_scoring"] = search.clock.scoring
     timings["verification"] = verify_seconds

@@ -245,6 +245,11 @@ class TriggerSearch:
     def beam_search(self, vocab: Vocabulary, current: list[int], cands: list[list[int]]) -> tuple[list[int], int]:
         """Slot-by-slot beam search; returns the best set and how many sets were scored."""
         rows = vocab.rows
+        if self.cfg.batched_scoring:
+            # Every token a proposal can hold is known now: one batched forward fills the cache.
+            start = time.perf_counter()
+            self.dev_reps(0, rows[sorted(set(current) | {c for slot in cands for c in slot})])
+            self.clock.scoring += time.perf_counter() - start
         start_loss = float(self.score_sets([rows[current]], [0])[0])
         beams: list[tuple[float, list[int]]] = [(start_loss, list(current))]
         scored = 1

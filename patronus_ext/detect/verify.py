@@ -48,8 +48,8 @@ class TriggerCheck:
     stage: str            # "verified" (on verify texts) or "prefiltered" (dev batch only)
     texts_used: int
     loop: int
-    group: int | None = None        # confirmed triggers sharing a target representation share a group
-    variant_of: str | None = None   # the group's strongest trigger, when this one is not it
+    group: int | None = None        # a confirmed trigger and its weaker variants share a group
+    variant_of: str | None = None   # the stronger trigger this one echoes, if any
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -101,21 +101,34 @@ class Verifier:
                             stage, texts_used, loop)
 
 
-def group_by_target(confirmed: list[TriggerCheck], triggered: dict[str, torch.Tensor],
-                    threshold: float = 0.9) -> None:
-    """Label confirmed triggers that drive inputs to the same place (cosine of mean triggered
-    representations above ``threshold``); the strongest (lowest ``diff_cos``) heads each group.
+#: Shift directions closer than this (cosine) count as one target.
+VARIANT_DIRECTION_COS = 0.85
+#: A variant moves texts clearly less far than the trigger it echoes (diff_cos this much higher).
+VARIANT_WEAKER_BY = 0.1
 
-    A backdoor often also fires, more weakly, on near neighbours of its trigger (``mn`` -> ``nm``);
-    grouping tells such variants from distinct backdoors.
+
+def group_by_target(confirmed: list[TriggerCheck], triggered: dict[str, torch.Tensor], clean: torch.Tensor,
+                    direction_cos: float = VARIANT_DIRECTION_COS, weaker_by: float = VARIANT_WEAKER_BY) -> None:
+    """Mark confirmed triggers that are weaker echoes of a stronger one.
+
+    A backdoor often also fires, more weakly, on near neighbours of its trigger
+    (``mn`` -> ``nm``).  Such a word is labelled ``variant_of`` the strongest
+    trigger whose shift (mean unit triggered representation minus mean unit
+    clean one) points the same way (cosine above ``direction_cos``) and whose
+    ``diff_cos`` is lower by at least ``weaker_by``.  Triggers of equal strength
+    stay separate even when they share a target (an adaptive attack pulls its
+    triggers together).  Variants are real triggers of the model and stay
+    confirmed; the label only tells them from distinct backdoors.
     """
+    clean_centre = F.normalize(clean.double(), dim=1).mean(0)
     heads: list[tuple[TriggerCheck, torch.Tensor]] = []
     for check in sorted(confirmed, key=lambda c: c.diff_cos):
-        direction = F.normalize(triggered[check.text].double().mean(0), dim=0)
-        for index, (head, head_direction) in enumerate(heads):
-            if float(direction @ head_direction) > threshold:
-                check.group, check.variant_of = index, head.text
+        shift = F.normalize(triggered[check.text].double(), dim=1).mean(0) - clean_centre
+        for head, head_shift in heads:
+            if (check.diff_cos - head.diff_cos >= weaker_by
+                    and float(F.cosine_similarity(shift, head_shift, dim=0)) > direction_cos):
+                check.group, check.variant_of = head.group, head.text
                 break
         else:
             check.group = len(heads)
-            heads.append((check, direction))
+            heads.append((check, shift))
