@@ -60,7 +60,10 @@ def extension():
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     if cpu_arch and cpu_arch != "portable":
         cxx.append(f"-march={cpu_arch}")
-    cxx += ["-fno-math-errno", "-Wall", "-Wno-sign-compare", "-DPATRONUS_HAVE_BUILD_CONFIG"]
+    # -fopenmp: ATen's header-only at::parallel_for runs serially unless the caller is
+    # compiled with OpenMP; it then joins torch's own OpenMP pool (torch loads its libgomp first).
+    cxx += ["-fopenmp", "-fno-math-errno", "-Wall", "-Wno-sign-compare", "-DPATRONUS_HAVE_BUILD_CONFIG"]
+    link = ["-fopenmp"]
     srcs = ["csrc/bindings.cpp", "csrc/torch/cpu_ops.cpp"] + [
         s for s in sources("cpu", ".cpp") if not s.endswith("runtime_portable.cpp")]
     include = [os.path.join(ROOT, CSRC, "include"), os.path.join(ROOT, CSRC)]
@@ -69,12 +72,13 @@ def extension():
         write_build_config(True, cxx)
         srcs += sources("cuda", ".cu") + ["csrc/torch/cuda_ops.cpp"]
         nvcc = ["-O0", "-G"] if debug else ["-O3", "-lineinfo"]
-        return CUDAExtension("patronus_ext._C", srcs, include_dirs=include,
+        return CUDAExtension("patronus_ext._C", srcs, include_dirs=include, extra_link_args=link,
                              define_macros=[("PATRONUS_WITH_CUDA", None)],
                              extra_compile_args={"cxx": cxx + ["-DPATRONUS_WITH_CUDA"],
                                                  "nvcc": nvcc + ["--expt-relaxed-constexpr", "-std=c++17"]})
     write_build_config(False, cxx)
-    return CppExtension("patronus_ext._C", srcs, include_dirs=include, extra_compile_args={"cxx": cxx})
+    return CppExtension("patronus_ext._C", srcs, include_dirs=include, extra_link_args=link,
+                        extra_compile_args={"cxx": cxx})
 
 
 setup(

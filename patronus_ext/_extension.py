@@ -65,11 +65,32 @@ def _load() -> ExtensionState:
     return ExtensionState(True, "", info)
 
 
+_REGISTERED = False
+
+
 def _register_python_parts() -> None:
-    """Fake (meta) kernels and autograd for the C++ ops, so they trace and differentiate."""
+    """Fake (meta) kernels and autograd for the C++ ops, so they trace and differentiate.
+
+    Once per process: torch.library refuses a second registration.
+    """
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    _REGISTERED = True
+
+    # The fakes also run for meta tensors (and for calls mixing meta with a real
+    # device), so they check what they can without data, as the kernels do.
+    def _check_same(what, a, a_name, b, b_name):
+        torch._check(getattr(a, what) == getattr(b, what),
+                     lambda: f"{a_name} and {b_name} must have the same {what}, got "
+                             f"{getattr(a, what)} and {getattr(b, what)}")
 
     @torch.library.register_fake("patronus::token_topk")
     def _token_topk_fake(queries, table, k, rows=None, negate=True, precision="exact"):
+        _check_same("device", queries, "queries", table, "table")
+        _check_same("dtype", queries, "queries", table, "table")
+        if rows is not None:
+            _check_same("device", queries, "queries", rows, "rows")
         out_dtype = torch.float64 if queries.dtype == torch.float64 else torch.float32
         n = queries.shape[0]
         return (queries.new_empty((n, k), dtype=out_dtype),
@@ -77,16 +98,21 @@ def _register_python_parts() -> None:
 
     @torch.library.register_fake("patronus::supcon_loss_fwd")
     def _supcon_fwd_fake(features, labels, temperature, scale_by_temperature=True):
+        _check_same("device", features, "features", labels, "labels")
         out_dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
         c, n = features.shape[0], features.shape[1]
         return features.new_empty((c,), dtype=out_dtype), features.new_empty((c, n), dtype=out_dtype)
 
     @torch.library.register_fake("patronus::supcon_loss_bwd")
     def _supcon_bwd_fake(grad_loss, features, labels, lse, temperature, scale_by_temperature=True):
+        for name, tensor in (("grad_loss", grad_loss), ("labels", labels), ("lse", lse)):
+            _check_same("device", features, "features", tensor, name)
         return torch.empty_like(features)
 
     @torch.library.register_fake("patronus::bank_similarity")
     def _bank_fake(x, bank, mode="cosine"):
+        _check_same("device", x, "x", bank, "bank")
+        _check_same("dtype", x, "x", bank, "bank")
         out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         m = x.shape[0]
         return x.new_empty((m,), dtype=out_dtype), x.new_empty((m,), dtype=torch.long)

@@ -44,6 +44,10 @@ PRECISIONS = ("exact", "tf32", "bf16")
 BANK_MODES = ("cosine", "sign")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+# Load the compiled module (or settle on the fallback, with its one warning) at
+# import rather than on the first call: torch.compile cannot trace an import.
+_extension.state()
+
 
 def _require_tensor(name: str, value, ndims: tuple[int, ...], floating: bool) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):

@@ -40,9 +40,10 @@ def gather_word_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 def _select_topk(scores: torch.Tensor, base: int, k: int):
-    """Top-k of a score tile with NaN ranked like -inf; returns value, global index, nan flag."""
+    """Top-k of a score tile with NaN ranked like -inf (overwrites ``scores``); returns value,
+    global index, nan flag."""
     nan = torch.isnan(scores)
-    keyed = scores.masked_fill(nan, float("-inf"))
+    keyed = scores.masked_fill_(nan, float("-inf"))
     kk = min(k, scores.shape[1])
     values, local = torch.topk(keyed, kk, dim=1)
     was_nan = torch.gather(nan, 1, local)
@@ -65,7 +66,9 @@ def token_topk(queries: torch.Tensor, table: torch.Tensor, k: int,
             keys = table[start:stop].to(acc)
         else:
             keys = gather_word_rows(table, rows[start:stop]).to(acc)
-        scores = (q @ keys.T) * sign
+        scores = q @ keys.T
+        if sign < 0:
+            scores.neg_()  # in place: one score tile alive at a time
         v, i, nan = _select_topk(scores, start, k)
         cat_v = torch.cat([best_v, v], 1)
         cat_i = torch.cat([best_i, i], 1)

@@ -42,14 +42,12 @@ void gemm_portable(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, c
   }
 }
 
-int g_threads = 1;
-
-void parallel_for_threads(int64_t begin, int64_t end, int64_t grain, void* ctx,
+void parallel_for_threads(int64_t begin, int64_t end, int64_t grain, int threads, void* ctx,
                           void (*body)(void*, int64_t, int64_t)) {
   const int64_t total = end - begin;
   if (total <= 0) return;
   grain = std::max<int64_t>(grain, 1);
-  const int64_t chunks = std::min<int64_t>(g_threads, (total + grain - 1) / grain);
+  const int64_t chunks = std::min<int64_t>(std::max(threads, 1), (total + grain - 1) / grain);
   if (chunks <= 1) {
     body(ctx, begin, end);
     return;
@@ -77,7 +75,6 @@ void parallel_for_threads(int64_t begin, int64_t end, int64_t grain, void* ctx,
 
 Runtime portable_runtime(int num_threads) {
   if (num_threads <= 0) num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  g_threads = num_threads;
   return Runtime{&gemm_portable<float>, &gemm_portable<double>, &parallel_for_threads, num_threads};
 }
 

@@ -9,14 +9,19 @@
 #include <algorithm>
 #include <vector>
 
+#include "lanes.h"
 #include "patronus/cpu_kernels.h"
 
 namespace patronus {
 namespace cpu {
 namespace {
 
-constexpr int64_t kRowBlock = 128;                 // query rows per work item
-constexpr int64_t kScoreTileBytes = 512 * 1024;    // one score tile stays in L2
+// Every (row block, vocabulary tile) GEMM re-packs its table tile, so taller row
+// blocks pack the table fewer times; 384 rows x ~1000 columns measured ~12% faster
+// than 128 x 1024 single-threaded at N=4096, d=384 on Zen 4 (1 MiB L2 per core).
+constexpr int64_t kRowBlock = 384;                 // query rows per work item, at most
+constexpr int64_t kScoreTileBytes = 1536 * 1024;   // one score tile
+constexpr int64_t kMaxVocabTile = 4096;            // few rows: tiles stay small enough to split
 constexpr int64_t kGatherTileBytes = 2 << 20;      // gathered table tile bound
 constexpr int64_t kCandidateBytes = 8 << 20;       // candidate buffers per item
 constexpr int64_t kEmptyCode = INT64_MAX;          // an unfilled slot
@@ -75,6 +80,23 @@ struct RowSelector {
   }
 };
 
+// Offers row[0..len) (candidate indices base..) to a selector.  Once a threshold
+// exists almost every score loses, so chunks are first tested as a whole with a
+// vectorised count of scores above it; only chunks holding a winner are offered
+// one by one.  NaN never exceeds a threshold, as in offer().
+template <typename A>
+inline void scan_row(RowSelector<A>& s, const A* row, int64_t len, int64_t base) {
+  constexpr int64_t kChunk = 4 * kLanes;
+  int64_t j = 0;
+  for (; j + kChunk <= len; j += kChunk) {
+    if (s.has_threshold && count_above(row + j, kChunk, s.threshold) == 0) continue;
+    for (int64_t e = j; e < j + kChunk; ++e)
+      if (!s.rejects(row[e])) s.offer(row[e], base + e);
+  }
+  for (; j < len; ++j)
+    if (!s.rejects(row[j])) s.offer(row[j], base + j);
+}
+
 template <typename T>
 struct TopkProblem {
   const T* queries;
@@ -128,13 +150,7 @@ void run_item(const Runtime& rt, const TopkProblem<T>& p, int64_t r0, int64_t r1
       keys = tile.data();
     }
     gemm_of<A>(rt)(false, true, nrows, nc, td, alpha, q, td, keys, td, A(0), scores.data(), nc);
-    for (int64_t i = 0; i < nrows; ++i) {
-      RowSelector<A>& s = sel[i];
-      const A* row = scores.data() + i * nc;
-      for (int64_t j = 0; j < nc; ++j) {
-        if (!s.rejects(row[j])) s.offer(row[j], c0 + j);
-      }
-    }
+    for (int64_t i = 0; i < nrows; ++i) scan_row(sel[i], scores.data() + i * nc, nc, c0);
   }
   for (int64_t i = 0; i < nrows; ++i) sel[i].finish(out_key + i * out_ld, out_code + i * out_ld);
 }
@@ -143,17 +159,25 @@ template <typename T, typename A = acc_t<T>>
 void token_topk_typed(const Runtime& rt, const TopkProblem<T>& p, A* values, int64_t* indices) {
   const int64_t td = p.t * p.d;
   const int64_t cap = std::max<int64_t>(2 * p.k, p.k + 32);
-  const int64_t row_block = std::max<int64_t>(
+  const int64_t max_rows = std::max<int64_t>(
       1, std::min<int64_t>(kRowBlock, kCandidateBytes / (cap * int64_t(sizeof(Candidate<A>)))));
+  // Equal row blocks, as many per thread (threads claim items as they go, but equal
+  // shares finish together when nothing else competes for the cores).
+  const int64_t threads = std::max(1, rt.num_threads);
+  int64_t row_block = p.n;
+  if (p.n > max_rows) {
+    const int64_t blocks = threads * ((p.n + threads * max_rows - 1) / (threads * max_rows));
+    row_block = (p.n + blocks - 1) / blocks;
+  }
   int64_t vtile = std::max<int64_t>(16, kScoreTileBytes / (row_block * int64_t(sizeof(A))));
   if (p.rows != nullptr || !std::is_same<T, A>::value)
     vtile = std::min(vtile, std::max<int64_t>(16, kGatherTileBytes / (td * int64_t(sizeof(A)))));
-  vtile = std::min(vtile, p.w);
+  vtile = std::min({vtile, kMaxVocabTile, p.w});
 
   const int64_t row_blocks = (p.n + row_block - 1) / row_block;
   const int64_t vocab_tiles = (p.w + vtile - 1) / vtile;
   // Few query rows (a handful of triggers): split the vocabulary too, so every thread works.
-  const int64_t target_items = 4 * std::max(1, rt.num_threads);
+  const int64_t target_items = 4 * threads;
   const int64_t splits =
       std::max<int64_t>(1, std::min(vocab_tiles, (target_items + row_blocks - 1) / row_blocks));
   const int64_t tiles_per_split = (vocab_tiles + splits - 1) / splits;
@@ -164,8 +188,8 @@ void token_topk_typed(const Runtime& rt, const TopkProblem<T>& p, A* values, int
   A* key_out = splits > 1 ? part_key.data() : values;
   int64_t* code_out = splits > 1 ? part_code.data() : indices;
 
-  parallel_for(rt, 0, row_blocks * splits, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t item = lo; item < hi; ++item) {
+  parallel_claims(rt, row_blocks * splits, [&](auto&& claim) {
+    for (int64_t item = claim(); item >= 0; item = claim()) {
       const int64_t rb = item / splits, sp = item % splits;
       const int64_t r0 = rb * row_block, r1 = std::min(p.n, r0 + row_block);
       const int64_t w0 = sp * tiles_per_split * vtile;

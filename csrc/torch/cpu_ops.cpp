@@ -23,7 +23,8 @@ void aten_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const
   tc.addmm_(ta_, tb_, beta, alpha);  // beta == 0 ignores c's old contents (NaN too)
 }
 
-void aten_parallel_for(int64_t begin, int64_t end, int64_t grain, void* ctx,
+// ATen's pool already runs at most at::get_num_threads() bodies (= Runtime::num_threads).
+void aten_parallel_for(int64_t begin, int64_t end, int64_t grain, int /*threads*/, void* ctx,
                        void (*body)(void*, int64_t, int64_t)) {
   at::parallel_for(begin, end, grain, [&](int64_t lo, int64_t hi) { body(ctx, lo, hi); });
 }

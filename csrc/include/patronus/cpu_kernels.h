@@ -7,6 +7,8 @@
 // that are cheap to check throw std::invalid_argument.
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -22,20 +24,21 @@ using GemmFn = void (*)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
                         const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c,
                         int64_t ldc);
 
-// Calls body(ctx, lo, hi) over disjoint chunks covering [begin, end); chunks
-// hold at least `grain` items.  Bodies run concurrently and must not throw
-// (kernels catch internally).
-using ParallelForFn = void (*)(int64_t begin, int64_t end, int64_t grain, void* ctx,
+// Calls body(ctx, lo, hi) over disjoint chunks covering [begin, end), running
+// at most `threads` at once; chunks hold at least `grain` items.  Bodies run
+// concurrently; an exception from one reaches the caller after all finish.
+using ParallelForFn = void (*)(int64_t begin, int64_t end, int64_t grain, int threads, void* ctx,
                                void (*body)(void* ctx, int64_t lo, int64_t hi));
 
 struct Runtime {
   GemmFn<float> sgemm;
   GemmFn<double> dgemm;
   ParallelForFn parallel_for;
-  int num_threads;  // how many bodies may run at once (work splitting hint)
+  int num_threads;  // how many bodies may run at once (also a work-splitting hint)
 };
 
-// Cache-blocked GEMM and std::thread parallel-for; no dependencies.
+// Cache-blocked GEMM and std::thread parallel-for; no dependencies.  num_threads
+// <= 0 means std::thread::hardware_concurrency().
 Runtime portable_runtime(int num_threads = 0);
 
 // token_topk: see patronus_ext.ops.  values are acc_t (float or double),
@@ -66,7 +69,22 @@ template <typename Fn>
 void parallel_for(const Runtime& rt, int64_t begin, int64_t end, int64_t grain, Fn&& fn) {
   if (begin >= end) return;
   auto trampoline = [](void* ctx, int64_t lo, int64_t hi) { (*static_cast<Fn*>(ctx))(lo, hi); };
-  rt.parallel_for(begin, end, grain, &fn, trampoline);
+  rt.parallel_for(begin, end, grain, rt.num_threads, &fn, trampoline);
+}
+
+// Runs body(claim) on every thread, where claim() hands out the items of
+// [0, count) one at a time (-1 when none are left).  A thread slowed down by
+// other processes, or by heavier items, simply claims fewer, where a static
+// split would wait for it.  Thread-local scratch lives in the body.
+template <typename Body>
+void parallel_claims(const Runtime& rt, int64_t count, Body&& body) {
+  std::atomic<int64_t> next{0};
+  auto claim = [&next, count]() -> int64_t {
+    const int64_t item = next.fetch_add(1, std::memory_order_relaxed);
+    return item < count ? item : -1;
+  };
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(count, rt.num_threads));
+  parallel_for(rt, 0, workers, 1, [&](int64_t, int64_t) { body(claim); });
 }
 
 template <typename T> inline GemmFn<T> gemm_of(const Runtime& rt);

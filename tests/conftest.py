@@ -1,0 +1,41 @@
+"""Shared fixtures: op backends (the compiled one only where it loaded), seeded generators."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+from patronus_ext import _extension
+
+# Hypothesis: no deadline (first calls pay for lazy loading); reproducible examples on CI.
+# The backend fixture is function-scoped but stateless, so sharing it across examples is fine.
+settings.register_profile("default", deadline=None, max_examples=25,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.register_profile("ci", parent=settings.get_profile("default"), derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+def extension_loaded() -> bool:
+    return _extension.state().loaded
+
+
+requires_ext = pytest.mark.skipif(not extension_loaded(),
+                                  reason="compiled module not loaded (missing, stale or disabled)")
+
+
+@pytest.fixture(params=["ext", "reference"])
+def backend(request) -> str:
+    """Each op test runs on the compiled kernels and on the pure-PyTorch reference."""
+    if request.param == "ext" and not extension_loaded():
+        pytest.skip(f"compiled module not loaded: {_extension.state().reason}")
+    return request.param
+
+
+@pytest.fixture
+def generator(request) -> torch.Generator:
+    """A CPU generator seeded from the test id, so every test gets fresh but reproducible inputs."""
+    seed = sum(ord(ch) * (i + 1) for i, ch in enumerate(request.node.nodeid)) % (2**31)
+    return torch.Generator().manual_seed(seed)
