@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="scan seed")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--build-only", action="store_true",
+                        help="plant / fine-tune the subjects and stop (e.g. build in parallel, then scan alone)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -145,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in SUBJECTS]
     if unknown:
         parser.error(f"unknown subjects {unknown}; choose from {', '.join(SUBJECTS)}")
+    if args.build_only:
+        for name in names:
+            print(name, subject_path(SUBJECTS[name], args.work_dir), flush=True)
+        return 0
     rows = []
     for name in names:
         rows.append(run_subject(SUBJECTS[name], args.work_dir, args.profile, args.seed))
