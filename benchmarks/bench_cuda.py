@@ -46,14 +46,7 @@ MiB = float(1 << 20)
 
 def skip_reason() -> str | None:
     """Why the CUDA kernels cannot be benchmarked here, or None."""
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    state = _extension.state()
-    if not state.loaded:
-        return f"compiled module not loaded: {state.reason}"
-    if not state.kernel_dtypes("token_topk", "cuda"):
-        return "the compiled module has no CUDA kernels (CPU-only build)"
-    return None
+    return _extension.cuda_unavailable_reason()
 
 
 # ------------------------------------------------------------------ timing

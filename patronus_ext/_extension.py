@@ -148,3 +148,15 @@ def state() -> ExtensionState:
         warnings.warn(f"patronus_ext: {_STATE.reason}; using the pure-PyTorch reference ops",
                       RuntimeWarning, stacklevel=3)
     return _STATE
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why the CUDA kernels cannot run in this process, or None when they can."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    ext = state()
+    if not ext.loaded:
+        return f"compiled module not loaded: {ext.reason}"
+    if not ext.kernel_dtypes("token_topk", "cuda"):
+        return "the compiled module has no CUDA kernels (CPU-only build)"
+    return None

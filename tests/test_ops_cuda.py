@@ -26,14 +26,8 @@ from patronus_ext import _extension, ops, reference
 
 
 def _cuda_kernels_reason() -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    state = _extension.state()
-    if not state.loaded:
-        return f"compiled module not loaded: {state.reason}"
-    if not state.kernel_dtypes("token_topk", "cuda"):
-        return "the compiled module has no CUDA kernels (CPU-only build)"
-    return None
+    """Why the CUDA kernels cannot be tested here, or None."""
+    return _extension.cuda_unavailable_reason()
 
 
 _SKIP = _cuda_kernels_reason()
