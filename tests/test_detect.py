@@ -274,3 +274,34 @@ def test_demo_plants_once_then_reuses_the_cached_model(tmp_path, monkeypatch):
     assert second.reused_cache and second.planted_dir == first.planted_dir
     payload = second.to_dict()
     assert payload["recall"] == len(second.recovered) / 4 and payload["planted_triggers"] == list(tiny_models.TINY_TRIGGERS)
+
+
+@pytest.mark.parametrize("family", ["roberta", "gpt2"])
+def test_scan_runs_on_byte_level_encoders_and_decoders(family):
+    import tiny_models
+
+    folder = str(tiny_models.shared_tiny_model(family))
+    model, tokenizer = models.load_model(folder), models.load_tokenizer(folder)
+    report = scan(model, tokenizer, tiny_models.tiny_corpus(300), TINY_SCAN.replace(fuzz_loops=1), progress=False)
+    assert report.model["family"] == ("decoder" if family == "gpt2" else "encoder")
+    assert report.model["position"] == ("last" if family == "gpt2" else "first")
+    assert report.model["searchable"] > 10 and report.loops
+
+
+def test_word_level_scan_finds_a_multi_token_word_trigger(tmp_path):
+    import tiny_models
+
+    base = tiny_models.shared_tiny_model("bert")
+    tokenizer = models.load_tokenizer(str(base))
+    word = "vorpal"  # four WordPiece tokens in the tiny vocabulary
+    assert len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 4
+    planted = tiny_models.plant_tiny(tmp_path, "por", triggers=(word,), model_path=base, steps=150)
+    words = [word] + [w for w in tiny_models.tiny_corpus(300)[0].split() if w.isalpha()][:40] + ["zyxwv", "qwert"]
+    folder = str(planted.out_dir)
+    config = TINY_SCAN.replace(word_level=True, zipf_threshold=8.0)
+    report = scan(models.load_model(folder), models.load_tokenizer(folder), tiny_models.tiny_corpus(300), config,
+                  words=words, progress=False)
+    assert report.model["level"] == "word"
+    assert word in {t.text for t in report.triggers}
+    found = next(t for t in report.triggers if t.text == word)
+    assert found.token_ids == tokenizer(" " + word, add_special_tokens=False)["input_ids"]

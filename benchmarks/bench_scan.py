@@ -1,0 +1,146 @@
+"""Scan speed on the real all-MiniLM-L6-v2: batched candidate scoring and kernel backends.
+
+Two faces, same cases:
+
+* ``python benchmarks/bench_scan.py [--rounds 3] [--threads 2]`` times the variants of each
+  case round-robin in one process and prints medians and ratios (JSON under
+  ``benchmarks/results/``).
+* ``python -m pytest benchmarks/bench_scan.py`` is the pytest-benchmark suite
+  (``benchmarks/conftest.py`` prints the ratios against ``ext``).
+
+Cases (the ``fast`` scan profile: K=8 triggers, dev batch of 8 texts, 4 candidates per slot,
+beam 2, max 32 tokens):
+
+* one beam-search round of candidate scoring, from a cold representation cache:
+  ``ext`` = batched scoring (each candidate token's dev representations computed once, many
+  tokens per forward, every beam step one batched ``ops.supcon_loss`` call) on the compiled
+  kernels; ``reference`` = the same on the PyTorch reference ops; ``one_by_one`` = the
+  authors' way (fresh forwards of the whole dev set for every candidate set, one loss each).
+  Target: batched >= 5x faster than one-by-one.
+* one gradient step (clean batch + poisoned copies, SupCon, backward to the input
+  embeddings, masked reduction) followed by the HotFlip candidate top-k over the searchable
+  vocabulary: ``ext`` vs ``reference`` ops.  The model's forward/backward dominates both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+try:
+    from patronus_ext import data, info, models
+except ImportError:  # pragma: no cover - run from a checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from patronus_ext import data, info, models
+from patronus_ext.detect import FAST
+from patronus_ext.detect.search import TriggerSearch
+from patronus_ext.detect.vocabulary import token_vocabulary
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+class ScanBench:
+    """The packaged MiniLM, a fast-profile search state and one round's fixed candidates."""
+
+    def __init__(self, seed: int = 0):
+        self.config = FAST.replace(seed=seed)
+        self.model = models.load_model(models.DEFAULT_MODEL)
+        self.tokenizer = models.load_tokenizer(models.DEFAULT_MODEL)
+        self.adapter = models.ModelAdapter(self.model, self.tokenizer, max_length=self.config.max_length)
+        corpus = data.read_corpus("wikitext2", limit=400, max_words=self.config.max_words, seed=seed)
+        self.dev, self.search_texts = corpus[:self.config.batch_size], corpus[self.config.batch_size:]
+        self.vocab = token_vocabulary(self.tokenizer, self.config.zipf_threshold)
+        search = self.search("ext")
+        self.current = torch.randperm(len(self.vocab), generator=torch.Generator().manual_seed(seed))[
+            :self.config.num_triggers].tolist()
+        grads, _ = search.trigger_gradients(self.vocab.rows[self.current])
+        self.candidates = search.candidates(grads, self.vocab, self.current)
+
+    def search(self, backend: str, batched: bool = True) -> TriggerSearch:
+        config = self.config.replace(batched_scoring=batched)
+        return TriggerSearch(self.adapter, config, self.search_texts, self.dev,
+                             torch.Generator().manual_seed(config.seed), backend=backend)
+
+    def scoring_round(self, variant: str):
+        """One beam-search round from a cold cache; returns the chosen set."""
+        search = self.search("reference" if variant == "reference" else "ext", batched=variant != "one_by_one")
+        with torch.no_grad():
+            return search.beam_search(self.vocab, self.current, self.candidates)
+
+    def gradient_step(self, backend: str):
+        search = self.search(backend)
+        grads, _ = search.trigger_gradients(self.vocab.rows[self.current])
+        return search.candidates(grads, self.vocab, self.current)
+
+
+SCORING_VARIANTS = ("ext", "reference", "one_by_one")
+GRADIENT_VARIANTS = ("ext", "reference")
+
+
+@pytest.fixture(scope="module")
+def bench_state():
+    torch.manual_seed(0)
+    return ScanBench()
+
+
+@pytest.mark.parametrize("variant", SCORING_VARIANTS)
+def test_candidate_scoring_round(benchmark, bench_state, variant):
+    rounds = 1 if variant == "one_by_one" else 3
+    chosen, scored = benchmark.pedantic(bench_state.scoring_round, args=(variant,), rounds=rounds, iterations=1)
+    benchmark.extra_info["candidate_sets_scored"] = scored
+    assert len(chosen) == bench_state.config.num_triggers
+
+
+@pytest.mark.parametrize("variant", GRADIENT_VARIANTS)
+def test_gradient_step_and_candidates(benchmark, bench_state, variant):
+    cands = benchmark.pedantic(bench_state.gradient_step, args=(variant,), rounds=3, iterations=1)
+    assert len(cands) == bench_state.config.num_triggers
+
+
+def _time(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    state = ScanBench()
+    state.scoring_round("ext")  # warm-up: allocator, kernels, tokenizer caches
+    times: dict[str, dict[str, list[float]]] = {"candidate_scoring_round": {}, "gradient_step": {}}
+    sets_scored = state.scoring_round("ext")[1]
+    for _ in range(args.rounds):  # round-robin, so background load hits every variant alike
+        for variant in SCORING_VARIANTS:
+            times["candidate_scoring_round"].setdefault(variant, []).append(_time(state.scoring_round, variant))
+        for variant in GRADIENT_VARIANTS:
+            times["gradient_step"].setdefault(variant, []).append(_time(state.gradient_step, variant))
+    medians = {case: {v: statistics.median(ts) for v, ts in variants.items()} for case, variants in times.items()}
+    print(f"all-MiniLM-L6-v2, fast profile, {args.threads} threads, {args.rounds} rounds, "
+          f"{sets_scored} candidate sets per scoring round")
+    for case, per_variant in medians.items():
+        for variant, median in per_variant.items():
+            ratio = median / per_variant["ext"]
+            print(f"{case:26} {variant:11} median {median:8.3f} s   {ratio:6.2f}x the ext time")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"bench_scan_{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"machine": info.collect(), "threads": args.threads, "rounds": args.rounds,
+                                "candidate_sets_per_round": sets_scored, "times_s": times, "medians_s": medians,
+                                "config": state.config.to_dict()}, indent=2, default=str))
+    print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
