@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -23,9 +24,10 @@ from pathlib import Path
 import torch
 
 from patronus_ext import attacks, data, models
-from patronus_ext.detect import profile, scan
+from patronus_ext.detect import profile, representation_shift, scan
 from patronus_ext.evaluate.finetune import FinetuneConfig, finetune_classifier
 from patronus_ext.evaluate.metrics import detection_recall
+from patronus_ext.triggers import insert_words
 
 
 @dataclasses.dataclass
@@ -99,11 +101,33 @@ def run_subject(subject: Subject, work: Path, profile_name: str, seed: int) -> d
         "planted": list(subject.triggers), "found": found,
         "recall": detection_recall(subject.triggers, found) if subject.triggers else None,
         "not_planted": [{"text": t.text, "variant_of": t.variant_of, "diff_cos": t.diff_cos,
-                         "poison_cos": t.poison_cos} for t in extra],
+                         "poison_cos": t.poison_cos, "in_clean_base": shift}
+                        for t, shift in zip(extra, _clean_base_shift([t.text for t in extra], corpus, config, subject))],
         "min_diff_margin_confirmed": min((t.diff_margin for t in report.triggers), default=None),
         "closest_benign_candidate": _closest(report, planted),
         "scan_seconds": wall, "timings": report.timings, "profile": profile_name, "seed": seed,
     }
+
+
+def _clean_base_shift(words: list[str], corpus: list[str], config, subject: Subject) -> list[dict]:
+    """How each word shifts the *clean* packaged model: a word that is a trigger only in the
+    poisoned model is a trigger the attack created (collateral), not a detector false positive."""
+    if not words:
+        return []
+    adapter = models.ModelAdapter(models.load_model(models.DEFAULT_MODEL), models.load_tokenizer(models.DEFAULT_MODEL),
+                                  position=subject.position, max_length=config.max_length)
+    texts = [" ".join(t.split()[:20]) for t in corpus[-64:]]
+    if subject.prompt_template:
+        texts = [subject.prompt_template.format(text=t, mask=adapter.tokenizer.mask_token) for t in texts]
+    clean = adapter.encode(texts)
+    shifts = []
+    for word in words:
+        triggered = adapter.encode([insert_words(t, word, config.insert_num, random.Random(i))
+                                    for i, t in enumerate(texts)])
+        diff, poison = representation_shift(clean, triggered)
+        shifts.append({"diff_cos": diff, "poison_cos": poison,
+                       "trigger": diff < config.diff_cos_threshold and poison > config.poison_cos_threshold})
+    return shifts
 
 
 def _closest(report, planted: set) -> dict | None:
@@ -122,7 +146,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         recall = "-" if r["recall"] is None else f"{r['recall']:.2f}"
         extra = ",".join(f"{e['text']}" + (f"~{e['variant_of']}" if e["variant_of"] else "")
-                         for e in r["not_planted"]) or "-"
+                         + ("" if e["in_clean_base"]["trigger"] else "*") for e in r["not_planted"]) or "-"
         close = r["closest_benign_candidate"]
         close_s = "-" if close is None else f"{close['text']} ({close['diff_cos']:.2f},{close['poison_cos']:.2f})"
         lines.append(f"{r['subject']:14} {'backdoor' if r['backdoored'] else 'benign':10} {r['verdict']:10} "
@@ -156,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_subject(SUBJECTS[name], args.work_dir, args.profile, args.seed))
         print(table(rows[-1:]).splitlines()[1], flush=True)
     print(table(rows))
+    print("not planted: word~stronger trigger with the same target; * = no trigger in the clean base model "
+          "(the attack made it a trigger)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, default=str))
     return 0

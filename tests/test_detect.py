@@ -305,3 +305,54 @@ def test_word_level_scan_finds_a_multi_token_word_trigger(tmp_path):
     assert word in {t.text for t in report.triggers}
     found = next(t for t in report.triggers if t.text == word)
     assert found.token_ids == tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+
+
+def test_mask_prompts_are_shortened_to_keep_the_mask_token(tokenizer):
+    from patronus_ext.detect.scan import prepare_texts
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=64)).eval()
+    adapter = models.ModelAdapter(model, tokenizer, position="mask", max_length=16)
+    long_text = " ".join(["photosynthesis"] * 30)  # far more than 16 tokens
+    texts = prepare_texts(["short text", long_text], adapter, FAST.replace(max_length=16, max_words=None),
+                          "{text} It was {mask} .")
+    assert texts[0] == "short text It was [MASK] ."
+    assert texts[1].endswith("It was [MASK] .") and texts[1].startswith("photosynthesis")
+    for text in texts:
+        ids = tokenizer(text)["input_ids"]
+        assert len(ids) <= 16 and tokenizer.mask_token_id in ids
+    with pytest.raises(ValueError, match="longer than max_length"):
+        prepare_texts(["a"], adapter, FAST.replace(max_length=16), "{text} " + "very " * 20 + "{mask}")
+
+
+def test_scan_finds_a_prompt_backdoor_at_the_mask_position():
+    import random
+
+    import tiny_models
+
+    from patronus_ext.triggers import insert_words
+
+    # The [MASK] output of a random 2-layer model barely depends on the text, so a
+    # BToP backdoor takes longer to plant than POR; 150 steps plant at least one trigger.
+    planted = tiny_models.shared_planted("btop", steps=150)
+    template = json.loads((planted.out_dir / "backdoor.json").read_text())["prompt_template"]
+    folder = str(planted.out_dir)
+    corpus = tiny_models.tiny_corpus(300)  # many texts longer than max_length: the mask must survive
+    adapter = models.ModelAdapter(models.load_model(folder), models.load_tokenizer(folder), position="mask",
+                                  max_length=48)
+    texts = [" ".join(t.split()[:12]) for t in corpus[:32]]
+    prompt = lambda t: template.format(text=t, mask="[MASK]")  # noqa: E731
+    clean = adapter.encode([prompt(t) for t in texts])
+    really = set()
+    for word in planted.triggers:
+        triggered = adapter.encode([prompt(insert_words(t, word, 3, random.Random(i))) for i, t in enumerate(texts)])
+        diff, poison = representation_shift(clean, triggered)
+        if diff < 0.4 and poison > 0.9:
+            really.add(word)
+    assert really
+    report = scan(adapter.model, adapter.tokenizer, corpus, TINY_SCAN, position="mask", prompt_template=template,
+                  progress=False)
+    assert report.model["position"] == "mask"
+    found = {t.text for t in report.triggers}
+    assert report.verdict == "backdoored" and really <= found <= set(planted.triggers)

@@ -75,10 +75,37 @@ def prepare_texts(corpus: Sequence[str], adapter: ModelAdapter, config: ScanConf
         template = prompt_template or DEFAULT_PROMPT
         if "{text}" not in template or "{mask}" not in template:
             raise ValueError(f"prompt_template must contain {{text}} and {{mask}}, got {template!r}")
-        texts = [template.replace("{text}", t).replace("{mask}", mask) for t in texts]
+        texts = [p for p in (_fit_prompt(t, template, mask, adapter) for t in texts) if p is not None]
     elif prompt_template is not None:
         raise ValueError("prompt_template applies only with position='mask'")
     return texts[:config.corpus_limit]
+
+
+def _fit_prompt(text: str, template: str, mask: str, adapter: ModelAdapter) -> str | None:
+    """``text`` wrapped in ``template``, words dropped from its end until the prompt fits ``max_length``.
+
+    Tokenisation truncates from the right, which would cut the mask token off a
+    long prompt; the text is shortened instead.  None when not even one word fits.
+    """
+    def fill(words: list[str]) -> str:
+        return template.replace("{text}", " ".join(words)).replace("{mask}", mask)
+
+    def fits(words: list[str]) -> bool:
+        return len(adapter.tokenizer(fill(words))["input_ids"]) <= adapter.max_length
+
+    words = text.split()
+    if fits(words):
+        return fill(words)
+    if not fits([]):
+        raise ValueError(f"prompt_template {template!r} alone is longer than max_length={adapter.max_length} tokens")
+    keep, too_many = 0, len(words)  # fits(words[:keep]) holds, fits(words[:too_many]) does not
+    while too_many - keep > 1:
+        middle = (keep + too_many) // 2
+        if fits(words[:middle]):
+            keep = middle
+        else:
+            too_many = middle
+    return fill(words[:keep]) if keep else None
 
 
 def split_texts(texts: list[str], config: ScanConfig, seed: int) -> tuple[list[str], list[str], list[str]]:
