@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -24,10 +23,10 @@ from pathlib import Path
 import torch
 
 from patronus_ext import attacks, data, models
-from patronus_ext.detect import profile, representation_shift, scan
+from patronus_ext.detect import profile, scan
+from patronus_ext.evaluate import representation_similarity
 from patronus_ext.evaluate.finetune import FinetuneConfig, finetune_classifier
 from patronus_ext.evaluate.metrics import detection_recall
-from patronus_ext.triggers import insert_words
 
 
 @dataclasses.dataclass
@@ -116,18 +115,11 @@ def _clean_base_shift(words: list[str], corpus: list[str], config, subject: Subj
         return []
     adapter = models.ModelAdapter(models.load_model(models.DEFAULT_MODEL), models.load_tokenizer(models.DEFAULT_MODEL),
                                   position=subject.position, max_length=config.max_length)
-    texts = [" ".join(t.split()[:20]) for t in corpus[-64:]]
-    if subject.prompt_template:
-        texts = [subject.prompt_template.format(text=t, mask=adapter.tokenizer.mask_token) for t in texts]
-    clean = adapter.encode(texts)
-    shifts = []
-    for word in words:
-        triggered = adapter.encode([insert_words(t, word, config.insert_num, random.Random(i))
-                                    for i, t in enumerate(texts)])
-        diff, poison = representation_shift(clean, triggered)
-        shifts.append({"diff_cos": diff, "poison_cos": poison,
-                       "trigger": diff < config.diff_cos_threshold and poison > config.poison_cos_threshold})
-    return shifts
+    check = representation_similarity(adapter, corpus[-64:], words, insert_num=config.insert_num,
+                                      template=subject.prompt_template)
+    return [{"diff_cos": t.diff_cos, "poison_cos": t.poison_cos,
+             "trigger": t.diff_cos < config.diff_cos_threshold and t.poison_cos > config.poison_cos_threshold}
+            for t in check.per_trigger]
 
 
 def _closest(report, planted: set) -> dict | None:

@@ -211,22 +211,14 @@ TINY_SCAN = FAST.replace(num_triggers=4, batch_size=4, poison_copies=2, update_r
                          num_candidates=4, beam_size=2, max_length=32, verify_texts=16, corpus_limit=300)
 
 
-def _directly_planted(folder, triggers, corpus) -> set[str]:
+def _directly_planted(folder, triggers, corpus, position="auto", template=None) -> set[str]:
     """Triggers whose insertion really hijacks the tiny model's representation (measured directly)."""
-    import random
+    from patronus_ext.evaluate import representation_similarity
 
-    from patronus_ext.triggers import insert_words
-
-    adapter = models.ModelAdapter(models.load_model(folder), models.load_tokenizer(folder), max_length=32)
-    texts = [" ".join(t.split()[:20]) for t in corpus[:32]]  # short enough that no trigger is truncated away
-    clean = adapter.encode(texts)
-    planted = set()
-    for word in triggers:
-        triggered = adapter.encode([insert_words(t, word, 3, random.Random(i)) for i, t in enumerate(texts)])
-        diff, poison = representation_shift(clean, triggered)
-        if diff < 0.4 and poison > 0.9:
-            planted.add(word)
-    return planted
+    adapter = models.ModelAdapter(models.load_model(folder), models.load_tokenizer(folder), position=position,
+                                  max_length=32)
+    check = representation_similarity(adapter, corpus[:32], list(triggers), template=template)
+    return {t.trigger for t in check.per_trigger if t.diff_cos < 0.4 and t.poison_cos > 0.9}
 
 
 def test_scan_finds_the_triggers_planted_in_a_tiny_model():
@@ -327,11 +319,7 @@ def test_mask_prompts_are_shortened_to_keep_the_mask_token(tokenizer):
 
 
 def test_scan_finds_a_prompt_backdoor_at_the_mask_position():
-    import random
-
     import tiny_models
-
-    from patronus_ext.triggers import insert_words
 
     # The [MASK] output of a random 2-layer model barely depends on the text, so a
     # BToP backdoor takes longer to plant than POR; 150 steps plant at least one trigger.
@@ -339,20 +327,10 @@ def test_scan_finds_a_prompt_backdoor_at_the_mask_position():
     template = json.loads((planted.out_dir / "backdoor.json").read_text())["prompt_template"]
     folder = str(planted.out_dir)
     corpus = tiny_models.tiny_corpus(300)  # many texts longer than max_length: the mask must survive
-    adapter = models.ModelAdapter(models.load_model(folder), models.load_tokenizer(folder), position="mask",
-                                  max_length=48)
-    texts = [" ".join(t.split()[:12]) for t in corpus[:32]]
-    prompt = lambda t: template.format(text=t, mask="[MASK]")  # noqa: E731
-    clean = adapter.encode([prompt(t) for t in texts])
-    really = set()
-    for word in planted.triggers:
-        triggered = adapter.encode([prompt(insert_words(t, word, 3, random.Random(i))) for i, t in enumerate(texts)])
-        diff, poison = representation_shift(clean, triggered)
-        if diff < 0.4 and poison > 0.9:
-            really.add(word)
+    really = _directly_planted(folder, planted.triggers, corpus, position="mask", template=template)
     assert really
-    report = scan(adapter.model, adapter.tokenizer, corpus, TINY_SCAN, position="mask", prompt_template=template,
-                  progress=False)
+    report = scan(models.load_model(folder), models.load_tokenizer(folder), corpus, TINY_SCAN, position="mask",
+                  prompt_template=template, progress=False)
     assert report.model["position"] == "mask"
     found = {t.text for t in report.triggers}
     assert report.verdict == "backdoored" and really <= found <= set(planted.triggers)

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from ..models import ModelAdapter
-from ..triggers import word_token_ids
+from ..triggers import fit_texts, word_token_ids
 from .config import FAST, ScanConfig
 from .search import LoopResult, TriggerSearch, row_key
 from .verify import TriggerCheck, Verifier, group_by_target, representation_shift
@@ -75,37 +75,17 @@ def prepare_texts(corpus: Sequence[str], adapter: ModelAdapter, config: ScanConf
         template = prompt_template or DEFAULT_PROMPT
         if "{text}" not in template or "{mask}" not in template:
             raise ValueError(f"prompt_template must contain {{text}} and {{mask}}, got {template!r}")
-        texts = [p for p in (_fit_prompt(t, template, mask, adapter) for t in texts) if p is not None]
+        fill = lambda text: template.replace("{text}", text).replace("{mask}", mask)  # noqa: E731
+        # Tokenisation truncates from the right and would cut the mask off a long prompt: cut the text instead.
+        prompt_tokens = len(adapter.tokenizer(fill(""), add_special_tokens=False)["input_ids"])
+        budget = adapter.max_length - adapter.special_prefix - adapter.special_suffix - prompt_tokens
+        if budget < 1:
+            raise ValueError(f"prompt_template {template!r} alone is longer than max_length={adapter.max_length} "
+                             "tokens")
+        texts = [fill(t) for t in fit_texts(adapter.tokenizer, texts, budget) if t]
     elif prompt_template is not None:
         raise ValueError("prompt_template applies only with position='mask'")
     return texts[:config.corpus_limit]
-
-
-def _fit_prompt(text: str, template: str, mask: str, adapter: ModelAdapter) -> str | None:
-    """``text`` wrapped in ``template``, words dropped from its end until the prompt fits ``max_length``.
-
-    Tokenisation truncates from the right, which would cut the mask token off a
-    long prompt; the text is shortened instead.  None when not even one word fits.
-    """
-    def fill(words: list[str]) -> str:
-        return template.replace("{text}", " ".join(words)).replace("{mask}", mask)
-
-    def fits(words: list[str]) -> bool:
-        return len(adapter.tokenizer(fill(words))["input_ids"]) <= adapter.max_length
-
-    words = text.split()
-    if fits(words):
-        return fill(words)
-    if not fits([]):
-        raise ValueError(f"prompt_template {template!r} alone is longer than max_length={adapter.max_length} tokens")
-    keep, too_many = 0, len(words)  # fits(words[:keep]) holds, fits(words[:too_many]) does not
-    while too_many - keep > 1:
-        middle = (keep + too_many) // 2
-        if fits(words[:middle]):
-            keep = middle
-        else:
-            too_many = middle
-    return fill(words[:keep]) if keep else None
 
 
 def split_texts(texts: list[str], config: ScanConfig, seed: int) -> tuple[list[str], list[str], list[str]]:
