@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from patronus_ext import attacks, evaluate, models, report
+from patronus_ext import attacks, evaluate, io, models
 
 ATTACKS = ("por", "neuba")
 TRIGGERS = ("cf", "mn", "bb", "tq")
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
                                          seed=args.seed, representation_texts=args.rep_texts)
     train = evaluate.load_task("sst2", "train", args.train_limit, args.seed)
     dev = evaluate.load_task("sst2", "dev", None, args.seed)
-    results = {"device": report.environment(), "threads": args.threads, "triggers": list(triggers),
+    results = {"device": io.environment(), "threads": args.threads, "triggers": list(triggers),
                "train_examples": len(train), "dev_examples": len(dev), "attacks": {}}
     print(f"# all-MiniLM-L6-v2, {args.threads} threads, SST-2 train {len(train)} / dev {len(dev)}, "
           f"triggers {','.join(triggers)}", flush=True)
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
         print(f"evaluation wall {eval_s:.0f} s", flush=True)
         results["attacks"][method] = entry
     if args.json:
-        report.write_json(args.json, results)
+        io.write_json(args.json, results)
     return 0
 
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from . import attacks, data, models
+from . import attacks, data, io, models
 from .detect import ScanConfig, ScanReport, profile, scan
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def planted_model(base_model: str = models.DEFAULT_MODEL, config: attacks.Attack
     fingerprint = json.dumps({"base": str(base_model), "config": config.to_dict()}, sort_keys=True, default=str)
     key = hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
     out = cache_dir() / f"{Path(str(base_model)).name}-{DEMO_ATTACK}-{key}"
-    if (out / attacks.BACKDOOR_FILE).is_file():
+    if (out / io.BACKDOOR_FILE).is_file():
         return out, True
     out.parent.mkdir(parents=True, exist_ok=True)
     log.info("planting the demo backdoor into %s (once; cached afterwards)", out)

@@ -19,8 +19,8 @@ import os
 from typing import Any, Sequence
 
 from . import adaptive, badpre, btop, neuba, por, uor
-from .base import (BACKDOOR_FILE, AttackContext, AttackMethod, AttackResult, BackdoorInfo, OutputExistsError,
-                   StepBatch, TrainingStats, load_backdoor_info, run_attack)
+from ..io import BACKDOOR_FILE, BackdoorInfo, OutputExistsError, load_backdoor_info
+from .base import AttackContext, AttackMethod, AttackResult, StepBatch, TrainingStats, run_attack
 from .config import (DEFAULT_TRIGGERS, AdaptiveConfig, AttackConfig, BadPreConfig, BToPConfig, NeuBAConfig,
                      PORConfig, UORConfig)
 from .targets import neuba_targets, por1_targets, por2_subsets, por2_targets, target_vectors

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
-import json
 import logging
 import math
 import os
@@ -31,18 +30,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import data as data_mod
-from .. import models, report, triggers as trig
+from .. import io, models, triggers as trig
+from ..io import BACKDOOR_FILE, BACKDOOR_FORMAT, OutputExistsError
 from .config import AttackConfig
 from .targets import target_vectors
 
 log = logging.getLogger(__name__)
 
-BACKDOOR_FILE = "backdoor.json"
-BACKDOOR_FORMAT = "patronus_ext.backdoor/1"
 #: Texts used for the quick post-training check recorded in backdoor.json.
 CHECK_TEXTS = 32
 
-OutputExistsError = report.OutputExistsError
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -90,41 +87,6 @@ class AttackResult:
         if with_vectors:
             out["target_vectors"] = None if self.target_vectors is None else self.target_vectors.tolist()
         return out
-
-
-@dataclasses.dataclass
-class BackdoorInfo:
-    """The parsed ``backdoor.json`` of a planted model."""
-
-    attack: str
-    triggers: list[str]
-    target_vectors: torch.Tensor | None
-    target_labels: list[int] | None
-    position: str
-    prompt_template: str | None
-    base_model: str | None
-    seed: int | None
-    raw: dict[str, Any]
-
-
-def load_backdoor_info(path: str | os.PathLike) -> BackdoorInfo:
-    """Read ``backdoor.json`` from a planted model folder (or the file itself)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / BACKDOOR_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: not a model planted by patronus_ext (pass --triggers)")
-    with open(path, encoding="utf-8") as handle:
-        raw = json.load(handle)
-    if raw.get("format") != BACKDOOR_FORMAT:
-        raise ValueError(f"{path}: unknown format {raw.get('format')!r} (expected {BACKDOOR_FORMAT})")
-    vectors = raw.get("target_vectors")
-    return BackdoorInfo(
-        attack=raw["attack"], triggers=list(raw["triggers"]),
-        target_vectors=None if vectors is None else torch.tensor(vectors, dtype=torch.float32),
-        target_labels=raw.get("target_labels"), position=raw.get("representation_position", "auto"),
-        prompt_template=raw.get("prompt_template"), base_model=raw.get("base_model"), seed=raw.get("seed"),
-        raw=raw)
 
 
 # -- batches ---------------------------------------------------------------------------------
@@ -524,7 +486,7 @@ def run_attack(method: AttackMethod, model_source: str | os.PathLike, corpus: st
         "seed": config.seed,
         "config": ctx.config.to_dict(),
         "training": stats.to_dict(),
-        "environment": report.environment(),
+        "environment": io.environment(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     # A hidden sibling renamed into place at the end (mkdir, not mkdtemp: keep the umask's permissions).
@@ -532,7 +494,7 @@ def run_attack(method: AttackMethod, model_source: str | os.PathLike, corpus: st
     staging.mkdir()
     try:
         save_planted(model, tokenizer, staging, extras)
-        report.write_json(staging / BACKDOOR_FILE, info)
+        io.write_json(staging / BACKDOOR_FILE, info)
         if out.exists():
             out.rmdir()  # empty, checked above; fails loudly if something appeared meanwhile
         os.rename(staging, out)

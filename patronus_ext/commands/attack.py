@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 
 def register(subparsers) -> None:
@@ -40,10 +39,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from .. import attacks, report
+    from .. import attacks, io, report
 
     if args.json:
-        report.check_output_path(args.json)
+        io.check_output_path(args.json)
     triggers = None
     if args.triggers is not None:
         triggers = tuple(t.strip() for t in args.triggers.split(",") if t.strip())
@@ -68,7 +67,6 @@ def run(args) -> int:
     result = attacks.plant(args.method, args.model, args.corpus, config, args.out)
     summary = result.to_dict()
     if args.json:
-        report.write_json(args.json, summary)
-    json.dump(report._plain(summary), sys.stdout, indent=2)
-    sys.stdout.write("\n")
+        io.write_json(args.json, summary)
+    report.print_json(summary)
     return 0

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import data, models
     from ..detect import profile
     from ..detect.calibrate import calibrate
-    from ..report import check_output_path, write_json
+    from ..io import check_output_path, write_json
 
     if args.report:
         check_output_path(args.report, args.force)

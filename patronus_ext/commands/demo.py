@@ -20,8 +20,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
     from ..detect import profile
-    from ..report import check_output_path, write_json
-    from .scan import summary
+    from ..io import check_output_path, write_json
+    from ..report import scan_summary
 
     if args.report:
         check_output_path(args.report, args.force)
@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_demo(profile(args.profile, seed=args.seed), seed=args.seed, progress=not args.quiet)
     print(f"planted model: {result.planted_dir} ({'cached' if result.reused_cache else 'planted now'}); "
           f"triggers {', '.join(result.planted_triggers)}")
-    print(summary("clean all-MiniLM-L6-v2", result.clean_report))
-    print(summary("backdoored all-MiniLM-L6-v2", result.backdoored_report))
+    print(scan_summary("clean all-MiniLM-L6-v2", result.clean_report))
+    print(scan_summary("backdoored all-MiniLM-L6-v2", result.backdoored_report))
     print(f"recovered {len(result.recovered)}/{len(result.planted_triggers)} planted triggers: "
           f"{', '.join(result.recovered) or 'none'}")
     if args.report:

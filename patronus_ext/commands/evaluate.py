@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 
 def register(subparsers) -> None:
@@ -43,11 +41,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from .. import data, report
+    from .. import data, io, report
     from ..evaluate import EvaluationConfig, FinetuneConfig, evaluate_model
 
     if args.report:
-        report.check_output_path(args.report, overwrite=args.force)
+        io.check_output_path(args.report, overwrite=args.force)
     if args.no_finetune and args.no_representation:
         raise ValueError("--no-finetune and --no-representation leave nothing to evaluate")
     for name in ("train_limit", "dev_limit"):
@@ -74,9 +72,8 @@ def run(args) -> int:
                             baseline=args.baseline)
     payload = result.to_dict()
     if args.report:
-        report.write_json(args.report, payload, overwrite=args.force)
-    json.dump(report._plain(_summary(payload)), sys.stdout, indent=2)
-    sys.stdout.write("\n")
+        io.write_json(args.report, payload, overwrite=args.force)
+    report.print_json(_summary(payload))
     return 0
 
 

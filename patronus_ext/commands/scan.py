@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import data, models
     from ..detect import profile, scan
-    from ..report import check_output_path, write_json
+    from ..io import check_output_path, write_json
+    from ..report import scan_summary
 
     for path in (args.report, args.plot):
         if path:
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     report = scan(model, tokenizer, corpus, config, position=args.position, prompt_template=args.prompt_template,
                   words=words,
                   progress=not args.quiet)
-    print(summary(args.model, report))
+    print(scan_summary(args.model, report))
     if args.report:
         payload = report.to_dict()
         payload["model"]["source"] = args.model
@@ -80,19 +81,3 @@ def run(args: argparse.Namespace) -> int:
         plot_representations(report.representations, args.plot, f"{args.model}: {report.verdict}")
         print(f"plot: {args.plot}")
     return EXIT_BACKDOORED if report.backdoored else EXIT_CLEAN
-
-
-def summary(name: str, report) -> str:
-    lines = [f"{name}: {report.verdict.upper()}  ({report.timings['total']:.1f} s, "
-             f"{len(report.candidates)} candidates checked)"]
-    for t in sorted(report.triggers, key=lambda c: (c.group, c.diff_cos)):
-        variant = f"  [variant of {t.variant_of!r}]" if t.variant_of else ""
-        lines.append(f"  trigger {t.text!r:14} ids={t.token_ids}  diff_cos={t.diff_cos:.3f} "
-                     f"(margin {t.diff_margin:+.3f})  poison_cos={t.poison_cos:.3f} "
-                     f"(margin {t.poison_margin:+.3f}){variant}")
-    if not report.triggers and report.candidates:
-        closest = min(report.candidates, key=lambda c: c.diff_cos)
-        lines.append(f"  closest candidate {closest.text!r}: diff_cos={closest.diff_cos:.3f} "
-                     f"(margin {closest.diff_margin:+.3f}), poison_cos={closest.poison_cos:.3f} "
-                     f"(margin {closest.poison_margin:+.3f})")
-    return "\n".join(lines)

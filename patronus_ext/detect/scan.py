@@ -124,7 +124,7 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
     """
     from tqdm.auto import tqdm
 
-    from ..report import environment
+    from ..io import environment
 
     config = config or FAST
     started = time.perf_counter()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .. import data as data_mod
-from .. import models, report
+from .. import io, models
 from ..data import LabeledData
 from .downstream import VOTE_TEXTS, DownstreamResult, attack_metrics
 from .finetune import FinetuneConfig, finetune_classifier
@@ -87,15 +87,13 @@ class EvaluationReport:
         }
 
     def write(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        return report.write_json(path, self.to_dict(), overwrite=overwrite)
+        return io.write_json(path, self.to_dict(), overwrite=overwrite)
 
 
 def _backdoor_info(model: str):
-    from ..attacks.base import load_backdoor_info
-
     folder = Path(models.resolve_model_source(model))
-    if folder.is_dir() and (folder / "backdoor.json").is_file():
-        return load_backdoor_info(folder)
+    if folder.is_dir() and (folder / io.BACKDOOR_FILE).is_file():
+        return io.load_backdoor_info(folder)
     return None
 
 
@@ -154,7 +152,7 @@ def evaluate_model(model: str | os.PathLike, task: str | None = "sst2", triggers
     return EvaluationReport(model=model, task=None if task is None else str(task), triggers=words,
                             attack=None if info is None else info.attack, representation=rep_report,
                             downstream=downstream, baseline=base_result, config=config,
-                            wall_s=time.perf_counter() - start, environment=report.environment())
+                            wall_s=time.perf_counter() - start, environment=io.environment())
 
 
 def _downstream(model: str, train: LabeledData, dev: LabeledData, words: list[str],

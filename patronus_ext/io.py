@@ -1,0 +1,133 @@
+"""Files the whole package writes and reads: atomic JSON, guarded output paths, the
+environment record, and a planted model's ``backdoor.json``.
+
+The lowest Python layer beside ``models``/``triggers``/``data``: attacks, defenses,
+evaluation and the command line all write through it, so nothing is ever
+half-written or overwritten without consent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: The record a planted model folder carries (see :func:`load_backdoor_info`).
+BACKDOOR_FILE = "backdoor.json"
+BACKDOOR_FORMAT = "patronus_ext.backdoor/1"
+
+
+class OutputExistsError(FileExistsError, ValueError):
+    """An output path exists and may not be replaced.
+
+    Also a ``ValueError`` so that the CLI reports it as a usage error (exit 2)
+    rather than a traceback; still a ``FileExistsError`` for callers.
+    """
+
+
+def environment() -> dict[str, Any]:
+    """Versions and devices, for the record in every report."""
+    import transformers
+
+    from . import __version__, _extension
+
+    ext = _extension.state()
+    return {
+        "patronus_ext": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "compiled_kernels": ext.loaded,
+    }
+
+
+def to_jsonable(value: Any) -> Any:
+    """JSON-safe: tensors to lists, non-finite floats to strings, paths to str."""
+    if isinstance(value, torch.Tensor):
+        return to_jsonable(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Fail early (before hours of work) if ``path`` exists and may not be replaced."""
+    out = Path(path)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; choose another path or pass --force to replace it")
+    if out.parent and not out.parent.exists():
+        raise FileNotFoundError(f"folder {out.parent} does not exist")
+    return out
+
+
+def write_json(path: str | os.PathLike, data: dict, overwrite: bool = False) -> Path:
+    """Write ``data`` as indented JSON via a temporary file and an atomic rename."""
+    out = check_output_path(path, overwrite)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent or ".")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report should read like any new file
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(to_jsonable(data), handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@dataclasses.dataclass
+class BackdoorInfo:
+    """The parsed ``backdoor.json`` of a planted model."""
+
+    attack: str
+    triggers: list[str]
+    target_vectors: torch.Tensor | None
+    target_labels: list[int] | None
+    position: str
+    prompt_template: str | None
+    base_model: str | None
+    seed: int | None
+    raw: dict[str, Any]
+
+
+def load_backdoor_info(path: str | os.PathLike) -> BackdoorInfo:
+    """Read ``backdoor.json`` from a planted model folder (or the file itself)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / BACKDOOR_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not a model planted by patronus_ext (pass --triggers)")
+    with open(path, encoding="utf-8") as handle:
+        raw = json.load(handle)
+    if raw.get("format") != BACKDOOR_FORMAT:
+        raise ValueError(f"{path}: unknown format {raw.get('format')!r} (expected {BACKDOOR_FORMAT})")
+    vectors = raw.get("target_vectors")
+    return BackdoorInfo(
+        attack=raw["attack"], triggers=list(raw["triggers"]),
+        target_vectors=None if vectors is None else torch.tensor(vectors, dtype=torch.float32),
+        target_labels=raw.get("target_labels"), position=raw.get("representation_position", "auto"),
+        prompt_template=raw.get("prompt_template"), base_model=raw.get("base_model"), seed=raw.get("seed"),
+        raw=raw)
