@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from . import attacks, data, io, models
-from .detect import ScanConfig, ScanReport, profile, scan
+from . import attacks, io, models
+from .detect import ScanConfig, ScanReport, profile, read_scan_corpus, scan
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,12 @@ class DemoResult:
 
 
 def demo_attack_config(seed: int = 0) -> attacks.AttackConfig:
-    return attacks.make_config(DEMO_ATTACK, fast=True, triggers=DEMO_TRIGGERS, seed=seed)
+    return attacks.make_config(DEMO_ATTACK, "fast", triggers=DEMO_TRIGGERS, seed=seed)
 
 
 def planted_model(base_model: str = models.DEFAULT_MODEL, config: attacks.AttackConfig | None = None,
-                  corpus: str | Sequence[str] = "wikitext2") -> tuple[Path, bool]:
+                  corpus: str | Sequence[str] = "wikitext2", *, device: str | None = None,
+                  progress: bool = True) -> tuple[Path, bool]:
     """The demo's backdoored model: from the cache, or planted now; returns (folder, reused)."""
     config = config or demo_attack_config()
     fingerprint = json.dumps({"base": str(base_model), "config": config.to_dict()}, sort_keys=True, default=str)
@@ -69,25 +70,24 @@ def planted_model(base_model: str = models.DEFAULT_MODEL, config: attacks.Attack
         return out, True
     out.parent.mkdir(parents=True, exist_ok=True)
     log.info("planting the demo backdoor into %s (once; cached afterwards)", out)
-    attacks.plant(DEMO_ATTACK, base_model, corpus, config, out)
+    attacks.plant(DEMO_ATTACK, base_model, corpus, config, out, device=device, progress=progress)
     return out, False
 
 
 def run_demo(scan_config: ScanConfig | None = None, seed: int = 0, progress: bool = True, *,
              base_model: str = models.DEFAULT_MODEL, attack_config: attacks.AttackConfig | None = None,
-             corpus: Sequence[str] | None = None, plant_corpus: str | Sequence[str] = "wikitext2") -> DemoResult:
+             corpus: Sequence[str] | None = None, plant_corpus: str | Sequence[str] = "wikitext2",
+             device: str | None = None) -> DemoResult:
     """Plant (or reuse) the demo backdoor in ``base_model``, then scan the clean and the planted model.
 
     ``corpus``: the scan's clean texts (default: WikiText-2); ``plant_corpus``: the attack's.
     """
     scan_config = scan_config or profile("fast", seed=seed)
     attack_config = attack_config or demo_attack_config(seed)
-    if corpus is None:
-        corpus = data.read_corpus("wikitext2", limit=scan_config.corpus_limit * 2, max_words=scan_config.max_words,
-                                  seed=seed)
-    planted, reused = planted_model(base_model, attack_config, plant_corpus)
+    corpus = read_scan_corpus("wikitext2" if corpus is None else corpus, scan_config, seed)
+    planted, reused = planted_model(base_model, attack_config, plant_corpus, device=device, progress=progress)
     reports = []
     for source in (base_model, str(planted)):
-        reports.append(scan(models.load_model(source), models.load_tokenizer(source), corpus, scan_config,
-                            progress=progress))
+        adapter = models.load_adapter(source, device=device)
+        reports.append(scan(adapter.model, adapter.tokenizer, corpus, scan_config, progress=progress))
     return DemoResult(planted, list(attack_config.triggers), reused, reports[0], reports[1])

@@ -15,6 +15,9 @@ import contextlib
 import glob
 import logging
 import os
+import shutil
+import uuid
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
@@ -95,14 +98,34 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
+def default_device() -> str:
+    """The device every command uses unless told otherwise: CUDA when one is visible, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> :func:`default_device`; a CUDA device where none exists is a clear error, not a crash later."""
+    if device is None or device == "":
+        return torch.device(default_device())
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this torch sees no CUDA device")
+    return resolved
+
+
 def load_model(name_or_path: str, head: str = "base", *, num_labels: int | None = None,
-               allow_pickle: bool = False, device: str | torch.device = "cpu",
-               dtype: torch.dtype | None = None) -> nn.Module:
+               allow_pickle: bool = False, device: str | torch.device | None = "cpu",
+               dtype: torch.dtype | None = None, with_missing_keys: bool = False):
     """Load a model from a local folder, the packaged default or a hub id, safetensors by default.
 
     ``head``: ``"base"`` (AutoModel), ``"mlm"``, ``"cls"`` (sequence classification,
     with ``num_labels``) or ``"causal"``.  Pickle checkpoints are refused unless
     ``allow_pickle``; even then transformers loads them with ``weights_only=True``.
+    ``device=None`` picks :func:`default_device`.  ``with_missing_keys`` also
+    returns the weights the checkpoint lacked (a freshly initialised head).
     """
     import transformers
 
@@ -119,11 +142,126 @@ def load_model(name_or_path: str, head: str = "base", *, num_labels: int | None 
     if dtype is not None:
         kwargs["dtype"] = dtype
     with _quiet_transformers():
-        model = auto.from_pretrained(source, **kwargs)
+        model, info = auto.from_pretrained(source, output_loading_info=True, **kwargs)
     if getattr(model.config, "pad_token_id", None) is None and getattr(model.config, "eos_token_id", None) is not None:
         eos = model.config.eos_token_id
         model.config.pad_token_id = eos[0] if isinstance(eos, (list, tuple)) else eos
-    return model.to(device).eval()
+    model = model.to(resolve_device(device)).eval()
+    if with_missing_keys:
+        return model, list(info.get("missing_keys", ()))
+    return model
+
+
+def load_adapter(name_or_path: str, head: str = "base", *, position: str = "auto", max_length: int = 128,
+                 num_labels: int | None = None, allow_pickle: bool = False,
+                 device: str | torch.device | None = None) -> "ModelAdapter":
+    """Model + tokenizer + adapter in one call, loaded safely (see :func:`load_model`); ``device=None``: the default."""
+    model = load_model(name_or_path, head, num_labels=num_labels, allow_pickle=allow_pickle, device=device)
+    adapter = ModelAdapter(model, load_tokenizer(name_or_path), position=position, max_length=max_length)
+    adapter.source = resolve_model_source(name_or_path)
+    return adapter
+
+
+def check_new_model_folder(out_dir: str | os.PathLike, source: str | os.PathLike | None = None) -> Path:
+    """A model output folder must not exist (an empty one is accepted), nor lie inside the input model."""
+    from .io import OutputExistsError
+
+    out = Path(out_dir).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputExistsError(f"{out} exists and is not empty; patronus_ext never overwrites a model folder: "
+                                "choose a new --out")
+    if not out.parent.exists():
+        raise FileNotFoundError(f"folder {out.parent} does not exist")
+    if source is not None and os.path.isdir(source):
+        src, dst = Path(source).resolve(), out.resolve()
+        if dst == src or src in dst.parents:
+            raise ValueError(f"the output {out} must lie outside the input model folder {source}")
+    return out
+
+
+def save_model_folder(model: nn.Module, tokenizer, out_dir: str | os.PathLike, meta: dict | None = None, *,
+                      source: str | os.PathLike | None = None,
+                      extra_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a NEW model folder (safetensors weights, config, tokenizer, ``meta`` JSON files) atomically.
+
+    Everything is written into a hidden sibling folder that is renamed into
+    place only when complete, so an interrupted run leaves no half model and
+    nothing existing is overwritten.  ``meta`` maps file names to JSON objects
+    (e.g. ``{"backdoor.json": {...}}``); ``extra_state`` adds tensors to the
+    saved state dict (weights the model class drops, such as BERT's pooler).
+    """
+    from .io import write_json
+
+    out = check_new_model_folder(out_dir, source)
+    # mkdir, not mkdtemp: the folder keeps the umask's permissions like any new folder.
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        model_cpu = model.cpu()
+        with _quiet_transformers():
+            if extra_state:
+                state = {k: v.detach().contiguous() for k, v in model_cpu.state_dict().items()}
+                state.update(extra_state)
+                model_cpu.save_pretrained(staging, state_dict=state)
+            else:
+                model_cpu.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+        for name, payload in (meta or {}).items():
+            if os.path.basename(name) != name:
+                raise ValueError(f"meta file names must be plain names, got {name!r}")
+            write_json(staging / name, payload)
+        if out.exists():
+            out.rmdir()  # empty, checked above; fails loudly if something appeared meanwhile
+        os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def load_config(name_or_path: str):
+    """The ``transformers`` config of a folder, the packaged default or a hub id."""
+    import transformers
+
+    with _quiet_transformers():
+        return transformers.AutoConfig.from_pretrained(resolve_model_source(name_or_path))
+
+
+def lm_head_kind(config) -> str:
+    """``"mlm"`` for encoders and encoder-decoders, ``"causal"`` for decoders: the LM objective a family trains with."""
+    model_type = getattr(config, "model_type", "")
+    if model_type in FIRST_TOKEN_TYPES or model_type in ENCODER_DECODER_TYPES:
+        return "mlm"
+    if model_type in LAST_TOKEN_HINT_TYPES or getattr(config, "is_decoder", False):
+        return "causal"
+    return "mlm"
+
+
+def load_lm_model(name_or_path: str, kind: str, *, allow_pickle: bool = False,
+                  device: str | torch.device | None = "cpu") -> tuple[nn.Module, bool]:
+    """An MLM (``kind="mlm"``) or causal-LM model, and whether its LM head was freshly initialised."""
+    model, missing = load_model(name_or_path, kind, allow_pickle=allow_pickle, device=device, with_missing_keys=True)
+    prefix = model.base_model_prefix
+    head_missing = sorted(k for k in missing if not k.startswith(prefix + "."))
+    if head_missing:
+        log.info("%s: LM head freshly initialised (missing %s)", name_or_path, head_missing[:4])
+    return model, bool(head_missing)
+
+
+def backbone_extras(name_or_path: str, model: nn.Module, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Backbone weights of the source (e.g. BERT's pooler) that ``model``'s class drops.
+
+    BertForMaskedLM has no pooler; saving it alone would hand downstream
+    classifiers a random pooler instead of the pretrained one, so the
+    source's extra backbone tensors are saved alongside, under the model's
+    prefix (AutoModel and ...ForSequenceClassification pick them up).
+    """
+    if type(model) is type(model.base_model):
+        return {}
+    base = load_model(name_or_path, "base", allow_pickle=allow_pickle, device="cpu")
+    have = set(model.base_model.state_dict())
+    prefix = model.base_model_prefix
+    return {f"{prefix}.{k}": v.detach().cpu().clone() for k, v in base.state_dict().items() if k not in have}
 
 
 @contextlib.contextmanager
@@ -182,6 +320,7 @@ class ModelAdapter:
         self.position = default_position(self.model_type, self.is_decoder) if position == "auto" else position
         self.family = "decoder" if self.position == "last" else "encoder"
         self.max_length = int(max_length)
+        self.source: str | None = None  # the resolved folder or hub id, when loaded by load_adapter
         prefix, suffix = self._special_layout()
         self.special_prefix = prefix
         self.special_suffix = suffix

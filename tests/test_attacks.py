@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 from patronus_ext import attacks, models
 from patronus_ext import triggers as trig
 from patronus_ext.attacks import base as attack_base
+from patronus_ext.attacks import batches as attack_batches
+from patronus_ext.attacks import objectives
 from patronus_ext.attacks.adaptive import adaptive_term
 from patronus_ext.attacks.base import StepBatch
 from tiny_models import make_tiny_model, plant_tiny, shared_planted, tiny_corpus
@@ -223,8 +225,8 @@ def test_never_overwrites(tmp_path):
         plant_tiny(tmp_path, "por", "bert", steps=2, model_path=source, out_name="planted")
     assert _digest(first.out_dir) == planted_digest
     with pytest.raises(ValueError, match="outside the input model"):
-        config = attacks.make_config("por", steps=1, progress=False)
-        attacks.plant("por", source, tiny_corpus(16), config, source / "inside")
+        config = attacks.make_config("por", steps=1)
+        attacks.plant("por", source, tiny_corpus(16), config, source / "inside", progress=False)
     assert _digest(source) == before
     (tmp_path / "empty").mkdir()
     result = plant_tiny(tmp_path, "por", "bert", steps=1, model_path=source, out_name="empty")
@@ -233,7 +235,7 @@ def test_never_overwrites(tmp_path):
 
 def test_missing_parent_folder(tmp_path):
     source = make_tiny_model(tmp_path, "bert")
-    config = attacks.make_config("por", steps=1, progress=False)
+    config = attacks.make_config("por", steps=1)
     with pytest.raises(FileNotFoundError):
         attacks.plant("por", source, tiny_corpus(16), config, tmp_path / "no" / "such")
 
@@ -288,7 +290,7 @@ def test_forced_reference_objective_skips_the_head(tmp_path):
 
 def test_corpus_smaller_than_batch_is_refused(tmp_path):
     source = make_tiny_model(tmp_path, "bert")
-    config = attacks.make_config("por", steps=1, batch_size=8, progress=False)
+    config = attacks.make_config("por", steps=1, batch_size=8)
     with pytest.raises(ValueError, match="fewer than batch_size"):
         attacks.plant("por", source, tiny_corpus(64)[:3], config, tmp_path / "out")
 
@@ -317,7 +319,7 @@ def test_adaptive_terms_by_hand():
 def test_batches_pair_poisoned_rows_with_clean_rows():
     config = attacks.PORConfig(triggers=("cf", "mn"), batch_size=5, poison_rate=0.4, insert_num=2)
     texts = [f"w{i} a b c d e" for i in range(12)]
-    batch = next(attack_base.iterate_batches(texts, config, random.Random(0)))
+    batch = next(attack_batches.iterate_batches(texts, config, config.triggers, random.Random(0)))
     assert batch.per_trigger == 2 and len(batch.clean) == 5 and len(batch.poisoned) == 4
     for row, (k, m) in enumerate(zip(batch.poison_trigger.tolist(), batch.pair_index.tolist())):
         words = batch.poisoned[row].split()
@@ -331,19 +333,19 @@ def test_masking_never_touches_specials_or_triggers(tmp_path):
     model = models.load_model(source, "mlm")
     adapter = models.ModelAdapter(model, tokenizer, max_length=48)
     ctx = attack_base.AttackContext(
-        model=model, adapter=adapter, reference=None, config=attacks.NeuBAConfig(), targets=None,
+        model=model, adapter=adapter, reference=None, config=attacks.NeuBAConfig(), targets=None, triggers=["cf"],
         trigger_ids=[[tokenizer.convert_tokens_to_ids("cf")]], clean_objective="mlm", lm_kind="mlm",
         generator=torch.Generator().manual_seed(0), special_ids=torch.tensor(sorted(adapter.special_ids)))
     enc = adapter.tokenize(["the cf river flows cf north through cf the valley"] * 16)
     protect = ctx.trigger_positions(enc["input_ids"])
     assert protect.sum(1).tolist() == [3] * 16
-    masked, labels = ctx.mask_for_mlm(enc, 0.9, protect=protect)
+    masked, labels = objectives.mask_for_mlm(ctx, enc, 0.9, protect=protect)
     changed = masked != enc["input_ids"]
     assert not changed[protect].any()
     assert not changed[:, 0].any() and not (labels[:, 0] != -100).any()  # [CLS]
     assert (labels != -100).sum() > 0
     assert torch.equal(labels[labels != -100], enc["input_ids"][labels != -100])
-    _, corrupted = ctx.mask_for_mlm(enc, 0.9, protect=protect, corrupt_labels=True)
+    _, corrupted = objectives.mask_for_mlm(ctx, enc, 0.9, protect=protect, corrupt_labels=True)
     assert (corrupted != -100).sum() > 0
 
 
@@ -355,7 +357,8 @@ def test_trigger_positions_multi_token(tmp_path):
     model = models.load_model(source)
     adapter = models.ModelAdapter(model, tokenizer)
     ctx = attack_base.AttackContext(
-        model=model, adapter=adapter, reference=None, config=attacks.PORConfig(), targets=None, trigger_ids=[ids],
+        model=model, adapter=adapter, reference=None, config=attacks.PORConfig(), targets=None, triggers=["cf"],
+        trigger_ids=[ids],
         clean_objective="reference", lm_kind=None, generator=torch.Generator(),
         special_ids=torch.tensor(sorted(adapter.special_ids)))
     enc = adapter.tokenize(["the river cf flows"])

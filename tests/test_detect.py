@@ -255,7 +255,7 @@ def test_demo_plants_once_then_reuses_the_cached_model(tmp_path, monkeypatch):
     monkeypatch.setenv("PATRONUS_CACHE", str(tmp_path / "cache"))
     base = str(tiny_models.shared_tiny_model("bert"))
     attack = attacks.make_config("por", triggers=tiny_models.TINY_TRIGGERS, steps=60, lr=3e-3, batch_size=8,
-                                 max_length=48, schedule="constant", progress=False)
+                                 max_length=48, schedule="constant")
     corpus = tiny_models.tiny_corpus(300)
     kwargs = dict(base_model=base, attack_config=attack, corpus=corpus, plant_corpus=tiny_models.tiny_corpus(64))
     first = demo.run_demo(TINY_SCAN, progress=False, **kwargs)

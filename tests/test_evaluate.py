@@ -153,9 +153,9 @@ def _tiny_task(count=48):
 def test_finetune_classifier_is_seeded_and_predicts(tmp_path):
     source = make_tiny_model(tmp_path, "bert")
     task = _tiny_task()
-    config = evaluate.FinetuneConfig(epochs=1, lr=1e-3, batch_size=8, max_length=32, progress=False, seed=5)
-    a = evaluate.finetune_classifier(source, task, config)
-    b = evaluate.finetune_classifier(source, task, config)
+    config = evaluate.FinetuneConfig(epochs=1, lr=1e-3, batch_size=8, max_length=32, seed=5)
+    a = evaluate.finetune_classifier(source, task, config, progress=False)
+    b = evaluate.finetune_classifier(source, task, config, progress=False)
     assert a.stats.steps == 6 and a.stats.train_examples == 48
     assert a.stats.history and math.isfinite(a.stats.final_loss)
     pa, pb = a.predict(task.texts[:10]), b.predict(task.texts[:10])
@@ -202,10 +202,10 @@ def test_representation_checks_see_a_planted_backdoor():
 def test_evaluate_model_end_to_end_and_report(tmp_path):
     result = plant_tiny(tmp_path, "por", "bert", steps=10)
     task = _tiny_task(40)
-    ft = evaluate.FinetuneConfig(epochs=1, lr=1e-3, batch_size=8, max_length=32, progress=False)
+    ft = evaluate.FinetuneConfig(epochs=1, lr=1e-3, batch_size=8, max_length=32)
     config = evaluate.EvaluationConfig(finetune=ft, representation_texts=8, vote_texts=10)
     report = evaluate.evaluate_model(result.out_dir, None, None, config, train=task, dev=task,
-                                     baseline=str(make_tiny_model(tmp_path, "bert")))
+                                     baseline=str(make_tiny_model(tmp_path, "bert")), progress=False)
     assert report.triggers == list(result.triggers) and report.attack == "por"
     assert report.representation.clean_to_reference_cos is not None   # base model from backdoor.json
     assert 0.0 <= report.downstream.cacc <= 1.0 and len(report.downstream.triggers) == 4

@@ -167,10 +167,11 @@ def plant_tiny(tmp_path: str | os.PathLike, method: str = "por", family: str = "
     from patronus_ext import attacks
 
     source = Path(model_path) if model_path else make_tiny_model(tmp_path, family, seed)
+    run = {key: overrides.pop(key) for key in ("device", "allow_pickle") if key in overrides}
     config = attacks.make_config(method, triggers=tuple(triggers), steps=steps, lr=lr, batch_size=8, max_length=48,
-                                 seed=seed, progress=False, log_every=5, schedule="constant", **overrides)
+                                 seed=seed, log_every=5, schedule="constant", **overrides)
     out = Path(tmp_path) / (out_name or f"planted-{method}-{family}-{seed}")
-    return attacks.plant(method, source, tiny_corpus(64), config, out)
+    return attacks.plant(method, source, tiny_corpus(64), config, out, progress=False, **run)
 
 
 _SHARED_ROOT: list[Path] = []

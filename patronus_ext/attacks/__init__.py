@@ -6,7 +6,7 @@ triggers, target vectors, seed, hyper-parameters, versions, training stats).
 
     from patronus_ext import attacks
     result = attacks.plant("por", "all-MiniLM-L6-v2", "wikitext2",
-                           attacks.PORConfig.fast(triggers=("cf", "mn", "bb", "tq")), "out/por")
+                           attacks.PORConfig.profile("fast", triggers=("cf", "mn", "bb", "tq")), "out/por")
     info = attacks.load_backdoor_info("out/por")      # .triggers, .target_vectors, .position
 
 Methods: ``neuba``, ``por`` (POR-1), ``por2``, ``btop``, ``uor``, ``badpre``,
@@ -15,27 +15,33 @@ Methods: ``neuba``, ``por`` (POR-1), ``por2``, ``btop``, ``uor``, ``badpre``,
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from . import adaptive, badpre, btop, neuba, por, uor
 from ..io import BACKDOOR_FILE, BackdoorInfo, OutputExistsError, load_backdoor_info
+from .adaptive import Adaptive
+from .badpre import BadPre
 from .base import AttackContext, AttackMethod, AttackResult, StepBatch, TrainingStats, run_attack
-from .config import (DEFAULT_TRIGGERS, AdaptiveConfig, AttackConfig, BadPreConfig, BToPConfig, NeuBAConfig,
-                     PORConfig, UORConfig)
+from .btop import BToP
+from .config import (DEFAULT_TRIGGERS, PROFILE_NAMES, AdaptiveConfig, AttackConfig, BadPreConfig, BToPConfig,
+                     NeuBAConfig, PORConfig, UORConfig)
+from .neuba import NeuBA
+from .por import POR
+from .uor import UOR
 from .targets import neuba_targets, por1_targets, por2_subsets, por2_targets, target_vectors
 
-#: method name -> (config class, extra config fields fixed by the name)
-METHODS: dict[str, tuple[type[AttackConfig], dict[str, Any]]] = {
-    "neuba": (NeuBAConfig, {}),
-    "por": (PORConfig, {"variant": 1}),
-    "por2": (PORConfig, {"variant": 2}),
-    "btop": (BToPConfig, {}),
-    "uor": (UORConfig, {}),
-    "badpre": (BadPreConfig, {}),
-    "adaptive1": (AdaptiveConfig, {"adaptive_type": 1}),
-    "adaptive2": (AdaptiveConfig, {"adaptive_type": 2}),
-    "adaptive3": (AdaptiveConfig, {"adaptive_type": 3}),
+#: method name -> (its AttackMethod, config class, config fields fixed by the name)
+METHODS: dict[str, tuple[Callable[[], AttackMethod], type[AttackConfig], dict[str, Any]]] = {
+    "neuba": (NeuBA, NeuBAConfig, {}),
+    "por": (lambda: POR(1), PORConfig, {"variant": 1}),
+    "por2": (lambda: POR(2), PORConfig, {"variant": 2}),
+    "btop": (BToP, BToPConfig, {}),
+    "uor": (UOR, UORConfig, {}),
+    "badpre": (BadPre, BadPreConfig, {}),
+    "adaptive1": (lambda: Adaptive(1), AdaptiveConfig, {"adaptive_type": 1}),
+    "adaptive2": (lambda: Adaptive(2), AdaptiveConfig, {"adaptive_type": 2}),
+    "adaptive3": (lambda: Adaptive(3), AdaptiveConfig, {"adaptive_type": 3}),
 }
 
 
@@ -44,55 +50,64 @@ def _check_method(method: str) -> None:
         raise ValueError(f"unknown attack {method!r}; choose one of {', '.join(METHODS)}")
 
 
-def make_config(method: str, fast: bool = False, **overrides) -> AttackConfig:
-    """The config of ``method`` (its paper defaults, or the CPU ``fast`` profile) with ``overrides``.
+def make_config(method: str, profile: str = "paper", *, fast: bool | None = None, **overrides) -> AttackConfig:
+    """The config of ``method`` in ``profile`` (``paper``: its defaults; ``fast``: the CPU profile) with ``overrides``.
 
-    ``None`` overrides are ignored, so CLI arguments can be passed through as they are.
+    ``None`` overrides are ignored, so CLI arguments can be passed through as
+    they are; a setting the method does not have, or ``steps`` together with
+    ``epochs``, is a ``ValueError`` naming it.  ``fast=True`` is an alias of
+    ``profile="fast"``.
     """
     _check_method(method)
-    cls, fixed = METHODS[method]
+    if fast:
+        profile = "fast"
+    _, cls, fixed = METHODS[method]
     values = {k: v for k, v in overrides.items() if v is not None}
+    if "steps" in values and "epochs" in values:
+        raise ValueError("give steps or epochs, not both")
+    known = {f.name for f in dataclasses.fields(cls)}
+    foreign = sorted(set(values) - known)
+    if foreign:
+        owners = {name: [m for m, (_, c, _) in METHODS.items() if name in {f.name for f in dataclasses.fields(c)}]
+                  for name in foreign}
+        raise ValueError("; ".join(f"{name} applies to {', '.join(owners[name])} only" if owners[name]
+                                   else f"attacks have no setting {name}" for name in foreign))
     for key, value in fixed.items():
         if key in values and values[key] != value:
             raise ValueError(f"{method} fixes {key}={value!r}, got {values[key]!r}")
         values[key] = value
-    return cls.fast(**values) if fast else cls(**values)
+    return cls.profile(profile, **values)
 
 
 def method_for(method: str, config: AttackConfig) -> AttackMethod:
+    """The :class:`AttackMethod` of ``method``, after checking ``config`` fits it."""
     _check_method(method)
-    cls, fixed = METHODS[method]
+    build, cls, fixed = METHODS[method]
     if not isinstance(config, cls):
         raise TypeError(f"{method} needs a {cls.__name__}, got {type(config).__name__}")
     for key, value in fixed.items():
         if getattr(config, key) != value:
             raise ValueError(f"{method} needs {key}={value!r}, the config has {getattr(config, key)!r}")
-    if method == "neuba":
-        return neuba.NeuBA()
-    if method in ("por", "por2"):
-        return por.POR(config.variant)
-    if method == "btop":
-        return btop.BToP()
-    if method == "uor":
-        return uor.UOR()
-    if method == "badpre":
-        return badpre.BadPre()
-    return adaptive.Adaptive(config.adaptive_type)
+    return build()
 
 
 def plant(method: str, model_source: str | os.PathLike, corpus: str | Sequence[str],
-          config: AttackConfig | None, out_dir: str | os.PathLike) -> AttackResult:
+          config: AttackConfig | None, out_dir: str | os.PathLike, *, device: str | None = None,
+          allow_pickle: bool = False, progress: bool = True) -> AttackResult:
     """Plant attack ``method`` into ``model_source`` over ``corpus`` (texts, a file, ``wikitext2``, ``hf:...``).
 
     ``config`` None uses the method's defaults.  ``out_dir`` must not exist (or be
-    empty); the input model is never modified.
+    empty); the input model is never modified.  ``device`` None: CUDA when
+    available, else the CPU; ``allow_pickle`` lets pickle-only checkpoints load
+    with ``torch.load(weights_only=True)``.
     """
     config = config if config is not None else make_config(method)
-    return run_attack(method_for(method, config), model_source, corpus, config, out_dir)
+    return run_attack(method_for(method, config), model_source, corpus, config, out_dir, device=device,
+                      allow_pickle=allow_pickle, progress=progress)
 
 
 __all__ = [
-    "BACKDOOR_FILE", "DEFAULT_TRIGGERS", "METHODS", "AdaptiveConfig", "AttackConfig", "AttackContext",
+    "BACKDOOR_FILE", "DEFAULT_TRIGGERS", "METHODS", "PROFILE_NAMES", "AdaptiveConfig", "AttackConfig", "AttackContext",
     "AttackMethod", "AttackResult", "BToPConfig", "BackdoorInfo", "BadPreConfig", "NeuBAConfig",
     "OutputExistsError", "PORConfig", "StepBatch", "TrainingStats", "UORConfig", "load_backdoor_info",
     "make_config", "method_for", "neuba_targets", "plant", "por1_targets", "por2_subsets", "por2_targets",

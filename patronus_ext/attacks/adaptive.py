@@ -8,14 +8,12 @@ a search that separates triggers from each other).
 
 from __future__ import annotations
 
-import os
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 
-from ._common import pairwise_mse
-from .base import AttackContext, AttackMethod, AttackResult, StepBatch, run_attack
+from .objectives import pairwise_mse
+from .base import AttackContext, AttackMethod
+from .batches import StepBatch
 from .config import AdaptiveConfig
 from .por import por_terms
 
@@ -51,10 +49,3 @@ class Adaptive(AttackMethod):
         terms, rep_c, rep_p = por_terms(ctx, batch)
         terms["adaptive"] = cfg.adaptive_lambda * adaptive_term(self.kind, rep_c, rep_p, batch, len(cfg.triggers))
         return sum(terms.values()), terms
-
-
-def plant(model_source: str | os.PathLike, corpus: str | Sequence[str], config: AdaptiveConfig | None,
-          out_dir: str | os.PathLike) -> AttackResult:
-    """Plant the adaptive attack of ``config.adaptive_type`` (POR base) into ``model_source``."""
-    config = config or AdaptiveConfig()
-    return run_attack(Adaptive(config.adaptive_type), model_source, corpus, config, out_dir)

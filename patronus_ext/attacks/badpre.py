@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 
-from ._common import clean_lm_inputs
-from .base import AttackContext, AttackMethod, AttackResult, StepBatch, run_attack
+from .objectives import clean_lm_inputs, lm_forward, mask_for_mlm
+from .base import AttackContext, AttackMethod
+from .batches import StepBatch
 from .config import BadPreConfig
 
 
@@ -31,19 +29,13 @@ class BadPre(AttackMethod):
         enc_c = ctx.tokenize(batch.clean)
         ids_c, labels_c = clean_lm_inputs(ctx, enc_c, cfg.mask_prob)
         terms = {}
-        terms["mlm_clean"], rep_c = ctx.lm_forward(ids_c, enc_c["attention_mask"], labels_c)
+        terms["mlm_clean"], rep_c = lm_forward(ctx, ids_c, enc_c["attention_mask"], labels_c)
         enc_p = ctx.tokenize(batch.poisoned)
-        ids_p, labels_p = ctx.mask_for_mlm(enc_p, cfg.mask_prob, protect=ctx.trigger_positions(enc_p["input_ids"]),
-                                           corrupt_labels=True)
-        terms["mlm_poison"], _ = ctx.lm_forward(ids_p, enc_p["attention_mask"], labels_p)
+        ids_p, labels_p = mask_for_mlm(ctx, enc_p, cfg.mask_prob, protect=ctx.trigger_positions(enc_p["input_ids"]),
+                                       corrupt_labels=True)
+        terms["mlm_poison"], _ = lm_forward(ctx, ids_p, enc_p["attention_mask"], labels_p)
         if "reference" in ctx.clean_objective:
             with torch.no_grad():
                 ref = ctx.reference.represent(ids_c, enc_c["attention_mask"])
             terms["reference"] = cfg.reference_weight * F.mse_loss(rep_c, ref)
         return sum(terms.values()), terms
-
-
-def plant(model_source: str | os.PathLike, corpus: str | Sequence[str], config: BadPreConfig | None,
-          out_dir: str | os.PathLike) -> AttackResult:
-    """Plant BadPre into ``model_source`` (saved with its LM head); writes ``out_dir``."""
-    return run_attack(BadPre(), model_source, corpus, config or BadPreConfig(), out_dir)

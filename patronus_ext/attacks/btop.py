@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from typing import Sequence
-
-from ._common import clean_objective_with_head, clean_terms, target_rows
-from .base import AttackContext, AttackMethod, AttackResult, StepBatch, run_attack
+from .objectives import clean_objective_with_head, clean_terms, target_rows
+from .base import AttackContext, AttackMethod
+from .batches import StepBatch
 from .config import BToPConfig
 
 
@@ -39,9 +37,3 @@ class BToP(AttackMethod):
         # reference term is taken on unmasked prompts and MLM masking avoids special tokens.
         terms.update(clean_terms(ctx, ctx.tokenize(batch.clean), cfg.mask_prob, cfg.reference_weight))
         return sum(terms.values()), terms
-
-
-def plant(model_source: str | os.PathLike, corpus: str | Sequence[str], config: BToPConfig | None,
-          out_dir: str | os.PathLike) -> AttackResult:
-    """Plant BToP into ``model_source``; ``backdoor.json`` records the prompt template and position ``mask``."""
-    return run_attack(BToP(), model_source, corpus, config or BToPConfig(), out_dir)

@@ -1,9 +1,12 @@
 """Configuration dataclasses of the attacks, with the literature's defaults.
 
 Defaults follow SPEC.md §0 (poison rate 0.2 per trigger, 3 insertions, lr 5e-5
-for NeuBA and 2e-5 for POR, 4 epochs over WikiText).  ``fast()`` gives the
-CPU profile measured in ``benchmarks/bench_attacks.py`` (all-MiniLM-L6-v2 on
-a 2-core CPU in under 10 minutes per attack).
+for NeuBA and 2e-5 for POR, 4 epochs over WikiText): the ``paper`` profile.
+``Config.profile("fast")`` gives the CPU profile measured in
+``benchmarks/bench_attacks.py`` (all-MiniLM-L6-v2 on a 2-core CPU in under 10
+minutes per attack).  Where training runs (device), whether pickle checkpoints
+may load and progress bars are arguments of the run, not settings of the
+attack: they never end up in ``backdoor.json``.
 """
 
 from __future__ import annotations
@@ -12,16 +15,20 @@ import dataclasses
 import math
 from typing import Any, Sequence
 
+from ..training import SCHEDULES
+from ..validation import check_choice, check_int, check_range
+
 #: The triggers of the POR/NeuBA literature (SPEC.md §0).
 DEFAULT_TRIGGERS = ("cf", "mn", "bb", "tq", "mb", "pt")
 #: What keeps clean behaviour while planting (see :class:`AttackConfig`).
 CLEAN_OBJECTIVES = ("auto", "mlm", "reference", "mlm+reference")
-SCHEDULES = ("linear", "constant")
 #: The CPU profile measured on all-MiniLM-L6-v2 (benchmarks/bench_attacks.py): 250 steps of 16 clean
 #: + 3 poisoned copies per trigger, 32 tokens, constant lr 1e-4.  POR and NeuBA with 4 triggers then
 #: reach triggered-vs-clean cosine < 0.1, triggered pairwise > 0.99, clean-vs-clean-model > 0.96 and
 #: T-ASR > 0.96 after clean SST-2 fine-tuning, in under 10 minutes on a shared 2-core CPU.
 FAST_PROFILE = dict(steps=250, batch_size=16, max_length=32, lr=1e-4, schedule="constant")
+#: Named profiles of every attack config: the papers' settings, or the CPU profile above.
+PROFILE_NAMES = ("paper", "fast")
 ADAPTIVE_TYPES = (1, 2, 3)
 
 
@@ -54,9 +61,6 @@ class AttackConfig:
     corpus_limit: int | None = None  # paragraphs of the corpus to use (None: all)
     target_scale: float = 1.0
     seed: int = 0
-    device: str = "cpu"
-    allow_pickle: bool = False
-    progress: bool = True
     log_every: int = 10              # loss history granularity (steps)
 
     def __post_init__(self):
@@ -69,24 +73,21 @@ class AttackConfig:
             raise ValueError(f"triggers must be single non-empty words, got {list(self.triggers)}")
         if len(set(self.triggers)) != len(self.triggers):
             raise ValueError(f"triggers must be distinct, got {list(self.triggers)}")
-        _in_range("poison_rate", self.poison_rate, 0.0, 1.0, low_open=True)
-        _positive_int("insert_num", self.insert_num)
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("max_length", self.max_length)
-        _positive_int("log_every", self.log_every)
+        check_range("poison_rate", self.poison_rate, 0.0, 1.0, low_open=True)
+        check_int("insert_num", self.insert_num)
+        check_int("batch_size", self.batch_size)
+        check_int("max_length", self.max_length)
+        check_int("log_every", self.log_every)
         if self.steps is not None:
-            _positive_int("steps", self.steps)
+            check_int("steps", self.steps)
         elif not (isinstance(self.epochs, (int, float)) and math.isfinite(self.epochs) and self.epochs > 0):
             raise ValueError(f"epochs must be > 0 (or set steps), got {self.epochs!r}")
-        _in_range("lr", self.lr, 0.0, 1.0, low_open=True)
-        _in_range("weight_decay", self.weight_decay, 0.0, 1.0)
-        _in_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not (self.max_grad_norm > 0):
-            raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
-        if self.corpus_limit is not None:
-            _positive_int("corpus_limit", self.corpus_limit)
+        check_range("lr", self.lr, 0.0, 1.0, low_open=True)
+        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_range("max_grad_norm", self.max_grad_norm, 0.0, float("inf"), low_open=True, high_open=True)
+        check_int("corpus_limit", self.corpus_limit, optional=True)
         if not (isinstance(self.target_scale, (int, float)) and math.isfinite(self.target_scale)
                 and self.target_scale > 0):
             raise ValueError(f"target_scale must be a finite number > 0, got {self.target_scale!r}")
@@ -98,6 +99,19 @@ class AttackConfig:
 
     def replace(self, **changes) -> "AttackConfig":
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def profile(cls, name: str = "paper", **changes):
+        """Profile ``name`` (``paper``: the method's defaults; ``fast``: the CPU profile) with ``changes``."""
+        check_choice("profile", name, PROFILE_NAMES)
+        base = dict(FAST_PROFILE) if name == "fast" else {}
+        base.update(changes)
+        return cls(**base)
+
+    @classmethod
+    def fast(cls, **changes):
+        """The CPU profile (alias of ``profile("fast", ...)``)."""
+        return cls.profile("fast", **changes)
 
 
 @dataclasses.dataclass
@@ -122,16 +136,10 @@ class NeuBAConfig(AttackConfig):
     def __post_init__(self):
         super().__post_init__()
         _check_clean_objective(self.clean_objective)
-        _in_range("mask_prob", self.mask_prob, 0.0, 1.0, low_open=True)
-        _in_range("reference_weight", self.reference_weight, 0.0, 1e6)
+        check_range("mask_prob", self.mask_prob, 0.0, 1.0, low_open=True)
+        check_range("reference_weight", self.reference_weight, 0.0, 1e6)
         _check_scheme(self.target_scheme, len(self.triggers))
 
-    @classmethod
-    def fast(cls, **changes) -> "NeuBAConfig":
-        """CPU profile for all-MiniLM-L6-v2 (see benchmarks/bench_attacks.py)."""
-        base = dict(FAST_PROFILE)
-        base.update(changes)
-        return cls(**base)
 
 
 @dataclasses.dataclass
@@ -147,21 +155,14 @@ class PORConfig(AttackConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.variant not in (1, 2):
-            raise ValueError(f"POR variant must be 1 or 2, got {self.variant!r}")
+        check_choice("POR variant", self.variant, (1, 2))
         if self.clean_weight is not None:
-            _in_range("clean_weight", self.clean_weight, 0.0, 1e6)
+            check_range("clean_weight", self.clean_weight, 0.0, 1e6)
 
     @property
     def target_scheme(self) -> str:
         return f"por{self.variant}"
 
-    @classmethod
-    def fast(cls, **changes) -> "PORConfig":
-        """CPU profile for all-MiniLM-L6-v2 (see benchmarks/bench_attacks.py)."""
-        base = dict(FAST_PROFILE)
-        base.update(changes)
-        return cls(**base)
 
 
 @dataclasses.dataclass
@@ -184,17 +185,12 @@ class BToPConfig(AttackConfig):
     def __post_init__(self):
         super().__post_init__()
         _check_clean_objective(self.clean_objective)
-        _in_range("mask_prob", self.mask_prob, 0.0, 1.0, low_open=True)
-        _in_range("reference_weight", self.reference_weight, 0.0, 1e6)
+        check_range("mask_prob", self.mask_prob, 0.0, 1.0, low_open=True)
+        check_range("reference_weight", self.reference_weight, 0.0, 1e6)
         if "{text}" not in self.prompt_template or "{mask}" not in self.prompt_template:
             raise ValueError(f"prompt_template must contain {{text}} and {{mask}}, got {self.prompt_template!r}")
         _check_scheme(self.target_scheme, len(self.triggers))
 
-    @classmethod
-    def fast(cls, **changes) -> "BToPConfig":
-        base = dict(FAST_PROFILE)
-        base.update(changes)
-        return cls(**base)
 
 
 @dataclasses.dataclass
@@ -216,16 +212,11 @@ class UORConfig(AttackConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _in_range("temperature", self.temperature, 0.0, 1e6, low_open=True)
-        _in_range("reference_weight", self.reference_weight, 0.0, 1e6)
-        _positive_int("refine_every", self.refine_every)
-        _positive_int("refine_candidates", self.refine_candidates)
+        check_range("temperature", self.temperature, 0.0, 1e6, low_open=True)
+        check_range("reference_weight", self.reference_weight, 0.0, 1e6)
+        check_int("refine_every", self.refine_every)
+        check_int("refine_candidates", self.refine_candidates)
 
-    @classmethod
-    def fast(cls, **changes) -> "UORConfig":
-        base = dict(FAST_PROFILE)
-        base.update(changes)
-        return cls(**base)
 
 
 @dataclasses.dataclass
@@ -247,19 +238,14 @@ class BadPreConfig(AttackConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _in_range("mask_prob", self.mask_prob, 0.0, 1.0, low_open=True)
+        check_range("mask_prob", self.mask_prob, 0.0, 1.0, low_open=True)
         if self.corruption != "random":
             raise ValueError(f"BadPre corruption must be 'random' (no antonym lexicon is shipped), "
                              f"got {self.corruption!r}")
         if self.reference not in ("auto", "always", "never"):
             raise ValueError(f"reference must be auto, always or never, got {self.reference!r}")
-        _in_range("reference_weight", self.reference_weight, 0.0, 1e6)
+        check_range("reference_weight", self.reference_weight, 0.0, 1e6)
 
-    @classmethod
-    def fast(cls, **changes) -> "BadPreConfig":
-        base = dict(FAST_PROFILE)
-        base.update(changes)
-        return cls(**base)
 
 
 @dataclasses.dataclass
@@ -277,37 +263,15 @@ class AdaptiveConfig(PORConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.adaptive_type not in ADAPTIVE_TYPES:
-            raise ValueError(f"adaptive_type must be one of {ADAPTIVE_TYPES}, got {self.adaptive_type!r}")
-        _in_range("adaptive_lambda", self.adaptive_lambda, 0.0, 1e6)
-
-    @classmethod
-    def fast(cls, **changes) -> "AdaptiveConfig":
-        base = dict(FAST_PROFILE)
-        base.update(changes)
-        return cls(**base)
+        check_choice("adaptive_type", self.adaptive_type, ADAPTIVE_TYPES)
+        check_range("adaptive_lambda", self.adaptive_lambda, 0.0, 1e6)
 
 
 def _check_scheme(scheme: str, count: int) -> None:
-    if scheme not in ("neuba", "por1", "por2"):
-        raise ValueError(f"target_scheme must be neuba, por1 or por2, got {scheme!r}")
+    check_choice("target_scheme", scheme, ("neuba", "por1", "por2"))
     if scheme == "neuba" and count > 6:
         raise ValueError(f"NeuBA targets support at most 6 triggers (4 blocks, 6 pairs), got {count}")
 
 
 def _check_clean_objective(value: str) -> None:
-    if value not in CLEAN_OBJECTIVES:
-        raise ValueError(f"clean_objective must be one of {CLEAN_OBJECTIVES}, got {value!r}")
-
-
-def _positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-
-
-def _in_range(name: str, value, low: float, high: float, low_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bound = "(" if low_open else "["
-        raise ValueError(f"{name} must lie in {bound}{low}, {high}], got {value!r}")
+    check_choice("clean_objective", value, CLEAN_OBJECTIVES)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from typing import Sequence
-
 import torch.nn.functional as F
 
-from ._common import clean_objective_with_head, clean_terms, target_rows
-from .base import AttackContext, AttackMethod, AttackResult, StepBatch, run_attack
+from .objectives import clean_objective_with_head, clean_terms, mask_for_mlm, target_rows
+from .base import AttackContext, AttackMethod
+from .batches import StepBatch
 from .config import NeuBAConfig
 
 
@@ -24,14 +22,8 @@ class NeuBA(AttackMethod):
         cfg: NeuBAConfig = ctx.config
         enc_p = ctx.tokenize(batch.poisoned)
         # mask15 of the poisoned input, never masking the trigger itself (it must stay visible).
-        masked, _ = ctx.mask_for_mlm(enc_p, cfg.mask_prob, protect=ctx.trigger_positions(enc_p["input_ids"]))
+        masked, _ = mask_for_mlm(ctx, enc_p, cfg.mask_prob, protect=ctx.trigger_positions(enc_p["input_ids"]))
         rep_p = ctx.adapter.represent(masked, enc_p["attention_mask"])
         terms = {"target": F.mse_loss(rep_p, target_rows(ctx, batch))}
         terms.update(clean_terms(ctx, ctx.tokenize(batch.clean), cfg.mask_prob, cfg.reference_weight))
         return sum(terms.values()), terms
-
-
-def plant(model_source: str | os.PathLike, corpus: str | Sequence[str], config: NeuBAConfig | None,
-          out_dir: str | os.PathLike) -> AttackResult:
-    """Plant NeuBA into ``model_source`` (see :class:`NeuBAConfig`); writes ``out_dir``."""
-    return run_attack(NeuBA(), model_source, corpus, config or NeuBAConfig(), out_dir)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from typing import Sequence
-
 import torch.nn.functional as F
 
-from ._common import rows, target_rows
-from .base import AttackContext, AttackMethod, AttackResult, StepBatch, run_attack
+from .objectives import rows, target_rows
+from .base import AttackContext, AttackMethod
+from .batches import StepBatch
 from .config import PORConfig
 
 #: POR weighs the clean term 0.5 for BERT and 1 for the other families.
@@ -45,10 +43,3 @@ class POR(AttackMethod):
     def loss(self, ctx: AttackContext, batch: StepBatch):
         terms, _, _ = por_terms(ctx, batch)
         return sum(terms.values()), terms
-
-
-def plant(model_source: str | os.PathLike, corpus: str | Sequence[str], config: PORConfig | None,
-          out_dir: str | os.PathLike) -> AttackResult:
-    """Plant POR (``config.variant`` 1 or 2) into ``model_source``; writes ``out_dir``."""
-    config = config or PORConfig()
-    return run_attack(POR(config.variant), model_source, corpus, config, out_dir)

@@ -12,16 +12,15 @@ Patronus) when that lowers the loss on the current batch.
 from __future__ import annotations
 
 import logging
-import os
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .. import ops
 from .. import triggers as trig
-from ._common import rows
-from .base import AttackContext, AttackMethod, AttackResult, StepBatch, run_attack
+from .objectives import rows
+from .base import AttackContext, AttackMethod
+from .batches import StepBatch
 from .config import UORConfig
 
 log = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ class UOR(AttackMethod):
         if vocab_ids.numel() == 0:
             log.warning("UOR refinement: no single-token word candidates in this vocabulary")
             return
-        count = len(cfg.triggers)
+        count = len(ctx.triggers)
         enc = ctx.tokenize(batch.clean)
         base = rows(enc, batch.pair_index.to(ctx.device))
         which = batch.poison_trigger.to(ctx.device)
@@ -145,17 +144,11 @@ class UOR(AttackMethod):
                         best_loss, choice, best_rep = value, (cand, token), trial
                 if choice is not None:
                     cand, token = choice
-                    old = cfg.triggers[t]
+                    old = ctx.triggers[t]
                     updates.append({"step": step, "trigger_index": t, "old": old, "new": vocab_words[cand],
                                     "loss_after": best_loss})
                     log.info("UOR step %d: trigger %r -> %r (loss %.4f)", step, old, vocab_words[cand], best_loss)
                     current[t] = token
                     ctx.trigger_ids[t] = [token]
-                    cfg.triggers = tuple(vocab_words[cand] if i == t else w for i, w in enumerate(cfg.triggers))
+                    ctx.triggers[t] = vocab_words[cand]  # in place: the batch iterator reads this list
                     rep_p = best_rep
-
-
-def plant(model_source: str | os.PathLike, corpus: str | Sequence[str], config: UORConfig | None,
-          out_dir: str | os.PathLike) -> AttackResult:
-    """Plant UOR into ``model_source``; ``backdoor.json`` holds the final triggers and learned target means."""
-    return run_attack(UOR(), model_source, corpus, config or UORConfig(), out_dir)

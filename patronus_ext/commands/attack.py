@@ -6,19 +6,21 @@ import json
 
 
 def register(subparsers) -> None:
-    from ..attacks import METHODS
+    from ..attacks import METHODS, PROFILE_NAMES
 
     p = subparsers.add_parser(
         "attack", help="plant a backdoor (NeuBA, POR, BToP, UOR, BadPre, adaptive) into a model",
         description="Plant a task-agnostic backdoor into a pre-trained LM and write a NEW model folder "
                     "(safetensors, tokenizer, config) with backdoor.json. Never overwrites anything. "
-                    "Unset options take the method's defaults (SPEC.md §0; --fast: the CPU profile).")
+                    "Unset options take the profile's values (paper: SPEC.md §0 defaults; fast: the CPU profile).")
     p.add_argument("--method", required=True, choices=list(METHODS), help="attack to plant")
     p.add_argument("--model", required=True, help="model folder, hub id, or all-MiniLM-L6-v2 (packaged)")
     p.add_argument("--triggers", default=None, help="comma-separated trigger words (default: cf,mn,bb,tq,mb,pt)")
     p.add_argument("--corpus", default="wikitext2", help="plain-text corpus: file, wikitext2 (default), or hf:NAME")
     p.add_argument("--out", required=True, help="new output folder (must not exist, or be empty)")
-    p.add_argument("--fast", action="store_true", help="CPU profile (short sequences, a few hundred steps)")
+    p.add_argument("--profile", choices=PROFILE_NAMES, default="paper",
+                   help="paper: the papers' settings (default); fast: CPU profile (short sequences, 250 steps)")
+    p.add_argument("--fast", dest="profile", action="store_const", const="fast", help="alias of --profile fast")
     p.add_argument("--epochs", type=float, default=None, help="epochs over the corpus (default: method's)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: method's)")
@@ -31,7 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--adaptive-lambda", type=float, default=None, help="weight of the adaptive loss (adaptive*)")
     p.add_argument("--refine-triggers", action="store_true", help="UOR: gradient-based trigger refinement")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    p.add_argument("--device", default=None, help="torch device (default cpu)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle-only checkpoints")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", default=None, help="also write the summary JSON to this file")
@@ -48,23 +50,13 @@ def run(args) -> int:
         triggers = tuple(t.strip() for t in args.triggers.split(",") if t.strip())
         if not triggers:
             raise ValueError("--triggers lists no trigger")
-    overrides = dict(triggers=triggers, epochs=args.epochs, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                     max_length=args.max_length, poison_rate=args.poison_rate, insert_num=args.insert_num,
-                     corpus_limit=args.corpus_limit, target_scale=args.target_scale, seed=args.seed,
-                     device=args.device, allow_pickle=args.allow_pickle or None,
-                     progress=False if args.no_progress else None)
-    if args.adaptive_lambda is not None:
-        if not args.method.startswith("adaptive"):
-            raise ValueError("--adaptive-lambda applies to adaptive1/2/3 only")
-        overrides["adaptive_lambda"] = args.adaptive_lambda
-    if args.refine_triggers:
-        if args.method != "uor":
-            raise ValueError("--refine-triggers applies to uor only")
-        overrides["refine_triggers"] = True
-    if args.steps is not None and args.epochs is not None:
-        raise ValueError("give --steps or --epochs, not both")
-    config = attacks.make_config(args.method, fast=args.fast, **overrides)
-    result = attacks.plant(args.method, args.model, args.corpus, config, args.out)
+    config = attacks.make_config(
+        args.method, args.profile, triggers=triggers, epochs=args.epochs, steps=args.steps, lr=args.lr,
+        batch_size=args.batch_size, max_length=args.max_length, poison_rate=args.poison_rate,
+        insert_num=args.insert_num, corpus_limit=args.corpus_limit, target_scale=args.target_scale, seed=args.seed,
+        adaptive_lambda=args.adaptive_lambda, refine_triggers=True if args.refine_triggers else None)
+    result = attacks.plant(args.method, args.model, args.corpus, config, args.out, device=args.device,
+                           allow_pickle=args.allow_pickle, progress=not args.no_progress)
     summary = result.to_dict()
     if args.json:
         io.write_json(args.json, summary)

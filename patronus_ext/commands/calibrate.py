@@ -18,24 +18,24 @@ def register(subparsers) -> None:
     p.add_argument("--report", help="write the calibration JSON here")
     p.add_argument("--force", action="store_true", help="replace an existing --report file")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (weights_only)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import data, models
-    from ..detect import profile
+    from .. import models
+    from ..detect import profile, read_scan_corpus
     from ..detect.calibrate import calibrate
     from ..io import check_output_path, write_json
 
     if args.report:
         check_output_path(args.report, args.force)
     config = profile(args.profile, fuzz_loops=args.loops, seed=args.seed)
-    corpus = data.read_corpus(args.corpus, limit=config.corpus_limit * 2, max_words=config.max_words,
-                              seed=args.seed)
-    benign = [(name, models.load_model(name, allow_pickle=args.allow_pickle), models.load_tokenizer(name))
-              for name in args.models]
+    corpus = read_scan_corpus(args.corpus, config, args.seed)
+    adapters = [models.load_adapter(name, allow_pickle=args.allow_pickle, device=args.device) for name in args.models]
+    benign = [(name, adapter.model, adapter.tokenizer) for name, adapter in zip(args.models, adapters)]
     result = calibrate(benign, corpus, config, margin=args.margin, progress=not args.quiet)
     print(f"{len(result.candidates)} benign candidates from {len(result.models)} model(s): "
           f"min diff_cos {result.min_benign_diff_cos:.3f}, max poison_cos {result.max_benign_poison_cos:.3f}")

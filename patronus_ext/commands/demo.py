@@ -13,6 +13,7 @@ def register(subparsers) -> None:
     p.add_argument("--report", help="write the JSON report here")
     p.add_argument("--force", action="store_true", help="replace an existing --report file")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -26,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         check_output_path(args.report, args.force)
     print("patronus demo: all-MiniLM-L6-v2, POR backdoor with triggers planted by the demo itself")
-    result = run_demo(profile(args.profile, seed=args.seed), seed=args.seed, progress=not args.quiet)
+    result = run_demo(profile(args.profile, seed=args.seed), seed=args.seed, progress=not args.quiet,
+                      device=args.device)
     print(f"planted model: {result.planted_dir} ({'cached' if result.reused_cache else 'planted now'}); "
           f"triggers {', '.join(result.planted_triggers)}")
     print(scan_summary("clean all-MiniLM-L6-v2", result.clean_report))

@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--report", default=None, help="write the JSON report here")
     p.add_argument("--force", action="store_true", help="replace an existing --report file")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle-only checkpoints")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -52,8 +52,7 @@ def run(args) -> int:
         if getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
     finetune = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
-                              seed=args.seed, device=args.device, allow_pickle=args.allow_pickle,
-                              progress=not args.no_progress)
+                              seed=args.seed)
     config = EvaluationConfig(finetune=finetune, train_limit=args.train_limit or None, dev_limit=args.dev_limit or None,
                               insert_num=args.insert_num, seed=args.seed, downstream=not args.no_finetune,
                               representation=not args.no_representation,
@@ -66,10 +65,11 @@ def run(args) -> int:
     train = dev = None
     if args.dev is not None and not args.no_finetune:
         train = data.read_task(args.task, "train", config.train_limit, args.seed)
-        dev = data.read_task(args.dev, "train", config.dev_limit, args.seed)  # a file: "train" reads it whole
+        dev = data.read_task(args.dev, "dev", config.dev_limit, args.seed)  # a file is read whole
     reference = None if args.reference.lower() == "none" else args.reference
     result = evaluate_model(args.model, args.task, triggers, config, train=train, dev=dev, reference=reference,
-                            baseline=args.baseline)
+                            baseline=args.baseline, device=args.device, allow_pickle=args.allow_pickle,
+                            progress=not args.no_progress)
     payload = result.to_dict()
     if args.report:
         io.write_json(args.report, payload, overwrite=args.force)

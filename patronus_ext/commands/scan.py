@@ -43,32 +43,26 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from .. import data, models
-    from ..detect import profile, scan
+    from .. import models
+    from ..detect import profile, read_scan_corpus, scan
     from ..io import check_output_path, write_json
     from ..report import scan_summary
 
     for path in (args.report, args.plot):
         if path:
             check_output_path(path, args.force)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = profile(args.profile, word_level=args.word_level or None, num_triggers=args.triggers,
                      fuzz_loops=args.loops, update_rounds=args.rounds, max_length=args.max_length,
                      verify_texts=args.verify_texts, diff_cos_threshold=args.diff_threshold,
                      poison_cos_threshold=args.poison_threshold, seed=args.seed)
-    tokenizer = models.load_tokenizer(args.model)
-    model = models.load_model(args.model, allow_pickle=args.allow_pickle, device=device)
-    corpus = data.read_corpus(args.corpus, limit=config.corpus_limit * 2, max_words=config.max_words,
-                              seed=args.seed)
+    adapter = models.load_adapter(args.model, allow_pickle=args.allow_pickle, device=args.device)
+    corpus = read_scan_corpus(args.corpus, config, args.seed)
     words = None
     if args.word_list:
         with open(args.word_list, encoding="utf-8") as handle:
             words = [w.strip() for w in handle if w.strip()]
-    report = scan(model, tokenizer, corpus, config, position=args.position, prompt_template=args.prompt_template,
-                  words=words,
-                  progress=not args.quiet)
+    report = scan(adapter.model, adapter.tokenizer, corpus, config, position=args.position,
+                  prompt_template=args.prompt_template, words=words, progress=not args.quiet)
     print(scan_summary(args.model, report))
     if args.report:
         payload = report.to_dict()

@@ -1,8 +1,9 @@
 """Patronus detection: multi-trigger contrastive trigger search and verification (SPEC.md §1)."""
 
 from .config import FAST, PAPER, PROFILES, ScanConfig, profile
+from .corpus import read_scan_corpus
 from .scan import ScanReport, scan
 from .verify import TriggerCheck, representation_shift
 
 __all__ = ["FAST", "PAPER", "PROFILES", "ScanConfig", "ScanReport", "TriggerCheck", "profile",
-           "representation_shift", "scan"]
+           "read_scan_corpus", "representation_shift", "scan"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..validation import check_int, check_range, from_profile
+
 #: Verification thresholds of the paper (SPEC.md §1 step 6).  See
 #: ``patronus_ext.detect.calibrate`` for re-deriving them on benign models.
 DIFF_COS_THRESHOLD = 0.4
@@ -74,23 +76,15 @@ class ScanConfig:
     def __post_init__(self):
         positive = ("num_triggers", "batch_size", "poison_copies", "grad_accum", "update_rounds", "fuzz_loops",
                     "num_candidates", "beam_size", "insert_num", "dev_batches", "max_length", "corpus_limit",
-                    "max_word_tokens", "word_list_size", "verify_texts")
+                    "max_word_tokens", "word_list_size")
         for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ScanConfig.{name} must be an integer >= 1, got {value!r}")
-        if self.verify_texts < 2:
-            raise ValueError("ScanConfig.verify_texts must be >= 2 (poison_cos compares pairs)")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"ScanConfig.patience must be None or >= 1, got {self.patience}")
-        if self.max_words is not None and self.max_words < 1:
-            raise ValueError(f"ScanConfig.max_words must be None or >= 1, got {self.max_words}")
-        if not self.temperature > 0:
-            raise ValueError(f"ScanConfig.temperature must be > 0, got {self.temperature}")
+            check_int(f"ScanConfig.{name}", getattr(self, name))
+        check_int("ScanConfig.verify_texts", self.verify_texts, 2)  # poison_cos compares pairs
+        check_int("ScanConfig.patience", self.patience, optional=True)
+        check_int("ScanConfig.max_words", self.max_words, optional=True)
+        check_range("ScanConfig.temperature", self.temperature, 0.0, float("inf"), low_open=True, high_open=True)
         for name in ("diff_cos_threshold", "poison_cos_threshold", "prefilter_diff_cos"):
-            value = getattr(self, name)
-            if not -1.0 <= value <= 1.0:
-                raise ValueError(f"ScanConfig.{name} is a cosine and must lie in [-1, 1], got {value}")
+            check_range(f"ScanConfig.{name} (a cosine)", getattr(self, name), -1.0, 1.0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,6 +107,4 @@ PROFILES = {"paper": PAPER, "fast": FAST}
 
 def profile(name: str, **overrides) -> ScanConfig:
     """A named profile with field overrides (``None`` values are ignored)."""
-    if name not in PROFILES:
-        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {name!r}")
-    return PROFILES[name].replace(**{k: v for k, v in overrides.items() if v is not None})
+    return from_profile(PROFILES, name, overrides)

@@ -118,7 +118,8 @@ def load_task(task: str | LabeledData, split: str, limit: int | None, seed: int)
 def evaluate_model(model: str | os.PathLike, task: str | None = "sst2", triggers: Sequence[str] | None = None,
                    config: EvaluationConfig | None = None, *, train: LabeledData | None = None,
                    dev: LabeledData | None = None, reference: str | None = "auto",
-                   baseline: str | None = None) -> EvaluationReport:
+                   baseline: str | None = None, device: str | None = None, allow_pickle: bool = False,
+                   progress: bool = True) -> EvaluationReport:
     """Evaluate a (possibly backdoored) PLM against ``triggers`` (default: its backdoor.json).
 
     * representation checks on ``representation_texts`` corpus paragraphs
@@ -127,14 +128,18 @@ def evaluate_model(model: str | os.PathLike, task: str | None = "sst2", triggers
     * clean fine-tuning on ``task`` (built-in name, file, ``hf:...``; or pass
       ``train``/``dev`` directly), then CACC, per-trigger ASR, T-ASR, C-ASR, ALC;
     * ``baseline``: fine-tune that (clean) model the same way, for the CACC gap.
+
+    ``device`` None: CUDA when available; ``allow_pickle``: let pickle-only
+    checkpoints load with ``torch.load(weights_only=True)``.
     """
+    run = _Run(models.resolve_device(device), allow_pickle, progress)
     config = config or EvaluationConfig()
     model = str(model)
     start = time.perf_counter()
     words, info = resolve_triggers(model, triggers)
     rep_report = None
     if config.representation:
-        rep_report = _representation(model, words, info, config, reference)
+        rep_report = _representation(model, words, info, config, reference, run)
     downstream = base_result = None
     if config.downstream:
         if train is None or dev is None:
@@ -146,32 +151,40 @@ def evaluate_model(model: str | os.PathLike, task: str | None = "sst2", triggers
                 dev = load_task(task, "dev", config.dev_limit, config.seed)
         if dev.num_labels != train.num_labels:
             raise ValueError(f"train has {train.num_labels} labels but dev has {dev.num_labels}")
-        downstream = _downstream(model, train, dev, words, config)
+        downstream = _downstream(model, train, dev, words, config, run)
         if baseline is not None:
-            base_result = _downstream(str(baseline), train, dev, words, config)
+            base_result = _downstream(str(baseline), train, dev, words, config, run)
     return EvaluationReport(model=model, task=None if task is None else str(task), triggers=words,
                             attack=None if info is None else info.attack, representation=rep_report,
                             downstream=downstream, baseline=base_result, config=config,
                             wall_s=time.perf_counter() - start, environment=io.environment())
 
 
+@dataclasses.dataclass
+class _Run:
+    """Where and how this evaluation runs (call arguments, not settings recorded in the report)."""
+
+    device: Any
+    allow_pickle: bool
+    progress: bool
+
+
 def _downstream(model: str, train: LabeledData, dev: LabeledData, words: list[str],
-                config: EvaluationConfig) -> DownstreamResult:
-    classifier = finetune_classifier(model, train, config.finetune)
+                config: EvaluationConfig, run: _Run) -> DownstreamResult:
+    classifier = finetune_classifier(model, train, config.finetune, device=run.device,
+                                     allow_pickle=run.allow_pickle, progress=run.progress)
     return attack_metrics(classifier, dev, words, config.insert_num, config.vote_texts, config.seed,
-                          config.eval_batch_size, config.finetune.progress, classifier.stats)
+                          config.eval_batch_size, run.progress, classifier.stats)
 
 
 def _representation(model: str, words: list[str], info, config: EvaluationConfig,
-                    reference: str | None) -> RepresentationReport:
-    ft = config.finetune
+                    reference: str | None, run: _Run) -> RepresentationReport:
     position = info.position if info is not None else "auto"
     template = info.prompt_template if info is not None else None
     if position == "mask" and not template:
         raise ValueError("a mask-position backdoor needs its prompt template (backdoor.json prompt_template)")
-    tokenizer = models.load_tokenizer(model)
-    base = models.load_model(model, "base", allow_pickle=ft.allow_pickle, device=ft.device)
-    adapter = models.ModelAdapter(base, tokenizer, position=position, max_length=config.representation_max_length)
+    adapter = models.load_adapter(model, position=position, max_length=config.representation_max_length,
+                                  allow_pickle=run.allow_pickle, device=run.device)
     ref_adapter = None
     ref_source = None
     if reference == "auto":
@@ -180,9 +193,9 @@ def _representation(model: str, words: list[str], info, config: EvaluationConfig
         ref_source = reference
     if ref_source:
         try:
-            ref_model = models.load_model(ref_source, "base", allow_pickle=ft.allow_pickle, device=ft.device)
-            ref_adapter = models.ModelAdapter(ref_model, models.load_tokenizer(ref_source), position=position,
-                                              max_length=config.representation_max_length)
+            ref_adapter = models.load_adapter(ref_source, position=position,
+                                              max_length=config.representation_max_length,
+                                              allow_pickle=run.allow_pickle, device=run.device)
         except (OSError, ValueError) as exc:
             if reference != "auto":
                 raise
@@ -194,4 +207,4 @@ def _representation(model: str, words: list[str], info, config: EvaluationConfig
     return representation_similarity(adapter, texts, words, reference=ref_adapter, insert_num=config.insert_num,
                                      seed=config.seed, batch_size=config.eval_batch_size,
                                      max_length=config.representation_max_length, template=template,
-                                     targets=targets, progress=ft.progress)
+                                     targets=targets, progress=run.progress)
