@@ -115,31 +115,38 @@ class AttackConfig:
 
 
 @dataclasses.dataclass
-class NeuBAConfig(AttackConfig):
-    """NeuBA: ``MLM(x_clean) + MSE(rep(mask15(x_poison)), v_i)``, NeuBA block-pair targets.
+class CleanLMConfig(AttackConfig):
+    """Settings of the attacks that keep clean behaviour with the LM objective (NeuBA, BToP).
 
-    ``clean_objective`` (also BToP and BadPre): ``mlm`` trains the clean half
-    with masked-LM (causal-LM for decoders) cross-entropy through the model's
-    LM head; ``reference`` uses POR's ``MSE(rep_θ(x_c), rep_ref(x_c))`` to a
-    frozen copy instead (weight ``reference_weight``); ``auto`` picks ``mlm``
-    when the checkpoint ships a pretrained LM head and ``reference`` when the
-    head would be freshly initialised (e.g. all-MiniLM-L6-v2, a bare BertModel:
-    training through a random head would wreck the encoder rather than keep it).
+    ``clean_objective``: ``mlm`` trains the clean half with masked-LM (causal-LM
+    for decoders) cross-entropy through the model's LM head; ``reference`` uses
+    POR's ``MSE(rep_θ(x_c), rep_ref(x_c))`` to a frozen copy instead (weight
+    ``reference_weight``); ``auto`` picks ``mlm`` when the checkpoint ships a
+    pretrained LM head and ``reference`` when the head would be freshly
+    initialised (e.g. all-MiniLM-L6-v2, a bare BertModel: training through a
+    random head would wreck the encoder rather than keep it).
     """
 
     lr: float = 5e-5
     mask_prob: float = 0.15
     clean_objective: str = "auto"
     reference_weight: float = 1.0
-    target_scheme: str = "neuba"
+    target_scheme: str = "por1"
 
     def __post_init__(self):
         super().__post_init__()
-        _check_clean_objective(self.clean_objective)
+        check_choice("clean_objective", self.clean_objective, CLEAN_OBJECTIVES)
         check_range("mask_prob", self.mask_prob, 0.0, 1.0, low_open=True)
         check_range("reference_weight", self.reference_weight, 0.0, 1e6)
         _check_scheme(self.target_scheme, len(self.triggers))
 
+
+@dataclasses.dataclass
+class NeuBAConfig(CleanLMConfig):
+    """NeuBA: ``MLM(x_clean) + MSE(rep(mask15(x_poison)), v_i)``, NeuBA block-pair targets
+    (see :class:`CleanLMConfig` for ``clean_objective``)."""
+
+    target_scheme: str = "neuba"
 
 
 @dataclasses.dataclass
@@ -166,31 +173,21 @@ class PORConfig(AttackConfig):
 
 
 @dataclasses.dataclass
-class BToPConfig(AttackConfig):
+class BToPConfig(CleanLMConfig):
     """BToP: the ``[MASK]``-position hidden state of a prompt is pulled to ``v_i`` (L2 distance).
 
     Every text becomes ``prompt_template`` with ``{text}`` (triggers inserted
     in the text only) and ``{mask}`` (the tokenizer's mask token); the clean
-    half keeps MLM cross-entropy (see :class:`NeuBAConfig` for
+    half keeps MLM cross-entropy (see :class:`CleanLMConfig` for
     ``clean_objective``).  Needs a tokenizer with a mask token.
     """
 
-    lr: float = 5e-5
     prompt_template: str = "{text} It was {mask} ."
-    mask_prob: float = 0.15
-    clean_objective: str = "auto"
-    reference_weight: float = 1.0
-    target_scheme: str = "por1"
 
     def __post_init__(self):
         super().__post_init__()
-        _check_clean_objective(self.clean_objective)
-        check_range("mask_prob", self.mask_prob, 0.0, 1.0, low_open=True)
-        check_range("reference_weight", self.reference_weight, 0.0, 1e6)
         if "{text}" not in self.prompt_template or "{mask}" not in self.prompt_template:
             raise ValueError(f"prompt_template must contain {{text}} and {{mask}}, got {self.prompt_template!r}")
-        _check_scheme(self.target_scheme, len(self.triggers))
-
 
 
 @dataclasses.dataclass
@@ -272,6 +269,3 @@ def _check_scheme(scheme: str, count: int) -> None:
     if scheme == "neuba" and count > 6:
         raise ValueError(f"NeuBA targets support at most 6 triggers (4 blocks, 6 pairs), got {count}")
 
-
-def _check_clean_objective(value: str) -> None:
-    check_choice("clean_objective", value, CLEAN_OBJECTIVES)

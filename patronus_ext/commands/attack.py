@@ -6,6 +6,7 @@ import json
 
 
 def register(subparsers) -> None:
+    from ._options import add_run_options
     from ..attacks import METHODS, PROFILE_NAMES
 
     p = subparsers.add_parser(
@@ -32,10 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--target-scale", type=float, default=None, help="multiply the ±1 target vectors")
     p.add_argument("--adaptive-lambda", type=float, default=None, help="weight of the adaptive loss (adaptive*)")
     p.add_argument("--refine-triggers", action="store_true", help="UOR: gradient-based trigger refinement")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle-only checkpoints")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_options(p, seed_default=None)
     p.add_argument("--json", default=None, help="also write the summary JSON to this file")
     p.set_defaults(func=run)
 
@@ -56,7 +54,7 @@ def run(args) -> int:
         insert_num=args.insert_num, corpus_limit=args.corpus_limit, target_scale=args.target_scale, seed=args.seed,
         adaptive_lambda=args.adaptive_lambda, refine_triggers=True if args.refine_triggers else None)
     result = attacks.plant(args.method, args.model, args.corpus, config, args.out, device=args.device,
-                           allow_pickle=args.allow_pickle, progress=not args.no_progress)
+                           allow_pickle=args.allow_pickle, progress=not args.quiet)
     summary = result.to_dict()
     if args.json:
         io.write_json(args.json, summary)

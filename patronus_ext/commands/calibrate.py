@@ -6,6 +6,8 @@ import argparse
 
 
 def register(subparsers) -> None:
+    from ._options import add_report_options, add_run_options
+
     p = subparsers.add_parser("calibrate", help="suggest scan thresholds from benign (clean) models",
                               description="Runs the trigger search on each benign model without confirming "
                               "anything, verifies every final candidate and suggests diff/poison thresholds "
@@ -15,12 +17,8 @@ def register(subparsers) -> None:
     p.add_argument("--profile", choices=("fast", "paper"), default="fast")
     p.add_argument("--loops", type=int, help="fuzz loops per model")
     p.add_argument("--margin", type=float, default=0.05, help="distance kept from every benign candidate")
-    p.add_argument("--report", help="write the calibration JSON here")
-    p.add_argument("--force", action="store_true", help="replace an existing --report file")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (weights_only)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_report_options(p, "the calibration JSON")
+    add_run_options(p)
     p.set_defaults(func=run)
 
 
@@ -28,10 +26,9 @@ def run(args: argparse.Namespace) -> int:
     from .. import models
     from ..detect import profile, read_scan_corpus
     from ..detect.calibrate import calibrate
-    from ..io import check_output_path, write_json
+    from ._options import check_outputs, write_report
 
-    if args.report:
-        check_output_path(args.report, args.force)
+    check_outputs(args)
     config = profile(args.profile, fuzz_loops=args.loops, seed=args.seed)
     corpus = read_scan_corpus(args.corpus, config, args.seed)
     adapters = [models.load_adapter(name, allow_pickle=args.allow_pickle, device=args.device) for name in args.models]
@@ -41,7 +38,5 @@ def run(args: argparse.Namespace) -> int:
           f"min diff_cos {result.min_benign_diff_cos:.3f}, max poison_cos {result.max_benign_poison_cos:.3f}")
     print(f"suggested: --diff-threshold {result.diff_cos_threshold:.3f} "
           f"--poison-threshold {result.poison_cos_threshold:.3f}  (paper: 0.4 / 0.9)")
-    if args.report:
-        write_json(args.report, result.to_dict(), overwrite=args.force)
-        print(f"report: {args.report}")
+    write_report(args, result.to_dict())
     return 0

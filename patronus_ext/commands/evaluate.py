@@ -6,6 +6,8 @@ import argparse
 
 
 def register(subparsers) -> None:
+    from ._options import add_report_options, add_run_options
+
     p = subparsers.add_parser(
         "evaluate", help="measure a backdoor: representation checks, then clean fine-tuning and ASR",
         description="Fine-tune the model cleanly on a task and report CACC, per-trigger ASR (target labels by "
@@ -31,21 +33,17 @@ def register(subparsers) -> None:
     p.add_argument("--corpus", default="wikitext2-test", help="corpus for the representation checks (held out)")
     p.add_argument("--no-finetune", action="store_true", help="representation checks only")
     p.add_argument("--no-representation", action="store_true", help="downstream metrics only")
-    p.add_argument("--report", default=None, help="write the JSON report here")
-    p.add_argument("--force", action="store_true", help="replace an existing --report file")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle-only checkpoints")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_report_options(p)
+    add_run_options(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from .. import data, io, report
+    from .. import data, report
+    from ._options import check_outputs, write_report
     from ..evaluate import EvaluationConfig, FinetuneConfig, evaluate_model
 
-    if args.report:
-        io.check_output_path(args.report, overwrite=args.force)
+    check_outputs(args)
     if args.no_finetune and args.no_representation:
         raise ValueError("--no-finetune and --no-representation leave nothing to evaluate")
     for name in ("train_limit", "dev_limit"):
@@ -69,10 +67,9 @@ def run(args) -> int:
     reference = None if args.reference.lower() == "none" else args.reference
     result = evaluate_model(args.model, args.task, triggers, config, train=train, dev=dev, reference=reference,
                             baseline=args.baseline, device=args.device, allow_pickle=args.allow_pickle,
-                            progress=not args.no_progress)
+                            progress=not args.quiet)
     payload = result.to_dict()
-    if args.report:
-        io.write_json(args.report, payload, overwrite=args.force)
+    write_report(args, payload)
     report.print_json(_summary(payload))
     return 0
 

@@ -9,6 +9,8 @@ EXIT_CLEAN, EXIT_BACKDOORED = 0, 1
 
 
 def register(subparsers) -> None:
+    from ._options import add_report_options, add_run_options
+
     p = subparsers.add_parser("scan", help="search a pre-trained model for backdoor triggers (Patronus)",
                               description="Multi-trigger contrastive trigger search with verification. "
                               "Exit status: 0 clean, 1 backdoored, 2 error.")
@@ -31,26 +33,19 @@ def register(subparsers) -> None:
     p.add_argument("--verify-texts", type=int, help="held-out texts per verification")
     p.add_argument("--diff-threshold", type=float, help="confirm iff diff_cos < this (default 0.4)")
     p.add_argument("--poison-threshold", type=float, help="confirm iff poison_cos > this (default 0.9)")
-    p.add_argument("--report", help="write the JSON report here")
+    add_report_options(p)
     p.add_argument("--plot", help="write a PCA plot of clean vs triggered representations here (PNG)")
-    p.add_argument("--force", action="store_true", help="replace existing --report/--plot files")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle checkpoints "
-                   "(torch.load weights_only=True); safetensors only otherwise")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import models
     from ..detect import profile, read_scan_corpus, scan
-    from ..io import check_output_path, write_json
+    from ._options import check_outputs, write_report
     from ..report import scan_summary
 
-    for path in (args.report, args.plot):
-        if path:
-            check_output_path(path, args.force)
+    check_outputs(args, args.plot)
     config = profile(args.profile, word_level=args.word_level or None, num_triggers=args.triggers,
                      fuzz_loops=args.loops, update_rounds=args.rounds, max_length=args.max_length,
                      verify_texts=args.verify_texts, diff_cos_threshold=args.diff_threshold,
@@ -64,11 +59,9 @@ def run(args: argparse.Namespace) -> int:
     report = scan(adapter.model, adapter.tokenizer, corpus, config, position=args.position,
                   prompt_template=args.prompt_template, words=words, progress=not args.quiet)
     print(scan_summary(args.model, report))
-    if args.report:
-        payload = report.to_dict()
-        payload["model"]["source"] = args.model
-        write_json(args.report, payload, overwrite=args.force)
-        print(f"report: {args.report}")
+    payload = report.to_dict()
+    payload["model"]["source"] = args.model
+    write_report(args, payload)
     if args.plot:
         from ..plots import plot_representations
 
