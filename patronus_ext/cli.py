@@ -1,6 +1,7 @@
 """``patronus``: the command line.  Each sub-command lives in ``patronus_ext/commands/``.
 
-Exit status: 0 success (for ``scan``: clean), 1 backdoor found (``scan``), 2 error.
+Exit status: 0 success (for ``scan``: clean), 1 backdoor found (``scan``), 2 any error: a failure
+never exits 1, so a CI gate cannot read a crash as "backdoor found".
 """
 
 from __future__ import annotations
@@ -39,8 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as exc:
-        print(f"patronus {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - any failure is exit 2, never 1 (which `scan` means "backdoored")
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        if not isinstance(exc, (ValueError, FileNotFoundError, RuntimeError, TypeError, OSError)):
+            message = f"{type(exc).__name__}: {message}"
+        print(f"patronus {args.command}: error: {message}", file=sys.stderr)
         if args.verbose:
             raise
         return EXIT_ERROR

