@@ -80,7 +80,7 @@ def write_json(path: str | os.PathLike, data: dict, overwrite: bool = False) -> 
     out = check_output_path(path, overwrite)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent or ".")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report should read like any new file
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a report should read like any new file
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(to_jsonable(data), handle, indent=2)
             handle.write("\n")
@@ -92,7 +92,8 @@ def write_json(path: str | os.PathLike, data: dict, overwrite: bool = False) -> 
     return out
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (read without changing it for longer than a call)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"", "_extension", "reference"},          # version string, loading _C, pure-PyTorch oracles
     {"ops"},                                  # the kernel op API
     {"validation", "io"},                     # config checks; atomic files, environment, backdoor.json
+    {"bank"},                                 # the attack-vector bank format (safetensors)
     {"data", "triggers", "similarity", "training"},  # corpora, trigger insertion/matching, measures, the loop
     {"models"},                               # adapters, safe loading and saving
     {"attacks", "evaluate"},                  # test subjects and metrics
