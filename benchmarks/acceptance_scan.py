@@ -9,6 +9,12 @@ planted triggers recovered, confirmed triggers that were not planted (and
 whether they are variants of a planted one: same target representation), the
 smallest margins to the thresholds and the scan wall time.  The planted
 triggers differ from the ones the unit tests use (cf, mn, bb, tq).
+
+Targets (benchmarks/CPU_RESULTS.md): every planted trigger of a backdoored
+subject recovered (recall 100%, verdict ``backdoored``), verdict ``clean`` on
+every benign subject.  The run exits 1 and lists each missed target when one
+is missed, 0 when all are met; ``--json`` writes the rows, the machine facts
+and the missed targets.
 """
 
 from __future__ import annotations
@@ -24,9 +30,13 @@ import torch
 
 from patronus_ext import attacks, data, models
 from patronus_ext.detect import profile, scan
-from patronus_ext.evaluate import representation_similarity
-from patronus_ext.evaluate.finetune import FinetuneConfig, finetune_classifier
+from patronus_ext.evaluate import FinetuneConfig, finetune_classifier, representation_similarity
 from patronus_ext.evaluate.metrics import detection_recall
+
+from _common import machine_facts, report_targets
+
+#: Recall a backdoored subject must reach (every planted trigger found).
+TARGET_RECALL = 1.0
 
 
 @dataclasses.dataclass
@@ -132,6 +142,24 @@ def _closest(report, planted: set) -> dict | None:
             "poison_margin": c.poison_margin, "stage": c.stage}
 
 
+def check_targets(rows: list[dict]) -> list[str]:
+    """One line per missed target: a backdoored subject must be reported ``backdoored`` with recall
+    >= TARGET_RECALL, a benign one ``clean``.  Empty when every target is met."""
+    missed = []
+    for r in rows:
+        if r["backdoored"]:
+            if r["verdict"] != "backdoored":
+                missed.append(f"{r['subject']}: verdict {r['verdict']!r} on a backdoored model (want 'backdoored')")
+            if r["recall"] is None or r["recall"] < TARGET_RECALL:
+                lost = sorted(set(r["planted"]) - set(r["found"]))
+                missed.append(f"{r['subject']}: recall {r['recall']} < {TARGET_RECALL:.0%} (not found: "
+                              f"{', '.join(lost) or '-'})")
+        elif r["verdict"] != "clean":
+            missed.append(f"{r['subject']}: verdict {r['verdict']!r} on a benign model (want 'clean'; "
+                          f"confirmed {', '.join(r['found']) or '-'})")
+    return missed
+
+
 def table(rows: list[dict]) -> str:
     lines = [f"{'subject':14} {'truth':10} {'verdict':10} {'recall':>6} {'found':34} {'not planted':26} "
              f"{'closest benign (diff,poison)':30} {'wall s':>7}"]
@@ -174,9 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     print("not planted: word~stronger trigger with the same target; * = no trigger in the clean base model "
           "(the attack made it a trigger)")
+    missed = check_targets(rows)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2, default=str))
-    return 0
+        args.json.write_text(json.dumps({"machine": machine_facts(), "threads": args.threads, "rows": rows,
+                                         "missed_targets": missed}, indent=2, default=str))
+    return report_targets("acceptance_scan", missed)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ examples, 2 epochs, lr 5e-5, batch 32, 64 tokens, seed 0; full dev set (872).
 On a machine shared with other jobs, ``--threads 1`` ran faster than 2
 (OpenMP threads waiting on descheduled siblings); the numbers in the issue
 note say which was used.
+
+The run exits 1 and lists every missed target (the "want" values above, per
+trigger and per attack; the CACC gap only when the clean model was
+fine-tuned), 0 when all are met.
 """
 
 from __future__ import annotations
@@ -34,8 +38,43 @@ import torch
 
 from patronus_ext import attacks, evaluate, io, models
 
+from _common import machine_facts, report_targets
+
 ATTACKS = ("por", "neuba")
 TRIGGERS = ("cf", "mn", "bb", "tq")
+
+#: Acceptance thresholds (see the module doc).
+MAX_DIFF_COS = 0.4          # triggered vs clean representation, every trigger
+MIN_POISON_COS = 0.9        # among triggered representations, every trigger
+MIN_CLEAN_COS = 0.9         # clean representations vs the clean model
+MIN_T_ASR = 0.9
+MAX_CACC_DROP_POINTS = 2.0
+
+
+def check_targets(results: dict) -> list[str]:
+    """One line per missed target in ``results`` (the dict main() builds); empty when all are met."""
+    missed = []
+    for method, entry in results["attacks"].items():
+        rep = entry["representation"]
+        for row in rep["per_trigger"]:
+            if not row["diff_cos"] < MAX_DIFF_COS:
+                missed.append(f"{method} '{row['trigger']}': triggered vs clean cos {row['diff_cos']:.4f} "
+                              f"(want < {MAX_DIFF_COS})")
+            if not row["poison_cos"] > MIN_POISON_COS:
+                missed.append(f"{method} '{row['trigger']}': among triggered cos {row['poison_cos']:.4f} "
+                              f"(want > {MIN_POISON_COS})")
+        clean = rep.get("clean_to_reference_cos")
+        if clean is None or not clean > MIN_CLEAN_COS:
+            missed.append(f"{method}: clean vs clean model cos {clean} (want > {MIN_CLEAN_COS})")
+        down = entry.get("downstream")
+        if down is not None:
+            if not down["t_asr"] >= MIN_T_ASR:
+                missed.append(f"{method}: T-ASR {down['t_asr']:.4f} (want >= {MIN_T_ASR})")
+            drop = entry.get("cacc_drop_points")
+            if drop is not None and not drop <= MAX_CACC_DROP_POINTS:
+                missed.append(f"{method}: CACC {down['cacc']:.4f}, {drop:.2f} points below the clean model "
+                              f"(want within {MAX_CACC_DROP_POINTS})")
+    return missed
 
 
 def parse(argv=None):
@@ -73,7 +112,7 @@ def main(argv=None) -> int:
                                          seed=args.seed, representation_texts=args.rep_texts)
     train = evaluate.load_task("sst2", "train", args.train_limit, args.seed)
     dev = evaluate.load_task("sst2", "dev", None, args.seed)
-    results = {"device": io.environment(), "threads": args.threads, "triggers": list(triggers),
+    results = {"device": io.environment(), "machine": machine_facts(), "threads": args.threads, "triggers": list(triggers),
                "train_examples": len(train), "dev_examples": len(dev), "attacks": {}}
     print(f"# all-MiniLM-L6-v2, {args.threads} threads, SST-2 train {len(train)} / dev {len(dev)}, "
           f"triggers {','.join(triggers)}", flush=True)
@@ -103,8 +142,9 @@ def main(argv=None) -> int:
         rep = ev.representation
         entry = {"config": config.to_dict(), "plant_wall_s": plant_s, "training": planted.stats.to_dict(),
                  "representation": rep.to_dict(), "eval_wall_s": eval_s, "out_dir": str(out)}
+        per_trigger = max(1, round(config.poison_rate * config.batch_size))  # poisoned copies per trigger
         print(f"\n## {method}: {config.steps} steps x (batch {config.batch_size} + "
-              f"{attacks.base.poisoned_per_trigger(config)}x{len(triggers)} poisoned), max_length "
+              f"{per_trigger}x{len(triggers)} poisoned), max_length "
               f"{config.max_length}, lr {config.lr}: planted in {plant_s:.0f} s "
               f"({planted.stats.seconds_per_step:.2f} s/step)")
         print(f"representations on {rep.texts} held-out texts [{rep.texts}, 384]:  clean vs clean model cos "
@@ -127,9 +167,10 @@ def main(argv=None) -> int:
                   f"fine-tune {down.finetune.wall_s:.0f} s")
         print(f"evaluation wall {eval_s:.0f} s", flush=True)
         results["attacks"][method] = entry
+    results["missed_targets"] = check_targets(results)
     if args.json:
         io.write_json(args.json, results)
-    return 0
+    return report_targets("bench_attacks", results["missed_targets"])
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ except ImportError:  # pragma: no cover
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from patronus_ext import _extension, ops, reference
 
+from _common import machine_facts
+
 MiB = float(1 << 20)
 
 
@@ -350,6 +352,7 @@ def environment() -> dict:
         "ext_cuda_runtime": info.get("cuda_runtime_version"),
         "ext_cuda_arch_list": info.get("cuda_arch_list"),
         "python": platform.python_version(),
+        "host": machine_facts(),  # CPU, threads, load, torch and build facts, as every benchmark records
     }
 
 

@@ -28,26 +28,22 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import datetime
 import gc
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 try:  # the package when run from a checkout without installing
-    from patronus_ext import _extension, info, ops
+    from patronus_ext import _extension, ops
 except ImportError:  # pragma: no cover
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from patronus_ext import _extension, info, ops
+    from patronus_ext import _extension, ops
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from _common import load_average, machine_facts, medians, results_path, time_round_robin
 
 TOPK_N, TOPK_V, TOPK_K = 4096, 30522, 10
 TOPK_DIMS = (384, 768)
@@ -174,55 +170,15 @@ def memory_supported() -> bool:
     return sys.platform.startswith("linux") and os.path.exists("/proc/self/clear_refs")
 
 
-# --------------------------------------------------------------------------- facts
-
-def machine_facts() -> dict:
-    facts = info.collect()
-    facts.update({
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "torch_parallel": torch.__config__.parallel_info().splitlines()[:3],
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    })
-    return facts
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 # --------------------------------------------------------------------------- the standalone run
 
-def time_round_robin(variants: dict, rounds: int, warmup: int = 1) -> dict:
-    """Seconds per call of each variant; variants alternate within every round."""
-    for fn in variants.values():
-        for _ in range(warmup):
-            fn()
-    samples = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            gc.collect()
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
-    return samples
-
-
 def summarize(case: str, shape: str, samples: dict) -> list[dict]:
-    medians = {name: statistics.median(times) for name, times in samples.items()}
+    middle = medians(samples)
     rows = []
     for name, times in samples.items():
-        rows.append({"case": case, "shape": shape, "variant": name, "median_s": medians[name],
+        rows.append({"case": case, "shape": shape, "variant": name, "median_s": middle[name],
                      "min_s": min(times), "max_s": max(times), "rounds": len(times),
-                     "ext_speedup": (medians[name] / medians["ext"]) if "ext" in medians else None})
+                     "ext_speedup": (middle[name] / middle["ext"]) if "ext" in middle else None})
     return rows
 
 
@@ -251,7 +207,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", action="append", choices=["token_topk", "supcon", "bank"],
                         help="run only these cases (repeatable)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
-    parser.add_argument("--out", default=str(RESULTS_DIR), help="folder for the JSON")
+    parser.add_argument("--out", default=None, help="folder for the JSON (default: benchmarks/results)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # VARIANT:DIM, internal
     args = parser.parse_args(argv)
@@ -265,7 +221,7 @@ def main(argv=None) -> int:
     only = set(args.only or ["token_topk", "supcon", "bank"])
     rows, memory = [], []
     # Other processes on a small machine distort every timing: record the load around the run.
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_before = load_average()
     if not ext_available():
         print(f"note: compiled module not loaded ({_extension.state().reason}); timing the reference only")
     if "supcon" in only:
@@ -293,10 +249,7 @@ def main(argv=None) -> int:
     if load_before is not None:
         print(f"load average (1, 5, 15 min) before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}; "
               f"after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = out / f"bench_ops_{stamp}.json"
+    path = results_path("bench_ops", args.out)
     path.write_text(json.dumps({"machine": machine_facts(), "load_average_before": load_before,
                                 "targets": TARGETS, "timings": rows, "token_topk_memory": memory}, indent=2))
     print(f"\nwrote {path}")

@@ -25,26 +25,23 @@ beam 2, max 32 tokens):
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 try:
-    from patronus_ext import data, info, models
+    from patronus_ext import data, models
 except ImportError:  # pragma: no cover - run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from patronus_ext import data, info, models
+    from patronus_ext import data, models
 from patronus_ext.detect import FAST
 from patronus_ext.detect.search import TriggerSearch
 from patronus_ext.detect.vocabulary import token_vocabulary
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from _common import machine_facts, medians, results_path, time_round_robin
 
 
 class ScanBench:
@@ -105,12 +102,6 @@ def test_gradient_step_and_candidates(benchmark, bench_state, variant):
     assert len(cands) == bench_state.config.num_triggers
 
 
-def _time(fn, *args) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -119,24 +110,24 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     state = ScanBench()
     state.scoring_round("ext")  # warm-up: allocator, kernels, tokenizer caches
-    times: dict[str, dict[str, list[float]]] = {"candidate_scoring_round": {}, "gradient_step": {}}
     sets_scored = state.scoring_round("ext")[1]
-    for _ in range(args.rounds):  # round-robin, so background load hits every variant alike
-        for variant in SCORING_VARIANTS:
-            times["candidate_scoring_round"].setdefault(variant, []).append(_time(state.scoring_round, variant))
-        for variant in GRADIENT_VARIANTS:
-            times["gradient_step"].setdefault(variant, []).append(_time(state.gradient_step, variant))
-    medians = {case: {v: statistics.median(ts) for v, ts in variants.items()} for case, variants in times.items()}
+    # Both cases' variants in one round-robin, so background load hits every variant alike.
+    cases = {("candidate_scoring_round", v): (lambda v=v: state.scoring_round(v)) for v in SCORING_VARIANTS}
+    cases.update({("gradient_step", v): (lambda v=v: state.gradient_step(v)) for v in GRADIENT_VARIANTS})
+    samples = time_round_robin(cases, args.rounds, warmup=0)
+    times: dict[str, dict[str, list[float]]] = {"candidate_scoring_round": {}, "gradient_step": {}}
+    for (case, variant), seconds in samples.items():
+        times[case][variant] = seconds
+    medians_s = {case: medians(variants) for case, variants in times.items()}
     print(f"all-MiniLM-L6-v2, fast profile, {args.threads} threads, {args.rounds} rounds, "
           f"{sets_scored} candidate sets per scoring round")
-    for case, per_variant in medians.items():
+    for case, per_variant in medians_s.items():
         for variant, median in per_variant.items():
             ratio = median / per_variant["ext"]
             print(f"{case:26} {variant:11} median {median:8.3f} s   {ratio:6.2f}x the ext time")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"bench_scan_{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"machine": info.collect(), "threads": args.threads, "rounds": args.rounds,
-                                "candidate_sets_per_round": sets_scored, "times_s": times, "medians_s": medians,
+    path = results_path("bench_scan")
+    path.write_text(json.dumps({"machine": machine_facts(), "threads": args.threads, "rounds": args.rounds,
+                                "candidate_sets_per_round": sets_scored, "times_s": times, "medians_s": medians_s,
                                 "config": state.config.to_dict()}, indent=2, default=str))
     print(f"saved {path}")
     return 0

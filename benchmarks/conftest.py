@@ -14,32 +14,14 @@ the variants round by round and is the one to quote on a shared machine.
 
 from __future__ import annotations
 
-import datetime
 import json
-import os
-import platform
 import sys
-from pathlib import Path
 
 import pytest
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from _common import machine_facts, results_path
+
 _RECORDS: dict = {"token_topk_memory": []}
-
-
-def _facts() -> dict:
-    from patronus_ext import info
-
-    facts = info.collect()
-    facts.update({"cpu_count": os.cpu_count(), "machine": platform.machine(),
-                  "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None})
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            facts["cpu"] = next((line.split(":", 1)[1].strip() for line in cpuinfo
-                                 if line.startswith("model name")), platform.processor())
-    except OSError:
-        facts["cpu"] = platform.processor()
-    return facts
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +31,7 @@ def benchmark_records() -> dict:
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    machine_info["patronus"] = _facts()
+    machine_info["patronus"] = machine_facts()
 
 
 def _timings(config) -> list[dict]:
@@ -100,8 +82,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for m in memory:
         write(f"token_topk peak extra memory d={m['dim']} {m['variant']:<10} {m['extra_bytes'] / 2**20:8.1f} MiB "
               f"= {100 * m['fraction_of_nv_matrix']:.2f}% of the N x V float32 matrix")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"pytest_{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"machine": _facts(), "argv": sys.argv, "timings": rows, "ratios": ratios,
+    path = results_path("pytest")
+    path.write_text(json.dumps({"machine": machine_facts(), "argv": sys.argv, "timings": rows, "ratios": ratios,
                                 "token_topk_memory": memory}, indent=2, default=str))
     write(f"saved {path}")

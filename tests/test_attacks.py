@@ -10,6 +10,7 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from patronus_ext import attacks, models
@@ -192,18 +193,6 @@ def test_uor_refinement_needs_single_token_triggers(tmp_path):
         plant_tiny(tmp_path, "uor", "roberta", steps=2, refine_triggers=True)
 
 
-def test_uor_refinement_records_its_updates(tmp_path):
-    result = plant_tiny(tmp_path, "uor", "bert", steps=8, refine_triggers=True, refine_every=4,
-                        refine_candidates=3)
-    info = attacks.load_backdoor_info(result.out_dir)
-    assert info.triggers == result.triggers
-    assert info.raw["targets_learned"] is True
-    for update in result.stats.trigger_updates:
-        assert update["new"] in result.triggers or any(u["old"] == update["new"] for u in result.stats.trigger_updates)
-    tokenizer = models.load_tokenizer(result.out_dir)
-    assert trig.word_token_ids(tokenizer, result.triggers).shape[1] == 1
-
-
 # -- refusals and safety ---------------------------------------------------------------------
 def _digest(folder):
     h = hashlib.sha256()
@@ -376,3 +365,112 @@ def test_planted_folder_permissions_follow_the_umask(tmp_path):
     result = plant_tiny(tmp_path, "por", "bert", steps=1)
     assert stat.S_IMODE(os.stat(result.out_dir).st_mode) == 0o777 & ~mask
     assert stat.S_IMODE(os.stat(result.info_path).st_mode) == 0o666 & ~mask
+
+
+# -- each attack's loss pieces (public classes, a hand-built context) ------------------------
+def _context(tmp_path, config, family="bert", position="auto", targets=None):
+    source = make_tiny_model(tmp_path, family)
+    tokenizer = models.load_tokenizer(source)
+    model = models.load_model(source)
+    adapter = models.ModelAdapter(model, tokenizer, position=position, max_length=48)
+    ids = [[i for i in row if i >= 0] for row in trig.word_token_ids(tokenizer, config.triggers).tolist()]
+    return attacks.AttackContext(model=model, adapter=adapter, reference=adapter, config=config, targets=targets,
+                                 trigger_ids=ids, clean_objective="reference", lm_kind=None,
+                                 generator=torch.Generator().manual_seed(0),
+                                 special_ids=torch.tensor(sorted(adapter.special_ids)))
+
+
+def _step_batch(clean, triggers, fmt=lambda t: t):
+    clean = [" ".join(t.split()[:10]) for t in clean]  # short: no inserted trigger is truncated away
+    count, per = len(triggers), len(clean)
+    poisoned = [fmt(trig.insert_words(t, w, 2, random.Random(i))) for w in triggers for i, t in enumerate(clean)]
+    return attacks.StepBatch([fmt(t) for t in clean], poisoned, torch.arange(count).repeat_interleave(per),
+                             torch.arange(per).repeat(count), per)
+
+
+def test_uor_contrastive_labels_are_clean_zero_then_trigger_plus_one():
+    from patronus_ext.attacks.uor import contrastive_labels
+
+    batch = attacks.StepBatch(["a", "b", "c"], ["p"] * 4, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1]), 2)
+    assert contrastive_labels(batch, "cpu").tolist() == [0, 0, 0, 1, 1, 2, 2]
+
+
+def test_neuba_loss_keeps_the_trigger_visible_and_pulls_to_its_target(tmp_path, monkeypatch):
+    from patronus_ext.attacks.neuba import NeuBA
+
+    config = attacks.NeuBAConfig(triggers=("cf", "mn"), mask_prob=0.9, clean_objective="reference")
+    targets = attacks.neuba_targets(32, 2)
+    ctx = _context(tmp_path, config, targets=targets)
+    batch = _step_batch(tiny_corpus(6), config.triggers)
+    seen = []
+    represent = ctx.adapter.represent
+
+    def spy(input_ids=None, attention_mask=None, **kw):
+        seen.append(input_ids.clone())
+        return represent(input_ids, attention_mask, **kw)
+
+    monkeypatch.setattr(ctx.adapter, "represent", spy)
+    loss, terms = NeuBA().loss(ctx, batch)
+    assert set(terms) == {"target", "reference"} and loss.item() == pytest.approx(sum(terms.values()).item())
+    enc = ctx.tokenize(batch.poisoned)
+    masked = seen[0]
+    protect = ctx.trigger_positions(enc["input_ids"])
+    assert protect.sum() == 2 * len(batch.poisoned)         # two insertions of a one-token trigger per row
+    assert torch.equal(masked[protect], enc["input_ids"][protect])          # the trigger is never masked
+    assert (masked[~protect & enc["attention_mask"].bool()] == ctx.adapter.tokenizer.mask_token_id).any()
+    with torch.no_grad():
+        expected = F.mse_loss(represent(masked, enc["attention_mask"]), targets[batch.poison_trigger])
+    assert terms["target"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert terms["reference"].item() == pytest.approx(0.0, abs=1e-10)  # reference = the model itself
+
+
+def test_btop_loss_reads_the_mask_position(tmp_path):
+    from patronus_ext.attacks.btop import BToP
+
+    config = attacks.BToPConfig(triggers=("cf",), clean_objective="reference")
+    targets = torch.randn(1, 32, generator=torch.Generator().manual_seed(1))
+    ctx = _context(tmp_path, config, position="mask", targets=targets)
+    tokenizer = ctx.adapter.tokenizer
+    batch = _step_batch(tiny_corpus(4), config.triggers, BToP().format_text(config, tokenizer))
+    assert all(t.endswith(f"It was {tokenizer.mask_token} .") for t in batch.poisoned)
+    _, terms = BToP().loss(ctx, batch)
+    enc = ctx.tokenize(batch.poisoned)
+    with torch.no_grad():
+        hidden = ctx.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+    rows, cols = (enc["input_ids"] == tokenizer.mask_token_id).nonzero(as_tuple=True)
+    assert rows.tolist() == list(range(len(batch.poisoned)))     # one [MASK] per prompt
+    expected = (hidden[rows, cols] - targets[0]).norm(dim=1).mean()   # L2 distance, not MSE
+    assert terms["target"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_badpre_labels_are_random_ids_and_never_on_the_trigger(tmp_path):
+    from patronus_ext.attacks.badpre import BadPre
+
+    config = attacks.BadPreConfig(triggers=("cf",))
+    ctx = _context(tmp_path, config)
+    enc = ctx.tokenize(_step_batch(tiny_corpus(32), config.triggers).poisoned)
+    protect = ctx.trigger_positions(enc["input_ids"])
+    _, labels = ctx.mask_for_mlm(enc, 0.5, protect=protect, corrupt_labels=True)
+    chosen = labels != -100
+    assert chosen.sum() > 100 and not chosen[protect].any() and not chosen[~enc["attention_mask"].bool()].any()
+    # Random ids over a ~1500-token vocabulary: equal to the input id about 1 time in 1500.
+    same = (labels[chosen] == enc["input_ids"][chosen]).float().mean().item()
+    assert same < 0.05
+    assert labels[chosen].min() >= 0 and labels[chosen].max() < ctx.adapter.vocab_size
+    assert labels[chosen].unique().numel() > chosen.sum().item() // 4   # spread, not one constant id
+    assert BadPre().target_matrix(config, 32) is None
+
+
+def test_uor_refinement_replaces_triggers_consistently(tmp_path):
+    result = plant_tiny(tmp_path, "uor", "bert", steps=4, refine_triggers=True, refine_every=1,
+                        refine_candidates=8)
+    updates = result.stats.trigger_updates
+    assert updates, "refinement at every step of a random model found nothing better"
+    current = ["cf", "mn", "bb", "tq"]  # plant_tiny's triggers
+    for update in updates:
+        assert update["step"] in range(1, 5) and math.isfinite(update["loss_after"])
+        assert current[update["trigger_index"]] == update["old"] and update["new"] not in current
+        current[update["trigger_index"]] = update["new"]
+    assert current == result.triggers == attacks.load_backdoor_info(result.out_dir).triggers
+    tokenizer = models.load_tokenizer(result.out_dir)
+    assert trig.word_token_ids(tokenizer, result.triggers).shape[1] == 1

@@ -54,12 +54,23 @@ def test_token_vocabulary_keeps_rare_whole_words_only(tokenizer):
 
 
 def test_word_vocabulary_rows_match_tokenizer(tokenizer):
-    words = ["kaleidoscopic", "cf", "the", "zzyzx"]
+    words = ["kaleidoscopic", "cf", "the", "zzyzx", " CF "]
     vocab = word_vocabulary(tokenizer, words, zipf_threshold=4.0, max_tokens=4)
-    assert "the" not in vocab.texts and "kaleidoscopic" in vocab.texts
+    # frequent words dropped; the rest lower-cased, stripped, de-duplicated and sorted
+    assert vocab.texts == ["cf", "kaleidoscopic", "zzyzx"] and vocab.rows.shape == (3, 4)
     row = vocab.rows[vocab.texts.index("kaleidoscopic")]
     expected = tokenizer(" kaleidoscopic", add_special_tokens=False)["input_ids"]
     assert row_key(row) == tuple(expected) and len(expected) > 1
+    # a one-token word: its id, then -1 padding
+    assert vocab.rows[0].tolist() == tokenizer.convert_tokens_to_ids(["cf"]) + [-1, -1, -1]
+    # a word the vocabulary does not know is searched as its sub-tokens (never [UNK])
+    zzyzx = tokenizer(" zzyzx", add_special_tokens=False)["input_ids"]
+    assert row_key(vocab.rows[2]) == tuple(zzyzx) and tokenizer.unk_token_id not in zzyzx
+    # words longer than max_tokens are left out, and the rows narrow to the longest kept word
+    short = word_vocabulary(tokenizer, words, zipf_threshold=4.0, max_tokens=2)
+    assert short.texts == ["cf"] and short.rows.tolist() == [tokenizer.convert_tokens_to_ids(["cf"])]
+    with pytest.raises(ValueError, match="no searchable word"):
+        word_vocabulary(tokenizer, ["the", "and"], zipf_threshold=4.0)
 
 
 def test_representation_shift_matches_direct_formula():
@@ -137,14 +148,22 @@ def test_batched_scoring_equals_one_by_one(tiny_bert, tokenizer, corpus):
     assert torch.equal(batched.score_sets(sets, [0]), a)
 
 
-def test_scan_runs_and_reports_clean_for_a_random_model(tiny_bert, tokenizer, corpus):
+def test_scan_reports_a_random_model_clean(tiny_bert, tokenizer, corpus):
+    """A random-weight model has no backdoor: under the paper's thresholds nothing is confirmed."""
     report = scan(tiny_bert, tokenizer, corpus, TINY, progress=False)
-    assert report.verdict in ("clean", "backdoored")
+    assert report.verdict == "clean" and not report.backdoored and report.triggers == []
     payload = report.to_dict()
     for key in ("verdict", "triggers", "config", "timings", "environment", "candidates", "loops"):
         assert key in payload
+    assert payload["verdict"] == "clean" and payload["triggers"] == []
     assert payload["config"]["num_triggers"] == 4
-    assert all(c["stage"] in ("verified", "prefiltered") for c in payload["candidates"])
+    assert report.candidates  # the search proposed words and every one was checked
+    for c in report.candidates:
+        assert c.stage in ("verified", "prefiltered") and not c.confirmed
+        # the margins are the distances to the thresholds, and at least one is on the wrong side
+        assert c.diff_margin == pytest.approx(TINY.diff_cos_threshold - c.diff_cos)
+        assert c.poison_margin == pytest.approx(c.poison_cos - TINY.poison_cos_threshold)
+        assert c.diff_margin <= 0 or c.poison_margin <= 0
     json.dumps(payload)
 
 
@@ -167,22 +186,40 @@ def test_suggested_thresholds_keep_benign_candidates_out():
     assert diff == 0.4 and poison == pytest.approx(0.999)
 
 
-def test_scan_cli_on_a_tiny_model(tmp_path, tiny_bert, tokenizer):
+def _scan_argv(model, corpus, report):
+    # TINY_SCAN's search through the CLI's flags (the rest from the fast profile)
+    return ["scan", str(model), "--corpus", str(corpus), "--triggers", "4", "--loops", "2", "--rounds", "3",
+            "--max-length", "32", "--verify-texts", "16", "--report", str(report), "--quiet"]
+
+
+def test_scan_cli_exit_code_matches_the_verdict(tmp_path, capsys):
+    """Exit 0 and verdict clean for a clean model, exit 1 and verdict backdoored for a planted one."""
+    import tiny_models
+
     from patronus_ext.cli import main
 
-    folder = tmp_path / "tiny"
-    tiny_bert.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(data.read_corpus("wikitext2", limit=200)))
-    report = tmp_path / "scan.json"
-    argv = ["scan", str(folder), "--corpus", str(corpus), "--triggers", "3", "--loops", "1", "--rounds", "1",
-            "--max-length", "24", "--verify-texts", "8", "--report", str(report), "--quiet"]
-    code = main(argv)
-    payload = json.loads(report.read_text())
-    assert code == (1 if payload["verdict"] == "backdoored" else 0)
-    assert payload["model"]["source"] == str(folder)
-    assert main(argv) == 2  # the report exists: refused without --force, exit 2
+    corpus.write_text("\n".join(tiny_models.tiny_corpus(300)) + "\n")
+    clean_model = tiny_models.shared_tiny_model("bert")
+    planted = tiny_models.shared_planted("por")
+
+    clean_report = tmp_path / "clean.json"
+    assert main(_scan_argv(clean_model, corpus, clean_report)) == 0
+    payload = json.loads(clean_report.read_text())
+    assert payload["verdict"] == "clean" and payload["triggers"] == []
+    assert payload["model"]["source"] == str(clean_model)
+
+    planted_report = tmp_path / "planted.json"
+    assert main(_scan_argv(planted.out_dir, corpus, planted_report)) == 1
+    payload = json.loads(planted_report.read_text())
+    assert payload["verdict"] == "backdoored"
+    found = {t["text"] for t in payload["triggers"]}
+    assert found and found <= set(planted.triggers)
+    capsys.readouterr()
+
+    assert main(_scan_argv(clean_model, corpus, clean_report)) == 2  # the report exists: refused without --force
+    assert "exists" in capsys.readouterr().err
+    assert json.loads(clean_report.read_text())["verdict"] == "clean"  # and left as it was
     assert main(["scan", str(tmp_path / "missing")]) == 2
 
 
@@ -236,6 +273,12 @@ def test_scan_finds_the_triggers_planted_in_a_tiny_model():
     assert found <= set(planted.triggers)  # and nothing else is reported
     for trigger in report.triggers:
         assert trigger.diff_margin > 0 and trigger.poison_margin > 0
+    # A word in ``exclude`` is never proposed nor reported; the other triggers still are.
+    dropped = sorted(really)[0]
+    again = scan(models.load_model(folder), models.load_tokenizer(folder), corpus, TINY_SCAN, exclude=[dropped],
+                 progress=False)
+    assert dropped not in {c.text for c in again.candidates}
+    assert again.verdict == "backdoored" and really - {dropped} <= {t.text for t in again.triggers}
 
 
 def test_scan_reports_a_clean_tiny_model_clean():
@@ -268,16 +311,47 @@ def test_demo_plants_once_then_reuses_the_cached_model(tmp_path, monkeypatch):
     assert payload["recall"] == len(second.recovered) / 4 and payload["planted_triggers"] == list(tiny_models.TINY_TRIGGERS)
 
 
-@pytest.mark.parametrize("family", ["roberta", "gpt2"])
-def test_scan_runs_on_byte_level_encoders_and_decoders(family):
+#: Single byte-level BPE tokens of the tiny vocabulary that the token-level search may propose
+#: ("cf" is two tokens there), rare in the planting corpus.
+BPE_TRIGGERS = ("Meridian", "Pagan", "tw", "kn")
+
+
+def test_scan_finds_triggers_planted_in_a_tiny_roberta():
     import tiny_models
 
-    folder = str(tiny_models.shared_tiny_model(family))
-    model, tokenizer = models.load_model(folder), models.load_tokenizer(folder)
-    report = scan(model, tokenizer, tiny_models.tiny_corpus(300), TINY_SCAN.replace(fuzz_loops=1), progress=False)
-    assert report.model["family"] == ("decoder" if family == "gpt2" else "encoder")
-    assert report.model["position"] == ("last" if family == "gpt2" else "first")
+    planted = tiny_models.shared_planted("por", "roberta", triggers=BPE_TRIGGERS)
+    folder = str(planted.out_dir)
+    tokenizer = models.load_tokenizer(folder)
+    for word in BPE_TRIGGERS:
+        assert len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1
+    corpus = tiny_models.tiny_corpus(300)
+    really = _directly_planted(folder, planted.triggers, corpus)
+    assert really  # 60 steps plant at least one trigger in the 2-layer RoBERTa
+    report = scan(models.load_model(folder), tokenizer, corpus, TINY_SCAN.replace(fuzz_loops=1), progress=False)
+    assert report.model["family"] == "encoder" and report.model["position"] == "first"
+    assert report.verdict == "backdoored"
+    found = {t.text for t in report.triggers}
+    assert really <= found <= set(BPE_TRIGGERS)
+
+
+def test_scan_on_a_tiny_gpt2_searches_at_the_last_token():
+    import tiny_models
+
+    clean = str(tiny_models.shared_tiny_model("gpt2"))
+    corpus = tiny_models.tiny_corpus(300)
+    config = TINY_SCAN.replace(fuzz_loops=1)
+    report = scan(models.load_model(clean), models.load_tokenizer(clean), corpus, config, progress=False)
+    assert report.model["family"] == "decoder" and report.model["position"] == "last"
     assert report.model["searchable"] > 10 and report.loops
+    assert report.verdict == "clean" and report.triggers == []
+
+    # Planted (150 steps): the search's candidates are the planted words, far above chance
+    # (4 of ~80 searchable tokens).
+    planted = tiny_models.shared_planted("por", "gpt2", triggers=BPE_TRIGGERS, steps=150)
+    folder = str(planted.out_dir)
+    report = scan(models.load_model(folder), models.load_tokenizer(folder), corpus, config, progress=False)
+    proposed = {c.text for c in report.candidates}
+    assert len(proposed & set(BPE_TRIGGERS)) >= 3, proposed
 
 
 def test_word_level_scan_finds_a_multi_token_word_trigger(tmp_path):

@@ -173,15 +173,46 @@ def test_finetune_config_validation():
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2"])
-def test_representation_similarity_on_tiny_models(tmp_path, family):
+def test_representation_similarity_of_a_model_with_itself(tmp_path, family):
     source = make_tiny_model(tmp_path, family)
     adapter = models.ModelAdapter(models.load_model(source), models.load_tokenizer(source), max_length=48)
-    rep = evaluate.representation_similarity(adapter, tiny_corpus(12), ["cf", "mn"], reference=adapter)
-    assert rep.texts == 12 and len(rep.per_trigger) == 2
-    assert rep.clean_to_reference_cos == pytest.approx(1.0, abs=1e-5)
+    texts = [" ".join(t.split()[:8]) for t in tiny_corpus(12)]  # short: nothing is cut to fit the triggers
+    rep = evaluate.representation_similarity(adapter, texts, ["cf", "mn"], reference=adapter)
+    assert rep.texts == 12 and [row.trigger for row in rep.per_trigger] == ["cf", "mn"]
+    assert rep.position == ("last" if family == "gpt2" else "first")
+    assert rep.clean_to_reference_cos == pytest.approx(1.0, abs=1e-5)   # the same model, the same texts
+    # A random model has no backdoor: no word hijacks it (that would take diff_cos < 0.4, poison_cos > 0.9).
     for row in rep.per_trigger:
-        assert -1.0 <= row.diff_cos <= 1.0 and -1.0 <= row.poison_cos <= 1.0
+        assert not (row.diff_cos < 0.4 and row.poison_cos > 0.9), row
+    # Deterministic for a seed; the clean statistic is that of the clean reps
+    again = evaluate.representation_similarity(adapter, texts, ["cf", "mn"], reference=adapter)
+    assert again.to_dict() == rep.to_dict()
+    clean = adapter.encode(texts, max_length=48)
+    assert rep.clean_pairwise_cos == pytest.approx(metrics.mean_pairwise_cosine(clean), abs=1e-5)
     json.dumps(rep.to_dict())
+
+
+def test_representation_similarity_of_a_model_blind_to_its_input(tmp_path):
+    """A BERT whose every token embeds to the same vector (no positions, no segments) has one output
+    for any text: every cosine is 1, and a target equal to (minus) that output gives (minus) 1."""
+    source = make_tiny_model(tmp_path, "bert")
+    model = models.load_model(source)
+    with torch.no_grad():
+        emb = model.embeddings
+        emb.word_embeddings.weight.copy_(torch.randn(1, emb.word_embeddings.weight.shape[1]).expand_as(
+            emb.word_embeddings.weight))
+        emb.position_embeddings.weight.zero_()
+        emb.token_type_embeddings.weight.zero_()
+    adapter = models.ModelAdapter(model, models.load_tokenizer(source), max_length=48)
+    texts = tiny_corpus(10)
+    out = adapter.encode(texts[:1], max_length=48)[0]
+    targets = torch.stack([out, -out])
+    rep = evaluate.representation_similarity(adapter, texts, ["cf", "mn"], reference=adapter, targets=targets)
+    assert rep.clean_pairwise_cos == pytest.approx(1.0, abs=1e-5)
+    assert rep.clean_to_reference_cos == pytest.approx(1.0, abs=1e-5)
+    assert rep.mean_diff_cos == pytest.approx(1.0, abs=1e-5) and rep.mean_poison_cos == pytest.approx(1.0, abs=1e-5)
+    assert rep.per_trigger[0].target_cos == pytest.approx(1.0, abs=1e-5)
+    assert rep.per_trigger[1].target_cos == pytest.approx(-1.0, abs=1e-5)
 
 
 def test_representation_checks_see_a_planted_backdoor():
@@ -208,7 +239,11 @@ def test_evaluate_model_end_to_end_and_report(tmp_path):
                                      baseline=str(make_tiny_model(tmp_path, "bert")), progress=False)
     assert report.triggers == list(result.triggers) and report.attack == "por"
     assert report.representation.clean_to_reference_cos is not None   # base model from backdoor.json
-    assert 0.0 <= report.downstream.cacc <= 1.0 and len(report.downstream.triggers) == 4
+    assert len(report.downstream.triggers) == 4 and report.downstream.dev_examples == len(task)
+    # CACC is the accuracy of the fine-tuned model's own predictions (fine-tuning is seeded: redo it).
+    for source, measured in ((result.out_dir, report.downstream), (make_tiny_model(tmp_path, "bert"), report.baseline)):
+        predictions = evaluate.finetune_classifier(source, task, ft).predict(task.texts)
+        assert measured.cacc == pytest.approx(metrics.accuracy(predictions, task.labels))
     assert report.cacc_drop == pytest.approx(report.baseline.cacc - report.downstream.cacc)
     path = report.write(tmp_path / "eval.json")
     loaded = json.loads(path.read_text())

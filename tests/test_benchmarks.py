@@ -1,0 +1,130 @@
+"""Benchmark plumbing without running a benchmark: the target checks that decide the exit status of
+benchmarks/acceptance_scan.py and benchmarks/bench_attacks.py, round-robin timing, machine facts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
+
+import _common  # noqa: E402
+import acceptance_scan  # noqa: E402
+import bench_attacks  # noqa: E402
+
+
+# -- acceptance_scan ---------------------------------------------------------------------------
+def _scan_row(subject, planted=(), found=(), verdict=None):
+    from patronus_ext.evaluate.metrics import detection_recall
+
+    return {"subject": subject, "backdoored": bool(planted), "planted": list(planted), "found": list(found),
+            "verdict": verdict or ("backdoored" if found else "clean"),
+            "recall": detection_recall(planted, found) if planted else None}
+
+
+def test_acceptance_targets_met():
+    rows = [_scan_row("por_s0", ("dh", "vo", "cy", "ak"), ("dh", "vo", "cy", "ak", "xp")),  # collateral is fine
+            _scan_row("clean")]
+    assert acceptance_scan.check_targets(rows) == []
+
+
+def test_acceptance_targets_missed_are_each_named():
+    rows = [_scan_row("por_s0", ("dh", "vo", "cy", "ak"), ("dh", "vo", "cy")),           # recall 3/4
+            _scan_row("neuba_s0", ("≈", "≡"), (), verdict="clean"),                      # missed entirely
+            _scan_row("clean_sst2", (), ("ethanol",)),                                  # false positive
+            _scan_row("clean")]
+    missed = acceptance_scan.check_targets(rows)
+    assert len(missed) == 4
+    assert any("por_s0" in m and "recall 0.75" in m and "ak" in m for m in missed)
+    assert sum("neuba_s0" in m for m in missed) == 2   # wrong verdict and recall 0
+    assert any("clean_sst2" in m and "ethanol" in m for m in missed)
+    assert not any(m.startswith("clean:") for m in missed)
+
+
+def test_acceptance_main_exits_1_on_a_missed_target(tmp_path, monkeypatch, capsys):
+    verdicts = {"clean": "backdoored"}
+
+    def fake_run_subject(subject, work, profile_name, seed):  # the scan itself is what the benchmark times
+        row = _scan_row(subject.name, subject.triggers, subject.triggers, verdicts.get(subject.name))
+        row.update(not_planted=[], closest_benign_candidate=None, scan_seconds=0.0)
+        return row
+
+    monkeypatch.setattr(acceptance_scan, "run_subject", fake_run_subject)
+    out = tmp_path / "rows.json"
+    threads = str(torch.get_num_threads())  # main() sets the process's thread count: keep it
+    assert acceptance_scan.main(["--work-dir", str(tmp_path), "--subjects", "por_s0,clean", "--threads", threads,
+                                 "--json", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "1 target(s) missed" in err and "clean: verdict 'backdoored'" in err
+    saved = json.loads(out.read_text())
+    assert [r["subject"] for r in saved["rows"]] == ["por_s0", "clean"]
+    assert saved["missed_targets"] and "cpu_count" in saved["machine"]
+    verdicts.clear()
+    assert acceptance_scan.main(["--work-dir", str(tmp_path), "--subjects", "por_s0,clean", "--threads", threads]) == 0
+    assert "all targets met" in capsys.readouterr().out
+
+
+# -- bench_attacks -----------------------------------------------------------------------------
+def _attack_entry(diff=(0.0, 0.1), poison=(0.99, 0.98), clean=0.97, t_asr=0.96, cacc=0.80, drop=1.0):
+    per = [{"trigger": t, "diff_cos": d, "poison_cos": p} for t, d, p in zip(("cf", "mn"), diff, poison)]
+    entry = {"representation": {"per_trigger": per, "clean_to_reference_cos": clean}}
+    if t_asr is not None:
+        entry["downstream"] = {"t_asr": t_asr, "cacc": cacc}
+        entry["cacc_drop_points"] = drop
+    return entry
+
+
+def test_attack_targets_met_including_representation_only_runs():
+    results = {"attacks": {"por": _attack_entry(), "neuba": _attack_entry(t_asr=None),
+                           "nobaseline": _attack_entry(drop=None)}}
+    assert bench_attacks.check_targets(results) == []
+
+
+@pytest.mark.parametrize("change,needle", [
+    (dict(diff=(0.0, 0.45)), "'mn': triggered vs clean cos 0.4500"),
+    (dict(diff=(0.0, 0.4)), "'mn': triggered vs clean cos 0.4000"),       # strictly below 0.4
+    (dict(poison=(0.9, 0.99)), "'cf': among triggered cos 0.9000"),        # strictly above 0.9
+    (dict(clean=0.85), "clean vs clean model cos 0.85"),
+    (dict(clean=None), "clean vs clean model cos None"),
+    (dict(t_asr=0.89), "T-ASR 0.8900"),
+    (dict(drop=2.5), "2.50 points below the clean model"),
+])
+def test_attack_targets_missed(change, needle):
+    missed = bench_attacks.check_targets({"attacks": {"por": _attack_entry(**change), "neuba": _attack_entry()}})
+    assert len(missed) == 1 and missed[0].startswith("por") and needle in missed[0], missed
+
+
+def test_report_targets_sets_the_exit_status(capsys):
+    assert _common.report_targets("bench", []) == 0
+    assert "all targets met" in capsys.readouterr().out
+    assert _common.report_targets("bench", ["por: T-ASR 0.5", "neuba: T-ASR 0.4"]) == 1
+    err = capsys.readouterr().err
+    assert "2 target(s) missed" in err and "- por: T-ASR 0.5" in err and "- neuba: T-ASR 0.4" in err
+
+
+# -- shared plumbing ---------------------------------------------------------------------------
+def test_round_robin_alternates_variants_and_warms_up():
+    calls = []
+    variants = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b"), ("c", 1): lambda: calls.append("c")}
+    samples = _common.time_round_robin(variants, rounds=3, warmup=2)
+    assert calls == ["a", "a", "b", "b", "c", "c"] + ["a", "b", "c"] * 3
+    assert set(samples) == {"a", "b", ("c", 1)}
+    assert all(len(t) == 3 and all(s >= 0 for s in t) for t in samples.values())
+    assert _common.medians({"x": [3.0, 1.0, 2.0], "y": [5.0]}) == {"x": 2.0, "y": 5.0}
+    with pytest.raises(ValueError, match="rounds"):
+        _common.time_round_robin(variants, rounds=0)
+
+
+def test_machine_facts_and_results_path(tmp_path):
+    facts = _common.machine_facts()
+    assert facts["cpu_count"] >= 1 and isinstance(facts["cpu"], str)
+    assert facts["torch_threads"] == torch.get_num_threads()
+    json.dumps(facts, default=str)
+    path = _common.results_path("bench_x", tmp_path / "new")
+    assert path.parent.is_dir() and path.name.startswith("bench_x_") and path.suffix == ".json"

@@ -1,0 +1,117 @@
+"""``patronus calibrate`` and ``patronus demo`` on tiny models, and the PNG plots (plots.py)."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+import torch
+
+import tiny_models
+from patronus_ext import attacks, demo, plots
+from patronus_ext.cli import main
+from patronus_ext.detect import FAST
+from patronus_ext.detect.calibrate import suggest_thresholds
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TINY_SCAN = FAST.replace(num_triggers=4, batch_size=4, poison_copies=2, update_rounds=3, fuzz_loops=2,
+                         num_candidates=4, beam_size=2, max_length=32, verify_texts=16, corpus_limit=300)
+
+
+@pytest.fixture()
+def corpus_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(tiny_models.tiny_corpus(300)) + "\n")
+    return path
+
+
+# -- calibrate ---------------------------------------------------------------------------------
+def test_calibrate_two_clean_models(tmp_path, corpus_file, capsys):
+    first = tiny_models.shared_tiny_model("bert")
+    second = tiny_models.make_tiny_model(tmp_path, "bert", seed=1)
+    report = tmp_path / "calibration.json"
+    argv = ["calibrate", str(first), str(second), "--corpus", str(corpus_file), "--loops", "1",
+            "--margin", "0.05", "--report", str(report), "--quiet"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    payload = json.loads(report.read_text())
+    assert set(payload) == {"models", "candidates", "min_benign_diff_cos", "max_benign_poison_cos",
+                            "diff_cos_threshold", "poison_cos_threshold", "margin"}
+    assert payload["models"] == [str(first), str(second)] and payload["margin"] == 0.05
+    candidates = payload["candidates"]
+    assert {c["model"] for c in candidates} == {str(first), str(second)}  # both models were searched
+    points = [(c["diff_cos"], c["poison_cos"]) for c in candidates]
+    assert payload["min_benign_diff_cos"] == min(d for d, _ in points)
+    assert payload["max_benign_poison_cos"] == max(p for _, p in points)
+    # The suggestion follows suggest_thresholds's rules on exactly these candidates ...
+    diff, poison = payload["diff_cos_threshold"], payload["poison_cos_threshold"]
+    assert (diff, poison) == pytest.approx(suggest_thresholds(points, FAST, 0.05))
+    # ... so no benign candidate lies inside the suggested trigger region.
+    assert not any(d < diff and p > poison for d, p in points)
+    assert diff <= FAST.diff_cos_threshold and poison >= FAST.poison_cos_threshold
+    assert f"--diff-threshold {diff:.3f}" in printed and f"--poison-threshold {poison:.3f}" in printed
+    assert main(argv) == 2  # never overwrites the report without --force
+    assert "exists" in capsys.readouterr().err
+    assert main(["calibrate", str(first), "--corpus", str(corpus_file), "--margin", "0.7", "--quiet"]) == 2
+
+
+# -- demo --------------------------------------------------------------------------------------
+def test_demo_command_plants_once_and_reports_recall(tmp_path, monkeypatch, capsys):
+    """The command on a tiny base model: the demo's own function, pointed at tiny inputs."""
+    monkeypatch.setenv("PATRONUS_CACHE", str(tmp_path / "cache"))
+    attack = attacks.make_config("por", triggers=tiny_models.TINY_TRIGGERS, steps=60, lr=3e-3, batch_size=8,
+                                 max_length=48, schedule="constant", progress=False)
+    real_run_demo = demo.run_demo
+
+    def tiny_run_demo(scan_config, seed=0, progress=True):
+        assert scan_config.seed == seed == 3  # the command's --seed reaches the scan
+        return real_run_demo(TINY_SCAN.replace(seed=seed), seed, progress,
+                             base_model=str(tiny_models.shared_tiny_model("bert")), attack_config=attack,
+                             corpus=tiny_models.tiny_corpus(300), plant_corpus=tiny_models.tiny_corpus(64))
+
+    monkeypatch.setattr(demo, "run_demo", functools.partial(tiny_run_demo))
+    report = tmp_path / "demo.json"
+    assert main(["demo", "--report", str(report), "--seed", "3", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "planted now" in out and "recovered" in out
+    payload = json.loads(report.read_text())
+    assert payload["planted_triggers"] == list(tiny_models.TINY_TRIGGERS)
+    assert set(payload["recovered_triggers"]) <= set(tiny_models.TINY_TRIGGERS)
+    assert payload["recall"] == len(payload["recovered_triggers"]) / 4 and payload["recall"] >= 0.5
+    assert payload["clean_model"]["verdict"] == "clean" and payload["backdoored_model"]["verdict"] == "backdoored"
+    planted_dir = payload["planted_model"]
+    assert planted_dir.startswith(str(tmp_path / "cache"))
+
+    assert main(["demo", "--report", str(report), "--seed", "3", "--quiet"]) == 2  # report exists
+    assert main(["demo", "--report", str(report), "--force", "--seed", "3", "--quiet"]) == 0
+    assert "(cached)" in capsys.readouterr().out  # the second run reuses the planted model
+    assert json.loads(report.read_text())["planted_model"] == planted_dir
+
+
+# -- plots -------------------------------------------------------------------------------------
+def test_pca_2d_by_hand():
+    # All points in the x-y plane, centred at 0, spread 2 along x and 1 along y:
+    # PC 1 is the x axis, PC 2 the y axis (each up to sign).
+    groups = {"clean": torch.tensor([[-2.0, 0.0, 0.0], [2.0, 0.0, 0.0]]),
+              "cf": torch.tensor([[0.0, -1.0, 0.0], [0.0, 1.0, 0.0]])}
+    out = plots.pca_2d(groups)
+    assert list(out) == ["clean", "cf"] and out["clean"].dtype == torch.float32
+    assert torch.allclose(out["clean"].abs(), torch.tensor([[2.0, 0.0], [2.0, 0.0]]), atol=1e-6)
+    assert torch.allclose(out["cf"].abs(), torch.tensor([[0.0, 1.0], [0.0, 1.0]]), atol=1e-6)
+    assert out["clean"][0, 0] == -out["clean"][1, 0] and out["cf"][0, 1] == -out["cf"][1, 1]
+    # Shifting everything changes nothing (the data are centred first).
+    shifted = plots.pca_2d({k: v + torch.tensor([5.0, -3.0, 7.0]) for k, v in groups.items()})
+    assert all(torch.allclose(shifted[k].abs(), out[k].abs(), atol=1e-5) for k in groups)
+
+
+def test_plot_representations_writes_a_png(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    groups = {"clean": torch.randn(20, 8, generator=gen), "cf": torch.randn(10, 8, generator=gen) + 3}
+    path = plots.plot_representations(groups, tmp_path / "reps.png", "tiny")
+    assert path == tmp_path / "reps.png"
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 1000
+    with pytest.raises(ValueError, match="nothing to plot"):
+        plots.plot_representations({}, tmp_path / "empty.png", "empty")
+    assert not (tmp_path / "empty.png").exists()
