@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from patronus_ext import attacks, data, models
-from patronus_ext.detect import profile, scan
+from patronus_ext.detect import profile, read_scan_corpus, scan
 from patronus_ext.evaluate import FinetuneConfig, finetune_classifier, representation_similarity
 from patronus_ext.evaluate.metrics import detection_recall
 
@@ -81,23 +81,23 @@ def subject_path(subject: Subject, work: Path) -> str:
     if (out / "config.json").is_file():
         return str(out)
     if subject.kind == "attack":
-        config = attacks.make_config(subject.method, fast=True, triggers=subject.triggers, seed=subject.seed)
-        attacks.plant(subject.method, models.DEFAULT_MODEL, "wikitext2", config, out)
+        config = attacks.make_config(subject.method, "fast", triggers=subject.triggers, seed=subject.seed)
+        attacks.plant(subject.method, models.DEFAULT_MODEL, "wikitext2", config, out, device="cpu")
         return str(out)
     base = subject_path(SUBJECTS[subject.base], work)
     train = data.read_task(subject.task, "train", limit=2000, seed=subject.seed)
     classifier = finetune_classifier(base, train, FinetuneConfig(epochs=1, batch_size=32, max_length=64,
-                                                                 seed=subject.seed))
-    classifier.model.save_pretrained(out)
-    classifier.tokenizer.save_pretrained(out)
+                                                                 seed=subject.seed), device="cpu")
+    models.save_model_folder(classifier.model, classifier.tokenizer, out, source=base)
     return str(out)
 
 
 def run_subject(subject: Subject, work: Path, profile_name: str, seed: int) -> dict:
     source = subject_path(subject, work)
     config = profile(profile_name, seed=seed, word_level=subject.word_level or None)
-    corpus = data.read_corpus("wikitext2", limit=config.corpus_limit * 2, max_words=config.max_words, seed=seed)
-    model, tokenizer = models.load_model(source), models.load_tokenizer(source)
+    corpus = read_scan_corpus("wikitext2", config, seed)
+    adapter = models.load_adapter(source, device="cpu")
+    model, tokenizer = adapter.model, adapter.tokenizer
     started = time.perf_counter()
     report = scan(model, tokenizer, corpus, config, position=subject.position,
                   prompt_template=subject.prompt_template, progress=False)

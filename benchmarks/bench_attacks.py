@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     triggers = tuple(t for t in args.triggers.split(",") if t)
     ft = evaluate.FinetuneConfig(epochs=args.ft_epochs, lr=args.ft_lr, batch_size=args.ft_batch_size,
-                                 max_length=args.ft_max_length, seed=args.seed, progress=True)
+                                 max_length=args.ft_max_length, seed=args.seed)
     eval_cfg = evaluate.EvaluationConfig(finetune=ft, train_limit=args.train_limit, dev_limit=None,
                                          seed=args.seed, representation_texts=args.rep_texts)
     train = evaluate.load_task("sst2", "train", args.train_limit, args.seed)
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     for method in [m for m in args.attacks.split(",") if m]:
         overrides = dict(triggers=triggers, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                          max_length=args.max_length, seed=args.seed)
-        config = attacks.make_config(method, fast=True, **overrides)
+        config = attacks.make_config(method, "fast", **overrides)
         out = work / f"{method}-{os.getpid()}-{int(time.time())}"
         start = time.perf_counter()
         planted = attacks.plant(method, models.DEFAULT_MODEL, "wikitext2", config, out)

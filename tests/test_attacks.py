@@ -375,7 +375,7 @@ def _context(tmp_path, config, family="bert", position="auto", targets=None):
     adapter = models.ModelAdapter(model, tokenizer, position=position, max_length=48)
     ids = [[i for i in row if i >= 0] for row in trig.word_token_ids(tokenizer, config.triggers).tolist()]
     return attacks.AttackContext(model=model, adapter=adapter, reference=adapter, config=config, targets=targets,
-                                 trigger_ids=ids, clean_objective="reference", lm_kind=None,
+                                 triggers=list(config.triggers), trigger_ids=ids, clean_objective="reference", lm_kind=None,
                                  generator=torch.Generator().manual_seed(0),
                                  special_ids=torch.tensor(sorted(adapter.special_ids)))
 
@@ -450,7 +450,7 @@ def test_badpre_labels_are_random_ids_and_never_on_the_trigger(tmp_path):
     ctx = _context(tmp_path, config)
     enc = ctx.tokenize(_step_batch(tiny_corpus(32), config.triggers).poisoned)
     protect = ctx.trigger_positions(enc["input_ids"])
-    _, labels = ctx.mask_for_mlm(enc, 0.5, protect=protect, corrupt_labels=True)
+    _, labels = objectives.mask_for_mlm(ctx, enc, 0.5, protect=protect, corrupt_labels=True)
     chosen = labels != -100
     assert chosen.sum() > 100 and not chosen[protect].any() and not chosen[~enc["attention_mask"].bool()].any()
     # Random ids over a ~1500-token vocabulary: equal to the input id about 1 time in 1500.

@@ -61,12 +61,12 @@ def test_demo_command_plants_once_and_reports_recall(tmp_path, monkeypatch, caps
     """The command on a tiny base model: the demo's own function, pointed at tiny inputs."""
     monkeypatch.setenv("PATRONUS_CACHE", str(tmp_path / "cache"))
     attack = attacks.make_config("por", triggers=tiny_models.TINY_TRIGGERS, steps=60, lr=3e-3, batch_size=8,
-                                 max_length=48, schedule="constant", progress=False)
+                                 max_length=48, schedule="constant")
     real_run_demo = demo.run_demo
 
-    def tiny_run_demo(scan_config, seed=0, progress=True):
+    def tiny_run_demo(scan_config, seed=0, progress=True, device=None):
         assert scan_config.seed == seed == 3  # the command's --seed reaches the scan
-        return real_run_demo(TINY_SCAN.replace(seed=seed), seed, progress,
+        return real_run_demo(TINY_SCAN.replace(seed=seed), seed, progress, device=device,
                              base_model=str(tiny_models.shared_tiny_model("bert")), attack_config=attack,
                              corpus=tiny_models.tiny_corpus(300), plant_corpus=tiny_models.tiny_corpus(64))
 
