@@ -2,7 +2,8 @@
 
 from .config import FAST, PAPER, PROFILES, ScanConfig, profile
 from .scan import ScanReport, scan
-from .verify import TriggerCheck, representation_shift
+from ..similarity import representation_shift
+from .verify import TriggerCheck
 
 __all__ = ["FAST", "PAPER", "PROFILES", "ScanConfig", "ScanReport", "TriggerCheck", "profile",
            "representation_shift", "scan"]

@@ -4,7 +4,8 @@ A candidate ``w`` is inserted into held-out clean texts; with clean
 representations ``C`` and triggered ones ``P``:
 ``diff_cos = mean_i cos(C_i, P_i)`` (a trigger moves every text far away) and
 ``poison_cos = mean_{i != j} cos(P_i, P_j)`` (and moves them all to one place),
-the latter in O(N d) as ``(||sum_i P_i/|P_i| ||^2 - N) / (N (N - 1))``.
+the latter in O(N d) as ``(||sum_i P_i/|P_i| ||^2 - N) / (N (N - 1))``; both come from
+:mod:`patronus_ext.similarity`, the one implementation.
 """
 
 from __future__ import annotations
@@ -16,22 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from ..models import ModelAdapter
+from ..similarity import representation_shift
 from ..triggers import insert_token_triggers, sample_gaps
 
 FORWARD_CHUNK = 128
-
-
-def representation_shift(clean: torch.Tensor, triggered: torch.Tensor) -> tuple[float, float]:
-    """``(diff_cos, poison_cos)`` of triggered vs clean representations ``[N, d]``."""
-    if clean.shape != triggered.shape or clean.dim() != 2 or clean.shape[0] < 2:
-        raise ValueError(f"need two [N, d] tensors with N >= 2, got {tuple(clean.shape)} and {tuple(triggered.shape)}")
-    c, p = clean.double(), triggered.double()
-    diff = F.cosine_similarity(c, p, dim=1).mean()
-    unit = F.normalize(p, dim=1)
-    n = p.shape[0]
-    total = unit.sum(0)
-    poison = (total @ total - n) / (n * (n - 1))
-    return float(diff), float(poison)
 
 
 @dataclasses.dataclass
