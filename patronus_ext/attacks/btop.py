@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from ..triggers import PromptTemplate
 from ._common import clean_objective_with_head, clean_terms, target_rows
 from .base import AttackContext, AttackMethod, AttackResult, StepBatch, run_attack
 from .config import BToPConfig
@@ -24,12 +25,10 @@ class BToP(AttackMethod):
             raise ValueError("BToP needs a tokenizer with a mask token (a masked-LM family such as BERT/RoBERTa)")
 
     def format_text(self, config: BToPConfig, tokenizer):
-        mask = tokenizer.mask_token
-        return lambda text: config.prompt_template.format(text=text, mask=mask)
+        return PromptTemplate(config.prompt_template).filler(tokenizer)
 
     def extra_tokens(self, config: BToPConfig, tokenizer) -> int:
-        prompt = config.prompt_template.format(text="", mask=tokenizer.mask_token or "")
-        return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        return PromptTemplate(config.prompt_template).token_count(tokenizer)
 
     def loss(self, ctx: AttackContext, batch: StepBatch):
         cfg: BToPConfig = ctx.config

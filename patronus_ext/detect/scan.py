@@ -17,10 +17,11 @@ from typing import Sequence
 import torch
 
 from ..models import ModelAdapter
-from ..triggers import fit_texts, word_token_ids
+from ..triggers import PromptTemplate, fit_for_insertion, word_token_ids
 from .config import FAST, ScanConfig
 from .search import LoopResult, TriggerSearch, row_key
-from .verify import TriggerCheck, Verifier, group_by_target, representation_shift
+from ..similarity import representation_shift
+from .verify import TriggerCheck, Verifier, group_by_target
 from .vocabulary import Vocabulary, token_vocabulary, word_vocabulary
 
 log = logging.getLogger(__name__)
@@ -72,17 +73,11 @@ def prepare_texts(corpus: Sequence[str], adapter: ModelAdapter, config: ScanConf
         mask = adapter.tokenizer.mask_token
         if mask is None:
             raise ValueError("position='mask' needs a tokenizer with a mask token")
-        template = prompt_template or DEFAULT_PROMPT
-        if "{text}" not in template or "{mask}" not in template:
-            raise ValueError(f"prompt_template must contain {{text}} and {{mask}}, got {template!r}")
-        fill = lambda text: template.replace("{text}", text).replace("{mask}", mask)  # noqa: E731
+        prompt = PromptTemplate(prompt_template or DEFAULT_PROMPT)
         # Tokenisation truncates from the right and would cut the mask off a long prompt: cut the text instead.
-        prompt_tokens = len(adapter.tokenizer(fill(""), add_special_tokens=False)["input_ids"])
-        budget = adapter.max_length - adapter.special_prefix - adapter.special_suffix - prompt_tokens
-        if budget < 1:
-            raise ValueError(f"prompt_template {template!r} alone is longer than max_length={adapter.max_length} "
-                             "tokens")
-        texts = [fill(t) for t in fit_texts(adapter.tokenizer, texts, budget) if t]
+        # (Triggers are inserted later at token level, after tokenisation, so they need no room here.)
+        texts = [prompt.fill(t, mask) for t in fit_for_insertion(adapter.tokenizer, texts, adapter.max_length,
+                                                                  prompt=prompt)]
     elif prompt_template is not None:
         raise ValueError("prompt_template applies only with position='mask'")
     return texts[:config.corpus_limit]

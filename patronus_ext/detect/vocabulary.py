@@ -19,8 +19,9 @@ from typing import Iterable
 
 import torch
 
+from ..tokens import WORD_START_MARKERS
+
 _ASCII_JUNK = set(string.punctuation + string.digits)
-WORD_START_MARKERS = ("Ġ", "▁")
 
 
 @dataclasses.dataclass
