@@ -65,6 +65,11 @@ class LoopResult:
     scoring_seconds: float
     candidate_sets_scored: int
 
+    @property
+    def final_keys(self) -> list[tuple[int, ...]]:
+        """The final triggers' identities: their token-id tuples."""
+        return [row_key(r) for r in self.final_rows]
+
 
 @dataclasses.dataclass
 class GradientBatch:

@@ -40,6 +40,11 @@ class TriggerCheck:
     group: int | None = None        # a confirmed trigger and its weaker variants share a group
     variant_of: str | None = None   # the stronger trigger this one echoes, if any
 
+    @property
+    def key(self) -> tuple[int, ...]:
+        """The candidate's identity: its token-id tuple (``text`` is for display)."""
+        return tuple(self.token_ids)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -77,15 +82,17 @@ class Verifier:
     def judge(self, diff_cos: float, poison_cos: float) -> bool:
         return diff_cos < self.diff_threshold and poison_cos > self.poison_threshold
 
-    def check(self, text: str, token_ids: Sequence[int], loop: int) -> tuple[TriggerCheck, torch.Tensor]:
-        """Verify one candidate on all held-out texts; also returns its triggered representations."""
-        triggered = self.triggered_reps(token_ids)
+    def check(self, key: Sequence[int], loop: int, text: str | None = None) -> tuple[TriggerCheck, torch.Tensor]:
+        """Verify one candidate (its token ids) on all held-out texts; also returns its triggered representations."""
+        triggered = self.triggered_reps(key)
         diff, poison = representation_shift(self.clean_reps, triggered)
-        return self.make_check(text, token_ids, diff, poison, "verified", triggered.shape[0], loop), triggered
+        return self.make_check(key, diff, poison, "verified", triggered.shape[0], loop, text), triggered
 
-    def make_check(self, text: str, token_ids: Sequence[int], diff: float, poison: float, stage: str,
-                   texts_used: int, loop: int) -> TriggerCheck:
-        return TriggerCheck(text, [int(t) for t in token_ids], diff, poison, self.diff_threshold - diff,
+    def make_check(self, key: Sequence[int], diff: float, poison: float, stage: str, texts_used: int, loop: int,
+                   text: str | None = None) -> TriggerCheck:
+        """A :class:`TriggerCheck`; ``text`` (display only) defaults to the decoded token ids."""
+        text = self.adapter.token_text(key) if text is None else text
+        return TriggerCheck(text, [int(t) for t in key], diff, poison, self.diff_threshold - diff,
                             poison - self.poison_threshold, stage == "verified" and self.judge(diff, poison),
                             stage, texts_used, loop)
 
@@ -96,8 +103,9 @@ VARIANT_DIRECTION_COS = 0.85
 VARIANT_WEAKER_BY = 0.1
 
 
-def group_by_target(confirmed: list[TriggerCheck], triggered: dict[str, torch.Tensor], clean: torch.Tensor,
-                    direction_cos: float = VARIANT_DIRECTION_COS, weaker_by: float = VARIANT_WEAKER_BY) -> None:
+def group_by_target(confirmed: list[TriggerCheck], triggered: dict[tuple[int, ...], torch.Tensor],
+                    clean: torch.Tensor, direction_cos: float = VARIANT_DIRECTION_COS,
+                    weaker_by: float = VARIANT_WEAKER_BY) -> None:
     """Mark confirmed triggers that are weaker echoes of a stronger one.
 
     A backdoor often also fires, more weakly, on near neighbours of its trigger
@@ -108,11 +116,13 @@ def group_by_target(confirmed: list[TriggerCheck], triggered: dict[str, torch.Te
     stay separate even when they share a target (an adaptive attack pulls its
     triggers together).  Variants are real triggers of the model and stay
     confirmed; the label only tells them from distinct backdoors.
+    ``triggered`` maps each trigger's token-id tuple (:attr:`TriggerCheck.key`)
+    to its triggered representations.
     """
     clean_centre = F.normalize(clean.double(), dim=1).mean(0)
     heads: list[tuple[TriggerCheck, torch.Tensor]] = []
     for check in sorted(confirmed, key=lambda c: c.diff_cos):
-        shift = F.normalize(triggered[check.text].double(), dim=1).mean(0) - clean_centre
+        shift = F.normalize(triggered[check.key].double(), dim=1).mean(0) - clean_centre
         for head, head_shift in heads:
             if (check.diff_cos - head.diff_cos >= weaker_by
                     and float(F.cosine_similarity(shift, head_shift, dim=0)) > direction_cos):
