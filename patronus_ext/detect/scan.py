@@ -125,7 +125,7 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
     :class:`ScanConfig` (default: the ``fast`` profile).  ``position``: where the
     representation is read (``auto`` by model family; ``mask`` for prompt
     backdoors, with texts wrapped in ``prompt_template``, default ``"{text} {mask}"``).  ``words``: the word list for word-level search.  ``exclude``:
-    words never to report (e.g. triggers already handled).
+    words (or token-id tuples) never to report (e.g. triggers already handled).
     """
     from tqdm.auto import tqdm
 
