@@ -23,6 +23,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from . import tokens
+
 log = logging.getLogger(__name__)
 
 #: ``config.model_type`` values whose representation is the first token.
@@ -425,12 +427,7 @@ class ModelAdapter:
 
     def _special_layout(self) -> tuple[int, int]:
         """How many special tokens the tokenizer puts before and after the text."""
-        probe = self.tokenizer("hello", add_special_tokens=False)["input_ids"]
-        full = self.tokenizer("hello", add_special_tokens=True)["input_ids"]
-        for start in range(len(full) - len(probe) + 1):
-            if full[start:start + len(probe)] == probe:
-                return start, len(full) - start - len(probe)
-        return 0, 0
+        return tokens.special_layout(self.tokenizer)
 
     # -- tokens ----------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:

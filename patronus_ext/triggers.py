@@ -9,13 +9,22 @@ random gaps between its content tokens (never before the leading special
 tokens or after the trailing ones), in one set of tensor operations.  The gaps
 are returned so that the same batch can be rebuilt with other trigger tokens
 (candidate scoring keeps the positions fixed).
+
+A trigger's identity is the tuple of its sub-token ids (:func:`trigger_ids`);
+:func:`trigger_positions` / :func:`match_triggers` find those windows in a
+token batch, optionally only where they form whole words
+(:func:`word_starts`).  Texts are cut before insertion so that the triggers
+(and a prompt's own tokens) survive truncation with one budget rule
+(:func:`fit_for_insertion`), and prompts are filled one way
+(:class:`PromptTemplate`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Sequence
+import re
+from typing import Sequence, Union
 
 import torch
 
@@ -95,6 +104,169 @@ def word_token_ids(tokenizer, words: Sequence[str], max_tokens: int | None = Non
         toks = toks[:width]
         out[i, :len(toks)] = torch.tensor(toks, dtype=torch.long)
     return out
+
+
+def trigger_ids(tokenizer, triggers) -> list[tuple[int, ...]]:
+    """Each trigger's identity: the tuple of its sub-token ids.
+
+    ``triggers`` holds words (tokenised as they appear mid-sentence, see
+    :func:`word_token_ids`), token-id sequences (taken as they are) or is a
+    ``[K, T]`` ``-1``-padded tensor.
+    """
+    if isinstance(triggers, str):
+        raise TypeError("pass a list of triggers, not a single string")
+    if isinstance(triggers, torch.Tensor):
+        if triggers.dim() != 2:
+            raise ValueError(f"a trigger tensor must be [K, T] (-1 padded), got shape {tuple(triggers.shape)}")
+        triggers = triggers.tolist()
+    items = list(triggers)
+    words = [t for t in items if isinstance(t, str)]
+    word_rows = iter(word_token_ids(tokenizer, words).tolist()) if words else iter(())
+    out = []
+    for item in items:
+        row = next(word_rows) if isinstance(item, str) else item
+        ids = tuple(int(i) for i in row if int(i) >= 0)
+        if not ids:
+            raise ValueError(f"trigger {item!r} has no token")
+        out.append(ids)
+    return out
+
+
+# -- matching triggers in token batches ---------------------------------------------------------
+def _pattern_rows(triggers) -> torch.Tensor:
+    """``[K, T]`` ``-1``-padded token rows from token-id sequences (or such a tensor)."""
+    if isinstance(triggers, torch.Tensor):
+        rows = [[int(i) for i in row if i >= 0] for row in triggers.tolist()]
+    else:
+        rows = [[int(i) for i in row] for row in triggers]
+    if not rows:
+        raise ValueError("need at least one trigger")
+    for row in rows:
+        if not row or min(row) < 0:
+            raise ValueError(f"every trigger needs at least one token id and no negative id, got {row}")
+    out = torch.full((len(rows), max(len(r) for r in rows)), -1, dtype=torch.long)
+    for k, row in enumerate(rows):
+        out[k, :len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
+
+
+def match_triggers(input_ids: torch.Tensor, triggers, *, word_start: torch.Tensor | None = None) -> torch.Tensor:
+    """``[N, L]`` index of the trigger whose token window covers each position, ``-1`` elsewhere.
+
+    ``triggers``: token-id sequences (each trigger's identity, see
+    :func:`trigger_ids`) or a ``[K, T]`` ``-1``-padded tensor.  A trigger
+    matches where its full window of ids occurs (multi-token words included);
+    where windows of several triggers overlap, the lowest index wins.
+    ``word_start [N, L]`` (:func:`patronus_ext.tokens.word_boundaries`) restricts
+    matches to whole words: the window must begin at a word start and the token
+    after it must begin a new word (or the row ends), so a benign word that
+    merely begins with a trigger's tokens does not count.  Vectorised over the
+    batch and the triggers: ``T`` passes of ``[N, L, K]`` comparisons.
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [N, L], got shape {tuple(input_ids.shape)}")
+    device = input_ids.device
+    pats = _pattern_rows(triggers).to(device)
+    count, width = pats.shape
+    batch, length = input_ids.shape
+    lengths = (pats >= 0).sum(1)
+    # -1 never equals a token id, so windows running past the row never match.
+    padded = torch.nn.functional.pad(input_ids, (0, width - 1), value=-1)
+    starts = torch.ones(batch, length, count, dtype=torch.bool, device=device)
+    for t in range(width):
+        tok = pats[:, t]
+        starts &= (padded[:, t:t + length].unsqueeze(2) == tok) | (tok < 0)
+    if word_start is not None:
+        if word_start.shape != input_ids.shape:
+            raise ValueError(f"word_start must have the shape of input_ids {tuple(input_ids.shape)}, "
+                             f"got {tuple(word_start.shape)}")
+        ws = torch.nn.functional.pad(word_start.to(device=device, dtype=torch.bool), (0, width), value=True)
+        after = torch.arange(length, device=device).unsqueeze(1) + lengths.unsqueeze(0)  # [L, K]
+        starts &= ws[:, :length].unsqueeze(2) & ws[:, after]
+    cover = starts.clone()
+    for t in range(1, width):  # position j is covered by a start at j - t when t < len_k
+        cover[:, t:] |= starts[:, :length - t] & (t < lengths)
+    return torch.where(cover.any(2), cover.to(torch.int8).argmax(2), torch.full_like(input_ids, -1))
+
+
+def trigger_positions(input_ids: torch.Tensor, triggers, *, word_start: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+    """``[N, L]`` True where any trigger's full token window occurs (see :func:`match_triggers`)."""
+    return match_triggers(input_ids, triggers, word_start=word_start) >= 0
+
+
+# -- prompts -------------------------------------------------------------------------------------
+_PROMPT_FIELDS = re.compile(r"\{text\}|\{mask\}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptTemplate:
+    """A prompt around each text, e.g. ``"{text} It was {mask} ."`` (BToP, scanning at the mask).
+
+    One filling rule everywhere: a single pass over the template replaces each
+    literal ``{text}`` by the text and each ``{mask}`` by the mask token.  The
+    text is inserted verbatim and never re-read (braces, even a ``{mask}``, in
+    a user's text stay as they are), and any other brace in the template stays
+    as written (no ``str.format`` fields or ``{{`` escapes).
+    """
+
+    template: str
+
+    def __post_init__(self):
+        if not isinstance(self.template, str):
+            raise TypeError(f"prompt_template must be a string, got {type(self.template).__name__}")
+        if "{text}" not in self.template or "{mask}" not in self.template:
+            raise ValueError(f"prompt_template must contain {{text}} and {{mask}}, got {self.template!r}")
+
+    @classmethod
+    def of(cls, template: "PromptTemplate | str") -> "PromptTemplate":
+        return template if isinstance(template, PromptTemplate) else cls(template)
+
+    def fill(self, text: str, mask_token: str) -> str:
+        return _PROMPT_FIELDS.sub(lambda m: text if m.group(0) == "{text}" else mask_token, self.template)
+
+    def filler(self, tokenizer):
+        """``text -> prompt`` with ``tokenizer``'s mask token (``""`` for a tokenizer without one)."""
+        mask = tokenizer.mask_token or ""
+        return lambda text: self.fill(text, mask)
+
+    def token_count(self, tokenizer) -> int:
+        """Tokens the prompt adds to a text: the template filled with ``""`` and the mask token, no specials."""
+        return len(tokenizer(self.fill("", tokenizer.mask_token or ""), add_special_tokens=False)["input_ids"])
+
+
+# -- fitting texts so that inserted triggers survive truncation ----------------------------------
+def fit_for_insertion(tokenizer, texts: Sequence[str], max_length: int, *, insert_num: int = 0, triggers=(),
+                      prompt: "PromptTemplate | str | None" = None, uncuttable: str = "drop") -> list[str]:
+    """``texts`` cut at word boundaries so that, after inserting triggers and filling a prompt, nothing is truncated.
+
+    Budget for the text = ``max_length`` - the tokenizer's special tokens
+    (:func:`patronus_ext.tokens.special_layout`) - ``insert_num`` x the widest
+    trigger (``triggers``: words or token-id sequences, as :func:`trigger_ids`)
+    - the prompt's own tokens (:meth:`PromptTemplate.token_count`).  A text whose
+    first word alone exceeds the budget is dropped (``uncuttable="drop"``, and
+    so are empty texts) or returned whole (``"keep"``: same order and length,
+    the tokenizer truncates it).  ``ValueError`` when nothing is left for text.
+    """
+    from .tokens import special_layout
+
+    if uncuttable not in ("drop", "keep"):
+        raise ValueError(f"uncuttable must be 'drop' or 'keep', got {uncuttable!r}")
+    if isinstance(insert_num, bool) or not isinstance(insert_num, int) or insert_num < 0:
+        raise ValueError(f"insert_num must be an integer >= 0, got {insert_num!r}")
+    texts = list(texts)
+    prefix, suffix = special_layout(tokenizer)
+    widest = max((len(ids) for ids in trigger_ids(tokenizer, triggers)), default=0) if len(triggers) else 0
+    prompt_tokens = PromptTemplate.of(prompt).token_count(tokenizer) if prompt is not None else 0
+    fixed = prefix + suffix + insert_num * widest + prompt_tokens
+    if max_length - fixed < 1:
+        raise ValueError(f"special tokens ({prefix + suffix}) + triggers ({insert_num} x {widest}) + prompt "
+                         f"({prompt_tokens}) = {fixed} tokens, as long as or longer than max_length={max_length}: "
+                         "no room left for the text")
+    cut = fit_texts(tokenizer, texts, max_length - fixed)
+    if uncuttable == "drop":
+        return [c for c in cut if c]
+    return [c or text for c, text in zip(cut, texts)]
 
 
 @dataclasses.dataclass

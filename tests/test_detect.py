@@ -51,6 +51,10 @@ def test_token_vocabulary_keeps_rare_whole_words_only(tokenizer):
     assert vocab.rows[vocab.texts.index("cf"), 0].item() == ids[0]
     smaller = vocab.without([tuple(ids)])
     assert "cf" not in smaller.texts and len(smaller) == len(vocab) - 1
+    # a candidate's identity is its token-id tuple; texts are for display
+    assert vocab.index_of(tuple(ids)) == vocab.texts.index("cf") and vocab.text_of(tuple(ids)) == "cf"
+    assert smaller.index_of(tuple(ids)) is None and smaller.text_of(tuple(ids)) == str(tuple(ids))
+    assert vocab.keys[vocab.texts.index("cf")] == tuple(ids)
 
 
 def test_word_vocabulary_rows_match_tokenizer(tokenizer):
@@ -226,14 +230,17 @@ def test_scan_cli_exit_code_matches_the_verdict(tmp_path, capsys):
 def test_weaker_echoes_of_a_trigger_are_marked_as_variants():
     from patronus_ext.detect.verify import TriggerCheck, group_by_target
 
+    ids = {"mn": [11], "nm": [12], "cf": [13], "xx": [14, 15]}
+
     def check(text, diff):
-        return TriggerCheck(text, [1], diff, 0.99, 0.4 - diff, 0.09, True, "verified", 8, 0)
+        return TriggerCheck(text, ids[text], diff, 0.99, 0.4 - diff, 0.09, True, "verified", 8, 0)
 
     torch.manual_seed(0)
     clean = torch.randn(8, 16)
     target_a, target_b = torch.randn(16), torch.randn(16)
-    reps = {"mn": target_a + 0.01 * torch.randn(8, 16), "nm": target_a + 0.05 * torch.randn(8, 16),
-            "cf": target_b + 0.01 * torch.randn(8, 16), "xx": target_b + 0.01 * torch.randn(8, 16)}
+    by_word = {"mn": target_a + 0.01 * torch.randn(8, 16), "nm": target_a + 0.05 * torch.randn(8, 16),
+               "cf": target_b + 0.01 * torch.randn(8, 16), "xx": target_b + 0.01 * torch.randn(8, 16)}
+    reps = {tuple(ids[w]): r for w, r in by_word.items()}  # keyed by each trigger's identity, its token ids
     checks = [check("nm", 0.33), check("cf", 0.02), check("mn", 0.05), check("xx", 0.04)]
     group_by_target(checks, reps, clean)
     by_text = {c.text: c for c in checks}
@@ -279,6 +286,10 @@ def test_scan_finds_the_triggers_planted_in_a_tiny_model():
                  progress=False)
     assert dropped not in {c.text for c in again.candidates}
     assert again.verdict == "backdoored" and really - {dropped} <= {t.text for t in again.triggers}
+    # identity: token-id tuples end to end; texts only for display
+    assert set(report.triggered_reps) == {t.key for t in report.triggers}
+    assert set(report.representations) == {"clean"} | found
+    assert all(report.triggered_reps[t.key] is report.representations[t.text] for t in report.triggers)
 
 
 def test_scan_reports_a_clean_tiny_model_clean():
@@ -390,6 +401,28 @@ def test_mask_prompts_are_shortened_to_keep_the_mask_token(tokenizer):
         assert len(ids) <= 16 and tokenizer.mask_token_id in ids
     with pytest.raises(ValueError, match="longer than max_length"):
         prepare_texts(["a"], adapter, FAST.replace(max_length=16), "{text} " + "very " * 20 + "{mask}")
+
+
+def test_scan_and_btop_fill_prompts_alike(tokenizer):
+    """One prompt rule: the scan's prompts are the ones BToP trained on, braces in texts included."""
+    from patronus_ext.attacks import BToPConfig
+    from patronus_ext.attacks.btop import BToP
+    from patronus_ext.detect.scan import prepare_texts
+
+    model = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=64)).eval()
+    adapter = models.ModelAdapter(model, tokenizer, position="mask", max_length=64)
+    template = "{text} It was {mask} ."
+    texts = ["a {curly} text with }{ braces", "set {x | x > 0} and {mask} too", "plain words here"]
+    scanned = prepare_texts(texts, adapter, FAST.replace(max_length=64, max_words=None), template)
+    btop = BToP().format_text(BToPConfig(prompt_template=template), tokenizer)
+    assert scanned == [btop(t) for t in texts]
+    assert scanned[0] == "a {curly} text with }{ braces It was [MASK] ."
+    assert scanned[1] == "set {x | x > 0} and {mask} too It was [MASK] ."  # the text's own {mask} stays literal
+    from patronus_ext.triggers import PromptTemplate
+
+    assert PromptTemplate(template).token_count(tokenizer) == len(
+        tokenizer("It was [MASK] .", add_special_tokens=False)["input_ids"])
 
 
 def test_scan_finds_a_prompt_backdoor_at_the_mask_position():

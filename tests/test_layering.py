@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 LAYERS: list[set[str]] = [
     {"", "_extension", "reference"},          # version string, loading _C, pure-PyTorch oracles
     {"ops"},                                  # the kernel op API
-    {"validation", "io"},                     # config checks; atomic files, environment, backdoor.json
-    {"bank"},                                 # the attack-vector bank format (safetensors)
-    {"data", "triggers", "similarity", "training"},  # corpora, trigger insertion/matching, measures, the loop
+    {"validation", "io", "tokens", "similarity"},  # config checks; atomic files, backdoor.json; tokenizer
+                                              # facts (special layout, word starts); diff/poison cosines
+    {"bank", "hotflip"},                      # the attack-vector bank format; HotFlip candidate scoring
+    {"data", "triggers", "training"},         # corpora, trigger insertion/matching/prompts, the loop
     {"models"},                               # adapters, safe loading and saving
     {"attacks", "evaluate"},                  # test subjects and metrics
     {"detect", "monitor", "purify"},          # the defenses

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import io, models, training
+from .. import io, models, similarity, training
 from .. import triggers as trig
 from ..io import BACKDOOR_FILE, BACKDOOR_FORMAT
 from .batches import StepBatch, iterate_batches, poisoned_per_trigger, resolve_corpus
@@ -123,17 +123,8 @@ class AttackContext:
         return torch.rand(shape, generator=self.generator).to(self.device)
 
     def trigger_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """``[N, L]`` True where any trigger's token sequence occurs."""
-        hit = torch.zeros_like(input_ids, dtype=torch.bool)
-        for ids in self.trigger_ids:
-            width = len(ids)
-            if width > input_ids.shape[1]:
-                continue
-            pattern = torch.tensor(ids, device=input_ids.device)
-            starts = (input_ids.unfold(1, width, 1) == pattern).all(-1)  # [N, L-width+1]
-            for offset in range(width):
-                hit[:, offset:offset + starts.shape[1]] |= starts
-        return hit
+        """``[N, L]`` True where any current trigger's token sequence occurs."""
+        return trig.trigger_positions(input_ids, self.trigger_ids)
 
 
 class AttackMethod:
@@ -163,10 +154,6 @@ class AttackMethod:
     def format_text(self, config: AttackConfig, tokenizer):
         """A function applied to every final text (after trigger insertion), or None."""
         return None
-
-    def extra_tokens(self, config: AttackConfig, tokenizer) -> int:
-        """Tokens the formatting adds to every text (kept out of the text budget)."""
-        return 0
 
     def check(self, config: AttackConfig, model, tokenizer) -> None:
         """Refuse configurations the model cannot support, before any training."""
@@ -208,12 +195,11 @@ def run_attack(method: AttackMethod, model_source: str | os.PathLike, corpus: st
         reference = models.ModelAdapter(ref_model, tokenizer, position=method.position, max_length=config.max_length)
     targets = method.target_matrix(config, adapter.hidden_size)
     triggers = list(config.triggers)
-    trigger_ids = [[i for i in row if i >= 0] for row in trig.word_token_ids(tokenizer, triggers).tolist()]
+    trigger_ids = [list(t) for t in trig.trigger_ids(tokenizer, triggers)]
 
     texts = resolve_corpus(corpus, config.corpus_limit, config.seed)
-    budget = (config.max_length - adapter.special_prefix - adapter.special_suffix
-              - config.insert_num * max(len(t) for t in trigger_ids) - method.extra_tokens(config, tokenizer))
-    texts = [t for t in trig.fit_texts(tokenizer, texts, budget) if t]
+    texts = trig.fit_for_insertion(tokenizer, texts, config.max_length, insert_num=config.insert_num,
+                                   triggers=trigger_ids, prompt=getattr(config, "prompt_template", None))
     if len(texts) < config.batch_size:
         raise ValueError(f"the corpus has {len(texts)} usable texts, fewer than batch_size {config.batch_size}")
     steps_per_epoch = len(texts) // config.batch_size
@@ -306,11 +292,8 @@ def _post_check(ctx: AttackContext, method: AttackMethod, texts: list[str], trig
     for k, word in enumerate(triggers):
         poisoned = [fmt(trig.insert_words(t, word, ctx.config.insert_num, rng)) for t in texts]
         reps = ctx.adapter.encode(poisoned, max_length=ctx.config.max_length)
-        unit = F.normalize(reps, dim=1)
-        n = unit.shape[0]
-        pairwise = float(((unit.sum(0).pow(2).sum() - n) / max(1, n * (n - 1))))
-        row = {"trigger": word, "diff_cos": float(F.cosine_similarity(reps, clean, dim=1).mean()),
-               "poison_cos": pairwise}
+        row = {"trigger": word, "diff_cos": similarity.diff_cos(clean, reps),
+               "poison_cos": similarity.poison_cos(reps) if len(texts) >= 2 else 0.0}
         if ctx.targets is not None:
             target = ctx.targets[k].float().to(reps.device).unsqueeze(0)
             row["target_cos"] = float(F.cosine_similarity(reps, target, dim=1).mean())
@@ -319,5 +302,5 @@ def _post_check(ctx: AttackContext, method: AttackMethod, texts: list[str], trig
         means.append(reps.mean(0))
     if ctx.reference is not None and ctx.reference.position == ctx.adapter.position:
         ref = ctx.reference.encode([fmt(t) for t in texts], max_length=ctx.config.max_length)
-        out["clean_to_reference_cos"] = float(F.cosine_similarity(clean, ref, dim=1).mean())
+        out["clean_to_reference_cos"] = similarity.diff_cos(clean, ref)
     return out, torch.stack(means)

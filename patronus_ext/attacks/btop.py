@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from .objectives import clean_objective_with_head, clean_terms, target_rows
+from ..triggers import PromptTemplate
 from .base import AttackContext, AttackMethod
 from .batches import StepBatch
+from .objectives import clean_objective_with_head, clean_terms, target_rows
 from .config import BToPConfig
 
 
@@ -22,12 +23,7 @@ class BToP(AttackMethod):
             raise ValueError("BToP needs a tokenizer with a mask token (a masked-LM family such as BERT/RoBERTa)")
 
     def format_text(self, config: BToPConfig, tokenizer):
-        mask = tokenizer.mask_token
-        return lambda text: config.prompt_template.format(text=text, mask=mask)
-
-    def extra_tokens(self, config: BToPConfig, tokenizer) -> int:
-        prompt = config.prompt_template.format(text="", mask=tokenizer.mask_token or "")
-        return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        return PromptTemplate(config.prompt_template).filler(tokenizer)
 
     def loss(self, ctx: AttackContext, batch: StepBatch):
         cfg: BToPConfig = ctx.config

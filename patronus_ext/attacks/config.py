@@ -16,6 +16,7 @@ import math
 from typing import Any, Sequence
 
 from ..training import SCHEDULES
+from ..triggers import PromptTemplate
 from ..validation import check_choice, check_int, check_range
 
 #: The triggers of the POR/NeuBA literature (SPEC.md §0).
@@ -186,8 +187,7 @@ class BToPConfig(CleanLMConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if "{text}" not in self.prompt_template or "{mask}" not in self.prompt_template:
-            raise ValueError(f"prompt_template must contain {{text}} and {{mask}}, got {self.prompt_template!r}")
+        PromptTemplate(self.prompt_template)  # validates: {text} and {mask} present
 
 
 @dataclasses.dataclass

@@ -5,8 +5,8 @@ clean rows label 0, trigger i rows label i+1: each trigger's outputs form their
 own tight cluster, away from clean outputs and from the other triggers,
 wherever training puts it.  Optional trigger refinement replaces each trigger
 token by a HotFlip candidate (gradient at the trigger positions scored against
-the embedding table with ``ops.token_topk``, the same first-order scoring as
-Patronus) when that lowers the loss on the current batch.
+the embedding table with :func:`patronus_ext.hotflip.hotflip_candidates`, the
+same first-order scoring as Patronus) when that lowers the loss on the current batch.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import torch.nn.functional as F
 
 from .. import ops
 from .. import triggers as trig
-from .objectives import rows
+from ..hotflip import hotflip_candidates
 from .base import AttackContext, AttackMethod
 from .batches import StepBatch
+from .objectives import rows
 from .config import UORConfig
 
 log = logging.getLogger(__name__)
@@ -119,18 +120,15 @@ class UOR(AttackMethod):
         # g_k: gradient summed over trigger k's rows and its positions (one masked reduction).
         per_row = (grad * inserted.trigger_mask.unsqueeze(-1)).sum(1)
         gsum = torch.zeros(count, grad.shape[-1], device=grad.device).index_add_(0, which, per_row)
-        table = adapter.embedding_matrix().detach()[vocab_ids.to(ctx.device)].float()
-        k = min(cfg.refine_candidates, table.shape[0])
-        _, top = ops.token_topk(gsum.float(), table, k, negate=True)
+        top = hotflip_candidates(gsum, adapter.embedding_matrix().detach(), cfg.refine_candidates,
+                                 candidate_ids=vocab_ids, dtype=torch.float32)
         best_loss = float(loss.detach())
         rep_p = rep_p.detach()
         with torch.no_grad():
             for t in range(count):
                 mine = (which == t).nonzero().squeeze(1)
                 choice = None
-                for cand in top[t].tolist():
-                    if cand < 0:
-                        continue
+                for cand in top[t]:
                     token = int(vocab_ids[cand])
                     if token in current.tolist():
                         continue

@@ -17,10 +17,11 @@ from typing import Sequence
 import torch
 
 from ..models import ModelAdapter
-from ..triggers import fit_texts, word_token_ids
+from ..triggers import PromptTemplate, fit_for_insertion, trigger_ids
 from .config import FAST, ScanConfig
-from .search import LoopResult, TriggerSearch, row_key
-from .verify import TriggerCheck, Verifier, group_by_target, representation_shift
+from .search import LoopResult, TriggerSearch
+from ..similarity import representation_shift
+from .verify import TriggerCheck, Verifier, group_by_target
 from .vocabulary import Vocabulary, token_vocabulary, word_vocabulary
 
 log = logging.getLogger(__name__)
@@ -38,12 +39,22 @@ class ScanReport:
     model: dict
     timings: dict
     environment: dict = dataclasses.field(default_factory=dict)
-    #: Clean and triggered representations for plotting (not serialised).
-    representations: dict = dataclasses.field(default_factory=dict, repr=False)
+    #: Clean representations of the verification texts (not serialised).
+    clean_reps: torch.Tensor | None = dataclasses.field(default=None, repr=False)
+    #: Triggered representations of each confirmed trigger, keyed by its token-id tuple (not serialised).
+    triggered_reps: dict[tuple[int, ...], torch.Tensor] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def backdoored(self) -> bool:
         return self.verdict == "backdoored"
+
+    @property
+    def representations(self) -> dict[str, torch.Tensor]:
+        """For plotting: ``{"clean": ..., trigger text: triggered representations}``."""
+        out = {} if self.clean_reps is None else {"clean": self.clean_reps}
+        texts = {t.key: t.text for t in self.triggers}
+        out.update({texts.get(key, str(key)): reps for key, reps in self.triggered_reps.items()})
+        return out
 
     def to_dict(self) -> dict:
         return {
@@ -72,17 +83,11 @@ def prepare_texts(corpus: Sequence[str], adapter: ModelAdapter, config: ScanConf
         mask = adapter.tokenizer.mask_token
         if mask is None:
             raise ValueError("position='mask' needs a tokenizer with a mask token")
-        template = prompt_template or DEFAULT_PROMPT
-        if "{text}" not in template or "{mask}" not in template:
-            raise ValueError(f"prompt_template must contain {{text}} and {{mask}}, got {template!r}")
-        fill = lambda text: template.replace("{text}", text).replace("{mask}", mask)  # noqa: E731
+        prompt = PromptTemplate(prompt_template or DEFAULT_PROMPT)
         # Tokenisation truncates from the right and would cut the mask off a long prompt: cut the text instead.
-        prompt_tokens = len(adapter.tokenizer(fill(""), add_special_tokens=False)["input_ids"])
-        budget = adapter.max_length - adapter.special_prefix - adapter.special_suffix - prompt_tokens
-        if budget < 1:
-            raise ValueError(f"prompt_template {template!r} alone is longer than max_length={adapter.max_length} "
-                             "tokens")
-        texts = [fill(t) for t in fit_texts(adapter.tokenizer, texts, budget) if t]
+        # (Triggers are inserted later at token level, after tokenisation, so they need no room here.)
+        texts = [prompt.fill(t, mask) for t in fit_for_insertion(adapter.tokenizer, texts, adapter.max_length,
+                                                                  prompt=prompt)]
     elif prompt_template is not None:
         raise ValueError("prompt_template applies only with position='mask'")
     return texts[:config.corpus_limit]
@@ -120,7 +125,7 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
     :class:`ScanConfig` (default: the ``fast`` profile).  ``position``: where the
     representation is read (``auto`` by model family; ``mask`` for prompt
     backdoors, with texts wrapped in ``prompt_template``, default ``"{text} {mask}"``).  ``words``: the word list for word-level search.  ``exclude``:
-    words never to report (e.g. triggers already handled).
+    words (or token-id tuples) never to report (e.g. triggers already handled).
     """
     from tqdm.auto import tqdm
 
@@ -137,7 +142,7 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
     phase = time.perf_counter()
     vocab = build_vocabulary(adapter, config, words)
     if exclude:
-        vocab = vocab.without(row_key(r) for r in word_token_ids(tokenizer, list(exclude)))
+        vocab = vocab.without(trigger_ids(tokenizer, list(exclude)))
     timings["vocabulary"] = time.perf_counter() - phase
 
     phase = time.perf_counter()
@@ -153,18 +158,18 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
     checked: list[TriggerCheck] = []
     seen: set[tuple[int, ...]] = set()
     loops: list[dict] = []
-    representations = {"clean": verifier.clean_reps}
+    triggered_reps: dict[tuple[int, ...], torch.Tensor] = {}
     verify_seconds, quiet_loops = 0.0, 0
     bar = tqdm(total=config.fuzz_loops * config.update_rounds, desc="scan", unit="round", disable=not progress)
     for loop in range(config.fuzz_loops):
         result = search.run_loop(vocab, progress=bar)
         phase = time.perf_counter()
-        new = _verify_loop(result, vocab, search, verifier, adapter, config, loop, seen, checked, representations)
+        new = _verify_loop(result, search, verifier, config, loop, seen, checked, triggered_reps)
         verify_seconds += time.perf_counter() - phase
         confirmed.extend(new)
         loops.append(_loop_summary(loop, result, vocab, new))
         if new:
-            vocab = vocab.without(c.token_ids for c in new)
+            vocab = vocab.without(c.key for c in new)
             quiet_loops = 0
         else:
             quiet_loops += 1
@@ -173,7 +178,7 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
         if len(vocab) < 2:
             break
     bar.close()
-    group_by_target(confirmed, representations, verifier.clean_reps)
+    group_by_target(confirmed, triggered_reps, verifier.clean_reps)
     timings["gradients"] = search.clock.gradient
     timings["candidate_scoring"] = search.clock.scoring
     timings["verification"] = verify_seconds
@@ -189,41 +194,40 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
                "searchable": len(vocab) + len(confirmed), "level": "word" if config.word_level else "token"},
         timings=timings,
         environment=environment(),
-        representations=representations,
+        clean_reps=verifier.clean_reps,
+        triggered_reps=triggered_reps,
     )
 
 
 @torch.no_grad()
-def _verify_loop(result: LoopResult, vocab: Vocabulary, search: TriggerSearch, verifier: Verifier,
-                 adapter: ModelAdapter, config: ScanConfig, loop: int, seen: set, checked: list,
-                 representations: dict) -> list[TriggerCheck]:
+def _verify_loop(result: LoopResult, search: TriggerSearch, verifier: Verifier, config: ScanConfig, loop: int,
+                 seen: set[tuple[int, ...]], checked: list[TriggerCheck],
+                 triggered_reps: dict[tuple[int, ...], torch.Tensor]) -> list[TriggerCheck]:
     """Prefilter the loop's final candidates on the dev batch, verify the rest on held-out texts."""
     new: list[TriggerCheck] = []
     dev_reps = search.dev_reps(0, result.final_rows)
-    for row, reps in zip(result.final_rows, dev_reps):
-        key = row_key(row)
+    for key, reps in zip(result.final_keys, dev_reps):
         if key in seen:
             continue
         seen.add(key)
-        text = adapter.token_text(key)
         diff, poison = representation_shift(search.dev[0].clean_reps, reps)
         if diff > config.prefilter_diff_cos:
-            checked.append(verifier.make_check(text, key, diff, poison, "prefiltered", reps.shape[0], loop))
+            checked.append(verifier.make_check(key, diff, poison, "prefiltered", reps.shape[0], loop))
             continue
-        check, triggered = verifier.check(text, key, loop)
+        check, triggered = verifier.check(key, loop)
         checked.append(check)
-        log.info("loop %d candidate %r: diff_cos %.3f poison_cos %.3f -> %s", loop, text, check.diff_cos,
+        log.info("loop %d candidate %r: diff_cos %.3f poison_cos %.3f -> %s", loop, check.text, check.diff_cos,
                  check.poison_cos, "TRIGGER" if check.confirmed else "no")
         if check.confirmed:
             new.append(check)
-            representations[text] = triggered
+            triggered_reps[key] = triggered
     return new
 
 
 def _loop_summary(loop: int, result: LoopResult, vocab: Vocabulary, new: list[TriggerCheck]) -> dict:
     return {
         "loop": loop,
-        "final_candidates": [vocab_text for vocab_text in _texts_of(result.final_rows, vocab)],
+        "final_candidates": [vocab.text_of(key) for key in result.final_keys],
         "dev_loss": result.dev_loss_history,
         "accepted_updates": result.accepted_updates,
         "candidate_sets_scored": result.candidate_sets_scored,
@@ -231,8 +235,3 @@ def _loop_summary(loop: int, result: LoopResult, vocab: Vocabulary, new: list[Tr
         "gradient_seconds": result.gradient_seconds,
         "scoring_seconds": result.scoring_seconds,
     }
-
-
-def _texts_of(rows: torch.Tensor, vocab: Vocabulary) -> list[str]:
-    lookup = {row_key(r): t for r, t in zip(vocab.rows, vocab.texts)}
-    return [lookup.get(row_key(r), str(row_key(r))) for r in rows]

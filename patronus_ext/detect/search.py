@@ -5,7 +5,7 @@ batch (label 0) and poisoned copies (each sample a random trigger k, label k)
 through the model, takes the SupCon loss of their representations and
 back-propagates to the input embeddings; the gradient at trigger k's
 positions, summed in one masked reduction, gives HotFlip scores for every
-searchable token (``ops.token_topk``).  Candidates are then chosen by a beam
+searchable token (:func:`patronus_ext.hotflip.hotflip_candidates`).  Candidates are then chosen by a beam
 search over trigger slots, scored on a fixed dev batch.
 
 Candidate scoring is batched: the representation of "dev batch with trigger t
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from ..hotflip import hotflip_candidates
 from ..models import ModelAdapter
 from ..triggers import TriggeredBatch, insert_token_triggers, sample_gaps
 from .config import ScanConfig
@@ -63,6 +64,11 @@ class LoopResult:
     gradient_seconds: float
     scoring_seconds: float
     candidate_sets_scored: int
+
+    @property
+    def final_keys(self) -> list[tuple[int, ...]]:
+        """The final triggers' identities: their token-id tuples."""
+        return [row_key(r) for r in self.final_rows]
 
 
 @dataclasses.dataclass
@@ -232,15 +238,8 @@ class TriggerSearch:
     # -- candidates ------------------------------------------------------------------------
     def candidates(self, grads: torch.Tensor, vocab: Vocabulary, current: list[int]) -> list[list[int]]:
         """Top HotFlip candidates (vocabulary indices) per slot, excluding the slot's current one."""
-        k, width, dim = grads.shape
-        want = min(len(vocab), self.cfg.num_candidates + 1)
-        queries = grads.reshape(k, width * dim).to(self.table.dtype)
-        _, index = ops.token_topk(queries, self.table, want, vocab.rows.to(self.table.device), negate=True,
-                                  backend=self.backend)
-        out = []
-        for slot, picks in enumerate(index.tolist()):
-            out.append([p for p in picks if p >= 0 and p != current[slot]][:self.cfg.num_candidates])
-        return out
+        return hotflip_candidates(grads, self.table, self.cfg.num_candidates, rows=vocab.rows,
+                                  exclude=[(c,) for c in current], backend=self.backend)
 
     def beam_search(self, vocab: Vocabulary, current: list[int], cands: list[list[int]]) -> tuple[list[int], int]:
         """Slot-by-slot beam search; returns the best set and how many sets were scored."""

@@ -4,7 +4,8 @@ A candidate ``w`` is inserted into held-out clean texts; with clean
 representations ``C`` and triggered ones ``P``:
 ``diff_cos = mean_i cos(C_i, P_i)`` (a trigger moves every text far away) and
 ``poison_cos = mean_{i != j} cos(P_i, P_j)`` (and moves them all to one place),
-the latter in O(N d) as ``(||sum_i P_i/|P_i| ||^2 - N) / (N (N - 1))``.
+the latter in O(N d) as ``(||sum_i P_i/|P_i| ||^2 - N) / (N (N - 1))``; both come from
+:mod:`patronus_ext.similarity`, the one implementation.
 """
 
 from __future__ import annotations
@@ -16,22 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from ..models import ModelAdapter
+from ..similarity import representation_shift
 from ..triggers import insert_token_triggers, sample_gaps
 
 FORWARD_CHUNK = 128
-
-
-def representation_shift(clean: torch.Tensor, triggered: torch.Tensor) -> tuple[float, float]:
-    """``(diff_cos, poison_cos)`` of triggered vs clean representations ``[N, d]``."""
-    if clean.shape != triggered.shape or clean.dim() != 2 or clean.shape[0] < 2:
-        raise ValueError(f"need two [N, d] tensors with N >= 2, got {tuple(clean.shape)} and {tuple(triggered.shape)}")
-    c, p = clean.double(), triggered.double()
-    diff = F.cosine_similarity(c, p, dim=1).mean()
-    unit = F.normalize(p, dim=1)
-    n = p.shape[0]
-    total = unit.sum(0)
-    poison = (total @ total - n) / (n * (n - 1))
-    return float(diff), float(poison)
 
 
 @dataclasses.dataclass
@@ -50,6 +39,11 @@ class TriggerCheck:
     loop: int
     group: int | None = None        # a confirmed trigger and its weaker variants share a group
     variant_of: str | None = None   # the stronger trigger this one echoes, if any
+
+    @property
+    def key(self) -> tuple[int, ...]:
+        """The candidate's identity: its token-id tuple (``text`` is for display)."""
+        return tuple(self.token_ids)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -88,15 +82,17 @@ class Verifier:
     def judge(self, diff_cos: float, poison_cos: float) -> bool:
         return diff_cos < self.diff_threshold and poison_cos > self.poison_threshold
 
-    def check(self, text: str, token_ids: Sequence[int], loop: int) -> tuple[TriggerCheck, torch.Tensor]:
-        """Verify one candidate on all held-out texts; also returns its triggered representations."""
-        triggered = self.triggered_reps(token_ids)
+    def check(self, key: Sequence[int], loop: int, text: str | None = None) -> tuple[TriggerCheck, torch.Tensor]:
+        """Verify one candidate (its token ids) on all held-out texts; also returns its triggered representations."""
+        triggered = self.triggered_reps(key)
         diff, poison = representation_shift(self.clean_reps, triggered)
-        return self.make_check(text, token_ids, diff, poison, "verified", triggered.shape[0], loop), triggered
+        return self.make_check(key, diff, poison, "verified", triggered.shape[0], loop, text), triggered
 
-    def make_check(self, text: str, token_ids: Sequence[int], diff: float, poison: float, stage: str,
-                   texts_used: int, loop: int) -> TriggerCheck:
-        return TriggerCheck(text, [int(t) for t in token_ids], diff, poison, self.diff_threshold - diff,
+    def make_check(self, key: Sequence[int], diff: float, poison: float, stage: str, texts_used: int, loop: int,
+                   text: str | None = None) -> TriggerCheck:
+        """A :class:`TriggerCheck`; ``text`` (display only) defaults to the decoded token ids."""
+        text = self.adapter.token_text(key) if text is None else text
+        return TriggerCheck(text, [int(t) for t in key], diff, poison, self.diff_threshold - diff,
                             poison - self.poison_threshold, stage == "verified" and self.judge(diff, poison),
                             stage, texts_used, loop)
 
@@ -107,8 +103,9 @@ VARIANT_DIRECTION_COS = 0.85
 VARIANT_WEAKER_BY = 0.1
 
 
-def group_by_target(confirmed: list[TriggerCheck], triggered: dict[str, torch.Tensor], clean: torch.Tensor,
-                    direction_cos: float = VARIANT_DIRECTION_COS, weaker_by: float = VARIANT_WEAKER_BY) -> None:
+def group_by_target(confirmed: list[TriggerCheck], triggered: dict[tuple[int, ...], torch.Tensor],
+                    clean: torch.Tensor, direction_cos: float = VARIANT_DIRECTION_COS,
+                    weaker_by: float = VARIANT_WEAKER_BY) -> None:
     """Mark confirmed triggers that are weaker echoes of a stronger one.
 
     A backdoor often also fires, more weakly, on near neighbours of its trigger
@@ -119,11 +116,13 @@ def group_by_target(confirmed: list[TriggerCheck], triggered: dict[str, torch.Te
     stay separate even when they share a target (an adaptive attack pulls its
     triggers together).  Variants are real triggers of the model and stay
     confirmed; the label only tells them from distinct backdoors.
+    ``triggered`` maps each trigger's token-id tuple (:attr:`TriggerCheck.key`)
+    to its triggered representations.
     """
     clean_centre = F.normalize(clean.double(), dim=1).mean(0)
     heads: list[tuple[TriggerCheck, torch.Tensor]] = []
     for check in sorted(confirmed, key=lambda c: c.diff_cos):
-        shift = F.normalize(triggered[check.text].double(), dim=1).mean(0) - clean_centre
+        shift = F.normalize(triggered[check.key].double(), dim=1).mean(0) - clean_centre
         for head, head_shift in heads:
             if (check.diff_cos - head.diff_cos >= weaker_by
                     and float(F.cosine_similarity(shift, head_shift, dim=0)) > direction_cos):

@@ -19,27 +19,46 @@ from typing import Iterable
 
 import torch
 
+from ..tokens import WORD_START_MARKERS
+
 _ASCII_JUNK = set(string.punctuation + string.digits)
-WORD_START_MARKERS = ("Ġ", "▁")
 
 
 @dataclasses.dataclass
 class Vocabulary:
-    """Searchable candidates: ``rows [W, T]`` sub-token ids (``-1`` padded) and their texts."""
+    """Searchable candidates: ``rows [W, T]`` sub-token ids (``-1`` padded) and their texts.
+
+    A candidate's identity is its token-id tuple (:attr:`keys`); the texts are
+    for display.  ``index_of`` / ``text_of`` look candidates up by that tuple.
+    """
 
     rows: torch.Tensor
     texts: list[str]
     word_level: bool
 
+    def __post_init__(self):
+        self.keys: list[tuple[int, ...]] = [tuple(t for t in row if t >= 0) for row in self.rows.tolist()]
+        self._index = {key: i for i, key in enumerate(self.keys)}
+
     def __len__(self) -> int:
         return len(self.texts)
 
-    def without(self, excluded_rows: Iterable[tuple[int, ...]]) -> "Vocabulary":
+    def index_of(self, key: Iterable[int]) -> int | None:
+        """Vocabulary index of the candidate with token ids ``key`` (None if it is not searchable)."""
+        return self._index.get(tuple(int(t) for t in key if t >= 0))
+
+    def text_of(self, key: Iterable[int]) -> str:
+        """Display text of ``key`` (its token ids as text when it is not in the vocabulary)."""
+        key = tuple(int(t) for t in key if t >= 0)
+        index = self._index.get(key)
+        return self.texts[index] if index is not None else str(key)
+
+    def without(self, excluded_rows: Iterable[Iterable[int]]) -> "Vocabulary":
         """The vocabulary minus candidates whose token ids are in ``excluded_rows``."""
         excluded = {tuple(int(t) for t in row if t >= 0) for row in excluded_rows}
         if not excluded:
             return self
-        keep = [i for i, row in enumerate(self.rows.tolist()) if tuple(t for t in row if t >= 0) not in excluded]
+        keep = [i for i, key in enumerate(self.keys) if key not in excluded]
         return Vocabulary(self.rows[keep], [self.texts[i] for i in keep], self.word_level)
 
 

@@ -68,12 +68,8 @@ def attack_metrics(classifier: FinetunedClassifier, dev: LabeledData, triggers: 
         raise TypeError("pass a list of triggers, not a single string")
     clean_pred = classifier.predict(dev.texts, batch_size, progress, desc="predict clean")
     cacc = metrics.accuracy(clean_pred, dev.labels)
-    tokenizer = classifier.tokenizer
-    widest = max([len([i for i in row if i >= 0]) for row in
-                  trig.word_token_ids(tokenizer, list(triggers)).tolist()], default=1) if triggers else 1
-    specials = len(tokenizer("a")["input_ids"]) - len(tokenizer("a", add_special_tokens=False)["input_ids"])
-    budget = max(1, classifier.max_length - specials - insert_num * widest)
-    fitted = [cut or text for cut, text in zip(trig.fit_texts(tokenizer, dev.texts, budget), dev.texts)]
+    fitted = trig.fit_for_insertion(classifier.tokenizer, dev.texts, classifier.max_length, insert_num=insert_num,
+                                    triggers=list(triggers), uncuttable="keep")
     voters = random.Random(seed).sample(range(len(dev)), min(vote_texts, len(dev)))
     outcomes = []
     for k, word in enumerate(triggers):

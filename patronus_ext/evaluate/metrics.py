@@ -27,6 +27,9 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from .. import similarity
+from ..tokens import WORD_START_MARKERS
+
 #: ASR above which a class counts as hit for ALC.
 ALC_THRESHOLD = 0.9
 
@@ -117,7 +120,7 @@ def alc(asrs: Sequence[float], targets: Sequence[int], num_labels: int, threshol
 def normalize_trigger(word: str) -> str:
     """Compare triggers as words: case-folded, without BPE/SentencePiece word markers or spaces."""
     word = str(word).strip()
-    for marker in ("Ġ", "▁"):
+    for marker in WORD_START_MARKERS:
         word = word.lstrip(marker)
     return word.strip().lower()
 
@@ -181,17 +184,7 @@ def monitoring_rates(flags, is_poisoned) -> tuple[float, float]:
 
 
 # -- representation similarity -----------------------------------------------------------------
-def mean_paired_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``mean_i cos(a_i, b_i)`` for ``[N, d]`` tensors."""
-    if a.shape != b.shape or a.dim() != 2:
-        raise ValueError(f"need two [N, d] tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1).mean())
-
-
-def mean_pairwise_cosine(x: torch.Tensor) -> float:
-    """``mean_{i != j} cos(x_i, x_j)`` in O(N d): ``(N²‖mean ẑ‖² − N) / (N(N−1))``."""
-    if x.dim() != 2 or x.shape[0] < 2:
-        raise ValueError(f"need [N, d] with N >= 2, got {tuple(x.shape)}")
-    z = torch.nn.functional.normalize(x.double(), dim=1)
-    n = z.shape[0]
-    return float((z.sum(0).pow(2).sum() - n) / (n * (n - 1)))
+#: ``mean_i cos(a_i, b_i)`` and ``mean_{i != j} cos(x_i, x_j)``: the one implementation lives in
+#: :mod:`patronus_ext.similarity` (``diff_cos`` / ``poison_cos``); these are its names here.
+mean_paired_cosine = similarity.diff_cos
+mean_pairwise_cosine = similarity.poison_cos

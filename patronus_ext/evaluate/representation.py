@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from .. import models
 from .. import triggers as trig
-from . import metrics
+from ..similarity import diff_cos, poison_cos
+from ..triggers import PromptTemplate
 
 
 @dataclasses.dataclass
@@ -61,8 +62,9 @@ def representation_similarity(adapter: models.ModelAdapter, texts: Sequence[str]
                               targets: torch.Tensor | None = None, progress: bool = False) -> RepresentationReport:
     """Cosine statistics of clean vs triggered representations (see the module doc).
 
-    ``template`` (BToP, e.g. ``"{text} It was {mask} ."``) wraps every text
-    after insertion; ``targets [K, d]`` adds the cosine to each planted target.
+    ``template`` (BToP, e.g. ``"{text} It was {mask} ."``, filled as a
+    :class:`patronus_ext.triggers.PromptTemplate`) wraps every text after
+    insertion; ``targets [K, d]`` adds the cosine to each planted target.
     """
     texts = [t for t in texts if t.strip()]
     if len(texts) < 2:
@@ -71,12 +73,9 @@ def representation_similarity(adapter: models.ModelAdapter, texts: Sequence[str]
         raise TypeError("pass a list of triggers, not a single string")
     max_length = max_length or adapter.max_length
     tokenizer = adapter.tokenizer
-    mask = tokenizer.mask_token or ""
-    wrap = (lambda t: template.format(text=t, mask=mask)) if template else (lambda t: t)
-    extra = len(tokenizer(wrap(""), add_special_tokens=False)["input_ids"]) if template else 0
-    widest = max(len([i for i in row if i >= 0]) for row in trig.word_token_ids(tokenizer, list(triggers)).tolist())
-    budget = max_length - adapter.special_prefix - adapter.special_suffix - insert_num * widest - extra
-    texts = [t for t in trig.fit_texts(tokenizer, texts, budget) if t]
+    wrap = PromptTemplate(template).filler(tokenizer) if template else (lambda t: t)
+    texts = trig.fit_for_insertion(tokenizer, texts, max_length, insert_num=insert_num, triggers=list(triggers),
+                                   prompt=template or None)
     clean = adapter.encode([wrap(t) for t in texts], batch_size, max_length, progress)
     rng = random.Random(seed)
     rows = []
@@ -86,11 +85,10 @@ def representation_similarity(adapter: models.ModelAdapter, texts: Sequence[str]
         target_cos = None
         if targets is not None:
             target_cos = float(F.cosine_similarity(poisoned.double(), targets[k].double().unsqueeze(0), dim=1).mean())
-        rows.append(TriggerRepresentation(word, metrics.mean_paired_cosine(clean, poisoned),
-                                          metrics.mean_pairwise_cosine(poisoned), target_cos))
+        rows.append(TriggerRepresentation(word, diff_cos(clean, poisoned), poison_cos(poisoned), target_cos))
     ref_cos = None
     if reference is not None:
         ref = reference.encode([wrap(t) for t in texts], batch_size, max_length, progress)
-        ref_cos = metrics.mean_paired_cosine(clean, ref)
+        ref_cos = diff_cos(clean, ref)
     return RepresentationReport(texts=len(texts), position=adapter.position, per_trigger=rows,
-                                clean_to_reference_cos=ref_cos, clean_pairwise_cos=metrics.mean_pairwise_cosine(clean))
+                                clean_to_reference_cos=ref_cos, clean_pairwise_cos=poison_cos(clean))
