@@ -12,7 +12,9 @@ Two faces:
   peak extra memory of each variant, and writes ``DIR/bench_cuda.json`` and
   ``DIR/RESULTS.md`` (``--results-md PATH`` writes the markdown there too).
   ``--budget-s`` bounds the whole run (torch.compile variants are skipped,
-  and recorded as skipped, once the budget is spent).
+  and recorded as skipped, once the budget is spent).  ``--key-only`` keeps
+  the target shapes alone and ``--no-compile`` skips every torch.compile
+  variant (benchmarks/run_gpu.sh uses both when the GPU window is short).
 * ``python -m pytest benchmarks/bench_cuda.py`` is a small pytest-benchmark
   suite (ext vs eager).
 
@@ -149,6 +151,7 @@ class Runner:
         self.budget_s = budget_s
         self.compile_budget_s = compile_budget_s
         self.compile_spent = 0.0
+        self.no_compile = False
         self.ceilings = ceilings
         self.records: list[dict] = []
 
@@ -158,6 +161,10 @@ class Runner:
     def measure(self, op: str, shape: dict, precision: str, variant: str, make_fn, *, graph: bool = False,
                 is_compile: bool = False, reps: int = 15) -> dict:
         rec = {"op": op, "shape": shape, "precision": precision, "variant": variant, "graph": graph}
+        if is_compile and self.no_compile:
+            rec["status"] = "skipped (--no-compile)"
+            self.records.append(rec)
+            return rec
         if is_compile and (self.compile_spent > self.compile_budget_s or self.left() < 60):
             rec["status"] = "skipped (time budget)"
             self.records.append(rec)
@@ -272,8 +279,11 @@ def _supcon_step(fn, f, y, g):
     return step
 
 
-def bench_supcon(runner: Runner) -> None:
-    for (c, n, d, dtype) in SUPCON_POINTS:
+SUPCON_KEY = [(120, 144, 768, torch.float32), (120, 144, 768, torch.bfloat16), (1, 65536, 768, torch.float32)]
+
+
+def bench_supcon(runner: Runner, points=None) -> None:
+    for (c, n, d, dtype) in (SUPCON_POINTS if points is None else points):
         f = torch.randn(c, n, d, device="cuda").to(dtype)
         y = torch.randint(0, 8 if n <= 144 else 256, (c, n), device="cuda")
         g = torch.randn(c, device="cuda")
@@ -306,9 +316,12 @@ BANK_POINTS = [(m, k, "cosine") for m in (1, 64, 4096) for k in (6, 64)] + [(1, 
 COMPILE_BANK = {(1, 64, "cosine"), (64, 64, "cosine")}
 
 
-def bench_bank(runner: Runner) -> None:
+BANK_KEY = [p for p in BANK_POINTS if p[0] <= 64]
+
+
+def bench_bank(runner: Runner, points=None) -> None:
     d = 768
-    for (m, k, mode) in BANK_POINTS:
+    for (m, k, mode) in (BANK_POINTS if points is None else points):
         x = torch.randn(m, d, device="cuda")
         bank = torch.randn(k, d, device="cuda")
         shape = {"M": m, "K": k, "d": d, "mode": mode}
@@ -459,6 +472,19 @@ def target_check(records) -> list[str]:
     return out
 
 
+def single_topk(k: int, precision: str, n: int = 4096, d: int = 768, v: int = 30522) -> int:
+    """One token_topk call at a key shape (for ncu: --kernel-name regex:topk_ --launch-count 1)."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    q = torch.randn(n, d, device="cuda").to(dtype)
+    table = torch.randn(v, d, device="cuda").to(dtype)
+    torch.cuda.synchronize()
+    vals, idx = ops.token_topk(q, table, k, precision=precision, backend="ext")
+    torch.cuda.synchronize()
+    ok = bool((idx >= 0).all()) and not bool(vals.isnan().any())
+    print(f"bench_cuda: one token_topk N={n} d={d} V={v} k={k} {precision}: {'ok' if ok else 'BAD OUTPUT'}")
+    return 0 if ok else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="directory for bench_cuda.json and RESULTS.md")
@@ -468,11 +494,21 @@ def main(argv=None) -> int:
     parser.add_argument("--full", action="store_true", help="the full token_topk grid (hours)")
     parser.add_argument("--only", choices=("token_topk", "supcon", "bank"), action="append",
                         help="benchmark only these ops (repeatable)")
+    parser.add_argument("--key-only", action="store_true",
+                        help="only the target shapes (token_topk N=4096 points, supcon C=120/N=144 and "
+                             "C=1/N=65536, bank_similarity M <= 64)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    parser.add_argument("--single-topk", type=int, metavar="K", default=None,
+                        help="run one token_topk call (N=4096, d=768, V=30522, --single-precision) with this k and "
+                             "exit: the launch an ncu pass profiles")
+    parser.add_argument("--single-precision", choices=("exact", "tf32", "bf16"), default="bf16")
     args = parser.parse_args(argv)
     reason = skip_reason()
     if reason is not None:
         print(f"bench_cuda: skipped: {reason}; nothing measured")
         return 0
+    if args.single_topk is not None:
+        return single_topk(args.single_topk, args.single_precision)
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(0)
     env = environment()
@@ -480,6 +516,7 @@ def main(argv=None) -> int:
     ceilings = measure_ceilings()
     print("bench_cuda: ceilings " + ", ".join(f"{k} {v:.1f}" for k, v in ceilings.items()), flush=True)
     runner = Runner(args.budget_s, args.compile_budget_s, ceilings)
+    runner.no_compile = args.no_compile
     only = set(args.only or ("token_topk", "supcon", "bank"))
     doc = {"environment": env, "ceilings": ceilings, "records": runner.records}
 
@@ -498,12 +535,12 @@ def main(argv=None) -> int:
         bench_token_topk(runner, TOPK_KEY)
         save()
     if "bank" in only:
-        bench_bank(runner)
+        bench_bank(runner, BANK_KEY if args.key_only else None)
         save()
     if "supcon" in only:
-        bench_supcon(runner)
+        bench_supcon(runner, SUPCON_KEY if args.key_only else None)
         save()
-    if "token_topk" in only:
+    if "token_topk" in only and not args.key_only:
         bench_token_topk(runner, [p for p in (TOPK_FULL if args.full else TOPK_MORE) if p not in TOPK_KEY])
     save()
     print(render_markdown(doc))

@@ -226,6 +226,45 @@ def test_token_topk_nan_table_rows():
         assert bool((idx[:, 150:] == -1).all())
 
 
+def _inf_case(w, d, pattern, dtype):
+    """Exact scores (queries of ones, small-integer table): column 0 makes a candidate finite, -inf or NaN.
+
+    pattern 0: every score -inf; pattern 1: a few finite, some -inf, the rest NaN (so slices of the
+    candidate axis hold fewer than k non-NaN scores and pad their partial lists with (-inf, -1)).
+    """
+    i = torch.arange(w, device=DEV)[:, None]
+    e = torch.arange(d, device=DEV)[None, :]
+    table = ((i * 7 + e * 3) % 9 - 4).double()
+    if pattern == 0:
+        cls = torch.ones(w, dtype=torch.long, device=DEV)
+    else:
+        cls = torch.where(i[:, 0] % 97 == 5, 0, torch.where(i[:, 0] % 16 == 3, 1, 2))
+    table[:, 0] = torch.where(cls == 1, -INF, torch.where(cls == 2, float("nan"), table[:, 0]))
+    return table.to(dtype)
+
+
+@pytest.mark.parametrize("dtype,precision", PATHS, ids=lambda p: str(p).replace("torch.", ""))
+@pytest.mark.parametrize("w,k,pattern", [(200, 200, 0), (5000, 256, 0), (5000, 256, 1), (3000, 100, 1)])
+def test_token_topk_real_neg_inf_beats_padding(dtype, precision, w, k, pattern):
+    """Real -inf scores are selected (with their index) before any empty (-inf, -1) slot."""
+    n, d = 5, 16
+    q = torch.ones(n, d, device=DEV, dtype=dtype)
+    table = _inf_case(w, d, pattern, dtype)
+    scores = (q.double() @ table.double().T)
+    n_real = int((~scores[0].isnan()).sum())
+    want = torch.sort(scores[0].masked_fill(scores[0].isnan(), -INF), descending=True).values[:k]
+    for vals, idx in _poisoned_runs(
+            lambda: ops.token_topk(q, table, k, None, False, precision=precision, backend="ext")):
+        for r in range(n):
+            m = min(k, n_real)
+            assert torch.equal(vals[r].double().cpu(), want.cpu()), f"row {r}: values"
+            assert bool((idx[r, :m] >= 0).all()), f"row {r}: a real score replaced by an empty slot"
+            assert bool((idx[r, m:] == -1).all())
+            got = scores[r].gather(0, idx[r, :m])
+            assert torch.equal(got.cpu(), vals[r, :m].double().cpu()), f"row {r}: value vs its index's score"
+            assert len(set(idx[r, :m].tolist())) == m, f"row {r}: duplicate index"
+
+
 def test_token_topk_large_k_fallback():
     q = _randn(4, 32, seed=21)
     table = _randn(1500, 32, seed=22)

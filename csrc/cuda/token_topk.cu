@@ -1,18 +1,22 @@
 // token_topk launcher: picks the kernel for (dtype, precision), plans the
 // split of the candidate axis and merges the per-slice lists.
 //
-// Plan: row blocks of 128 queries (64 for float64) x S slices of the candidate
-// axis.  S is the smallest count whose grid fills the GPU about as well as any
-// (waves per unit of work within 5% of the best), capped so that every slice
-// has >= 4 candidate tiles and the scratch (S partial lists of k entries per
-// query) plus the outputs stay under 4.5% of the n x w score matrix the unfused
-// way would write (the scratch may always take 8 MiB).  Then ceil(log2 S)
-// in-place merge rounds (merge path of sorted lists, one CTA per (query, pair));
-// the last writes values/indices.
+// Plan (patronus/topk_plan.h, host-only and unit-tested on the CPU): row
+// blocks of tile_m queries x S slices of the candidate axis.  tile_m is 128 for
+// the mma kernels and exact fp32 (64 for float64, 32 for exact fp32 with
+// n <= 64), smaller (64 or 32 for mma, 32 for exact fp32) when the grid would
+// otherwise leave SMs idle: at k = 256 the scratch budget often allows one
+// slice, and N = 4096 in 128-row blocks is 32 CTAs on a 132-SM GPU.  S is the
+// smallest count whose grid fills the GPU about as well as any, capped by the
+// scratch budget (S partial lists of k entries per query, plus the outputs,
+// under 4.5% of the n x w score matrix; 8 MiB always).  Then ceil(log2 S)
+// in-place merge rounds (merge path of ordered lists, padding after real
+// entries, one CTA per (query, pair)); the last writes values/indices.
 #include <algorithm>
 #include <cstdint>
 
 #include "patronus/cuda_kernels.h"
+#include "patronus/topk_plan.h"
 #include "token_topk_kernels.cuh"
 
 namespace patronus {
@@ -30,16 +34,20 @@ enum Path {
 
 constexpr int64_t kSmallN = 64;  // exact fp32 with at most this many queries: 32-row tiles
 
-struct Plan {
+struct Plan : topk_plan::Plan {
   Path path;
-  int tile_m, tile_n;  // query rows per CTA, candidates per tile
-  int row_blocks, num_tiles, splits, tiles_per_split;
   size_t acc_size;
-  size_t bytes;  // scratch: splits lists of k keys, then splits lists of k indices
 };
 
-constexpr size_t kAlign = 256;
-size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+using topk_plan::align_up;
+
+// The row tiles each kernel family has, largest first.
+constexpr int kMmaRowTiles[] = {128, 64, 32};
+constexpr int kExactF32RowTiles[] = {topk::SimtF32::BM, topk::SimtF32Small::BM};
+constexpr int kExactF32SmallRowTiles[] = {topk::SimtF32Small::BM};
+constexpr int kExactF64RowTiles[] = {topk::SimtF64::BM};
+static_assert(kMmaRowTiles[0] == topk::kMmaTile, "mma row tiles");
+static_assert(topk::SimtF32::BN == topk::SimtF32Small::BN, "one candidate tile for exact fp32");
 
 int sm_count() {
   int dev = 0, sms = 0;
@@ -59,40 +67,25 @@ Path path_of(DType dtype, TopkPrecision precision, int64_t n) {
 Plan make_plan(DType dtype, TopkPrecision precision, int64_t n, int64_t w, int64_t k) {
   Plan pl{};
   pl.path = path_of(dtype, precision, n);
-  switch (pl.path) {
-    case kPathExactF64: pl.tile_m = topk::SimtF64::BM; pl.tile_n = topk::SimtF64::BN; break;
-    case kPathExactF32: pl.tile_m = topk::SimtF32::BM; pl.tile_n = topk::SimtF32::BN; break;
-    case kPathExactF32Small: pl.tile_m = topk::SimtF32Small::BM; pl.tile_n = topk::SimtF32Small::BN; break;
-    default: pl.tile_m = pl.tile_n = topk::kMmaTile; break;
-  }
   pl.acc_size = dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
-  pl.row_blocks = static_cast<int>((n + pl.tile_m - 1) / pl.tile_m);
-  pl.num_tiles = static_cast<int>((w + pl.tile_n - 1) / pl.tile_n);
-
   const int64_t sms = sm_count();
-  const int64_t per_list = n * k * static_cast<int64_t>(pl.acc_size + sizeof(int));
-  const int64_t naive = n * w * static_cast<int64_t>(pl.acc_size);
-  const int64_t outputs = n * k * static_cast<int64_t>(pl.acc_size + sizeof(int64_t));
-  const int64_t budget = std::max<int64_t>(int64_t(8) << 20, naive * 45 / 1000 - outputs);
-  int64_t smax = std::min<int64_t>(std::max<int64_t>(1, pl.num_tiles / 4), std::max<int64_t>(1, budget / per_list));
-  smax = std::min<int64_t>(smax, std::max<int64_t>(1, 8 * sms / pl.row_blocks));
-  smax = std::min<int64_t>(smax, 65535);
-  auto cost = [&](int64_t s) {  // waves per unit of work
-    return static_cast<double>((pl.row_blocks * s + sms - 1) / sms) / static_cast<double>(s);
-  };
-  double best = 1e30;
-  for (int64_t s = 1; s <= smax; ++s) best = std::min(best, cost(s));
-  int64_t splits = 1;
-  for (int64_t s = 1; s <= smax; ++s) {
-    if (cost(s) <= best * 1.05) {
-      splits = s;
+  topk_plan::Plan p;
+  switch (pl.path) {
+    case kPathExactF64:
+      p = topk_plan::plan(n, w, k, pl.acc_size, kExactF64RowTiles, 1, topk::SimtF64::BN, sms);
       break;
-    }
+    case kPathExactF32:
+      p = topk_plan::plan(n, w, k, pl.acc_size, kExactF32RowTiles, 2, topk::SimtF32::BN, sms);
+      if (p.tile_m == topk::SimtF32Small::BM) pl.path = kPathExactF32Small;
+      break;
+    case kPathExactF32Small:
+      p = topk_plan::plan(n, w, k, pl.acc_size, kExactF32SmallRowTiles, 1, topk::SimtF32Small::BN, sms);
+      break;
+    default:
+      p = topk_plan::plan(n, w, k, pl.acc_size, kMmaRowTiles, 3, topk::kMmaTile, sms);
+      break;
   }
-  pl.tiles_per_split = static_cast<int>((pl.num_tiles + splits - 1) / splits);
-  pl.splits = (pl.num_tiles + pl.tiles_per_split - 1) / pl.tiles_per_split;
-  const size_t entries = static_cast<size_t>(pl.splits) * static_cast<size_t>(n) * static_cast<size_t>(k);
-  pl.bytes = align_up(entries * pl.acc_size) + align_up(entries * sizeof(int));
+  static_cast<topk_plan::Plan&>(pl) = p;
   return pl;
 }
 
@@ -167,17 +160,17 @@ cudaError_t token_topk(DType dtype, TopkPrecision precision, const void* queries
     case kPathTF32:
       err = topk::launch_tf32(make_args<float, float>(queries, table, rows, n, t, d, w, k, negate, pl, 4, part_key,
                                                       part_idx),
-                              pl.row_blocks, pl.splits, stream);
+                              pl.tile_m, pl.row_blocks, pl.splits, stream);
       break;
     case kPathBF16:
       err = topk::launch_bf16(make_args<__nv_bfloat16, float>(queries, table, rows, n, t, d, w, k, negate, pl, 8,
                                                               part_key, part_idx),
-                              pl.row_blocks, pl.splits, stream);
+                              pl.tile_m, pl.row_blocks, pl.splits, stream);
       break;
     case kPathBF16FromF32:
       err = topk::launch_bf16_from_f32(make_args<float, float>(queries, table, rows, n, t, d, w, k, negate, pl, 8,
                                                                part_key, part_idx),
-                                       pl.row_blocks, pl.splits, stream);
+                                       pl.tile_m, pl.row_blocks, pl.splits, stream);
       break;
     case kPathExactF32:
       err = topk::launch_exact_f32(make_args<float, float>(queries, table, rows, n, t, d, w, k, negate, pl, 4,

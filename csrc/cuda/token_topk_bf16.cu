@@ -5,8 +5,9 @@ namespace patronus {
 namespace cuda {
 namespace topk {
 
-cudaError_t launch_bf16(const Args<__nv_bfloat16, float>& p, int row_blocks, int splits, cudaStream_t stream) {
-  return launch_mma<kBF16, __nv_bfloat16>(p, row_blocks, splits, stream);
+cudaError_t launch_bf16(const Args<__nv_bfloat16, float>& p, int tile_m, int row_blocks, int splits,
+                        cudaStream_t stream) {
+  return launch_mma<kBF16, __nv_bfloat16>(p, tile_m, row_blocks, splits, stream);
 }
 
 }  // namespace topk

@@ -6,8 +6,9 @@ namespace patronus {
 namespace cuda {
 namespace topk {
 
-cudaError_t launch_bf16_from_f32(const Args<float, float>& p, int row_blocks, int splits, cudaStream_t stream) {
-  return launch_mma<kBF16, float>(p, row_blocks, splits, stream);
+cudaError_t launch_bf16_from_f32(const Args<float, float>& p, int tile_m, int row_blocks, int splits,
+                                 cudaStream_t stream) {
+  return launch_mma<kBF16, float>(p, tile_m, row_blocks, splits, stream);
 }
 
 }  // namespace topk

@@ -8,7 +8,8 @@
 // other row blocks (the queries, n*t*d, stay in L2).
 //
 // Two GEMM cores:
-//  * mma:  BM = BN = 128, 8 warps (2 x 4, warp tile 64 x 32), 3-stage cp.async
+//  * mma:  BM in {128, 64, 32} (the planner's choice), BN = 128, 8 warps (2 x 4,
+//          warp tile BM/2 x 32), 3-stage cp.async
 //          pipeline of 128-byte k-slices (32 fp32 / 64 bf16), ldmatrix fragment
 //          loads, mma.sync m16n8k8 tf32 or m16n8k16 bf16, fp32 accumulators.
 //          The pipeline runs straight across candidate tiles: the next tile's
@@ -65,11 +66,15 @@ __device__ __forceinline__ int64_t key_offset(const Args<In, A>& p, int gw, int 
 }
 
 // ============================================================ tensor cores
-constexpr int kMmaTile = 128;             // BM = BN
+constexpr int kMmaTile = 128;             // BN, and the largest BM
 constexpr int kMmaStages = 3;
 constexpr int kSliceBytes = 128;          // k-slice per stage, bytes per tile row
 constexpr int kPitch = kSliceBytes + 16;  // padded row pitch (conflict-free ldmatrix)
-constexpr int kStageBytes = 2 * kMmaTile * kPitch;
+// One stage: BM query rows, then kMmaTile candidate rows.
+template <int BM>
+constexpr int mma_stage_bytes() {
+  return (BM + kMmaTile) * kPitch;
+}
 enum MmaKind { kTF32 = 0, kBF16 = 1 };
 
 template <int KIND>
@@ -85,9 +90,9 @@ struct MmaTraits<kBF16> {
   static constexpr int kVec = 8;
 };
 
-template <int KIND, typename In>
+template <int KIND, typename In, int BM>
 constexpr size_t mma_smem_bytes() {
-  return static_cast<size_t>(kMmaStages) * kStageBytes + sizeof(Smem<float, kMmaTile>);
+  return static_cast<size_t>(kMmaStages) * mma_stage_bytes<BM>() + sizeof(Smem<float, BM>);
 }
 
 // A 16-byte chunk of VEC smem elements, converted element by element (any d, any alignment).
@@ -119,33 +124,39 @@ __device__ __forceinline__ uint4 chunk_generic(const Args<In, float>& p, bool is
   return out;
 }
 
-template <int KIND, typename In>
+template <int KIND, typename In, int BM>
 __global__ void __launch_bounds__(kThreads, 1) topk_mma_kernel(const Args<In, float> p) {
   using S = typename MmaTraits<KIND>::Smem;
   constexpr int VEC = MmaTraits<KIND>::kVec;
   constexpr int BK = kSliceBytes / static_cast<int>(sizeof(S));  // elements per k-slice
   constexpr bool kDirect = std::is_same<In, S>::value;           // cp.async straight into smem
-  constexpr int kChunks = kMmaTile * (kSliceBytes / 16) / kThreads;  // chunks per operand per thread (4)
+  constexpr int kChunks = kMmaTile * (kSliceBytes / 16) / kThreads;  // candidate chunks per thread (4)
+  constexpr int kChunksA = BM * (kSliceBytes / 16) / kThreads;       // query chunks per thread (BM / 32)
+  constexpr int MT = BM / 32;                                         // m16 tiles per warp
+  constexpr int WM = BM / 2;                                          // warp tile rows
+  constexpr int kStageBytes = mma_stage_bytes<BM>();
+  static_assert(BM == 128 || BM == 64 || BM == 32, "row tile");
+  static_assert(kChunksA >= 1 && kChunksA <= kChunks, "query chunks");
 
   extern __shared__ __align__(16) unsigned char smem[];
-  Smem<float, kMmaTile>& sm = *reinterpret_cast<Smem<float, kMmaTile>*>(smem + kMmaStages * kStageBytes);
+  Smem<float, BM>& sm = *reinterpret_cast<Smem<float, BM>*>(smem + kMmaStages * kStageBytes);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int wm = warp >> 2, wn = warp & 3;  // warp tile: rows wm*64, cols wn*32
-  const int m0 = blockIdx.x * kMmaTile;
+  const int wm = warp >> 2, wn = warp & 3;  // warp tile: rows wm*WM, cols wn*32
+  const int m0 = blockIdx.x * BM;
   const int split = blockIdx.y;
   const int tile0 = split * p.tiles_per_split;
   const int tile1 = min(p.num_tiles, tile0 + p.tiles_per_split);
   const int slices = (p.td + BK - 1) / BK;
   const int total = (tile1 - tile0) * slices;
-  const int rows_valid = min(kMmaTile, p.n - m0);
+  const int rows_valid = min(BM, p.n - m0);
   float* list_key = p.part_key + (static_cast<size_t>(split) * p.n + m0) * p.k;
   int* list_idx = p.part_idx + (static_cast<size_t>(split) * p.n + m0) * p.k;
 
   init(sm);
 
   // Staging registers for float32 operands rounded to bf16 while loading.
-  float4 st_a[kDirect ? 1 : kChunks][2], st_b[kDirect ? 1 : kChunks][2];
+  float4 st_a[kDirect ? 1 : kChunksA][2], st_b[kDirect ? 1 : kChunks][2];
 
   // Issue the loads of k-slice `it` into stage buffer `it % kMmaStages`.
   // kDirect + vec: cp.async; !kDirect + vec: into st_a/st_b (stored by store_staged);
@@ -155,30 +166,33 @@ __global__ void __launch_bounds__(kThreads, 1) topk_mma_kernel(const Args<In, fl
     const int kbase = (it % slices) * BK;
     unsigned char* buf = smem + (it % kMmaStages) * kStageBytes;
 #pragma unroll
-    for (int i = 0; i < kChunks; ++i) {
+    for (int i = 0; i < kChunks; ++i) {  // chunk i: tile row (tid >> 3) + 32 i, so query rows for i < kChunksA
       const int id = tid + i * kThreads;
       const int row = id >> 3, ch = id & 7;
       const int k0 = kbase + ch * VEC;
+      const bool has_a = i < kChunksA;
       unsigned char* da = buf + row * kPitch + ch * 16;
-      unsigned char* db = buf + (kMmaTile + row) * kPitch + ch * 16;
+      unsigned char* db = buf + (BM + row) * kPitch + ch * 16;
       const int gm = m0 + row, gw = tile * kMmaTile + row;
       if (p.vec) {
-        const int64_t offa = (gm < p.n && k0 < p.td) ? static_cast<int64_t>(gm) * p.td + k0 : int64_t(-1);
+        const int64_t offa = (has_a && gm < p.n && k0 < p.td) ? static_cast<int64_t>(gm) * p.td + k0 : int64_t(-1);
         const int64_t offb = key_offset(p, gw, k0);
         if (kDirect) {
-          dev::cp_async16(da, offa >= 0 ? p.q + offa : p.q, offa >= 0 ? 16 : 0);
+          if (has_a) dev::cp_async16(da, offa >= 0 ? p.q + offa : p.q, offa >= 0 ? 16 : 0);
           dev::cp_async16(db, offb >= 0 ? p.table + offb : p.table, offb >= 0 ? 16 : 0);
         } else {
           const float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
-          const float4* sa = reinterpret_cast<const float4*>(p.q + (offa >= 0 ? offa : 0));
+          if (has_a) {
+            const float4* sa = reinterpret_cast<const float4*>(p.q + (offa >= 0 ? offa : 0));
+            st_a[kDirect ? 0 : (has_a ? i : 0)][0] = offa >= 0 ? __ldg(sa) : z;
+            st_a[kDirect ? 0 : (has_a ? i : 0)][1] = offa >= 0 ? __ldg(sa + 1) : z;
+          }
           const float4* sb = reinterpret_cast<const float4*>(p.table + (offb >= 0 ? offb : 0));
-          st_a[kDirect ? 0 : i][0] = offa >= 0 ? __ldg(sa) : z;
-          st_a[kDirect ? 0 : i][1] = offa >= 0 ? __ldg(sa + 1) : z;
           st_b[kDirect ? 0 : i][0] = offb >= 0 ? __ldg(sb) : z;
           st_b[kDirect ? 0 : i][1] = offb >= 0 ? __ldg(sb + 1) : z;
         }
       } else {
-        *reinterpret_cast<uint4*>(da) = chunk_generic<KIND>(p, false, gm, k0);
+        if (has_a) *reinterpret_cast<uint4*>(da) = chunk_generic<KIND>(p, false, gm, k0);
         *reinterpret_cast<uint4*>(db) = chunk_generic<KIND>(p, true, gw, k0);
       }
     }
@@ -190,25 +204,29 @@ __global__ void __launch_bounds__(kThreads, 1) topk_mma_kernel(const Args<In, fl
     for (int i = 0; i < kChunks; ++i) {
       const int id = tid + i * kThreads;
       const int row = id >> 3, ch = id & 7;
-      const float4 a0 = st_a[kDirect ? 0 : i][0], a1 = st_a[kDirect ? 0 : i][1];
+      if (i < kChunksA) {
+        const float4 a0 = st_a[kDirect ? 0 : (i < kChunksA ? i : 0)][0];
+        const float4 a1 = st_a[kDirect ? 0 : (i < kChunksA ? i : 0)][1];
+        uint4 ua;
+        ua.x = dev::pack_bf16x2(a0.x, a0.y);
+        ua.y = dev::pack_bf16x2(a0.z, a0.w);
+        ua.z = dev::pack_bf16x2(a1.x, a1.y);
+        ua.w = dev::pack_bf16x2(a1.z, a1.w);
+        *reinterpret_cast<uint4*>(buf + row * kPitch + ch * 16) = ua;
+      }
       const float4 b0 = st_b[kDirect ? 0 : i][0], b1 = st_b[kDirect ? 0 : i][1];
-      uint4 ua, ub;
-      ua.x = dev::pack_bf16x2(a0.x, a0.y);
-      ua.y = dev::pack_bf16x2(a0.z, a0.w);
-      ua.z = dev::pack_bf16x2(a1.x, a1.y);
-      ua.w = dev::pack_bf16x2(a1.z, a1.w);
+      uint4 ub;
       ub.x = dev::pack_bf16x2(b0.x, b0.y);
       ub.y = dev::pack_bf16x2(b0.z, b0.w);
       ub.z = dev::pack_bf16x2(b1.x, b1.y);
       ub.w = dev::pack_bf16x2(b1.z, b1.w);
-      *reinterpret_cast<uint4*>(buf + row * kPitch + ch * 16) = ua;
-      *reinterpret_cast<uint4*>(buf + (kMmaTile + row) * kPitch + ch * 16) = ub;
+      *reinterpret_cast<uint4*>(buf + (BM + row) * kPitch + ch * 16) = ub;
     }
   };
 
-  float acc[64];
+  float acc[MT * 16];
 #pragma unroll
-  for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+  for (int i = 0; i < MT * 16; ++i) acc[i] = 0.0f;
 
   __syncthreads();  // top-k state initialised
 
@@ -230,13 +248,13 @@ __global__ void __launch_bounds__(kThreads, 1) topk_mma_kernel(const Args<In, fl
     dev::cp_async_commit();
 
     const unsigned char* as = smem + (it % kMmaStages) * kStageBytes;
-    const unsigned char* bs = as + kMmaTile * kPitch;
+    const unsigned char* bs = as + BM * kPitch;
 #pragma unroll
     for (int ks = 0; ks < kSliceBytes / 32; ++ks) {  // one mma k-step = two 16-byte chunks
-      uint32_t af[4][4], bf[4][2];
+      uint32_t af[MT][4], bf[4][2];
 #pragma unroll
-      for (int mt = 0; mt < 4; ++mt) {
-        const int r = wm * 64 + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+      for (int mt = 0; mt < MT; ++mt) {
+        const int r = wm * WM + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
         dev::ldmatrix_x4(af[mt], as + r * kPitch + (ks * 2 + (lane >> 4)) * 16);
       }
 #pragma unroll
@@ -251,7 +269,7 @@ __global__ void __launch_bounds__(kThreads, 1) topk_mma_kernel(const Args<In, fl
       }
       if (KIND == kTF32) {
 #pragma unroll
-        for (int mt = 0; mt < 4; ++mt)
+        for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) af[mt][e] = dev::to_tf32(af[mt][e]);
 #pragma unroll
@@ -261,7 +279,7 @@ __global__ void __launch_bounds__(kThreads, 1) topk_mma_kernel(const Args<In, fl
         }
       }
 #pragma unroll
-      for (int mt = 0; mt < 4; ++mt)
+      for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
           if (KIND == kTF32) dev::mma_tf32(acc + (mt * 4 + nt) * 4, af[mt], bf[nt]);
@@ -276,13 +294,13 @@ __global__ void __launch_bounds__(kThreads, 1) topk_mma_kernel(const Args<In, fl
       const int col_base = tile * kMmaTile;
       auto pos = [&](int i, int& r, int& c) {
         const int mt = i >> 4, nt = (i >> 2) & 3, e = i & 3;
-        r = wm * 64 + mt * 16 + (lane >> 2) + (e >> 1) * 8;
+        r = wm * WM + mt * 16 + (lane >> 2) + (e >> 1) * 8;
         c = wn * 32 + nt * 8 + (lane & 3) * 2 + (e & 1);
       };
-      offer<float, kMmaTile, 64>(sm, acc, pos, rows_valid, min(kMmaTile, p.w - col_base), col_base,
-                                 p.negate != 0, list_key, list_idx, p.k);
+      offer<float, BM, MT * 16>(sm, acc, pos, rows_valid, min(kMmaTile, p.w - col_base), col_base,
+                                p.negate != 0, list_key, list_idx, p.k);
 #pragma unroll
-      for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+      for (int i = 0; i < MT * 16; ++i) acc[i] = 0.0f;
     }
   }
   dev::cp_async_wait<0>();
@@ -439,14 +457,25 @@ __global__ void __launch_bounds__(kThreads, 1) topk_simt_kernel(const Args<typen
 }
 
 // ------------------------------------------------------------ launchers
-template <int KIND, typename In>
-cudaError_t launch_mma(const Args<In, float>& p, int row_blocks, int splits, cudaStream_t stream) {
-  const size_t bytes = mma_smem_bytes<KIND, In>();
-  cudaError_t err = cudaFuncSetAttribute(topk_mma_kernel<KIND, In>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+template <int KIND, typename In, int BM>
+cudaError_t launch_mma_bm(const Args<In, float>& p, int row_blocks, int splits, cudaStream_t stream) {
+  const size_t bytes = mma_smem_bytes<KIND, In, BM>();
+  cudaError_t err = cudaFuncSetAttribute(topk_mma_kernel<KIND, In, BM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(bytes));
   if (err != cudaSuccess) return err;
-  topk_mma_kernel<KIND, In><<<dim3(row_blocks, splits), kThreads, bytes, stream>>>(p);
+  topk_mma_kernel<KIND, In, BM><<<dim3(row_blocks, splits), kThreads, bytes, stream>>>(p);
   return cudaGetLastError();
+}
+
+// tile_m: the planner's row tile (128, 64 or 32).
+template <int KIND, typename In>
+cudaError_t launch_mma(const Args<In, float>& p, int tile_m, int row_blocks, int splits, cudaStream_t stream) {
+  switch (tile_m) {
+    case 128: return launch_mma_bm<KIND, In, 128>(p, row_blocks, splits, stream);
+    case 64: return launch_mma_bm<KIND, In, 64>(p, row_blocks, splits, stream);
+    case 32: return launch_mma_bm<KIND, In, 32>(p, row_blocks, splits, stream);
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 template <typename Cfg>
@@ -461,9 +490,12 @@ cudaError_t launch_simt(const Args<typename Cfg::type, typename Cfg::type>& p, i
 }
 
 // Declared here, defined (explicitly instantiated) in the per-precision .cu files.
-cudaError_t launch_tf32(const Args<float, float>& p, int row_blocks, int splits, cudaStream_t stream);
-cudaError_t launch_bf16(const Args<__nv_bfloat16, float>& p, int row_blocks, int splits, cudaStream_t stream);
-cudaError_t launch_bf16_from_f32(const Args<float, float>& p, int row_blocks, int splits, cudaStream_t stream);
+// The mma launchers take the row tile (128, 64 or 32).
+cudaError_t launch_tf32(const Args<float, float>& p, int tile_m, int row_blocks, int splits, cudaStream_t stream);
+cudaError_t launch_bf16(const Args<__nv_bfloat16, float>& p, int tile_m, int row_blocks, int splits,
+                        cudaStream_t stream);
+cudaError_t launch_bf16_from_f32(const Args<float, float>& p, int tile_m, int row_blocks, int splits,
+                                 cudaStream_t stream);
 cudaError_t launch_exact_f32(const Args<float, float>& p, int row_blocks, int splits, cudaStream_t stream);
 cudaError_t launch_exact_f32_small(const Args<float, float>& p, int row_blocks, int splits, cudaStream_t stream);
 cudaError_t launch_exact_f64(const Args<double, double>& p, int row_blocks, int splits, cudaStream_t stream);

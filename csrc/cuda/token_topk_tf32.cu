@@ -5,8 +5,9 @@ namespace patronus {
 namespace cuda {
 namespace topk {
 
-cudaError_t launch_tf32(const Args<float, float>& p, int row_blocks, int splits, cudaStream_t stream) {
-  return launch_mma<kTF32, float>(p, row_blocks, splits, stream);
+cudaError_t launch_tf32(const Args<float, float>& p, int tile_m, int row_blocks, int splits,
+                        cudaStream_t stream) {
+  return launch_mma<kTF32, float>(p, tile_m, row_blocks, splits, stream);
 }
 
 }  // namespace topk

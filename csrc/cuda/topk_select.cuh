@@ -19,6 +19,7 @@
 #include <cstdint>
 
 #include "device_utils.cuh"
+#include "patronus/topk_merge.h"
 
 namespace patronus {
 namespace cuda {
@@ -206,7 +207,8 @@ __device__ __forceinline__ void flush(Smem<A, BM>& sm, int rows_valid, A* list_k
 }
 
 // One round of the in-place tree merge of per-slice lists [s_total][n][k] (each
-// non-increasing): list i (i a multiple of 2*stride) becomes the top k of lists
+// ordered as patronus/topk_merge.h says: real entries by key, non-increasing,
+// then padding): list i (i a multiple of 2*stride) becomes the top k of lists
 // i and i + stride.  The last round (values set, stride*2 >= s_total) writes the
 // final values/indices instead.  Grid (n, ceil(s_total / (2*stride))); dynamic
 // shared memory 2*k*(sizeof(A) + 4): both lists are read before any write, and
@@ -250,10 +252,11 @@ __global__ void merge_round(A* __restrict__ key, int* __restrict__ idx, int s_to
       emit(j, ak[j], ai[j]);
       continue;
     }
-    // Merge path, list a first on ties: each entry's rank in the union.
-    const int pa = j + count_gt(bk, k, ak[j]);
+    // Merge path, list a first on ties, padding (index < 0) after every real
+    // entry, real -inf scores included: each entry's rank in the union.
+    const int pa = topk_merge::merged_position(j, ak[j], ai[j], true, bk, bi, k);
     if (pa < k) emit(pa, ak[j], ai[j]);
-    const int pb = j + count_ge(ak, k, bk[j]);
+    const int pb = topk_merge::merged_position(j, bk[j], bi[j], false, ak, ai, k);
     if (pb < k) emit(pb, bk[j], bi[j]);
   }
 }

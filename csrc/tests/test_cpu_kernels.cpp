@@ -16,6 +16,8 @@
 
 #include "patronus/common.h"
 #include "patronus/cpu_kernels.h"
+#include "patronus/topk_merge.h"
+#include "patronus/topk_plan.h"
 
 namespace {
 
@@ -427,10 +429,190 @@ void test_preconditions(const cpu::Runtime& rt) {
          "bank_similarity with M = 0 must throw");
 }
 
+// ------------------------------------------------------------- CUDA token_topk host logic
+// The CUDA token_topk's planner and merge order are host-compilable headers, so
+// their choices are checked here, without a GPU.
+
+namespace plan = patronus::topk_plan;
+constexpr int kMmaTiles[] = {128, 64, 32};  // as csrc/cuda/token_topk.cu
+constexpr int kExactF32Tiles[] = {128, 32};
+
+void test_topk_plan() {
+  const int64_t sms = 132;  // H100 SXM / H200
+  // The case: N = 4096, V = 30522, k = 256.  The scratch budget holds one
+  // list, so one slice; 128-row tiles gave 32 CTAs.  d (384 or 768) does not enter.
+  const plan::Plan old256 = plan::plan_split(4096, 30522, 256, 4, 128, 128, sms);
+  expect(old256.splits == 1 && old256.ctas() == 32, fmt("old plan k=256: %g CTAs x %g splits", old256.ctas(), old256.splits));
+  for (int64_t v : {30522, 128256}) {
+    for (int64_t k : {10, 256}) {
+      for (const int* tiles : {kMmaTiles, kExactF32Tiles}) {
+        const int count = tiles == kMmaTiles ? 3 : 2;
+        const plan::Plan p = plan::plan(4096, v, k, 4, tiles, count, 128, sms);
+        expect(p.ctas() * 10 >= sms * 9 && p.ctas() <= sms,
+               fmt("plan N=4096 V=%g k=%g fills one wave: %g CTAs", v, k, p.ctas()));
+        expect(static_cast<int64_t>(p.bytes) <= std::max<int64_t>(plan::scratch_budget(4096, v, k, 4),
+                                                                   int64_t(4096) * k * 8 + 512),
+               fmt("plan N=4096 V=%g k=%g scratch %g bytes within budget", v, k, p.bytes));
+      }
+    }
+  }
+  const plan::Plan p256 = plan::plan(4096, 30522, 256, 4, kMmaTiles, 3, 128, sms);
+  expect(p256.tile_m == 32 && p256.splits == 1 && p256.ctas() == 128,
+         fmt("plan k=256: tile_m %g, splits %g, CTAs %g (want 32, 1, 128)", p256.tile_m, p256.splits, p256.ctas()));
+  const plan::Plan p10 = plan::plan(4096, 30522, 10, 4, kMmaTiles, 3, 128, sms);
+  expect(p10.tile_m == 128 && p10.ctas() == 128, fmt("plan k=10: tile_m %g, CTAs %g (want 128, 128)", p10.tile_m, p10.ctas()));
+  const plan::Plan p8k = plan::plan(8192, 30522, 256, 4, kMmaTiles, 3, 128, sms);
+  expect(p8k.tile_m == 64 && p8k.ctas() == 128, fmt("plan N=8192 k=256: tile_m %g, CTAs %g (want 64, 128)", p8k.tile_m, p8k.ctas()));
+  const plan::Plan small = plan::plan(9, 5000, 256, 4, kMmaTiles, 3, 128, sms);
+  expect(small.tile_m == 32 && small.row_blocks == 1, fmt("plan n=9: tile_m %g (want 32)", small.tile_m));
+
+  // Invariants over a grid of shapes.
+  for (int64_t s : {1, 108, 132}) {
+    for (int64_t n : {1, 5, 37, 130, 512, 4096, 8192}) {
+      for (int64_t w : {7, 200, 5000, 30522, 128256}) {
+        for (int64_t k : {1, 10, 100, 256}) {
+          if (k > w) continue;
+          for (size_t acc : {size_t(4), size_t(8)}) {
+            const plan::Plan base = plan::plan_split(n, w, k, acc, 128, 128, s);
+            const plan::Plan p = plan::plan(n, w, k, acc, kMmaTiles, 3, 128, s);
+            const std::string what = "plan n=" + std::to_string(n) + " w=" + std::to_string(w) + " k=" +
+                                     std::to_string(k) + " acc=" + std::to_string(acc) + " sms=" + std::to_string(s);
+            bool ok = p.tile_m == 128 || p.tile_m == 64 || p.tile_m == 32;
+            ok &= static_cast<int64_t>(p.row_blocks) * p.tile_m >= n && static_cast<int64_t>(p.row_blocks - 1) * p.tile_m < n;
+            ok &= p.splits >= 1 && p.splits <= 65535 && p.tiles_per_split >= 1;
+            ok &= static_cast<int64_t>(p.splits) * p.tiles_per_split >= p.num_tiles;
+            ok &= static_cast<int64_t>(p.splits - 1) * p.tiles_per_split < p.num_tiles;  // no empty slice
+            ok &= static_cast<int64_t>(p.num_tiles) * 128 >= w;
+            const int64_t one_list = plan::align_up(n * k * acc) + plan::align_up(n * k * 4);
+            ok &= p.splits == 1 || static_cast<int64_t>(p.bytes) <= std::max(plan::scratch_budget(n, w, k, acc), one_list);
+            ok &= p.ctas() >= base.ctas() || p.ctas() >= s;  // never a less full grid than 128-row tiles gave
+            expect(ok, what);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The merge of two partial lists exactly as csrc/cuda/topk_select.cuh's
+// merge_round does it (positions from topk_merge::merged_position).
+struct Entry {
+  float key;
+  int idx;
+};
+
+std::vector<Entry> merge_like_kernel(const std::vector<Entry>& a, const std::vector<Entry>& b, int k) {
+  std::vector<float> ak(k), bk(k);
+  std::vector<int> ai(k), bi(k);
+  for (int j = 0; j < k; ++j) {
+    ak[j] = a[j].key;
+    ai[j] = a[j].idx;
+    bk[j] = b[j].key;
+    bi[j] = b[j].idx;
+  }
+  std::vector<Entry> out(k, Entry{kNaN, -7});
+  std::vector<int> writes(k, 0);
+  for (int j = 0; j < k; ++j) {
+    const int pa = patronus::topk_merge::merged_position(j, ak[j], ai[j], true, bk.data(), bi.data(), k);
+    if (pa < k) out[pa] = a[j], ++writes[pa];
+    const int pb = patronus::topk_merge::merged_position(j, bk[j], bi[j], false, ak.data(), ai.data(), k);
+    if (pb < k) out[pb] = b[j], ++writes[pb];
+  }
+  for (int j = 0; j < k; ++j)
+    if (writes[j] != 1) out[j] = Entry{kNaN, -9};  // a slot written twice or never
+  return out;
+}
+
+// A partial list: `real` entries (keys non-increasing, some -inf), then padding.
+std::vector<Entry> partial_list(std::mt19937_64& rng, int k, int real, int base_idx) {
+  std::uniform_int_distribution<int> key(-3, 3);
+  std::vector<Entry> l;
+  for (int i = 0; i < real; ++i) {
+    const int v = key(rng);
+    l.push_back(Entry{v == -3 ? -std::numeric_limits<float>::infinity() : static_cast<float>(v), base_idx + i});
+  }
+  std::sort(l.begin(), l.end(), [](const Entry& x, const Entry& y) { return x.key > y.key; });
+  while (static_cast<int>(l.size()) < k) l.push_back(Entry{-std::numeric_limits<float>::infinity(), -1});
+  return l;
+}
+
+bool merged_ok(const std::vector<Entry>& a, const std::vector<Entry>& b, const std::vector<Entry>& out, int k) {
+  std::vector<float> want;
+  for (const auto* l : {&a, &b})
+    for (const Entry& e : *l)
+      if (e.idx >= 0) want.push_back(e.key);
+  std::sort(want.begin(), want.end(), std::greater<float>());
+  std::vector<int> seen;
+  for (int j = 0; j < k; ++j) {
+    if (std::isnan(out[j].key)) return false;
+    if (j < static_cast<int>(want.size())) {
+      if (out[j].idx < 0 || out[j].key != want[j]) return false;  // a real entry, in order
+      if (std::find(seen.begin(), seen.end(), out[j].idx) != seen.end()) return false;
+      seen.push_back(out[j].idx);
+    } else if (out[j].idx >= 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+void test_topk_merge_order(std::mt19937_64& rng) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  // The review's case: list a = 1 real entry + padding, list b = real -inf scores.
+  {
+    const int k = 4;
+    const std::vector<Entry> a = {{2.0f, 10}, {ninf, -1}, {ninf, -1}, {ninf, -1}};
+    const std::vector<Entry> b = {{ninf, 20}, {ninf, 21}, {ninf, -1}, {ninf, -1}};
+    const std::vector<Entry> out = merge_like_kernel(a, b, k);
+    expect(out[0].idx == 10 && out[1].idx >= 20 && out[2].idx >= 20 && out[1].idx != out[2].idx && out[3].idx == -1,
+           "merge: real -inf scores rank before padding");
+    const std::vector<Entry> out2 = merge_like_kernel(b, a, k);  // and with the lists swapped
+    expect(out2[0].idx == 10 && out2[1].idx >= 20 && out2[2].idx >= 20 && out2[3].idx == -1,
+           "merge: real -inf scores rank before padding (lists swapped)");
+  }
+  // Random lists, and a tree of merges as merge_lists() runs them.
+  for (int trial = 0; trial < 400; ++trial) {
+    const int k = 1 + static_cast<int>(rng() % 40);
+    std::uniform_int_distribution<int> real(0, k);
+    const std::vector<Entry> a = partial_list(rng, k, real(rng), 0), b = partial_list(rng, k, real(rng), 1000);
+    if (!merged_ok(a, b, merge_like_kernel(a, b, k), k)) {
+      expect(false, "merge: random lists, k = " + std::to_string(k));
+      return;
+    }
+  }
+  for (int trial = 0; trial < 50; ++trial) {
+    const int k = 1 + static_cast<int>(rng() % 16), splits = 2 + static_cast<int>(rng() % 9);
+    std::uniform_int_distribution<int> real(0, k);
+    std::vector<std::vector<Entry>> lists;
+    std::vector<Entry> all;
+    for (int s = 0; s < splits; ++s) {
+      lists.push_back(partial_list(rng, k, real(rng), 1000 * s));
+      for (const Entry& e : lists.back())
+        if (e.idx >= 0) all.push_back(e);
+    }
+    for (int stride = 1; stride < splits; stride *= 2)
+      for (int la = 0; la + stride < splits; la += 2 * stride) lists[la] = merge_like_kernel(lists[la], lists[la + stride], k);
+    std::vector<Entry> top = all;
+    std::sort(top.begin(), top.end(), [](const Entry& x, const Entry& y) { return x.key > y.key; });
+    bool ok = true;
+    for (int j = 0; j < k; ++j) {
+      if (j < static_cast<int>(top.size())) ok &= lists[0][j].idx >= 0 && lists[0][j].key == top[j].key;
+      else ok &= lists[0][j].idx == -1;
+    }
+    if (!ok) {
+      expect(false, "merge tree: splits = " + std::to_string(splits) + ", k = " + std::to_string(k));
+      return;
+    }
+  }
+  expect(true, "merge order");
+}
+
 }  // namespace
 
 int main() {
   std::mt19937_64 rng(20240607);
+  test_topk_plan();
+  test_topk_merge_order(rng);
   for (int threads : {1, 2}) {
     const cpu::Runtime rt = cpu::portable_runtime(threads);
     test_token_topk(rt, rng);

@@ -52,27 +52,41 @@ void expect(bool ok, const std::string& what) {
 const double kNaN = std::numeric_limits<double>::quiet_NaN();
 const double kInf = std::numeric_limits<double>::infinity();
 
-// Device buffer of raw bytes; poisoned (0xCD) on creation to catch unwritten outputs.
+// The one stream everything runs on: the kernels, and the poisoning, uploads
+// and downloads below.  It is non-blocking (it does not wait for the legacy
+// default stream), so a cudaMemset / pageable cudaMemcpy on the legacy stream
+// would not be ordered before the launches: the poison could land after a
+// kernel wrote its outputs, or an input upload finish after the kernel read it.
+cudaStream_t g_stream = nullptr;
+
+// Device buffer of raw bytes; poisoned (0xCD) on creation, on g_stream, to catch unwritten outputs.
 struct DevBuf {
   void* p = nullptr;
   size_t bytes = 0;
   explicit DevBuf(size_t n) : bytes(n) {
     CUDA_OK(cudaMalloc(&p, n > 0 ? n : 1));
-    CUDA_OK(cudaMemset(p, 0xCD, n > 0 ? n : 1));
+    CUDA_OK(cudaMemsetAsync(p, 0xCD, n > 0 ? n : 1, g_stream));
   }
-  ~DevBuf() { cudaFree(p); }
+  ~DevBuf() {
+    cudaStreamSynchronize(g_stream);  // nothing queued may still use it
+    cudaFree(p);
+  }
   DevBuf(const DevBuf&) = delete;
   DevBuf& operator=(const DevBuf&) = delete;
 };
 
+// Copies on g_stream, after the poisoning and before the launches; the host
+// waits for the stream, so `h` may go away (and is read) only once it is done.
 template <typename V>
 void upload(DevBuf& b, const std::vector<V>& h) {
-  CUDA_OK(cudaMemcpy(b.p, h.data(), h.size() * sizeof(V), cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpyAsync(b.p, h.data(), h.size() * sizeof(V), cudaMemcpyHostToDevice, g_stream));
+  CUDA_OK(cudaStreamSynchronize(g_stream));
 }
 template <typename V>
 std::vector<V> download(const DevBuf& b, size_t count) {
   std::vector<V> h(count);
-  CUDA_OK(cudaMemcpy(h.data(), b.p, count * sizeof(V), cudaMemcpyDeviceToHost));
+  CUDA_OK(cudaMemcpyAsync(h.data(), b.p, count * sizeof(V), cudaMemcpyDeviceToHost, g_stream));
+  CUDA_OK(cudaStreamSynchronize(g_stream));
   return h;
 }
 
@@ -279,6 +293,91 @@ void test_topk(std::mt19937_64& rng, int level, cudaStream_t stream) {
     for (auto& c : cases) c.n = std::min<int64_t>(c.n, 40);
   }
   for (const auto& c : cases) run_topk(c, rng, stream);
+}
+
+// Real -inf scores against the merge's padding.  Scores are exact in every
+// precision: queries all ones, table entries small integers, and column 0 of a
+// candidate's row decides its class: finite (an integer), -inf (a real score
+// that must be reported with its index) or NaN (never selected).  A slice of
+// the candidate axis with fewer than k non-NaN scores pads its partial list
+// with (-inf, -1); the merge must rank that padding after every real -inf of
+// the other slices, so with at least k non-NaN scores no slot may be (-inf, -1).
+// Pattern 0: every score -inf (k = W at w = 200, several slices at w = 5000);
+// pattern 1: a few finite, some -inf, the rest NaN.
+void run_topk_inf(DType dt, pc::TopkPrecision prec, int64_t n, int64_t d, int64_t w, int64_t k, int pattern,
+                  cudaStream_t stream) {
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "token_topk_inf[%s/%d n=%lld d=%lld w=%lld k=%lld pattern=%d]", dtype_str(dt),
+                static_cast<int>(prec), (long long)n, (long long)d, (long long)w, (long long)k, pattern);
+  const std::string name = buf;
+  std::vector<double> q(n * d, 1.0), tab(w * d);
+  std::vector<double> score(w);
+  for (int64_t i = 0; i < w; ++i) {
+    double s = 0;
+    for (int64_t e = 0; e < d; ++e) {
+      tab[i * d + e] = static_cast<double>(static_cast<int>((i * 7 + e * 3) % 9) - 4);
+      s += tab[i * d + e];
+    }
+    int cls = 1;  // 0 finite, 1 -inf, 2 NaN
+    if (pattern == 1) cls = i % 97 == 5 ? 0 : (i % 16 == 3 ? 1 : 2);
+    if (cls == 1) tab[i * d] = -kInf;
+    if (cls == 2) tab[i * d] = kNaN;
+    score[i] = cls == 0 ? s : (cls == 1 ? -kInf : kNaN);
+  }
+  const Typed tq = make_typed(q, dt), tt = make_typed(tab, dt);
+  DevBuf dq(tq.bytes.size()), dtab(tt.bytes.size());
+  upload(dq, tq.bytes);
+  upload(dtab, tt.bytes);
+  const size_t accs = acc_double(dt) ? 8 : 4;
+  DevBuf dv(n * k * accs), di(n * k * 8);
+  const size_t ws_bytes = pc::token_topk_workspace_size(dt, prec, n, 1, d, w, w, k);
+  DevBuf ws(ws_bytes);
+  CUDA_OK(pc::token_topk(dt, prec, dq.p, dtab.p, nullptr, n, 1, d, w, w, k, false, dv.p, static_cast<int64_t*>(di.p),
+                         ws.p, ws_bytes, stream));
+  CUDA_OK(cudaStreamSynchronize(stream));
+  const std::vector<double> vals = download_acc(dv, n * k, dt);
+  const std::vector<int64_t> idx = download<int64_t>(di, n * k);
+  std::vector<double> sorted;
+  for (double s : score)
+    if (!std::isnan(s)) sorted.push_back(s);
+  std::sort(sorted.begin(), sorted.end(), std::greater<double>());
+  int bad = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    std::vector<char> seen(w, 0);
+    for (int64_t j = 0; j < k; ++j) {
+      const double v = vals[r * k + j];
+      const int64_t i = idx[r * k + j];
+      bool ok;
+      if (j < static_cast<int64_t>(sorted.size())) {
+        ok = i >= 0 && i < w && !seen[i] && v == sorted[j] && score[i] == v;
+        if (i >= 0 && i < w) seen[i] = 1;
+      } else {
+        ok = i == -1 && v == -kInf;
+      }
+      if (!ok && bad++ < 3)
+        std::fprintf(stderr, "  %s row %lld slot %lld: got (%g, %lld) want %g\n", name.c_str(), (long long)r,
+                     (long long)j, v, (long long)i, j < static_cast<int64_t>(sorted.size()) ? sorted[j] : -kInf);
+    }
+  }
+  expect(bad == 0, name);
+}
+
+void test_topk_inf(int level, cudaStream_t stream) {
+  const DType f32 = DType::kFloat32, f64 = DType::kFloat64, bf16 = DType::kBFloat16;
+  const pc::TopkPrecision ex = pc::TopkPrecision::kExact, tf = pc::TopkPrecision::kTF32,
+                          bf = pc::TopkPrecision::kBF16;
+  struct P {
+    DType dt;
+    pc::TopkPrecision prec;
+  };
+  const P paths[] = {{f32, ex}, {f32, tf}, {f32, bf}, {bf16, bf}, {f64, ex}};
+  for (const P& p : paths) {
+    run_topk_inf(p.dt, p.prec, 3, 16, 200, 200, 0, stream);   // all -inf, k = W
+    run_topk_inf(p.dt, p.prec, 5, 16, 5000, 256, 1, stream);  // -inf and NaN over several slices
+    if (level > 0) continue;
+    run_topk_inf(p.dt, p.prec, 5, 16, 5000, 256, 0, stream);  // all -inf over several slices
+    run_topk_inf(p.dt, p.prec, 70, 24, 3000, 100, 1, stream);
+  }
 }
 
 // ================================================================ supcon
@@ -551,10 +650,14 @@ int main(int argc, char** argv) {
               pc::runtime_version(), level == 1 ? ", quick" : (level == 2 ? ", tiny" : ""));
   cudaStream_t stream;
   CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  g_stream = stream;  // DevBuf poisoning, uploads and downloads run on the kernels' stream
   std::mt19937_64 rng(20240611);
   test_bank(rng, level, stream);
   test_supcon(rng, level, stream);
   test_topk(rng, level, stream);
+  test_topk_inf(level, stream);
+  CUDA_OK(cudaStreamSynchronize(stream));
+  g_stream = nullptr;
   CUDA_OK(cudaStreamDestroy(stream));
   CUDA_OK(cudaDeviceSynchronize());
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
