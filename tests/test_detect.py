@@ -210,7 +210,7 @@ def test_scan_cli_exit_code_matches_the_verdict(tmp_path, capsys):
     clean_report = tmp_path / "clean.json"
     assert main(_scan_argv(clean_model, corpus, clean_report)) == 0
     payload = json.loads(clean_report.read_text())
-    assert payload["verdict"] == "clean" and payload["triggers"] == []
+    assert payload["verdict"] == "clean" and payload["triggers"] == [] and payload["bank"] is None
     assert payload["model"]["source"] == str(clean_model)
 
     planted_report = tmp_path / "planted.json"
@@ -219,6 +219,15 @@ def test_scan_cli_exit_code_matches_the_verdict(tmp_path, capsys):
     assert payload["verdict"] == "backdoored"
     found = {t["text"] for t in payload["triggers"]}
     assert found and found <= set(planted.triggers)
+    # Beside the report: the attack-vector bank, one vector per confirmed trigger group, named in the report.
+    from patronus_ext.bank import load_bank
+
+    assert payload["bank"] == str(tmp_path / "planted.bank.safetensors")
+    bank = load_bank(payload["bank"])
+    groups = {t["group"] for t in payload["triggers"]}
+    assert len(bank) == len(groups) and bank.method == "patronus" and bank.position == payload["model"]["position"]
+    assert bank.dim == payload["model"]["hidden_size"]
+    assert not (tmp_path / "clean.bank.safetensors").exists()  # a clean verdict has no attack vector
     capsys.readouterr()
 
     assert main(_scan_argv(clean_model, corpus, clean_report)) == 2  # the report exists: refused without --force

@@ -34,6 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--diff-threshold", type=float, help="confirm iff diff_cos < this (default 0.4)")
     p.add_argument("--poison-threshold", type=float, help="confirm iff poison_cos > this (default 0.9)")
     add_report_options(p)
+    p.add_argument("--bank-out", help="write the attack-vector bank (one vector per confirmed trigger group, for "
+                   "the output monitor) here (default: beside --report as REPORT.bank.safetensors)")
     p.add_argument("--plot", help="write a PCA plot of clean vs triggered representations here (PNG)")
     add_run_options(p)
     p.set_defaults(func=run)
@@ -45,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from ._options import check_outputs, write_report
     from ..report import scan_summary
 
-    check_outputs(args, args.plot)
+    bank_path = bank_destination(args)
+    check_outputs(args, args.plot, bank_path)
     config = profile(args.profile, word_level=args.word_level or None, num_triggers=args.triggers,
                      fuzz_loops=args.loops, update_rounds=args.rounds, max_length=args.max_length,
                      verify_texts=args.verify_texts, diff_cos_threshold=args.diff_threshold,
@@ -61,6 +64,13 @@ def run(args: argparse.Namespace) -> int:
     print(scan_summary(args.model, report))
     payload = report.to_dict()
     payload["model"]["source"] = args.model
+    payload["bank"] = None
+    if bank_path and report.backdoored:
+        from ..bank import save_bank
+
+        save_bank(report.attack_bank(args.model), bank_path, overwrite=args.force)
+        payload["bank"] = str(bank_path)
+        print(f"bank: {bank_path}", file=sys.stderr)
     write_report(args, payload)
     if args.plot:
         from ..plots import plot_representations
@@ -68,3 +78,13 @@ def run(args: argparse.Namespace) -> int:
         plot_representations(report.representations, args.plot, f"{args.model}: {report.verdict}")
         print(f"plot: {args.plot}")
     return EXIT_BACKDOORED if report.backdoored else EXIT_CLEAN
+
+
+def bank_destination(args: argparse.Namespace) -> str | None:
+    """``--bank-out``, else ``REPORT.bank.safetensors`` beside ``--report`` (no bank without either)."""
+    if args.bank_out:
+        return args.bank_out
+    if args.report:
+        stem = args.report[:-5] if args.report.endswith(".json") else args.report
+        return f"{stem}.bank.safetensors"
+    return None

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+from ..bank import AttackBank
 from ..models import ModelAdapter
 from ..triggers import PromptTemplate, fit_for_insertion, trigger_ids
 from .config import FAST, ScanConfig
@@ -55,6 +56,29 @@ class ScanReport:
         texts = {t.key: t.text for t in self.triggers}
         out.update({texts.get(key, str(key)): reps for key, reps in self.triggered_reps.items()})
         return out
+
+    def attack_bank(self, model_name: str = "") -> AttackBank:
+        """One attack vector per confirmed trigger group: the mean triggered representation of its members.
+
+        The output monitor compares served representations with these vectors
+        (:mod:`patronus_ext.monitor`).  A clean verdict has no vector to give.
+        """
+        if not self.triggers:
+            raise ValueError("the scan confirmed no trigger: there is no attack vector to put in a bank")
+        groups: dict[int, list] = {}
+        for check in self.triggers:
+            groups.setdefault(check.group if check.group is not None else -1 - len(groups), []).append(check)
+        vectors, labels = [], []
+        for members in groups.values():
+            reps = [self.triggered_reps[m.key] for m in members if m.key in self.triggered_reps]
+            if not reps:
+                raise ValueError(f"no triggered representations kept for {[m.text for m in members]}")
+            vectors.append(torch.cat(reps).double().mean(0))
+            head = min(members, key=lambda m: m.diff_cos)
+            labels.append(head.text)
+        return AttackBank(torch.stack(vectors).float(), model_name or self.model.get("source", ""),
+                          self.model.get("position", ""), "patronus", labels,
+                          {"members": [[m.text for m in members] for members in groups.values()]})
 
     def to_dict(self) -> dict:
         return {
