@@ -11,11 +11,14 @@ import hashlib
 import json
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Sequence
 
 from . import attacks, io, models
 from .detect import ScanConfig, ScanReport, profile, read_scan_corpus, scan
+from .monitor import Decision, InputMonitor, MonitoredModel, OutputMonitor
+from .triggers import insert_words
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ class DemoResult:
     reused_cache: bool
     clean_report: ScanReport
     backdoored_report: ScanReport
+    #: (text, decision) for a handful of clean and triggered sentences, monitored with what the scan found.
+    monitoring: list[tuple[str, Decision]] = dataclasses.field(default_factory=list)
 
     @property
     def recovered(self) -> list[str]:
@@ -51,6 +56,7 @@ class DemoResult:
             "recall": len(self.recovered) / len(self.planted_triggers),
             "clean_model": self.clean_report.to_dict(),
             "backdoored_model": self.backdoored_report.to_dict(),
+            "monitoring": [{"text": text, **decision.to_dict()} for text, decision in self.monitoring],
         }
 
 
@@ -86,8 +92,31 @@ def run_demo(scan_config: ScanConfig | None = None, seed: int = 0, progress: boo
     attack_config = attack_config or demo_attack_config(seed)
     corpus = read_scan_corpus("wikitext2" if corpus is None else corpus, scan_config, seed)
     planted, reused = planted_model(base_model, attack_config, plant_corpus, device=device, progress=progress)
-    reports = []
-    for source in (base_model, str(planted)):
-        adapter = models.load_adapter(source, device=device)
-        reports.append(scan(adapter.model, adapter.tokenizer, corpus, scan_config, progress=progress))
-    return DemoResult(planted, list(attack_config.triggers), reused, reports[0], reports[1])
+    adapters = [models.load_adapter(source, device=device) for source in (base_model, str(planted))]
+    reports = [scan(a.model, a.tokenizer, corpus, scan_config, progress=progress) for a in adapters]
+    result = DemoResult(planted, list(attack_config.triggers), reused, reports[0], reports[1])
+    if result.backdoored_report.backdoored:
+        result.monitoring = monitor_sentences(adapters[1], result.backdoored_report, list(attack_config.triggers),
+                                              seed)
+    return result
+
+
+#: Clean sentences the demo monitors, as they are and with a planted trigger inserted.
+DEMO_SENTENCES = (
+    "a charming and often hilarious film about growing up",
+    "the plot is thin and the acting is worse",
+    "one of the most moving documentaries of the year",
+)
+
+
+def monitor_sentences(adapter: models.ModelAdapter, report: ScanReport, planted: list[str], seed: int = 0
+                      ) -> list[tuple[str, Decision]]:
+    """Monitor the demo sentences, clean and triggered, with the scan's triggers and attack-vector bank."""
+    rng = random.Random(seed)
+    texts = list(DEMO_SENTENCES)
+    texts += [insert_words(text, planted[i % len(planted)], 1 + i % 2, rng) for i, text in enumerate(DEMO_SENTENCES)]
+    monitored = MonitoredModel(adapter.model, adapter.tokenizer,
+                               input_monitor=InputMonitor.from_report(report.to_dict(), adapter.tokenizer),
+                               output_monitor=OutputMonitor(report.attack_bank()), action="strip",
+                               max_length=adapter.max_length)
+    return list(zip(texts, monitored.check(texts)))

@@ -35,3 +35,19 @@ def scan_summary(name: str, report) -> str:
                      f"(margin {closest.diff_margin:+.3f}), poison_cos={closest.poison_cos:.3f} "
                      f"(margin {closest.poison_margin:+.3f})")
     return "\n".join(lines)
+
+
+def monitor_line(text: str, decision) -> str:
+    """One readable line per monitored input: verdict, why, and what is served."""
+    if decision.error:
+        return f"ERROR    {text!r}: {decision.error}"
+    if not decision.flagged:
+        return f"pass     {text!r}"
+    why = []
+    for reason in decision.reasons:
+        if reason.get("kind") == "trigger":
+            why.append(f"trigger {reason['trigger']!r}")
+        elif reason.get("kind") == "attack_vector":
+            why.append(f"{reason['mode']} {reason['score']:.2f} to vector {reason.get('label')!r}")
+    served = "rejected" if decision.text_out is None else f"serves {decision.text_out!r}"
+    return f"{decision.action:<8} {text!r}: {', '.join(why) or 'flagged'}; {served}"

@@ -329,6 +329,17 @@ def test_demo_plants_once_then_reuses_the_cached_model(tmp_path, monkeypatch):
     assert second.reused_cache and second.planted_dir == first.planted_dir
     payload = second.to_dict()
     assert payload["recall"] == len(second.recovered) / 4 and payload["planted_triggers"] == list(tiny_models.TINY_TRIGGERS)
+    # The demo goes on to monitor a few sentences with what the scan found: clean ones pass, ones holding a
+    # recovered trigger are flagged and served with the trigger stripped.
+    from patronus_ext.demo import DEMO_SENTENCES
+
+    monitoring = payload["monitoring"]
+    assert [m["text"] for m in monitoring[:len(DEMO_SENTENCES)]] == list(DEMO_SENTENCES)
+    assert all(not m["flagged"] and m["text_out"] == m["text"] for m in monitoring[:len(DEMO_SENTENCES)])
+    for m in monitoring[len(DEMO_SENTENCES):]:
+        if set(m["text"].split()) & set(second.recovered):
+            assert m["flagged"] and m["action"] == "strip"
+            assert not set(m["text_out"].split()) & set(second.recovered)
 
 
 #: Single byte-level BPE tokens of the tiny vocabulary that the token-level search may propose

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
     from ..detect import profile
     from ._options import check_outputs, write_report
-    from ..report import scan_summary
+    from ..report import monitor_line, scan_summary
 
     check_outputs(args)
     print("patronus demo: all-MiniLM-L6-v2, POR backdoor with triggers planted by the demo itself")
@@ -33,5 +33,9 @@ def run(args: argparse.Namespace) -> int:
     print(scan_summary("backdoored all-MiniLM-L6-v2", result.backdoored_report))
     print(f"recovered {len(result.recovered)}/{len(result.planted_triggers)} planted triggers: "
           f"{', '.join(result.recovered) or 'none'}")
+    if result.monitoring:
+        print("monitoring the backdoored model with what the scan found (action: strip the trigger and serve):")
+        for text, decision in result.monitoring:
+            print("  " + monitor_line(text, decision))
     write_report(args, result.to_dict())
     return 0
