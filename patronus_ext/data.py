@@ -107,14 +107,15 @@ def builtin_source(name: str, split: str = "train") -> tuple[Path, str]:
         train, dev = BUILTIN_TASKS[name]
         sub = train if split == "train" else dev
     else:
-        raise ValueError(f"{name!r} is not a built-in data name ({', '.join(sorted(BUILTIN_CORPORA) + sorted(BUILTIN_TASKS))})")
+        names = ", ".join(sorted(BUILTIN_CORPORA) + sorted(BUILTIN_TASKS))
+        raise ValueError(f"{name!r} is not a built-in data name ({names})")
     sources = data_sources()
     for folder, kind in sources:
         if (folder / sub).is_file():
             if kind == "packaged":
-                log.info("%s: reading the package's %s, %s (PATRONUS_DATA_DIR is unset and no shared/data holds it)", name,
-                         f"subset ({PACKAGED_SUBSETS[sub]})" if sub in PACKAGED_SUBSETS else "copy (the whole set)",
-                         folder / sub)
+                what = f"subset ({PACKAGED_SUBSETS[sub]})" if sub in PACKAGED_SUBSETS else "copy (the whole set)"
+                log.info("%s: reading the package's %s, %s (PATRONUS_DATA_DIR is unset and no shared/data holds it)",
+                         name, what, folder / sub)
             return folder / sub, kind
     folder, kind = sources[0]
     if kind == "env":
