@@ -1,15 +1,23 @@
-"""Corpora and labelled tasks: the shared data sets and small temporary TSV/CSV/JSONL files."""
+"""Corpora and labelled tasks: the built-in data sets (shared or packaged), where built-in names
+resolve, and small temporary TSV/CSV/JSONL files."""
 
 from __future__ import annotations
 
+import fnmatch
+import importlib.util
 import json
+import logging
+import re
+from pathlib import Path
 
 import pytest
 
 from patronus_ext import data
 
+ROOT = Path(__file__).resolve().parent.parent
 
-# -- the shared data ---------------------------------------------------------------------------
+
+# -- the built-in data (the shared full sets, or the package's copies where they are absent) ---
 def test_wikitext_corpus_skips_headings_and_short_lines():
     texts = data.read_corpus("wikitext2")
     assert len(texts) > 1000
@@ -52,6 +60,135 @@ def test_errors():
         data.read_task("sst2", "holdout")
     with pytest.raises(ValueError):
         data.LabeledData(["a"], [0, 1], 2)
+
+
+# -- where built-in names resolve ----------------------------------------------------------------
+@pytest.fixture
+def packaged_only(monkeypatch):
+    """Built-in names resolve as on a fresh install: no $PATRONUS_DATA_DIR, no shared/data."""
+    monkeypatch.delenv("PATRONUS_DATA_DIR", raising=False)
+    monkeypatch.setattr(data, "shared_candidates", lambda: [])
+
+
+def _fake_sst2_dev(folder: Path, rows: str = "1\tgood fun\n0\ta bore\n") -> Path:
+    (folder / "sst2").mkdir(parents=True)
+    (folder / "sst2" / "dev.tsv").write_text("label\tcontent\n" + rows)
+    return folder
+
+
+def test_resolution_order_env_then_shared_then_packaged(tmp_path, monkeypatch, caplog):
+    shared = _fake_sst2_dev(tmp_path / "shared" / "data")
+    monkeypatch.setattr(data, "shared_candidates", lambda: [tmp_path / "absent" / "data", shared])
+    monkeypatch.delenv("PATRONUS_DATA_DIR", raising=False)
+    assert data.data_sources() == [(shared, "shared"), (data.PACKAGED_DIR, "packaged")]
+    assert data.builtin_source("sst2", "dev") == (shared / "sst2" / "dev.tsv", "shared")
+    assert data.read_task("sst2", "dev").texts == ["good fun", "a bore"]
+    # A file the shared folder lacks comes from the package, and the user is told so.
+    with caplog.at_level(logging.INFO, logger="patronus_ext.data"):
+        assert data.builtin_source("sst2", "train") == (data.PACKAGED_DIR / "sst2" / "train.tsv", "packaged")
+    assert "subset (3,000 of the 67,349 rows" in caplog.text
+    caplog.clear()
+
+    env = _fake_sst2_dev(tmp_path / "env", "0\tdull\n1\tbright\n0\tflat\n")
+    monkeypatch.setenv("PATRONUS_DATA_DIR", str(env))
+    assert data.data_sources() == [(env, "env")] and data.data_dir() == env
+    assert data.builtin_source("sst2", "dev") == (env / "sst2" / "dev.tsv", "env")
+    assert data.read_task("sst2", "dev").labels == [0, 1, 0]
+
+    monkeypatch.setenv("PATRONUS_DATA_DIR", "")            # set but empty: as if unset
+    assert data.data_dir() == shared
+    monkeypatch.setattr(data, "shared_candidates", lambda: [tmp_path / "absent" / "data"])
+    with caplog.at_level(logging.INFO, logger="patronus_ext.data"):
+        path, kind = data.builtin_source("sst2", "dev")
+    assert (path, kind) == (data.PACKAGED_DIR / "sst2" / "dev.tsv", "packaged") and data.data_dir() == data.PACKAGED_DIR
+    assert "copy (the whole set)" in caplog.text and str(path) in caplog.text
+
+
+def test_data_dir_without_the_file_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    env = _fake_sst2_dev(tmp_path / "env")
+    monkeypatch.setenv("PATRONUS_DATA_DIR", str(env))
+    missing = str(env / "wikitext2" / "valid.txt")
+    with pytest.raises(FileNotFoundError, match=re.escape(missing)):
+        data.read_corpus("wikitext2")
+    with pytest.raises(FileNotFoundError, match="PATRONUS_DATA_DIR"):
+        data.read_task("sst2", "train")
+    monkeypatch.setenv("PATRONUS_DATA_DIR", str(tmp_path / "no_such_folder"))
+    with pytest.raises(FileNotFoundError, match="no_such_folder"):
+        data.read_task("agnews", "test")
+    with pytest.raises(ValueError, match="not a built-in"):
+        data.builtin_source("imdb")
+
+
+def test_file_paths_bypass_the_builtin_lookup(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATRONUS_DATA_DIR", str(tmp_path / "no_such_folder"))
+    path = tmp_path / "wikitext2"                          # a file named like a built-in is a file
+    path.write_text("one two three four five six\n")
+    monkeypatch.chdir(tmp_path)
+    assert data.read_corpus("./wikitext2") == ["one two three four five six"]
+    assert data.read_corpus(str(path)) == ["one two three four five six"]
+
+
+def test_packaged_data_parses_with_sensible_sizes(packaged_only):
+    valid = data.read_corpus("wikitext2")
+    assert len(valid) == 1794                              # the whole validation split
+    assert not any(data._HEADING.match(t) for t in valid)
+    assert len(data.read_corpus("wikitext2", limit=800, max_words=64, seed=0)) == 800  # the fast scan profile
+    test = data.read_corpus("wikitext2-test")
+    assert len(test) == 300 and not set(test) & set(valid)
+    assert len(data.read_corpus("wikitext2-test", limit=200, seed=0)) == 200  # evaluate's representation texts
+    train = data.read_task("sst2", "train")
+    assert len(train) == 3000 and train.num_labels == 2
+    assert 0.35 < sum(train.labels) / len(train) < 0.65    # both labels well represented (55.8% positive in full)
+    assert len(data.read_task("sst2", "train", limit=2000)) == 2000  # evaluate's default train_limit
+    dev = data.read_task("sst2", "dev")
+    assert len(dev) == 872 and set(dev.labels) == {0, 1} and all(dev.texts)
+    ag, ag_test = data.read_task("agnews", "train"), data.read_task("agnews", "test")
+    assert (len(ag), len(ag_test)) == (581, 46) and ag.num_labels == ag_test.num_labels == 4
+    for name, split in (("wikitext2", "train"), ("wikitext2-test", "train"), ("sst2", "train"), ("sst2", "dev"),
+                        ("agnews", "train"), ("agnews", "test")):
+        assert data.builtin_source(name, split)[1] == "packaged"
+
+
+def test_packaged_readme_states_sources_licences_and_sizes():
+    readme = (data.PACKAGED_DIR / "README.md").read_text()
+    for needed in ("Merity", "CC BY-SA 3.0", "Socher", "GLUE", "Zhang", "make_package_data.py"):
+        assert needed in readme
+    rows = re.findall(r"^\| `([^`]+)` \| `[^`]+` \| [^|]+ \| ([\d,]+) \| ([\d,]+) \|$", readme, re.M)
+    assert len(rows) == 6
+    for sub, kept, full in rows:
+        assert (data.PACKAGED_DIR / sub).is_file()
+        # The files data.py calls subsets (in its INFO log) are exactly those the README calls subsets.
+        assert (kept != full) == (sub in data.PACKAGED_SUBSETS)
+        if sub in data.PACKAGED_SUBSETS:
+            assert data.PACKAGED_SUBSETS[sub].startswith(f"{kept} of the {full} ")
+
+
+def test_package_data_is_declared_for_the_wheel():
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["patronus_ext"]
+    files = [p.relative_to(data.PACKAGED_DIR.parent).as_posix() for p in data.PACKAGED_DIR.rglob("*") if p.is_file()]
+    assert len(files) == 9
+    for name in files:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), f"{name} would be left out of the wheel"
+
+
+def _shared_full_sets() -> Path | None:
+    return next((c for c in data.shared_candidates() if (c / "sst2" / "train.tsv").is_file()), None)
+
+
+def test_package_data_rebuilds_identically_from_the_full_sets():
+    source = _shared_full_sets()
+    if source is None:
+        pytest.skip("the full data sets (shared/data beside the checkout) are absent: "
+                    "nothing to rebuild the package data from")
+    spec = importlib.util.spec_from_file_location("make_package_data", ROOT / "scripts" / "make_package_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--check", "--source", str(source), "--out", str(data.PACKAGED_DIR)]) == 0
+    # The planting and scanning corpus is the whole validation split, byte for byte.
+    assert (data.PACKAGED_DIR / "wikitext2" / "valid.txt").read_bytes() == \
+        (source / "wikitext2" / "valid.txt").read_bytes()
 
 
 # -- local files -------------------------------------------------------------------------------

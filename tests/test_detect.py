@@ -386,6 +386,10 @@ def test_scan_on_a_tiny_gpt2_searches_at_the_last_token():
 
 
 def test_word_level_scan_finds_a_multi_token_word_trigger(tmp_path):
+    if data.builtin_source("sst2")[1] == "packaged":
+        pytest.skip("tuned on the tiny BERT whose vocabulary and corpus draw on the full SST-2 train "
+                    "(tiny_models._shared_texts); on the package's 3,000-row subset that model differs and "
+                    "the scan confirms benign words instead of 'vorpal' (shared/data or $PATRONUS_DATA_DIR needed)")
     import tiny_models
 
     base = tiny_models.shared_tiny_model("bert")
