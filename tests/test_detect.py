@@ -465,3 +465,33 @@ def test_scan_finds_a_prompt_backdoor_at_the_mask_position():
     assert report.model["position"] == "mask"
     found = {t.text for t in report.triggers}
     assert report.verdict == "backdoored" and really <= found <= set(planted.triggers)
+
+
+def test_search_keeps_op_inputs_on_the_model_device(monkeypatch, tiny_bert, tokenizer, corpus):
+    """Every kernel call of a scan gets tensors of one device, and no per-trigger gradient sum is moved to
+    the CPU (on a GPU that mix made ops.token_topk refuse the call at the first candidate step)."""
+    from patronus_ext import ops
+
+    calls, moved = [], []
+    real_topk, real_supcon, real_cpu = ops.token_topk, ops.supcon_loss, torch.Tensor.cpu
+
+    def topk(queries, table, k, rows=None, **kwargs):
+        calls.append({t.device for t in (queries, table, rows) if t is not None})
+        return real_topk(queries, table, k, rows, **kwargs)
+
+    def supcon(features, labels, *args, **kwargs):
+        calls.append({features.device, labels.device})
+        return real_supcon(features, labels, *args, **kwargs)
+
+    def cpu(self, *args, **kwargs):
+        if self.dim() == 3 and self.dtype == torch.float32:
+            moved.append(tuple(self.shape))
+        return real_cpu(self, *args, **kwargs)
+
+    monkeypatch.setattr(ops, "token_topk", topk)
+    monkeypatch.setattr(ops, "supcon_loss", supcon)
+    monkeypatch.setattr(torch.Tensor, "cpu", cpu)
+    scan(tiny_bert, tokenizer, corpus, TINY.replace(fuzz_loops=1), progress=False)
+    device = next(tiny_bert.parameters()).device
+    assert calls and all(devices == {device} for devices in calls)
+    assert not moved, f"gradient sums moved to the CPU: {moved}"

@@ -281,10 +281,11 @@ class TriggerSearch:
         best = float(self.score_sets([vocab.rows[current]], dev_batches)[0])
         history, accepted, scored = [best], 0, 0
         for round_index in range(cfg.update_rounds):
-            grads = torch.zeros(k, vocab.rows.shape[1], self.table.shape[1])
+            # Summed on the model's device: the HotFlip scoring runs there against the embedding table.
+            grads = torch.zeros(k, vocab.rows.shape[1], self.table.shape[1], device=self.table.device)
             for _ in range(cfg.grad_accum):
                 g, _ = self.trigger_gradients(vocab.rows[current])
-                grads += g.cpu()
+                grads += g
             cands = self.candidates(grads, vocab, current)
             proposal, count = self.beam_search(vocab, current, cands)
             scored += count
