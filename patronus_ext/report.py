@@ -24,6 +24,10 @@ def scan_summary(name: str, report) -> str:
     """Human-readable lines of a scan: verdict, confirmed triggers with margins, or the closest miss."""
     lines = [f"{name}: {report.verdict.upper()}  ({report.timings['total']:.1f} s, "
              f"{len(report.candidates)} candidates checked)"]
+    cov = report.model.get("coverage")
+    if cov:
+        cut = "no rarity cut" if cov["zipf_threshold"] is None else f"words rarer than Zipf {cov['zipf_threshold']}"
+        lines.append(f"  searched {cov['searched']} {cov['level']} entries of {cov['offered']} ({cut})")
     for t in sorted(report.triggers, key=lambda c: (c.group, c.diff_cos)):
         variant = f"  [variant of {t.variant_of!r}]" if t.variant_of else ""
         lines.append(f"  trigger {t.text!r:14} ids={t.token_ids}  diff_cos={t.diff_cos:.3f} "

@@ -26,6 +26,11 @@ def register(subparsers) -> None:
                    help="where the representation is read (mask: prompt/BToP-style backdoors)")
     p.add_argument("--prompt-template", help="with --position mask: how texts are wrapped, e.g. "
                    "'{text} It was {mask} .' (default '{text} {mask}')")
+    rarity = p.add_mutually_exclusive_group()
+    rarity.add_argument("--zipf-threshold", type=float, help="search only words rarer than this wordfreq Zipf "
+                        "frequency (default 4.0; the report states the coverage)")
+    rarity.add_argument("--all-words", action="store_true", help="search the common part of the vocabulary too "
+                        "(rare words still first): no blind spot for common-word triggers, a slower scan")
     p.add_argument("--triggers", type=int, help="K, triggers searched in parallel")
     p.add_argument("--loops", type=int, help="fuzz loops")
     p.add_argument("--rounds", type=int, help="candidate updates per loop")
@@ -52,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     config = profile(args.profile, word_level=args.word_level or None, num_triggers=args.triggers,
                      fuzz_loops=args.loops, update_rounds=args.rounds, max_length=args.max_length,
                      verify_texts=args.verify_texts, diff_cos_threshold=args.diff_threshold,
-                     poison_cos_threshold=args.poison_threshold, seed=args.seed)
+                     poison_cos_threshold=args.poison_threshold, seed=args.seed, zipf_threshold=args.zipf_threshold)
+    if args.all_words:
+        config = config.replace(zipf_threshold=None)
     adapter = models.load_adapter(args.model, allow_pickle=args.allow_pickle, device=args.device)
     corpus = read_scan_corpus(args.corpus, config, args.seed)
     words = None

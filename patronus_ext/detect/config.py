@@ -38,7 +38,8 @@ class ScanConfig:
       corpus_limit      paragraphs read from the corpus.
     Vocabulary
       word_level        search whole words (multi-token) from a word list instead of single tokens.
-      zipf_threshold    keep only rare words: wordfreq Zipf frequency below this.
+      zipf_threshold    keep only rare words: wordfreq Zipf frequency below this; None searches every
+                        entry (each loop still starts from rare ones: rarity is the priority).
       max_word_tokens   word level: words with more sub-tokens are skipped.
       word_list_size    word level: size of the frequency-ranked English word list searched.
     Verification
@@ -64,7 +65,7 @@ class ScanConfig:
     max_words: int | None = None
     corpus_limit: int = 2000
     word_level: bool = False
-    zipf_threshold: float = 4.0
+    zipf_threshold: float | None = 4.0
     max_word_tokens: int = 4
     word_list_size: int = 100_000
     verify_texts: int = 200
@@ -83,6 +84,7 @@ class ScanConfig:
         check_int("ScanConfig.patience", self.patience, optional=True)
         check_int("ScanConfig.max_words", self.max_words, optional=True)
         check_range("ScanConfig.temperature", self.temperature, 0.0, float("inf"), low_open=True, high_open=True)
+        check_range("ScanConfig.zipf_threshold", self.zipf_threshold, 0.0, 10.0, optional=True)
         for name in ("diff_cos_threshold", "poison_cos_threshold", "prefilter_diff_cos"):
             check_range(f"ScanConfig.{name} (a cosine)", getattr(self, name), -1.0, 1.0)
 

@@ -23,7 +23,7 @@ from .config import FAST, ScanConfig
 from .search import LoopResult, TriggerSearch
 from ..similarity import representation_shift
 from .verify import TriggerCheck, Verifier, group_by_target
-from .vocabulary import Vocabulary, token_vocabulary, word_vocabulary
+from .vocabulary import Vocabulary, coverage, token_vocabulary, word_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,7 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
     vocab = build_vocabulary(adapter, config, words)
     if exclude:
         vocab = vocab.without(trigger_ids(tokenizer, list(exclude)))
+    coverage_record = coverage(vocab, tokenizer)
     timings["vocabulary"] = time.perf_counter() - phase
 
     phase = time.perf_counter()
@@ -180,7 +181,7 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
 
     confirmed: list[TriggerCheck] = []
     checked: list[TriggerCheck] = []
-    seen: set[tuple[int, ...]] = set()
+    seen: dict[tuple[int, ...], str] = {}
     loops: list[dict] = []
     triggered_reps: dict[tuple[int, ...], torch.Tensor] = {}
     verify_seconds, quiet_loops = 0.0, 0
@@ -215,7 +216,8 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
         config=config.to_dict(),
         model={"type": adapter.model_type, "position": adapter.position, "family": adapter.family,
                "vocab_size": adapter.vocab_size, "hidden_size": adapter.hidden_size,
-               "searchable": len(vocab) + len(confirmed), "level": "word" if config.word_level else "token"},
+               "searchable": len(vocab) + len(confirmed), "level": "word" if config.word_level else "token",
+               "coverage": coverage_record},
         timings=timings,
         environment=environment(),
         clean_reps=verifier.clean_reps,
@@ -225,19 +227,26 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
 
 @torch.no_grad()
 def _verify_loop(result: LoopResult, search: TriggerSearch, verifier: Verifier, config: ScanConfig, loop: int,
-                 seen: set[tuple[int, ...]], checked: list[TriggerCheck],
+                 seen: dict[tuple[int, ...], str], checked: list[TriggerCheck],
                  triggered_reps: dict[tuple[int, ...], torch.Tensor]) -> list[TriggerCheck]:
-    """Prefilter the loop's final candidates on the dev batch, verify the rest on held-out texts."""
+    """Prefilter the loop's final candidates on the dev batch, verify the rest on held-out texts.
+
+    ``seen`` maps a candidate to how it was judged.  A verified candidate is never
+    checked again; one only prefiltered (judged on one dev batch) that the search
+    proposes again in a later loop gets the full verification: being proposed
+    twice is evidence the dev batch alone may have missed.
+    """
     new: list[TriggerCheck] = []
     dev_reps = search.dev_reps(0, result.final_rows)
     for key, reps in zip(result.final_keys, dev_reps):
-        if key in seen:
+        if seen.get(key) == "verified":
             continue
-        seen.add(key)
         diff, poison = representation_shift(search.dev[0].clean_reps, reps)
-        if diff > config.prefilter_diff_cos:
+        if key not in seen and diff > config.prefilter_diff_cos:
+            seen[key] = "prefiltered"
             checked.append(verifier.make_check(key, diff, poison, "prefiltered", reps.shape[0], loop))
             continue
+        seen[key] = "verified"
         check, triggered = verifier.check(key, loop)
         checked.append(check)
         log.info("loop %d candidate %r: diff_cos %.3f poison_cos %.3f -> %s", loop, check.text, check.diff_cos,

@@ -276,7 +276,11 @@ class TriggerSearch:
         if k < 2:
             raise ValueError(f"the searchable vocabulary has {len(vocab)} entries; need at least 2")
         gradient_before, scoring_before = self.clock.gradient, self.clock.scoring
-        current = torch.randperm(len(vocab), generator=self.gen)[:k].tolist()
+        pool = vocab.start_pool(k)  # rare entries first when the vocabulary holds common ones too
+        if pool is None:
+            current = torch.randperm(len(vocab), generator=self.gen)[:k].tolist()
+        else:
+            current = [pool[i] for i in torch.randperm(len(pool), generator=self.gen)[:k].tolist()]
         dev_batches = range(len(self.dev))
         best = float(self.score_sets([vocab.rows[current]], dev_batches)[0])
         history, accepted, scored = [best], 0, 0
