@@ -28,6 +28,11 @@ def scan_summary(name: str, report) -> str:
     if cov:
         cut = "no rarity cut" if cov["zipf_threshold"] is None else f"words rarer than Zipf {cov['zipf_threshold']}"
         lines.append(f"  searched {cov['searched']} {cov['level']} entries of {cov['offered']} ({cut})")
+    for g in getattr(report, "groups", []):
+        roots = ", ".join(f"{r.text!r} ids={r.token_ids}" for r in g.roots)
+        extra = f" (+{len(g.members) - 6} more)" if len(g.members) > 6 else ""
+        lines.append(f"  target {g.target}: root(s) {roots}; fires {len(g.members)} word(s): "
+                     f"{', '.join(g.members[:6])}{extra}; margins {g.diff_margin:+.3f} / {g.poison_margin:+.3f}")
     for t in sorted(report.triggers, key=lambda c: (c.group, c.diff_cos)):
         variant = f"  [variant of {t.variant_of!r}]" if t.variant_of else ""
         lines.append(f"  trigger {t.text!r:14} ids={t.token_ids}  diff_cos={t.diff_cos:.3f} "

@@ -224,8 +224,12 @@ def test_scan_cli_exit_code_matches_the_verdict(tmp_path, capsys):
 
     assert payload["bank"] == str(tmp_path / "planted.bank.safetensors")
     bank = load_bank(payload["bank"])
-    groups = {t["group"] for t in payload["triggers"]}
-    assert len(bank) == len(groups) and bank.method == "patronus" and bank.position == payload["model"]["position"]
+    assert len(bank) == len(payload["groups"]) and bank.method == "patronus"
+    assert bank.position == payload["model"]["position"]
+    # The report leads with the backdoor's structure: every confirmed trigger sits in one target group.
+    assert list(payload)[:3] == ["verdict", "groups", "triggers"]
+    assert sorted(w for g in payload["groups"] for w in g["members"]) == sorted(found)
+    assert all(g["roots"] for g in payload["groups"])
     assert bank.dim == payload["model"]["hidden_size"]
     assert not (tmp_path / "clean.bank.safetensors").exists()  # a clean verdict has no attack vector
     capsys.readouterr()

@@ -22,6 +22,7 @@ from ..triggers import PromptTemplate, fit_for_insertion, trigger_ids
 from .config import FAST, ScanConfig
 from .search import LoopResult, TriggerSearch
 from ..similarity import representation_shift
+from .groups import TargetGroup, describe_backdoor
 from .verify import TriggerCheck, Verifier, group_by_target
 from .vocabulary import Vocabulary, coverage, token_vocabulary, word_vocabulary
 
@@ -33,6 +34,7 @@ class ScanReport:
     """What a scan found, how, and how long it took."""
 
     verdict: str                  # "backdoored" or "clean"
+    groups: list[TargetGroup]     # target clusters of the confirmed triggers, with their root token ids
     triggers: list[TriggerCheck]  # confirmed triggers
     candidates: list[TriggerCheck]  # every candidate checked, confirmed or not, with margins
     loops: list[dict]
@@ -58,31 +60,22 @@ class ScanReport:
         return out
 
     def attack_bank(self, model_name: str = "") -> AttackBank:
-        """One attack vector per confirmed trigger group: the mean triggered representation of its members.
+        """One attack vector per target cluster: the mean triggered representation of its members.
 
         The output monitor compares served representations with these vectors
         (:mod:`patronus_ext.monitor`).  A clean verdict has no vector to give.
         """
-        if not self.triggers:
+        if not self.groups:
             raise ValueError("the scan confirmed no trigger: there is no attack vector to put in a bank")
-        groups: dict[int, list] = {}
-        for check in self.triggers:
-            groups.setdefault(check.group if check.group is not None else -1 - len(groups), []).append(check)
-        vectors, labels = [], []
-        for members in groups.values():
-            reps = [self.triggered_reps[m.key] for m in members if m.key in self.triggered_reps]
-            if not reps:
-                raise ValueError(f"no triggered representations kept for {[m.text for m in members]}")
-            vectors.append(torch.cat(reps).double().mean(0))
-            head = min(members, key=lambda m: m.diff_cos)
-            labels.append(head.text)
-        return AttackBank(torch.stack(vectors).float(), model_name or self.model.get("source", ""),
+        labels = [" ".join(r.text for r in g.roots) for g in self.groups]
+        return AttackBank(torch.stack([g.centroid for g in self.groups]), model_name or self.model.get("source", ""),
                           self.model.get("position", ""), "patronus", labels,
-                          {"members": [[m.text for m in members] for members in groups.values()]})
+                          {"members": [g.members for g in self.groups]})
 
     def to_dict(self) -> dict:
         return {
             "verdict": self.verdict,
+            "groups": [g.to_dict() for g in self.groups],
             "triggers": [t.to_dict() for t in self.triggers],
             "candidates": [c.to_dict() for c in self.candidates],
             "loops": self.loops,
@@ -204,12 +197,17 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
             break
     bar.close()
     group_by_target(confirmed, triggered_reps, verifier.clean_reps)
+    phase = time.perf_counter()
+    with torch.no_grad():
+        groups = describe_backdoor(confirmed, triggered_reps, lambda key: verifier.check(key, loop=-1))
+    timings["attribution"] = time.perf_counter() - phase
     timings["gradients"] = search.clock.gradient
     timings["candidate_scoring"] = search.clock.scoring
     timings["verification"] = verify_seconds
     timings["total"] = time.perf_counter() - started
     return ScanReport(
         verdict="backdoored" if confirmed else "clean",
+        groups=groups,
         triggers=confirmed,
         candidates=checked,
         loops=loops,

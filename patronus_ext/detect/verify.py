@@ -38,6 +38,7 @@ class TriggerCheck:
     texts_used: int
     loop: int
     group: int | None = None        # a confirmed trigger and its weaker variants share a group
+    target: int | None = None       # the target cluster (where it sends inputs; see detect.groups)
     variant_of: str | None = None   # the stronger trigger this one echoes, if any
 
     @property
