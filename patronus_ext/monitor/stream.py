@@ -105,7 +105,7 @@ def monitor_stream(checker: Callable[[Sequence[str]], list[Decision]], source: I
         done = 0
         while done < len(records) and records[done] is not None:
             record = records[done]
-            sink.write(json.dumps(json_safe(record), ensure_ascii=False).encode("utf-8") + b"\n")
+            sink.write(_encode(record) + b"\n")
             _count(summary, record)
             done += 1
         del records[:done]
@@ -150,6 +150,15 @@ def _passthrough(fields: dict | None) -> dict[str, Any]:
         return {}
     return {k: v for k, v in fields.items() if k not in ("line", "flagged", "action", "reasons", "text_out",
                                                           "output", "error")}
+
+
+def _encode(record: dict[str, Any]) -> bytes:
+    """One JSON line in UTF-8; a passed-through lone surrogate is written as its JSON escape."""
+    record = json_safe(record)
+    try:
+        return json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(record, ensure_ascii=True).encode("ascii")
 
 
 def _count(summary: StreamSummary, record: dict[str, Any]) -> None:
