@@ -154,6 +154,8 @@ def create_app(checker, *, max_texts: int = MAX_TEXTS, max_body_bytes: int = MAX
     if max_chars is None:
         max_chars = getattr(checker, "max_chars", MAX_TEXT_CHARS)
     check = checker.check if hasattr(checker, "check") else checker
+    if info is None and not hasattr(checker, "adapter"):
+        info = {"model": getattr(checker, "__name__", type(checker).__name__)}
     facts = dict(info) if info is not None else describe(checker)
 
     @contextlib.asynccontextmanager
