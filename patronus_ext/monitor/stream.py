@@ -1,0 +1,171 @@
+"""JSON-lines monitoring: one decision per input line, in input order (``patronus monitor``).
+
+Input lines are JSON objects with a ``"text"`` field; their other fields are
+passed through.  The stream is read as bytes, so a line that is not UTF-8, not
+JSON, too long, without a usable ``"text"`` gets an error record and the
+stream goes on.  Valid lines are checked ``batch_size`` at a time (one forward
+per batch); output is written and flushed after every batch.
+
+Each output line: ``{"line": n, <input fields>, "flagged", "action", "reasons",
+"text_out"[, "output"][, "error"]}``; an error record has ``"action": "error"``,
+``"flagged": false``, ``"text_out": null`` and ``"error"`` saying why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import IO, Any, Callable, Sequence
+
+from ..validation import check_int
+from .build import json_safe, text_problem
+from .model import MAX_TEXT_CHARS, Decision
+
+#: Longest input line read, in bytes (a longer line is skipped to its end and reported).
+MAX_LINE_BYTES = 1 << 20
+
+
+@dataclasses.dataclass
+class StreamSummary:
+    lines: int = 0
+    passed: int = 0
+    flagged: int = 0
+    rejected: int = 0        # flagged and not served (text_out null)
+    errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def lines_per_second(self) -> float:
+        return self.lines / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "lines_per_second": self.lines_per_second}
+
+    def __str__(self) -> str:
+        return (f"{self.lines} lines: {self.passed} passed, {self.flagged} flagged ({self.rejected} not served), "
+                f"{self.errors} errors; {self.seconds:.2f} s, {self.lines_per_second:.1f} lines/s")
+
+
+def error_record(line: int, error: str, fields: dict | None = None) -> dict[str, Any]:
+    return {"line": line, **(fields or {}), "error": error, "flagged": False, "action": "error", "reasons": [],
+            "text_out": None}
+
+
+def parse_line(raw: bytes, max_chars: int) -> tuple[dict | None, str | None]:
+    """``(fields, None)`` for a usable line, ``(fields or None, why)`` otherwise."""
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"line is not valid UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})"
+    if not decoded.strip():
+        return None, "line is empty"
+    try:
+        obj = json.loads(decoded)
+    except json.JSONDecodeError as exc:
+        return None, f"line is not JSON ({exc.msg} at column {exc.colno})"
+    if not isinstance(obj, dict):
+        return None, f"line must be a JSON object with a \"text\" field, got {type(obj).__name__}"
+    if "text" not in obj:
+        return obj, "line has no \"text\" field"
+    problem = text_problem(obj["text"], max_chars)
+    return obj, (f"\"text\": {problem}" if problem else None)
+
+
+def read_lines(source: IO[bytes], max_line_bytes: int):
+    """``(raw, too_long)`` per line of a binary stream; a line over ``max_line_bytes`` is read to its
+    end in bounded pieces and returned empty with ``too_long`` set."""
+    while True:
+        raw = source.readline(max_line_bytes + 1)
+        if not raw:
+            return
+        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):
+                raw = source.readline(max_line_bytes + 1)
+            yield b"", True
+            continue
+        yield raw.rstrip(b"\r\n"), len(raw.rstrip(b"\r\n")) > max_line_bytes
+
+
+def monitor_stream(checker: Callable[[Sequence[str]], list[Decision]], source: IO[bytes], sink: IO[bytes], *,
+                   batch_size: int = 32, max_chars: int | None = None,
+                   max_line_bytes: int = MAX_LINE_BYTES) -> StreamSummary:
+    """Check every line of ``source`` with ``checker`` (a :class:`MonitoredModel`'s ``check``) and write
+    one JSON line per input line to ``sink`` (binary, UTF-8), in input order."""
+    check_int("batch_size", batch_size)
+    check_int("max_line_bytes", max_line_bytes)
+    if max_chars is None:
+        max_chars = MAX_TEXT_CHARS
+    summary = StreamSummary()
+    start = time.perf_counter()
+    records: list[dict[str, Any] | None] = []   # output in input order; None = waiting for its batch
+    batch: list[tuple[int, int, dict]] = []     # (index into records, line number, input fields)
+
+    def write_ready() -> None:
+        done = 0
+        while done < len(records) and records[done] is not None:
+            record = records[done]
+            sink.write(_encode(record) + b"\n")
+            _count(summary, record)
+            done += 1
+        del records[:done]
+        for k, (index, number, fields) in enumerate(batch):
+            batch[k] = (index - done, number, fields)
+        sink.flush()
+
+    def run_batch() -> None:
+        decisions = checker([fields["text"] for _, _, fields in batch])
+        if len(decisions) != len(batch):
+            raise RuntimeError(f"the checker returned {len(decisions)} decisions for {len(batch)} texts")
+        for (index, number, fields), decision in zip(batch, decisions):
+            records[index] = {"line": number, **_passthrough(fields), **decision.to_dict()}
+        batch.clear()
+        write_ready()
+
+    for number, (raw, too_long) in enumerate(read_lines(source, max_line_bytes), start=1):
+        summary.lines += 1
+        if too_long:
+            fields, problem = None, f"line is longer than {max_line_bytes} bytes"
+        else:
+            fields, problem = parse_line(raw, max_chars)
+        if problem is not None:
+            records.append(error_record(number, problem, _passthrough(fields)))
+            if not batch:
+                write_ready()
+            continue
+        batch.append((len(records), number, fields))
+        records.append(None)
+        if len(batch) >= batch_size:
+            run_batch()
+    if batch:
+        run_batch()
+    write_ready()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _passthrough(fields: dict | None) -> dict[str, Any]:
+    """The input's fields that are passed through (all but the decision's own)."""
+    if not fields:
+        return {}
+    return {k: v for k, v in fields.items() if k not in ("line", "flagged", "action", "reasons", "text_out",
+                                                          "output", "error")}
+
+
+def _encode(record: dict[str, Any]) -> bytes:
+    """One JSON line in UTF-8; a passed-through lone surrogate is written as its JSON escape."""
+    record = json_safe(record)
+    try:
+        return json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(record, ensure_ascii=True).encode("ascii")
+
+
+def _count(summary: StreamSummary, record: dict[str, Any]) -> None:
+    if record["action"] == "error":
+        summary.errors += 1
+    elif record["flagged"]:
+        summary.flagged += 1
+        summary.rejected += record["text_out"] is None
+    else:
+        summary.passed += 1
