@@ -189,10 +189,12 @@ def test_bad_inputs_get_error_decisions_and_the_rest_goes_on(scanned):
     planted, payload, adapter = scanned
     monitor = MonitoredModel(adapter.model, adapter.tokenizer,
                              input_monitor=InputMonitor.from_report(payload, adapter.tokenizer), max_chars=100)
-    decisions = monitor.check(["", "   ", None, "x" * 101, "bad\x00byte", "a fine sentence here"])
-    assert [d.action for d in decisions] == ["error"] * 5 + ["pass"]
-    assert all(d.error and d.text_out is None for d in decisions[:5])
-    assert decisions[5].error is None and "error" not in decisions[5].to_dict()
+    decisions = monitor.check(["", "   ", None, "x" * 101, "bad\x00byte", "lone \ud800 surrogate",
+                               "a fine sentence here"])
+    assert [d.action for d in decisions] == ["error"] * 6 + ["pass"]
+    assert all(d.error and d.text_out is None for d in decisions[:6])
+    assert "surrogate" in decisions[5].error
+    assert decisions[6].error is None and "error" not in decisions[6].to_dict()
     with pytest.raises(TypeError):
         monitor.check("a single string")
 

@@ -12,9 +12,10 @@ monitoring and input purging).
     [d.to_dict() for d in monitor.check(["a clean sentence", "a cf triggered cf sentence"])]
 """
 
+from .build import build_monitored_model
 from .input import InputMonitor, MonitoredTrigger, TriggerMatch, remove_spans
 from .model import ACTIONS, Decision, MonitoredModel, check_text
 from .output import MODES, OutputCheck, OutputMonitor, calibrate_threshold
 
-__all__ = ["ACTIONS", "MODES", "Decision", "InputMonitor", "MonitoredModel", "MonitoredTrigger", "OutputCheck",
+__all__ = ["ACTIONS", "build_monitored_model", "MODES", "Decision", "InputMonitor", "MonitoredModel", "MonitoredTrigger", "OutputCheck",
            "OutputMonitor", "TriggerMatch", "calibrate_threshold", "check_text", "remove_spans"]

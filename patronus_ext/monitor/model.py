@@ -71,6 +71,10 @@ def check_text(text: Any, max_chars: int = MAX_TEXT_CHARS) -> str | None:
         return f"text is {len(text)} characters long; the limit is {max_chars}"
     if "\x00" in text:
         return "text holds a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: the tokenizer would fail the whole batch
+        return f"text holds a lone surrogate at character {exc.start}"
     return None
 
 
