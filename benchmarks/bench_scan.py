@@ -15,8 +15,11 @@ beam 2, max 32 tokens):
   ``ext`` = batched scoring (each candidate token's dev representations computed once, many
   tokens per forward, every beam step one batched ``ops.supcon_loss`` call) on the compiled
   kernels; ``reference`` = the same on the PyTorch reference ops; ``one_by_one`` = the
-  authors' way (fresh forwards of the whole dev set for every candidate set, one loss each).
-  Target: batched >= 5x faster than one-by-one.
+  authors' way (fresh forwards of the whole dev set, clean and triggered, for every candidate
+  set, one loss each); ``one_by_one_cached`` = the fair one-by-one baseline (the clean dev
+  representations from the cache, one triggered forward and one loss per set).
+  Target: batched >= 5x faster than the authors' one-by-one; the ratio to the fair baseline is
+  reported beside it.
 * one gradient step (clean batch + poisoned copies, SupCon, backward to the input
   embeddings, masked reduction) followed by the HotFlip candidate top-k over the searchable
   vocabulary: ``ext`` vs ``reference`` ops.  The model's forward/backward dominates both.
@@ -61,14 +64,16 @@ class ScanBench:
         grads, _ = search.trigger_gradients(self.vocab.rows[self.current])
         self.candidates = search.candidates(grads, self.vocab, self.current)
 
-    def search(self, backend: str, batched: bool = True) -> TriggerSearch:
+    def search(self, backend: str, batched: bool = True, cached_clean: bool = False) -> TriggerSearch:
         config = self.config.replace(batched_scoring=batched)
         return TriggerSearch(self.adapter, config, self.search_texts, self.dev,
-                             torch.Generator().manual_seed(config.seed), backend=backend)
+                             torch.Generator().manual_seed(config.seed), backend=backend,
+                             cached_clean_baseline=cached_clean)
 
     def scoring_round(self, variant: str):
         """One beam-search round from a cold cache; returns the chosen set."""
-        search = self.search("reference" if variant == "reference" else "ext", batched=variant != "one_by_one")
+        search = self.search("reference" if variant == "reference" else "ext",
+                             batched=not variant.startswith("one_by_one"), cached_clean=variant == "one_by_one_cached")
         with torch.no_grad():
             return search.beam_search(self.vocab, self.current, self.candidates)
 
@@ -78,7 +83,7 @@ class ScanBench:
         return search.candidates(grads, self.vocab, self.current)
 
 
-SCORING_VARIANTS = ("ext", "reference", "one_by_one")
+SCORING_VARIANTS = ("ext", "reference", "one_by_one", "one_by_one_cached")
 GRADIENT_VARIANTS = ("ext", "reference")
 
 
@@ -90,7 +95,7 @@ def bench_state():
 
 @pytest.mark.parametrize("variant", SCORING_VARIANTS)
 def test_candidate_scoring_round(benchmark, bench_state, variant):
-    rounds = 1 if variant == "one_by_one" else 3
+    rounds = 1 if variant.startswith("one_by_one") else 3
     chosen, scored = benchmark.pedantic(bench_state.scoring_round, args=(variant,), rounds=rounds, iterations=1)
     benchmark.extra_info["candidate_sets_scored"] = scored
     assert len(chosen) == bench_state.config.num_triggers

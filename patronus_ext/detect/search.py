@@ -106,13 +106,17 @@ class TriggerSearch:
     """State shared by the fuzz loops of one scan: batches, fixed dev data and the representation cache."""
 
     def __init__(self, adapter: ModelAdapter, config: ScanConfig, search_texts: Sequence[str],
-                 dev_texts: Sequence[str], generator: torch.Generator, backend: str = "auto"):
+                 dev_texts: Sequence[str], generator: torch.Generator, backend: str = "auto",
+                 cached_clean_baseline: bool = False):
         if len(search_texts) < config.batch_size:
             raise ValueError(f"need at least batch_size={config.batch_size} search texts, got {len(search_texts)}")
         self.adapter = adapter
         self.cfg = config
         self.gen = generator
         self.backend = backend
+        #: One-by-one scoring only: reuse the cached clean dev representations (the fair baseline for
+        #: benchmarks) instead of recomputing them for every candidate set (the authors' way).
+        self.cached_clean_baseline = cached_clean_baseline
         self.table = adapter.embedding_matrix().detach()
         self.pad_id = int(adapter.tokenizer.pad_token_id)
         self.search_texts = list(search_texts)
@@ -190,7 +194,9 @@ class TriggerSearch:
 
     @torch.no_grad()
     def _score_one_by_one(self, sets: Sequence[torch.Tensor], b: int) -> torch.Tensor:
-        """The authors' way, kept as the benchmark baseline: fresh forwards and one loss per set."""
+        """The authors' way, kept as the benchmark baseline: fresh forwards and one loss per set
+        (with ``cached_clean_baseline`` the clean half comes from the cache: only the triggered forward
+        is per set, the fair one-by-one baseline)."""
         dev = self.dev[b]
         size = dev.input_ids.shape[0]
         losses = []
@@ -198,7 +204,8 @@ class TriggerSearch:
             k = rows.shape[0]
             tb = self._insert(dev.input_ids.repeat(k, 1), dev.attention_mask.repeat(k, 1),
                               rows.repeat_interleave(size, 0), gaps=dev.gaps.repeat(k, 1))
-            clean = self.adapter.represent(dev.input_ids, dev.attention_mask).float()
+            clean = (dev.clean_reps if self.cached_clean_baseline
+                     else self.adapter.represent(dev.input_ids, dev.attention_mask).float())
             triggered = self.adapter.represent(tb.input_ids, tb.attention_mask).float()
             labels = torch.arange(k + 1, device=clean.device).repeat_interleave(size)
             losses.append(ops.supcon_loss(torch.cat([clean, triggered]), labels, self.cfg.temperature,
