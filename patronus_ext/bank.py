@@ -14,13 +14,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .io import check_output_path, current_umask
+from .io import atomic_write
 
 BANK_FORMAT = "patronus_ext.bank/1"
 TENSOR = "vectors"
@@ -66,18 +65,8 @@ def save_bank(bank: AttackBank, path: str | os.PathLike, overwrite: bool = False
     """Write ``bank`` as safetensors, atomically."""
     from safetensors.torch import save_file
 
-    out = check_output_path(path, overwrite)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent or ".")
-    os.close(fd)
-    try:
-        save_file({TENSOR: bank.vectors}, tmp, metadata=bank.metadata())
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out
+    return atomic_write(path, lambda tmp: save_file({TENSOR: bank.vectors}, tmp, metadata=bank.metadata()),
+                        overwrite)
 
 
 def load_bank(path: str | os.PathLike) -> AttackBank:

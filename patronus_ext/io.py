@@ -15,7 +15,7 @@ import os
 import platform
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -75,21 +75,35 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return out
 
 
-def write_json(path: str | os.PathLike, data: dict, overwrite: bool = False) -> Path:
-    """Write ``data`` as indented JSON via a temporary file and an atomic rename."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], overwrite: bool = False) -> Path:
+    """``write(tmp)`` fills a temporary sibling of ``path``, which is then renamed into place.
+
+    A reader never sees a half-written file, a failure leaves nothing behind,
+    and an existing ``path`` is replaced only with ``overwrite``.
+    """
     out = check_output_path(path, overwrite)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent or ".")
+    os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a report should read like any new file
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(to_jsonable(data), handle, indent=2)
-            handle.write("\n")
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; an output should read like any new file
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return out
+
+
+def write_json(path: str | os.PathLike, data: dict, overwrite: bool = False) -> Path:
+    """Write ``data`` as indented JSON, atomically (:func:`atomic_write`)."""
+    text = json.dumps(to_jsonable(data), indent=2) + "\n"
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    return atomic_write(path, write, overwrite)
 
 
 def current_umask() -> int:

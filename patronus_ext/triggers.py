@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-from typing import Sequence, Union
+from typing import Sequence
 
 import torch
 

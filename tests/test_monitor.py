@@ -12,7 +12,6 @@ import torch
 import tiny_models
 from patronus_ext import models
 from patronus_ext.bank import AttackBank, load_bank, save_bank
-from patronus_ext.cli import main
 from patronus_ext.monitor import (Decision, InputMonitor, MonitoredModel, OutputMonitor, calibrate_threshold,
                                   remove_spans)
 
@@ -125,16 +124,7 @@ def _tiny_model_and_tokenizer():
 @pytest.fixture(scope="module")
 def scanned(tmp_path_factory):
     """A POR-planted tiny BERT, its scan report and bank (through the CLI)."""
-    planted = tiny_models.shared_planted("por")
-    work = tmp_path_factory.mktemp("monitor")
-    corpus = work / "corpus.txt"
-    corpus.write_text("\n".join(tiny_models.tiny_corpus(300)) + "\n")
-    report = work / "scan.json"
-    status = main(["scan", str(planted.out_dir), "--corpus", str(corpus), "--triggers", "4", "--loops", "2",
-                   "--rounds", "3", "--max-length", "32", "--verify-texts", "16", "--report", str(report),
-                   "--quiet", "--device", "cpu"])
-    assert status == 1
-    payload = json.loads(report.read_text())
+    planted, _, payload = tiny_models.shared_scan("por")
     adapter = models.load_adapter(planted.out_dir, device="cpu")
     return planted, payload, adapter
 

@@ -23,16 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def subject(tmp_path_factory):
     """A POR-planted tiny BERT, its scan report and bank (through the CLI scan)."""
-    planted = tiny_models.shared_planted("por")
-    work = tmp_path_factory.mktemp("monitor_cli")
-    corpus = work / "corpus.txt"
-    corpus.write_text("\n".join(tiny_models.tiny_corpus(300)) + "\n")
-    report = work / "scan.json"
-    status = main(["scan", str(planted.out_dir), "--corpus", str(corpus), "--triggers", "4", "--loops", "2",
-                   "--rounds", "3", "--max-length", "32", "--verify-texts", "16", "--report", str(report),
-                   "--quiet", "--device", "cpu"])
-    assert status == 1
-    payload = json.loads(report.read_text())
+    planted, report, payload = tiny_models.shared_scan("por")
     assert payload["bank"] and Path(payload["bank"]).is_file()
     return str(planted.out_dir), report, payload
 

@@ -32,15 +32,7 @@ LIMITS = {"max_texts": 8, "max_body_bytes": 4096, "max_chars": 300}
 
 @pytest.fixture(scope="module")
 def subject(tmp_path_factory):
-    planted = tiny_models.shared_planted("por")
-    work = tmp_path_factory.mktemp("service")
-    corpus = work / "corpus.txt"
-    corpus.write_text("\n".join(tiny_models.tiny_corpus(300)) + "\n")
-    report = work / "scan.json"
-    assert main(["scan", str(planted.out_dir), "--corpus", str(corpus), "--triggers", "4", "--loops", "2",
-                 "--rounds", "3", "--max-length", "32", "--verify-texts", "16", "--report", str(report),
-                 "--quiet", "--device", "cpu"]) == 1
-    payload = json.loads(report.read_text())
+    planted, report, payload = tiny_models.shared_scan("por")
     found = [t["text"] for t in payload["triggers"]]
     clean = [" ".join(t.split()[:10]) for t in tiny_models.tiny_corpus(8)]
     poisoned = [f"{t.split()[0]} {found[i % len(found)]} {' '.join(t.split()[1:])}" for i, t in enumerate(clean)]

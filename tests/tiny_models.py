@@ -211,3 +211,29 @@ def shared_planted(method: str = "por", family: str = "bert", seed: int = 0, tri
 def _shared_planted(method: str, family: str, seed: int, triggers: tuple, steps: int):
     return plant_tiny(_shared_root(), method, family, seed, triggers, steps, model_path=shared_tiny_model(family, seed),
                       out_name=f"shared-{method}-{family}-{seed}-{steps}-{'-'.join(triggers)}")
+
+
+def shared_scan(method: str = "por"):
+    """``(planted AttackResult, report path, report dict)``: the shared planted tiny BERT scanned once per
+    process through the CLI (TINY_SCAN's settings), with its attack-vector bank beside the report."""
+    return _shared_scan(method)
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_scan(method: str):
+    import json
+
+    from patronus_ext.cli import main
+
+    planted = shared_planted(method)
+    work = _shared_root() / f"scan-{method}"
+    work.mkdir(exist_ok=True)
+    corpus = work / "corpus.txt"
+    corpus.write_text("\n".join(tiny_corpus(300)) + "\n")
+    report = work / "scan.json"
+    status = main(["scan", str(planted.out_dir), "--corpus", str(corpus), "--triggers", "4", "--loops", "2",
+                   "--rounds", "3", "--max-length", "32", "--verify-texts", "16", "--report", str(report),
+                   "--quiet", "--device", "cpu", "--force"])
+    if status != 1:
+        raise RuntimeError(f"the shared planted model scanned with exit status {status}, not 1 (backdoored)")
+    return planted, report, json.loads(report.read_text())

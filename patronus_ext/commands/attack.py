@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 
 def register(subparsers) -> None:
     from ._options import add_run_options
