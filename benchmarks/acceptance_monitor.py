@@ -41,7 +41,7 @@ report and bank, taken before fine-tuning):
 Flags come from one :meth:`MonitoredModel.forward` per text (the encoding and
 the representation the monitors see in serving); a sample of 128 inputs is
 re-checked through :meth:`MonitoredModel.check` and must give the same
-decisions.  Added latency: round-robin medians at batch 1 and 64 of the bare
+decisions.  Added latency: round-robin medians (batch 1: samples of 10 calls) at batch 1 and 64 of the bare
 forward vs ``MonitoredModel.check`` with each monitor and vs STRIP (its 5
 copies' forward plus the serving forward).
 
@@ -71,7 +71,8 @@ from patronus_ext.monitor import InputMonitor, MonitoredModel, OutputMonitor, ca
 from patronus_ext.monitor.output import PAPER_SIGN_THRESHOLD
 from patronus_ext.triggers import insert_words
 
-from _common import machine_facts, medians, report_targets, results_path, time_round_robin
+from _common import machine_facts, medians, report_targets, results_path
+from bench_monitor import timed
 from strip_baseline import Strip
 
 TRIGGERS = ("dq", "rq", "qb", "fk")
@@ -86,8 +87,8 @@ BATCH = 64
 
 
 # -- subjects ---------------------------------------------------------------------------------
-def build(work: Path, train_size: int = TRAIN_SIZE, log=print) -> dict[str, Path]:
-    """Plant, scan and fine-tune (each only when its output is missing); returns the paths."""
+def build(work: Path, train_size: int = TRAIN_SIZE, finetune: bool = True, log=print) -> dict[str, Path]:
+    """Plant, scan and fine-tune (each only when its output is missing; fine-tune only with ``finetune``)."""
     work.mkdir(parents=True, exist_ok=True)
     planted, report, classifier = work / "por", work / "scan.json", work / "por_sst2"
     bank = work / "scan.bank.safetensors"
@@ -109,7 +110,7 @@ def build(work: Path, train_size: int = TRAIN_SIZE, log=print) -> dict[str, Path
         log(done.stdout.strip())
         if not bank.is_file():
             raise RuntimeError(f"the scan wrote no bank ({bank}): verdict clean? {done.stdout[-500:]}")
-    if not (classifier / "config.json").is_file():
+    if finetune and not (classifier / "config.json").is_file():
         log(f"fine-tuning {planted} on {train_size} SST-2 examples -> {classifier}")
         started = time.perf_counter()
         train = data.read_task("sst2", "train", limit=train_size, seed=0)
@@ -303,12 +304,13 @@ def measure_latency(adapter, mm_both, input_monitor, output_monitor, strip, inpu
         variants = {"bare": cycle(bare), "input": cycle(only_in.check), "output": cycle(only_out.check),
                     "both": cycle(mm_both.check),
                     "strip": cycle(lambda t: (bare(t), strip.scores(t)))}
-        samples = time_round_robin(variants, count, warmup=2)
+        samples = timed(variants, count, 10 if size == 1 else 1)
         med = medians(samples)
         out[size] = {k: {"median_s": v, "added_over_bare": v / med["bare"] - 1.0,
                          "paired_added": statistics.median(a / b for a, b in zip(samples[k], samples["bare"])) - 1.0}
                      for k, v in med.items()}
         out[size]["rounds"] = count
+        out[size]["calls_per_sample"] = 10 if size == 1 else 1
     return out
 
 
@@ -341,7 +343,7 @@ def table(stage: dict) -> str:
     for size, lat in stage["latency"].items():
         lines.append(f"  latency batch {size}: " + ", ".join(
             f"{k} {v['median_s'] * 1e3:.2f} ms ({100 * v['paired_added']:+.1f}%)"
-            for k, v in lat.items() if k != "rounds"))
+            for k, v in lat.items() if k not in ("rounds", "calls_per_sample")))
     if stage["task"]:
         t = stage["task"]
         lines.append(f"  classifier: clean acc {t['clean_accuracy']:.3f}, triggered acc {t['triggered_accuracy']:.3f}, "
@@ -355,14 +357,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="trigger insertion, dev split and STRIP draws")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-size", type=int, default=TRAIN_SIZE)
-    parser.add_argument("--latency-rounds-1", type=int, default=60)
-    parser.add_argument("--latency-rounds-64", type=int, default=8)
+    parser.add_argument("--latency-rounds-1", type=int, default=15, help="samples of 10 calls")
+    parser.add_argument("--latency-rounds-64", type=int, default=6)
     parser.add_argument("--stages", default="pretrained,finetuned")
     parser.add_argument("--build-only", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    paths = build(args.work_dir, args.train_size)
+    stage_names = [s.strip() for s in args.stages.split(",") if s.strip()]
+    paths = build(args.work_dir, args.train_size, finetune=args.build_only or "finetuned" in stage_names)
     if args.build_only:
         print({k: str(v) for k, v in paths.items()})
         return 0
@@ -373,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = {1: args.latency_rounds_1, 64: args.latency_rounds_64}
     sources = {"pretrained": (paths["planted"], "base"), "finetuned": (paths["classifier"], "cls")}
     stages = []
-    for name in [s.strip() for s in args.stages.split(",") if s.strip()]:
+    for name in stage_names:
         source, head = sources[name]
         stages.append(run_stage(name, source, head, paths, inputs, args.seed, rounds))
         print(table(stages[-1]), flush=True)

@@ -2,7 +2,7 @@
 
 Two faces, same cases:
 
-* ``python benchmarks/bench_monitor.py [--threads 1] [--rounds-1 300] [--rounds-64 40] [--profile]``
+* ``python benchmarks/bench_monitor.py [--threads 1] [--rounds-1 40] [--rounds-64 20] [--profile]``
   times every setup of a batch size round-robin in one process (background
   load hits all setups alike), prints medians and the added cost over the bare
   forward, the lexical check throughput, and (``--profile``) where the input
@@ -21,7 +21,9 @@ a scan report would list them, and a bank of 4 random unit vectors (d=384,
 ``torch.Generator`` seed 0); nothing is flagged on clean dev text, which is the
 common serving case.  Inputs: SST-2 dev sentences; batch 1 cycles over the
 first 64 dev sentences (one per call), batch 64 is the first 64 sentences;
-``max_length`` 128 (no sentence is cut).
+``max_length`` 128 (no sentence is cut).  At batch 1 one timed sample is 10
+calls in a row (the garbage collection ``time_round_robin`` runs before each
+sample costs more than one batch-1 forward), the setups still alternate.
 
 Setups: ``bare`` = tokenize + model forward (what serving costs without
 monitoring); ``fwd_hidden`` = :meth:`MonitoredModel.forward` (tokenize + forward
@@ -160,6 +162,26 @@ class Subject:
         return flagged
 
 
+def chunked(variants: dict, calls: int) -> dict:
+    """Each variant called ``calls`` times per timed sample: ``time_round_robin`` collects garbage before
+    every sample, which costs more than a batch-1 forward; divide the samples by ``calls``."""
+    if calls == 1:
+        return variants
+
+    def repeat(fn):
+        def call():
+            for _ in range(calls):
+                fn()
+        return call
+    return {name: repeat(fn) for name, fn in variants.items()}
+
+
+def timed(variants: dict, rounds: int, calls: int = 1, warmup: int = 1) -> dict[str, list[float]]:
+    """Round-robin seconds per call (each sample = ``calls`` calls in a row, divided by ``calls``)."""
+    samples = time_round_robin(chunked(variants, calls), rounds, warmup=warmup)
+    return {name: [t / calls for t in times] for name, times in samples.items()}
+
+
 def added_costs(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     """Per setup: median seconds, ratio of medians to bare, median of the paired per-round ratios."""
     med = medians(samples)
@@ -189,15 +211,17 @@ def run(rounds: dict[int, int], profile: bool = False, subject: Subject | None =
     subject = subject or Subject()
     results: dict = {"batches": {}, "load_before": load_average()}
     for size in BATCHES:
-        samples = time_round_robin(subject.setups(size), rounds[size], warmup=3)
-        only = medians(time_round_robin(subject.monitor_only(size), max(rounds[size], 100), warmup=3))
+        calls = 10 if size == 1 else 1
+        samples = timed(subject.setups(size), rounds[size], calls)
+        only = medians(timed(subject.monitor_only(size), 30, 100 if size == 1 else 10))
         entry = {"added": added_costs(samples),
                  "monitor_only_s": only,
                  "monitor_only_share_of_bare": {k: v / medians(samples)["bare"] for k, v in only.items()},
+                 "rounds": rounds[size], "calls_per_sample": calls,
                  "shape": list(subject.adapter.tokenize(subject.texts[:size], MAX_LENGTH)["input_ids"].shape)
-                 if size > 1 else "1 x (7..56 tokens, cycling over 64 sentences)"}
+                 if size > 1 else _batch1_shape(subject)}
         if profile:
-            entry["input_profile_s"] = medians(time_round_robin(subject.profile_input(size), 300, warmup=5))
+            entry["input_profile_s"] = medians(timed(subject.profile_input(size), 30, 100 if size == 1 else 10))
         results["batches"][size] = entry
         print(table_batch(size, entry), flush=True)
     lex = subject.lexical_batches(64)
@@ -209,6 +233,11 @@ def run(rounds: dict[int, int], profile: bool = False, subject: Subject | None =
           f"{results['lexical']['texts_per_s']:,.0f} texts/s ({results['lexical']['tokens_per_s']:,.0f} tokens/s)")
     results["load_after"] = load_average()
     return results
+
+
+def _batch1_shape(subject: Subject) -> str:
+    lengths = sorted(int(subject.adapter.tokenize([t], MAX_LENGTH)["attention_mask"].sum()) for t in subject.texts[:64])
+    return f"1 x ({lengths[0]}..{lengths[-1]} tokens, median {lengths[len(lengths) // 2]}; cycling over 64 sentences)"
 
 
 def table_batch(size: int, entry: dict) -> str:
@@ -228,8 +257,8 @@ def table_batch(size: int, entry: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds-1", type=int, default=300)
-    parser.add_argument("--rounds-64", type=int, default=40)
+    parser.add_argument("--rounds-1", type=int, default=40, help="samples of 10 calls each")
+    parser.add_argument("--rounds-64", type=int, default=20)
     parser.add_argument("--profile", action="store_true", help="time the input monitor's steps one by one")
     parser.add_argument("--json", type=Path, help="write the results here (default benchmarks/results/...)")
     args = parser.parse_args(argv)
@@ -271,7 +300,7 @@ if pytest is not None:
     @pytest.mark.parametrize("batch", BATCHES)
     def test_added_cost_same_run(subject, batch, capsys):
         """Round-robin over the setups in this one test: the added cost of each monitor over the bare forward."""
-        samples = time_round_robin(subject.setups(batch), 200 if batch == 1 else 20, warmup=3)
+        samples = timed(subject.setups(batch), 40 if batch == 1 else 20, 10 if batch == 1 else 1)
         costs = added_costs(samples)
         with capsys.disabled():
             print()
