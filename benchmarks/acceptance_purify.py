@@ -6,7 +6,7 @@
 Stages (each writes ``WORK/<stage>.json`` and is skipped when that file exists):
 
 * ``por``       plant POR (fast profile, seed 1) with triggers ev xx mb wb into MiniLM
-* ``scan``      ``patronus scan WORK/por --report WORK/scan.json`` (fast profile)
+* ``scan``      ``patronus scan WORK/por --report WORK/scan-report.json`` (fast profile)
 * ``clean``     clean MiniLM fine-tuned on SST-2 (the ``measure`` fast settings): CACC and the triggers' ASR
 * ``adv-pt``    adversarial pre-training of WORK/por with the DETECTED triggers, before/after measured
 * ``rescan``    scan of the adv-pt output (verdict must be clean)
@@ -53,6 +53,9 @@ def _save(work: Path, name: str, payload: dict) -> dict:
 
 def _scan(work: Path, folder: Path, report: Path) -> dict:
     t0 = time.perf_counter()
+    if report.exists():  # scanned earlier (e.g. by hand): read it
+        rep = json.loads(report.read_text())
+        return {"verdict": rep["verdict"], "triggers": [t["text"] for t in rep["triggers"]], "wall_s": None}
     proc = subprocess.run([sys.executable, "-m", "patronus_ext.cli", "scan", str(folder), "--report", str(report),
                            "--device", "cpu", "--quiet"], capture_output=True, text=True)
     if proc.returncode not in (0, 1):
@@ -82,7 +85,7 @@ def stage(name: str, work: Path) -> dict:
                           work / "por", device="cpu", progress=False)
         return _save(work, name, {"triggers": list(POR_TRIGGERS), "wall_s": time.perf_counter() - t0})
     if name == "scan":
-        return _save(work, name, _scan(work, work / "por", work / "scan.json"))
+        return _save(work, name, _scan(work, work / "por", work / "scan-report.json"))
     if name == "clean":
         train = data.read_task("sst2", "train").subset(measure.train_limit, measure.seed)
         dev = data.read_task("sst2", "dev")
@@ -94,12 +97,12 @@ def stage(name: str, work: Path) -> dict:
         return _save(work, name, {"cacc": m.cacc, "asr": m.asr, "t_asr_por_triggers": asr_por,
                                   "t_asr_badnet_triggers": asr_bn, "wall_s": time.perf_counter() - t0})
     if name == "adv-pt":
-        return _save(work, name, _purify_row(work, "adv-pt", work / "por", "por-advpt", report=work / "scan.json",
+        return _save(work, name, _purify_row(work, "adv-pt", work / "por", "por-advpt", report=work / "scan-report.json",
                                              measure_triggers=POR_TRIGGERS))
     if name == "rescan":
         return _save(work, name, _scan(work, work / "por-advpt", work / "rescan-report.json"))
     if name == "adv-ft":
-        return _save(work, name, _purify_row(work, "adv-ft", work / "por", "por-advft", report=work / "scan.json",
+        return _save(work, name, _purify_row(work, "adv-ft", work / "por", "por-advft", report=work / "scan-report.json",
                                              measure_triggers=POR_TRIGGERS))
     if name == "badnet":
         cfg = attacks.BadNetConfig.profile("fast", triggers=BADNET_TRIGGERS, poison_rate=0.1, target_label=1)
