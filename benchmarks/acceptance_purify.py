@@ -163,14 +163,15 @@ def table(work: Path) -> tuple[str, list[str], dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work-dir", required=True)
-    ap.add_argument("--stages", default="all", help="comma-separated stages (default: all, in order)")
+    ap.add_argument("--stages", default="all", help="comma-separated stages (default: all, in order; '' only "
+                    "prints the table of the stages done)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    chosen = STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(","))
+    chosen = STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(",") if s.strip())
     for name in chosen:
         t0 = time.perf_counter()
         stage(name, work)
