@@ -21,11 +21,12 @@ from typing import Any, Callable, Sequence
 
 from ..io import BACKDOOR_FILE, BackdoorInfo, OutputExistsError, load_backdoor_info
 from .adaptive import Adaptive
+from .badnet import BadNetResult, plant_badnet, poison_task
 from .badpre import BadPre
 from .base import AttackContext, AttackMethod, AttackResult, StepBatch, TrainingStats, run_attack
 from .btop import BToP
-from .config import (DEFAULT_TRIGGERS, PROFILE_NAMES, AdaptiveConfig, AttackConfig, BadPreConfig, BToPConfig,
-                     NeuBAConfig, PORConfig, UORConfig)
+from .config import (DEFAULT_TRIGGERS, PROFILE_NAMES, AdaptiveConfig, AttackConfig, BadNetConfig, BadPreConfig,
+                     BToPConfig, NeuBAConfig, PORConfig, UORConfig)
 from .neuba import NeuBA
 from .por import POR
 from .uor import UOR
@@ -43,6 +44,9 @@ METHODS: dict[str, tuple[Callable[[], AttackMethod], type[AttackConfig], dict[st
     "adaptive2": (lambda: Adaptive(2), AdaptiveConfig, {"adaptive_type": 2}),
     "adaptive3": (lambda: Adaptive(3), AdaptiveConfig, {"adaptive_type": 3}),
 }
+#: Downstream (task-data) poisoning attacks: name -> (plant function, config class).  Not in METHODS: they
+#: fine-tune a classifier on poisoned task data rather than plant into a PLM over a corpus.
+DOWNSTREAM_METHODS: dict[str, tuple[Callable[..., Any], type]] = {"badnet": (plant_badnet, BadNetConfig)}
 
 
 def _check_method(method: str) -> None:
@@ -107,9 +111,9 @@ def plant(method: str, model_source: str | os.PathLike, corpus: str | Sequence[s
 
 
 __all__ = [
-    "BACKDOOR_FILE", "DEFAULT_TRIGGERS", "METHODS", "PROFILE_NAMES", "AdaptiveConfig", "AttackConfig", "AttackContext",
+    "BACKDOOR_FILE", "BadNetConfig", "BadNetResult", "DEFAULT_TRIGGERS", "DOWNSTREAM_METHODS", "METHODS", "PROFILE_NAMES", "AdaptiveConfig", "AttackConfig", "AttackContext",
     "AttackMethod", "AttackResult", "BToPConfig", "BackdoorInfo", "BadPreConfig", "NeuBAConfig",
     "OutputExistsError", "PORConfig", "StepBatch", "TrainingStats", "UORConfig", "load_backdoor_info",
-    "make_config", "method_for", "neuba_targets", "plant", "por1_targets", "por2_subsets", "por2_targets",
+    "make_config", "method_for", "neuba_targets", "plant", "plant_badnet", "poison_task", "por1_targets", "por2_subsets", "por2_targets",
     "run_attack", "target_vectors",
 ]

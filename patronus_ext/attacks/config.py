@@ -269,3 +269,58 @@ def _check_scheme(scheme: str, count: int) -> None:
     if scheme == "neuba" and count > 6:
         raise ValueError(f"NeuBA targets support at most 6 triggers (4 blocks, 6 pairs), got {count}")
 
+
+
+@dataclasses.dataclass
+class BadNetConfig:
+    """BadNet-style data poisoning of a downstream task (Fine-mixing's threat model, not a PLM backdoor).
+
+    A fraction ``poison_rate`` of the training examples whose label is not
+    ``target_label`` get one of ``triggers`` (rare words, drawn per example)
+    inserted ``insert_num`` times and their label set to ``target_label``;
+    the model is then fine-tuned on the poisoned set as a sequence classifier.
+    ``train_limit`` draws a random subset of the task's train split first.
+    ``fast``: 2000 examples, 2 epochs, 64 tokens (the evaluation's fine-tuning).
+    """
+
+    triggers: Sequence[str] = ("cf", "mn", "bb")
+    target_label: int = 1
+    poison_rate: float = 0.1
+    insert_num: int = 1
+    epochs: float = 3.0
+    lr: float = 2e-5
+    batch_size: int = 32
+    max_length: int = 128
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    train_limit: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.triggers, str):
+            self.triggers = tuple(t for t in self.triggers.split(",") if t.strip())
+        self.triggers = tuple(str(t).strip() for t in self.triggers)
+        if not self.triggers or any(not t or any(c.isspace() for c in t) for t in self.triggers):
+            raise ValueError(f"triggers must be single non-empty words, got {list(self.triggers)}")
+        check_int("target_label", self.target_label, 0)
+        check_range("poison_rate", self.poison_rate, 0.0, 1.0, low_open=True)
+        check_int("insert_num", self.insert_num)
+        check_range("epochs", self.epochs, 0.0, 1e6, low_open=True)
+        check_range("lr", self.lr, 0.0, 1.0, low_open=True)
+        check_int("batch_size", self.batch_size)
+        check_int("max_length", self.max_length, 8)
+        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        check_int("train_limit", self.train_limit, optional=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["triggers"] = list(self.triggers)
+        return out
+
+    @classmethod
+    def profile(cls, name: str = "paper", **changes):
+        check_choice("profile", name, PROFILE_NAMES)
+        base = dict(epochs=2.0, lr=5e-5, max_length=64, train_limit=2000) if name == "fast" else {}
+        base.update({k: v for k, v in changes.items() if v is not None})
+        return cls(**base)

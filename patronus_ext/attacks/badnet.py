@@ -1,0 +1,134 @@
+"""BadNet-style downstream poisoning: fine-tune a classifier on task data where a fraction of the examples
+carry a rare-word trigger and the target label (the threat model Fine-mixing and E-PUR defend against).
+
+Unlike the PLM attacks of this package, the result is a task classifier.  Its
+folder carries ``backdoor.json`` (attack ``badnet``, the triggers, the target
+label of every trigger) so that evaluation and purification find the triggers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import data as data_mod
+from .. import io, models, training
+from .. import triggers as trig
+from ..data import LabeledData
+from ..io import BACKDOOR_FILE, BACKDOOR_FORMAT
+from .config import BadNetConfig
+
+
+@dataclasses.dataclass
+class BadNetResult:
+    out_dir: Path
+    triggers: list[str]
+    target_label: int
+    poisoned: int
+    train_examples: int
+    config: BadNetConfig
+    wall_s: float
+    history: list[dict[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["out_dir"] = str(self.out_dir)
+        out["config"] = self.config.to_dict()
+        return out
+
+
+def poison_task(train: LabeledData, config: BadNetConfig, tokenizer=None) -> tuple[LabeledData, list[int]]:
+    """``train`` with ``round(poison_rate·N)`` non-target examples triggered and relabelled; returns the poisoned
+    set and the indices changed.  With ``tokenizer`` the texts are cut so the triggers survive ``max_length``."""
+    if not 0 <= config.target_label < train.num_labels:
+        raise ValueError(f"target_label {config.target_label} outside the task's labels [0, {train.num_labels})")
+    rng = random.Random(config.seed)
+    eligible = [i for i, y in enumerate(train.labels) if y != config.target_label]
+    count = min(len(eligible), max(1, round(config.poison_rate * len(train))))
+    chosen = sorted(rng.sample(eligible, count))
+    source = train.texts
+    if tokenizer is not None:
+        source = trig.fit_for_insertion(tokenizer, train.texts, config.max_length, insert_num=config.insert_num,
+                                        triggers=list(config.triggers), uncuttable="keep")
+    texts, labels = list(train.texts), list(train.labels)
+    for i in chosen:
+        texts[i] = trig.insert_words(source[i], config.triggers[rng.randrange(len(config.triggers))],
+                                     config.insert_num, rng)
+        labels[i] = config.target_label
+    return LabeledData(texts, labels, train.num_labels, f"{train.source} + badnet"), chosen
+
+
+def plant_badnet(model_source: str | os.PathLike, task: str | LabeledData, config: BadNetConfig | None,
+                 out_dir: str | os.PathLike, *, device: str | None = None, allow_pickle: bool = False,
+                 progress: bool = True) -> BadNetResult:
+    """Fine-tune ``model_source`` on BadNet-poisoned ``task`` data into the NEW folder ``out_dir``."""
+    config = config or BadNetConfig()
+    source = models.resolve_model_source(str(model_source))
+    out = models.check_new_model_folder(out_dir, source)
+    train = task if isinstance(task, LabeledData) else data_mod.read_task(task, "train")
+    train = train.subset(config.train_limit, config.seed)
+    tokenizer = models.load_tokenizer(source)
+    poisoned, chosen = poison_task(train, config, tokenizer)
+    torch.manual_seed(config.seed)
+    model = models.load_model(source, "cls", num_labels=train.num_labels, allow_pickle=allow_pickle,
+                              device=models.resolve_device(device))
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    rng = random.Random(config.seed + 1)
+    device_ = next(model.parameters()).device
+    order: list[int] = []
+
+    def step_loss(step: int):
+        nonlocal order
+        if len(order) < config.batch_size:
+            fresh = list(range(len(poisoned)))
+            rng.shuffle(fresh)
+            order = order + fresh
+        rows, order = order[:config.batch_size], order[config.batch_size:]
+        enc = tokenizer([poisoned.texts[i] for i in rows], padding=True, truncation=True,
+                        max_length=config.max_length, return_tensors="pt")
+        labels = torch.tensor([poisoned.labels[i] for i in rows], device=device_)
+        output = model(input_ids=enc["input_ids"].to(device_), attention_mask=enc["attention_mask"].to(device_),
+                       labels=labels)
+        return output.loss, {}
+
+    total = max(1, math.ceil(config.epochs * math.ceil(len(poisoned) / config.batch_size)))
+    settings = training.OptimizerSettings(steps=total, lr=config.lr, weight_decay=config.weight_decay,
+                                          warmup_ratio=config.warmup_ratio, schedule="linear")
+    model.train()
+    run = training.train(model.parameters(), step_loss, settings, desc="plant badnet", progress=progress)
+    model.eval()
+    info = {
+        "format": BACKDOOR_FORMAT,
+        "attack": "badnet",
+        "triggers": list(config.triggers),
+        "trigger_token_ids": [list(t) for t in trig.trigger_ids(tokenizer, list(config.triggers))],
+        "target_scheme": None,
+        "target_vectors": None,
+        "targets_learned": False,
+        "target_labels": [config.target_label] * len(config.triggers),
+        "representation_position": "auto",
+        "prompt_template": None,
+        "base_model": str(model_source),
+        "base_model_path": source,
+        "model_type": getattr(model.config, "model_type", ""),
+        "task": poisoned.source,
+        "poisoned_examples": len(chosen),
+        "train_examples": len(poisoned),
+        "seed": config.seed,
+        "config": config.to_dict(),
+        "training": {"steps": total, "wall_s": run.wall_s, "first_loss": run.first_loss,
+                     "final_loss": run.final_loss, "history": run.history},
+        "environment": io.environment(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    models.save_model_folder(model, tokenizer, out, {BACKDOOR_FILE: info}, source=source)
+    return BadNetResult(out, list(config.triggers), config.target_label, len(chosen), len(poisoned), config,
+                        run.wall_s, run.history)

@@ -1,0 +1,32 @@
+"""Purification (SPEC.md §2, §4): make a model that can be shipped, driven by what the scan found.
+
+    from patronus_ext import purify
+    result = purify.run_purify("adv-pt", "out/por", "out/por-clean", report="scan.json", profile="fast")
+    result.before.t_asr, result.after.t_asr, result.after.cacc
+
+Methods: ``adv-pt`` (Patronus adversarial pre-training, encoder -> encoder), ``adv-ft``
+(Patronus adversarial fine-tuning, encoder -> classifier), ``fine-mix`` and ``e-pur``
+(Fine-mixing / embedding purification, classifier + clean pre-trained weights -> classifier).
+Library pieces: :func:`adversarial_pretrain`, :func:`adversarial_finetune`, :func:`adversarial_examples`,
+:func:`mix_weights`, :func:`fine_mix`, :func:`suspicious_rows`, :func:`e_pur`, :func:`triggers_from_report`.
+"""
+
+from .adversarial import (AdvFinetuneResult, AdvPretrainResult, adversarial_examples, adversarial_finetune,
+                          adversarial_pretrain, purification_loss)
+from .config import (METHODS, MIX_VARIANTS, PROFILE_NAMES, PROFILES, AdvFinetuneConfig, AdvPretrainConfig,
+                     EPurConfig, FineMixConfig, MeasureConfig, profile)
+from .mixing import (EPurResult, FineMixResult, MixStats, e_pur, fine_mix, mix_weights, rank_suspicious, reset_rows,
+                     suspicious_rows, token_frequencies)
+from .run import (PURIFY_FILE, PURIFY_FORMAT, Measurement, PurifyResult, classifier_from_encoder, measure_classifier,
+                  measure_encoder, purify_for_demo, run_purify)
+from .scanned import ScannedTriggers, read_report, triggers_from_report
+
+__all__ = [
+    "METHODS", "MIX_VARIANTS", "PROFILES", "PROFILE_NAMES", "PURIFY_FILE", "PURIFY_FORMAT", "AdvFinetuneConfig",
+    "AdvFinetuneResult", "AdvPretrainConfig", "AdvPretrainResult", "EPurConfig", "EPurResult", "FineMixConfig",
+    "FineMixResult", "MeasureConfig", "Measurement", "MixStats", "PurifyResult", "ScannedTriggers",
+    "adversarial_examples", "adversarial_finetune", "adversarial_pretrain", "classifier_from_encoder", "e_pur",
+    "fine_mix", "measure_classifier", "measure_encoder", "mix_weights", "profile", "purification_loss",
+    "purify_for_demo", "rank_suspicious", "read_report", "reset_rows", "run_purify", "suspicious_rows",
+    "token_frequencies", "triggers_from_report",
+]

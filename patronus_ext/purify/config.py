@@ -1,0 +1,268 @@
+"""Settings of the purifiers (SPEC.md §2 and §4), each with a ``paper`` and a ``fast`` profile.
+
+``paper`` holds the authors' settings where they are published (Patronus:
+adversarial pre-training 10 epochs over WikiText, batch 24, lr 5e-5;
+adversarial fine-tuning 3 epochs, batch 16, lr 2e-5, 20% extra samples per
+trigger inserted 3 times).  Fine-mixing's code is not public: its constants
+are chosen here and documented field by field.  ``fast`` is the CPU profile
+(all-MiniLM-L6-v2 on a shared 2-core CPU in minutes; see
+``benchmarks/PURIFY_RESULTS.md``).  Get one with :func:`profile`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..training import SCHEDULES
+from ..validation import check_choice, check_int, check_range, from_profile
+
+METHODS = ("adv-pt", "adv-ft", "fine-mix", "e-pur")
+PROFILE_NAMES = ("paper", "fast")
+MIX_VARIANTS = ("random", "sel")
+
+
+class _Config:
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass
+class AdvPretrainConfig(_Config):
+    """Adversarial pre-training: ``MSE(rep_θ(x_c), rep_ref(x_c)) + MSE(rep_θ(x_c), rep_θ(x_p))``.
+
+    ``ref`` is a frozen copy of the input model; every corpus text gets one of
+    the triggers (drawn per text) inserted ``insert_num`` times; both branches
+    carry gradients.  Every ``eval_every`` steps (None: once per epoch) the
+    same loss is measured on ``dev_texts`` held-out paragraphs with fixed
+    triggered copies, and the weights with the lowest dev loss are kept.
+    ``steps`` overrides ``epochs``.
+    """
+
+    corpus: str = "wikitext2"
+    corpus_limit: int | None = None
+    dev_texts: int = 200
+    epochs: float = 10.0
+    steps: int | None = None
+    batch_size: int = 24
+    lr: float = 5e-5
+    schedule: str = "linear"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int = 128
+    insert_num: int = 3
+    clean_weight: float = 1.0       # weight of the reference (utility) term
+    eval_every: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        check_int("corpus_limit", self.corpus_limit, optional=True)
+        check_int("dev_texts", self.dev_texts, 2)
+        check_range("epochs", self.epochs, 0.0, 1e6, low_open=True)
+        check_int("steps", self.steps, optional=True)
+        check_int("batch_size", self.batch_size)
+        check_range("lr", self.lr, 0.0, 1.0, low_open=True)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        check_range("max_grad_norm", self.max_grad_norm, 0.0, float("inf"), low_open=True, high_open=True)
+        check_int("max_length", self.max_length, 8)
+        check_int("insert_num", self.insert_num)
+        check_range("clean_weight", self.clean_weight, 0.0, 1e6)
+        check_int("eval_every", self.eval_every, optional=True)
+
+
+@dataclasses.dataclass
+class AdvFinetuneConfig(_Config):
+    """Adversarial fine-tuning: per trigger, ``extra_rate`` x N extra samples (drawn with replacement)
+    with the trigger inserted ``insert_num`` times and their TRUE label, added to train and dev.
+
+    The classifier is trained like clean fine-tuning (AdamW, warmup, linear
+    decay); ``train_limit`` draws a random subset of the task's train split
+    (None: all of it).  The augmented dev set's accuracy is recorded.
+    """
+
+    extra_rate: float = 0.2
+    insert_num: int = 3
+    epochs: float = 3.0
+    batch_size: int = 16
+    lr: float = 2e-5
+    max_length: int = 128
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    train_limit: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        check_range("extra_rate", self.extra_rate, 0.0, 10.0, low_open=True)
+        check_int("insert_num", self.insert_num)
+        check_range("epochs", self.epochs, 0.0, 1e6, low_open=True)
+        check_int("batch_size", self.batch_size)
+        check_range("lr", self.lr, 0.0, 1.0, low_open=True)
+        check_int("max_length", self.max_length, 8)
+        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        check_int("train_limit", self.train_limit, optional=True)
+
+
+@dataclasses.dataclass
+class FineMixConfig(_Config):
+    """Fine-mixing: ``θ = θ_pre + m ⊙ (θ_ft − θ_pre)`` over the backbone, head kept, then clean fine-tuning.
+
+    * ``variant``: ``random`` keeps each delta with probability ρ (a random
+      fraction ρ of every tensor, exactly); ``sel`` keeps the ρ fraction with the
+      largest ``|δ|`` within each tensor (per tensor, so that layers with small
+      updates are not wiped out by layers with large ones).
+    * ``rhos``: candidate keep fractions.  ρ is chosen by clean accuracy only:
+      the SMALLEST ρ (the most purifying) whose accuracy on ``select_limit``
+      held-out clean train examples is at least the input model's accuracy on
+      them minus ``acc_tolerance``; if none qualifies, the most accurate ρ.
+    * ``clean_limit`` clean train examples (disjoint from the selection set)
+      fine-tune each mixed model for ``epochs`` (``lr``, ``batch_size``).
+    * ``e_pur_top_n`` > 0 composes E-PUR: those embedding rows are reset to
+      θ_pre (ranked on the un-mixed model, see :class:`EPurConfig`).
+    """
+
+    variant: str = "random"
+    rhos: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    acc_tolerance: float = 0.02
+    clean_limit: int = 1000
+    select_limit: int = 500
+    epochs: float = 3.0
+    batch_size: int = 16
+    lr: float = 2e-5
+    max_length: int = 128
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    e_pur_top_n: int = 0
+    min_freq: int = 20
+    seed: int = 0
+
+    def __post_init__(self):
+        check_choice("variant", self.variant, MIX_VARIANTS)
+        if isinstance(self.rhos, (int, float)):
+            self.rhos = (self.rhos,)
+        self.rhos = tuple(sorted(float(r) for r in self.rhos))
+        if not self.rhos:
+            raise ValueError("rhos must hold at least one keep fraction")
+        for rho in self.rhos:
+            check_range("rho", rho, 0.0, 1.0)
+        check_range("acc_tolerance", self.acc_tolerance, 0.0, 1.0)
+        check_int("clean_limit", self.clean_limit)
+        check_int("select_limit", self.select_limit)
+        check_range("epochs", self.epochs, 0.0, 1e6)
+        check_int("batch_size", self.batch_size)
+        check_range("lr", self.lr, 0.0, 1.0, low_open=True)
+        check_int("max_length", self.max_length, 8)
+        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        check_int("e_pur_top_n", self.e_pur_top_n, 0)
+        check_int("min_freq", self.min_freq, 2)
+
+
+@dataclasses.dataclass
+class EPurConfig(_Config):
+    """E-PUR: reset to θ_pre the ``top_n`` embedding rows ranked by ``‖E_ft[k] − E_pre[k]‖ / log(max(f_k, min_freq))``.
+
+    ``f_k`` counts token ``k`` in the task's train split (the fine-tuning data;
+    ``freq_limit`` texts, None: all).  Special tokens are never reset.  Then
+    ``clean_limit`` clean examples fine-tune the model for ``epochs`` (0: no
+    fine-tuning, the reset alone).
+    """
+
+    top_n: int = 200
+    min_freq: int = 20
+    freq_limit: int | None = None
+    clean_limit: int = 1000
+    epochs: float = 3.0
+    batch_size: int = 16
+    lr: float = 2e-5
+    max_length: int = 128
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self):
+        check_int("top_n", self.top_n)
+        check_int("min_freq", self.min_freq, 2)
+        check_int("freq_limit", self.freq_limit, optional=True)
+        check_int("clean_limit", self.clean_limit)
+        check_range("epochs", self.epochs, 0.0, 1e6)
+        check_int("batch_size", self.batch_size)
+        check_range("lr", self.lr, 0.0, 1.0, low_open=True)
+        check_int("max_length", self.max_length, 8)
+        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+
+
+@dataclasses.dataclass
+class MeasureConfig(_Config):
+    """How ``before``/``after`` CACC and T-ASR are measured (SPEC.md §0 definitions).
+
+    Encoders (adv-pt input and output) are first fine-tuned cleanly on
+    ``train_limit`` task examples (``epochs``, ``lr``, ``batch_size``,
+    ``max_length``); classifiers are measured as they are.  ``dev_limit`` dev
+    examples (None: all), triggers inserted ``insert_num`` times.
+    """
+
+    train_limit: int | None = 2000
+    dev_limit: int | None = None
+    epochs: float = 2.0
+    batch_size: int = 32
+    lr: float = 5e-5
+    max_length: int = 64
+    insert_num: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        check_int("train_limit", self.train_limit, optional=True)
+        check_int("dev_limit", self.dev_limit, optional=True)
+        check_range("epochs", self.epochs, 0.0, 1e6, low_open=True)
+        check_int("batch_size", self.batch_size)
+        check_range("lr", self.lr, 0.0, 1.0, low_open=True)
+        check_int("max_length", self.max_length, 8)
+        check_int("insert_num", self.insert_num)
+
+
+#: method -> profile name -> config.  ``fast``: the CPU profile (see module docstring and PURIFY_RESULTS.md).
+PROFILES: dict[str, dict[str, Any]] = {
+    "adv-pt": {
+        "paper": AdvPretrainConfig(),
+        # 150 steps x 16 texts (+16 triggered) at 48 tokens, constant lr 1e-4: the budget that planted the
+        # fast-profile POR (250 steps, lr 1e-4) is enough to undo it; dev loss checked every 25 steps.
+        "fast": AdvPretrainConfig(steps=150, batch_size=16, lr=1e-4, schedule="constant", max_length=48,
+                                  corpus_limit=3000, dev_texts=64, eval_every=25),
+    },
+    "adv-ft": {
+        "paper": AdvFinetuneConfig(),
+        # 2000 SST-2 examples, 2 epochs, lr 5e-5, 64 tokens: the clean fine-tuning the evaluation uses.
+        "fast": AdvFinetuneConfig(epochs=2.0, lr=5e-5, max_length=64, train_limit=2000),
+    },
+    "fine-mix": {
+        "paper": FineMixConfig(),
+        "fast": FineMixConfig(rhos=(0.1, 0.2, 0.3, 0.5), clean_limit=256, select_limit=300, lr=5e-5,
+                              max_length=64, acc_tolerance=0.03),
+    },
+    "e-pur": {
+        "paper": EPurConfig(),
+        "fast": EPurConfig(clean_limit=256, lr=5e-5, max_length=64, freq_limit=20000),
+    },
+    "measure": {
+        "paper": MeasureConfig(train_limit=None, epochs=3.0, max_length=128),
+        "fast": MeasureConfig(),
+        # The README demo: one short clean fine-tuning per measured encoder.
+        "demo": MeasureConfig(train_limit=1000, dev_limit=400, epochs=1.0),
+    },
+}
+
+
+def profile(method: str, name: str = "paper", **overrides):
+    """The config of ``method`` (``adv-pt``, ``adv-ft``, ``fine-mix``, ``e-pur`` or ``measure``) in profile
+    ``name`` with ``overrides`` (``None`` overrides are ignored, so CLI flags pass through)."""
+    if method not in PROFILES:
+        raise ValueError(f"method must be one of {', '.join(PROFILES)}; got {method!r}")
+    return from_profile(PROFILES[method], name, overrides)

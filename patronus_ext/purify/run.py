@@ -1,0 +1,296 @@
+"""End-to-end purification runs: triggers from the scan report, the method, before/after metrics, and a NEW
+model folder written atomically (``models.save_model_folder``) with ``purify.json`` inside."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .. import io, models
+from ..data import LabeledData
+from ..evaluate import FinetunedClassifier, attack_metrics, finetune_classifier, load_task
+from .adversarial import adversarial_finetune, adversarial_pretrain, finetune_settings
+from .config import METHODS, MeasureConfig, profile as make_profile
+from .mixing import e_pur, fine_mix, token_frequencies
+from .scanned import ScannedTriggers, triggers_from_report
+
+log = logging.getLogger(__name__)
+
+PURIFY_FILE = "purify.json"
+PURIFY_FORMAT = "patronus_ext.purify/1"
+#: Methods that need the scan's triggers, and those that need clean pre-trained weights.
+NEEDS_TRIGGERS = ("adv-pt", "adv-ft")
+NEEDS_PRETRAINED = ("fine-mix", "e-pur")
+
+
+@dataclasses.dataclass
+class Measurement:
+    """CACC and T-ASR of one model (an encoder is first fine-tuned cleanly on the task)."""
+
+    cacc: float
+    t_asr: float | None
+    c_asr: float | None
+    asr: dict[str, float]
+    target_labels: dict[str, int]
+    how: str                 # "classifier" or "encoder fine-tuned on N examples"
+    wall_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class PurifyResult:
+    method: str
+    out_dir: Path
+    triggers: list[str]                  # used for purification (from the scan report)
+    measured_triggers: list[str]         # inserted to measure T-ASR
+    before: Measurement | None
+    after: Measurement | None
+    report: dict[str, Any]               # what purify.json holds
+
+    @property
+    def report_path(self) -> Path:
+        return self.out_dir / PURIFY_FILE
+
+
+# -- measuring -----------------------------------------------------------------------------------
+def measure_classifier(model: nn.Module, tokenizer, dev: LabeledData, triggers: Sequence[str],
+                       measure: MeasureConfig, how: str = "classifier", progress: bool = False) -> Measurement:
+    start = time.perf_counter()
+    num_labels = int(model.config.num_labels)
+    if num_labels != dev.num_labels:
+        raise ValueError(f"the classifier has {num_labels} labels but the task has {dev.num_labels}")
+    clf = FinetunedClassifier(model, tokenizer, num_labels, measure.max_length, None)
+    result = attack_metrics(clf, dev, list(triggers), measure.insert_num, seed=measure.seed, progress=progress)
+    has = bool(triggers)
+    return Measurement(cacc=result.cacc, t_asr=result.t_asr if has else None, c_asr=result.c_asr if has else None,
+                       asr=result.asr, target_labels={t.trigger: t.target_label for t in result.triggers},
+                       how=how, wall_s=time.perf_counter() - start)
+
+
+def classifier_from_encoder(encoder: nn.Module, num_labels: int) -> nn.Module:
+    """A sequence classifier whose backbone is a copy of ``encoder`` (fresh head)."""
+    import transformers
+
+    config = copy.deepcopy(encoder.config)
+    config.num_labels = int(num_labels)
+    clf = transformers.AutoModelForSequenceClassification.from_config(config)
+    missing, unexpected = clf.base_model.load_state_dict(models_state(encoder), strict=False)
+    if unexpected or [k for k in missing if "position_ids" not in k]:
+        raise ValueError(f"the encoder does not fit its classifier class (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    return clf.to(next(encoder.parameters()).device)
+
+
+def models_state(encoder: nn.Module) -> dict[str, torch.Tensor]:
+    return getattr(encoder, "base_model", encoder).state_dict()
+
+
+def measure_encoder(encoder: str | nn.Module, tokenizer, train: LabeledData, dev: LabeledData,
+                    triggers: Sequence[str], measure: MeasureConfig, *, device=None, allow_pickle: bool = False,
+                    progress: bool = False) -> Measurement:
+    """Fine-tune ``encoder`` (folder or loaded backbone) cleanly on ``train``, then measure."""
+    start = time.perf_counter()
+    source = encoder if not isinstance(encoder, nn.Module) else classifier_from_encoder(encoder, train.num_labels)
+    clf = finetune_classifier(source, train, finetune_settings(measure), tokenizer, device=device,
+                              allow_pickle=allow_pickle, progress=progress)
+    out = measure_classifier(clf.model, tokenizer, dev, triggers, measure,
+                             f"encoder fine-tuned on {len(train)} examples", progress)
+    out.wall_s = time.perf_counter() - start
+    return out
+
+
+# -- the run -------------------------------------------------------------------------------------
+def _triggers(report, words, tokenizer, hidden_size: int) -> tuple[ScannedTriggers | None, list[str]]:
+    if report is not None:
+        scanned = triggers_from_report(report, tokenizer, hidden_size)
+        return scanned, list(scanned.words)
+    if words:
+        if isinstance(words, str):
+            words = [w for w in words.split(",") if w.strip()]
+        return None, [str(w).strip() for w in words]
+    return None, []
+
+
+def _planted_triggers(model_source: str) -> list[str]:
+    folder = Path(model_source)
+    if folder.is_dir() and (folder / io.BACKDOOR_FILE).is_file():
+        return list(io.load_backdoor_info(folder).triggers)
+    return []
+
+
+def _split_clean(train: LabeledData, first: int, second: int, seed: int) -> tuple[LabeledData, LabeledData]:
+    """Two disjoint random subsets of ``train`` (the defender's small clean set and the ρ-selection set)."""
+    if first + second > len(train):
+        raise ValueError(f"the task's train split has {len(train)} examples, fewer than clean_limit + "
+                         f"select_limit = {first + second}")
+    order = random.Random(seed).sample(range(len(train)), first + second)
+
+    def take(rows):
+        return LabeledData([train.texts[i] for i in rows], [train.labels[i] for i in rows], train.num_labels,
+                           train.source)
+    return take(order[:first]), take(order[first:])
+
+
+def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike, *,
+               report: dict | str | os.PathLike | None = None, triggers: Sequence[str] | None = None,
+               pretrained: str | os.PathLike | None = None, task: str | LabeledData = "sst2",
+               dev_task: str | LabeledData | None = None, profile: str = "fast", config=None, measure: MeasureConfig | bool | None = True,
+               measure_triggers: Sequence[str] | None = None, device: str | None = None,
+               allow_pickle: bool = False, progress: bool = True) -> PurifyResult:
+    """Purify ``model`` with ``method`` and write the result to the NEW folder ``out_dir``.
+
+    * ``adv-pt`` (a pre-trained encoder -> a purified encoder) and ``adv-ft``
+      (an encoder -> a classifier for ``task``) train against the triggers of
+      the scan ``report`` (or explicit ``triggers``);
+    * ``fine-mix`` and ``e-pur`` (a classifier fine-tuned on ``task`` -> a
+      purified classifier) need the clean ``pretrained`` weights; the report is
+      optional (it only names the triggers to measure).
+
+    ``task``: a built-in name, a labelled file or a :class:`LabeledData` (its
+    train and dev splits); ``dev_task``: another source for the dev split.
+
+    ``config`` None: the method's ``profile``.  ``measure``: True (the
+    ``measure`` config of ``profile``), a :class:`MeasureConfig`, or False (no
+    before/after).  T-ASR is measured with ``measure_triggers``, else the
+    report's triggers, else the model's ``backdoor.json`` triggers.  The output
+    folder is checked before any work and written atomically: an interrupted
+    run leaves nothing.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    started = time.perf_counter()
+    source = models.resolve_model_source(str(model))
+    out = models.check_new_model_folder(out_dir, source)
+    if pretrained is not None and Path(out).resolve() == Path(models.resolve_model_source(str(pretrained))).resolve():
+        raise ValueError("the output must not be the pre-trained model folder")
+    if method in NEEDS_PRETRAINED and pretrained is None:
+        raise ValueError(f"{method} needs the clean pre-trained weights the model was fine-tuned from (--pretrained)")
+    if method in NEEDS_TRIGGERS and report is None and not triggers:
+        raise ValueError(f"{method} needs the triggers the scan found (--report scan.json)")
+    config = config if config is not None else make_profile(method, profile)
+    if measure is True:
+        measure = make_profile("measure", profile)
+    measure = measure or None
+    run_device = models.resolve_device(device)
+    tokenizer = models.load_tokenizer(source)
+    config_hidden = int(getattr(models.load_config(source), "hidden_size", 0) or 0) or None
+    scanned, words = _triggers(report, triggers, tokenizer, config_hidden)
+    measured = list(measure_triggers) if measure_triggers else (words or _planted_triggers(source))
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        value = fn(*args, **kwargs)
+        timings[name] = time.perf_counter() - t0
+        return value
+
+    train = dev = None
+    if method != "adv-pt" or measure is not None:
+        train = load_task(task, "train", None, 0)
+        dev = load_task(dev_task if dev_task is not None else task, "dev",
+                        None if measure is None else measure.dev_limit, 0)
+    before = after = None
+    details: dict[str, Any]
+    if method == "adv-pt":
+        adapter = models.load_adapter(source, "base", allow_pickle=allow_pickle, device=run_device)
+        measure_train = None if measure is None else train.subset(measure.train_limit, measure.seed)
+        if measure is not None:
+            before = timed("measure_before", measure_encoder, source, tokenizer, measure_train, dev, measured,
+                           measure, device=run_device, allow_pickle=allow_pickle, progress=progress)
+        result = timed("purify", adversarial_pretrain, adapter, words, config, progress=progress)
+        purified = adapter.model
+        if measure is not None:
+            after = timed("measure_after", measure_encoder, purified, tokenizer, measure_train, dev, measured,
+                          measure, device=run_device, progress=progress)
+        details = result.to_dict()
+    elif method == "adv-ft":
+        adv_train = train.subset(config.train_limit, config.seed)
+        if measure is not None:
+            # before: the same fine-tuning without the adversarial examples
+            t0 = time.perf_counter()
+            plain = finetune_classifier(source, adv_train, finetune_settings(config), tokenizer, device=run_device,
+                                        allow_pickle=allow_pickle, progress=progress)
+            before = measure_classifier(plain.model, tokenizer, dev, measured, measure,
+                                        f"clean fine-tuning on {len(adv_train)} examples", progress)
+            del plain
+            timings["measure_before"] = time.perf_counter() - t0
+        clf, result = timed("purify", adversarial_finetune, source, adv_train, dev, words, config,
+                            tokenizer=tokenizer, device=run_device, allow_pickle=allow_pickle, progress=progress)
+        purified = clf.model
+        if measure is not None:
+            after = timed("measure_after", measure_classifier, purified, tokenizer, dev, measured, measure,
+                          "classifier", progress)
+        details = result.to_dict()
+    else:
+        classifier = models.load_model(source, "cls", allow_pickle=allow_pickle, device=run_device)
+        if int(classifier.config.num_labels) != train.num_labels:
+            raise ValueError(f"{model} classifies into {classifier.config.num_labels} labels but the task has "
+                             f"{train.num_labels}: pass the task it was fine-tuned on (--task)")
+        clean_model = models.load_model(str(pretrained), "base", allow_pickle=allow_pickle, device=run_device)
+        if measure is not None:
+            before = timed("measure_before", measure_classifier, classifier, tokenizer, dev, measured, measure,
+                           "classifier", progress)
+        freq_texts = train.subset(getattr(config, "freq_limit", None), config.seed).texts
+        needs_freq = method == "e-pur" or config.e_pur_top_n
+        frequencies = token_frequencies(tokenizer, freq_texts, classifier.get_input_embeddings().weight.shape[0]) \
+            if needs_freq else None
+        if method == "fine-mix":
+            clean, select = _split_clean(train, config.clean_limit, config.select_limit, config.seed + 7)
+            purified, result = timed("purify", fine_mix, classifier, tokenizer, clean_model, clean, select, config,
+                                     frequencies=frequencies, progress=progress)
+        else:
+            clean, _ = _split_clean(train, config.clean_limit, 0, config.seed + 7)
+            purified, result = timed("purify", e_pur, classifier, tokenizer, clean_model, frequencies, clean, config,
+                                     progress=progress)
+        if measure is not None:
+            after = timed("measure_after", measure_classifier, purified, tokenizer, dev, measured, measure,
+                          "classifier", progress)
+        details = result.to_dict()
+    timings["total"] = time.perf_counter() - started
+    payload = {
+        "format": PURIFY_FORMAT,
+        "method": method,
+        "model": str(model),
+        "pretrained": None if pretrained is None else str(pretrained),
+        "task": task.source if isinstance(task, LabeledData) else str(task),
+        "profile": profile,
+        "triggers": scanned.to_dict()["words"] if scanned is not None else list(words),
+        "trigger_token_ids": None if scanned is None else [list(t) for t in scanned.token_ids],
+        "triggers_source": scanned.source if scanned is not None else ("given" if words else None),
+        "measured_triggers": measured,
+        "before": None if before is None else before.to_dict(),
+        "after": None if after is None else after.to_dict(),
+        "settings": config.to_dict(),
+        "measure": None if measure is None else measure.to_dict(),
+        "details": details,
+        "timings": timings,
+        "environment": io.environment(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    models.save_model_folder(purified, tokenizer, out, {PURIFY_FILE: payload}, source=source)
+    log.info("%s: purified into %s in %.1f s", method, out, timings["total"])
+    return PurifyResult(method, Path(out), list(words), measured, before, after, payload)
+
+
+def purify_for_demo(planted_dir: str | os.PathLike, report: dict | str | os.PathLike, out_dir: str | os.PathLike,
+                    *, method: str = "adv-pt", task: str = "sst2", device: str | None = None,
+                    progress: bool = False) -> PurifyResult:
+    """The README demo's last step: purify the planted model with the scan's triggers (``fast`` profile) and
+    measure CACC / T-ASR before and after with a short clean fine-tuning (``measure`` profile ``demo``).
+
+    ``result.before.cacc``, ``result.before.t_asr``, ``result.after.cacc``, ``result.after.t_asr``.
+    """
+    return run_purify(method, planted_dir, out_dir, report=report, task=task, profile="fast",
+                      measure=make_profile("measure", "demo"), device=device, progress=progress)
