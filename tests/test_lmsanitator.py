@@ -17,8 +17,11 @@ from patronus_ext.detect.lmsanitator import (_Inversion, batch_entropy, insert_s
                                              sample_insert_positions, trigger_range_ratio)
 
 #: Tiny-model settings under which planted tiny BERTs give an accepted vector and clean ones do not
-#: (d=32 embeddings span about +-0.1: the fast profile's lr would leave the 1.2x range in a few steps).
-TINY = lms_profile("fast", corpus_limit=128, max_length=32, lr=1e-3, epochs=6, give_up_epoch=2, seeds=4)
+#: (d=32 embeddings span about +-0.1: the fast profile's lr would leave the 1.2x range in a few steps;
+#: a random tiny BERT's clean outputs are nearly constant, so the slack relative to them is off).
+#: Several seeds of the tiny NeuBA plant leave the 1.2x range or stay too spread; 8 seeds leave room.
+TINY = lms_profile("fast", corpus_limit=128, max_length=32, lr=1e-3, epochs=6, give_up_epoch=2, seeds=8,
+                   entropy_relative=None)
 
 
 def _slow_insert(embeds, mask, trigger, positions):
@@ -74,6 +77,12 @@ def test_entropy_bound_is_ln_batch_minus_the_slack():
     assert float(batch_entropy(torch.randn(16, 9) * 5)) < math.log(16) - 0.5
     with pytest.raises(ValueError, match="batch_size"):
         LMSanitatorConfig(batch_size=1)
+    # Relative cap: the slack is at most entropy_relative x the clean outputs' own deficit.
+    rel = LMSanitatorConfig(batch_size=16, entropy_slack=0.02, entropy_relative=0.05)
+    clean = math.log(16) - 0.023                                   # all-MiniLM-L6-v2's clean outputs
+    assert rel.entropy_bound(clean_entropy=clean) == pytest.approx(math.log(16) - 0.05 * 0.023)
+    assert rel.entropy_bound(clean_entropy=math.log(16) - 1.0) == pytest.approx(math.log(16) - 0.02)
+    assert rel.entropy_bound() == pytest.approx(math.log(16) - 0.02)  # no clean entropy: the absolute slack
 
 
 def test_range_ratio_and_nearest_mse(generator):
@@ -161,7 +170,7 @@ def test_mask_position_reads_the_mask_and_inserts_before_it():
                          prompt_template="{text} It was {mask} .", progress=False)
     assert report.model["position"] == "mask" and len(report.vectors) == 1
     mask_adapter = models.ModelAdapter(adapter.model, adapter.tokenizer, position="mask", max_length=25)
-    texts = [t + " It was [MASK] ." for t in tiny_models.tiny_corpus(32)]
+    texts = [" ".join(t.split()[:8]) + " It was [MASK] ." for t in tiny_models.tiny_corpus(32)]
     inv = _Inversion(mask_adapter, texts, config, torch.Generator().manual_seed(0))
     mask_at = (inv.ids == adapter.tokenizer.mask_token_id).long().argmax(1)
     assert (inv.positions <= mask_at).all()

@@ -13,6 +13,13 @@ Where the numbers come from
   slack (0.02 nats) is the setting.  For nearly identical outputs ``ln B - Ent ~ Var_b/2``
   (per-unit variance across the batch), so the slack bounds the spread of the triggered
   outputs (std ~ 0.2) whatever the batch size.
+* ``entropy_relative`` (``fast``: 0.05; ``paper``: off): an absolute slack does not transfer
+  across models.  all-MiniLM-L6-v2's *clean* outputs already sit at a deficit of 0.023 (B=16),
+  at the authors' slack, and a soft trigger on the clean model reached 0.003 (accepted under
+  0.02: a false positive), while a planted POR trigger's real triggered outputs sit at
+  1e-4 / 4e-5 (benchmarks/LMSANITATOR_RESULTS.md).  With ``entropy_relative`` the slack is
+  also at most that fraction of the clean outputs' own deficit ``ln B - Ent(c)``: the
+  triggered outputs must be ~20x less spread than the clean ones.
 * ``distance_threshold`` (MSE): a vector "appeared" when the triggered outputs are at least
   this far (mean MSE) from the clean ones, and a new PV is kept only at least this far from
   every stored PV.  The authors use 0.1 (RoBERTa) to 0.2 (BERT) -- 0.6 in some scripts; see
@@ -48,7 +55,8 @@ class LMSanitatorConfig:
     repel_weight: float = 0.5         # weight of -MSE(o, p*), p* the nearest stored PV
     give_up_epoch: int = 1            # abandon a seed when no vector appeared by the end of this epoch (0-based)
     distance_threshold: float = 0.1   # MSE: "a vector appeared" and "far from the stored PVs"
-    entropy_slack: float = 0.02       # accept iff Ent >= ln B - entropy_slack
+    entropy_slack: float = 0.02       # accept iff Ent >= ln B - slack, slack <= entropy_slack ...
+    entropy_relative: float | None = None  # ... and <= entropy_relative x (ln B - Ent(clean outputs)) when set
     range_factor: float = 1.2         # accept iff T lies within range_factor x [min E, max E]
     seeds: int = 30                   # seeds tried (detection mode stops at the first accepted PV)
     first_seed: int = 1
@@ -68,15 +76,24 @@ class LMSanitatorConfig:
         check_range("LMSanitatorConfig.lr_boost", self.lr_boost, 1.0, math.inf, high_open=True)
         for name in ("diversity_weight", "repel_weight", "entropy_slack"):
             check_range(f"LMSanitatorConfig.{name}", getattr(self, name), 0.0, math.inf, high_open=True)
+        check_range("LMSanitatorConfig.entropy_relative", self.entropy_relative, 0.0, 1.0, low_open=True,
+                    optional=True)
         check_range("LMSanitatorConfig.range_factor", self.range_factor, 0.0, math.inf, low_open=True, high_open=True)
         check_choice("LMSanitatorConfig.mode", self.mode, MODES)
         if self.max_length <= self.trigger_len + 2:
             raise ValueError(f"LMSanitatorConfig.max_length ({self.max_length}) leaves no room for text beside "
                              f"the {self.trigger_len}-token trigger")
 
-    def entropy_bound(self, batch: int | None = None) -> float:
-        """Smallest accepted ``Ent(o)``: ``ln B - entropy_slack`` (the authors' -3.446 ~ -(ln 32 - 0.02))."""
-        return math.log(batch or self.batch_size) - self.entropy_slack
+    def slack(self, clean_entropy: float | None = None, batch: int | None = None) -> float:
+        """``entropy_slack``, or less: ``entropy_relative x (ln B - clean_entropy)`` when both are given."""
+        if self.entropy_relative is None or clean_entropy is None or not math.isfinite(clean_entropy):
+            return self.entropy_slack
+        clean_deficit = max(0.0, math.log(batch or self.batch_size) - clean_entropy)
+        return min(self.entropy_slack, self.entropy_relative * clean_deficit)
+
+    def entropy_bound(self, batch: int | None = None, clean_entropy: float | None = None) -> float:
+        """Smallest accepted ``Ent(o)``: ``ln B - slack`` (the authors' -3.446 ~ -(ln 32 - 0.02))."""
+        return math.log(batch or self.batch_size) - self.slack(clean_entropy, batch)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -93,7 +110,7 @@ PAPER = LMSanitatorConfig()
 #: A 2-core CPU and a MiniLM-sized model: 256 lines of <= 48 tokens, batch 16, 3 epochs, 8 seeds, a
 #: larger base lr (fewer steps to move the trigger); see benchmarks/LMSANITATOR_RESULTS.md.
 FAST = LMSanitatorConfig(batch_size=16, epochs=3, corpus_limit=256, max_length=48, max_words=40, lr=2e-3,
-                         seeds=8)
+                         seeds=8, entropy_relative=0.05)
 
 PROFILES = {"paper": PAPER, "fast": FAST}
 

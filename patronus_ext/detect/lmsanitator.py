@@ -17,7 +17,8 @@ gradient first exceeds ``converge_grad``; a seed is abandoned when the triggered
 not ``distance_threshold`` away from the clean ones by the end of epoch ``give_up_epoch``.
 After the last epoch the PV is the mean representation over *all* texts with the final
 trigger (one batched pass without gradients; the authors kept the last batch only), and it
-is accepted iff it appeared, its batch entropy is at least ``ln B - entropy_slack``, it is
+is accepted iff it appeared, its batch entropy is at least ``ln B - slack`` (see
+:mod:`.lms_config`: the slack may be capped relative to the clean outputs' spread), it is
 at least ``distance_threshold`` (MSE) from every stored PV and ``T`` lies within
 ``range_factor`` x the embedding range.  Detection mode: backdoored iff a PV is accepted
 (stop at the first); exhaustive mode collects every PV.
@@ -188,7 +189,7 @@ class LMSanitatorReport:
         """Readable lines: verdict, accepted vectors, or the closest rejected seed."""
         lines = [f"{name}: {self.verdict.upper()}  (lmsanitator, {self.timings.get('total', 0.0):.1f} s, "
                  f"{len(self.vectors)} seeds tried)"]
-        bound = self.config.get("entropy_bound")
+        bound = self.model.get("entropy_bound", self.config.get("entropy_bound"))
         for v in self.accepted:
             lines.append(f"  vector seed={v.seed}  distance={v.distance:.3f}  entropy={v.entropy:.4f} (bound "
                          f"{bound:.4f})  trigger range x{v.trigger_norm_ratio:.2f}")
@@ -228,6 +229,10 @@ class _Inversion:
             self.clean = torch.cat([adapter.represent(**self._rows(idx)).float()
                                     for idx in self._chunks(torch.arange(len(texts)))])
         self.embedding = adapter.embedding_matrix().detach()
+        batches = self._chunks(torch.arange(len(texts)), full_only=True)
+        #: Ent of the clean outputs (full batches): how spread a model's representations are without a trigger.
+        self.clean_entropy = (sum(float(batch_entropy(self.clean[idx])) for idx in batches) / len(batches)
+                              if batches else float("nan"))
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -316,7 +321,7 @@ def _run_seed(inv: _Inversion, seed: int, stored: list[torch.Tensor], config: LM
         if not appeared and epoch >= config.give_up_epoch:
             break
     record = PVCandidate(seed=seed, accepted=False, reason="", appeared=appeared, epochs_run=epochs_run,
-                         entropy_bound=config.entropy_bound(), converged_step=converged_step,
+                         entropy_bound=config.entropy_bound(clean_entropy=inv.clean_entropy), converged_step=converged_step,
                          epoch_distance=epoch_distance, epoch_entropy=epoch_entropy)
     if progress is not None and epochs_run < config.epochs:
         progress.update((config.epochs - epochs_run) * (len(inv) // config.batch_size))
@@ -403,7 +408,9 @@ def lmsanitator(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config
         vectors=records,
         config=config.to_dict(),
         model={"type": adapter.model_type, "position": adapter.position, "family": adapter.family,
-               "vocab_size": adapter.vocab_size, "hidden_size": adapter.hidden_size, "texts": len(texts)},
+               "vocab_size": adapter.vocab_size, "hidden_size": adapter.hidden_size, "texts": len(texts),
+               "clean_entropy": inv.clean_entropy,
+               "entropy_bound": config.entropy_bound(clean_entropy=inv.clean_entropy)},
         timings=timings,
         environment=environment(),
     )
