@@ -20,8 +20,8 @@ from patronus_ext.detect.lmsanitator import (_Inversion, batch_entropy, insert_s
 #: (d=32 embeddings span about +-0.1: the fast profile's lr would leave the 1.2x range in a few steps;
 #: a random tiny BERT's clean outputs are nearly constant, so the slack relative to them is off).
 #: Several seeds of the tiny NeuBA plant leave the 1.2x range or stay too spread; 8 seeds leave room.
-TINY = lms_profile("fast", corpus_limit=128, max_length=32, lr=1e-3, epochs=6, give_up_epoch=2, seeds=8,
-                   entropy_relative=None)
+TINY = lms_profile("fast", corpus_limit=128, max_length=32, lr=1e-3, epochs=6, give_up_epoch=2,
+                   seeds=8).replace(entropy_relative=None)  # (a None override would be ignored by lms_profile)
 
 
 def _slow_insert(embeds, mask, trigger, positions):
@@ -170,7 +170,9 @@ def test_mask_position_reads_the_mask_and_inserts_before_it():
                          prompt_template="{text} It was {mask} .", progress=False)
     assert report.model["position"] == "mask" and len(report.vectors) == 1
     mask_adapter = models.ModelAdapter(adapter.model, adapter.tokenizer, position="mask", max_length=25)
-    texts = [" ".join(t.split()[:8]) + " It was [MASK] ." for t in tiny_models.tiny_corpus(32)]
+    from patronus_ext.detect.scan import prepare_texts
+
+    texts = prepare_texts(tiny_models.tiny_corpus(32), mask_adapter, config, "{text} It was {mask} .")
     inv = _Inversion(mask_adapter, texts, config, torch.Generator().manual_seed(0))
     mask_at = (inv.ids == adapter.tokenizer.mask_token_id).long().argmax(1)
     assert (inv.positions <= mask_at).all()
