@@ -15,6 +15,8 @@ def register(subparsers) -> None:
                               description="Multi-trigger contrastive trigger search with verification. "
                               "Exit status: 0 clean, 1 backdoored, 2 error.")
     p.add_argument("model", help="model folder or hub id ('all-MiniLM-L6-v2' = the packaged model)")
+    p.add_argument("--method", choices=("patronus", "lmsanitator"), default="patronus",
+                   help="patronus: trigger search (default); lmsanitator: attack-vector inversion (SPEC.md §3)")
     p.add_argument("--corpus", default="wikitext2", help="clean plain-text corpus: a file (one paragraph per "
                    "line), a built-in name (wikitext2) or hf:NAME (default: wikitext2)")
     p.add_argument("--profile", choices=("fast", "paper"), default="fast",
@@ -42,11 +44,21 @@ def register(subparsers) -> None:
     p.add_argument("--bank-out", help="write the attack-vector bank (one vector per confirmed trigger group, for "
                    "the output monitor) here (default: beside --report as REPORT.bank.safetensors)")
     p.add_argument("--plot", help="write a PCA plot of clean vs triggered representations here (PNG)")
+    lms = p.add_argument_group("lmsanitator (--method lmsanitator)")
+    lms.add_argument("--exhaustive", action="store_true", help="collect every vector (default: stop at the first)")
+    lms.add_argument("--seeds", type=int, help="trigger seeds tried (default: the profile's)")
+    lms.add_argument("--distance-threshold", type=float, help="MSE a vector must keep from the clean outputs "
+                     "and from stored vectors (default: the profile's)")
     add_run_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.method == "lmsanitator":
+        return run_lmsanitator(args)
+    for name in ("exhaustive", "seeds", "distance_threshold"):
+        if getattr(args, name):
+            raise ValueError(f"--{name.replace('_', '-')} applies to --method lmsanitator only")
     from .. import models
     from ..detect import profile, read_scan_corpus, scan
     from ._options import check_outputs, write_report
@@ -95,3 +107,40 @@ def bank_destination(args: argparse.Namespace) -> str | None:
         stem = args.report[:-5] if args.report.endswith(".json") else args.report
         return f"{stem}.bank.safetensors"
     return None
+
+
+#: Options of the Patronus search that mean nothing to LMSanitator.
+_PATRONUS_ONLY = ("word_level", "word_list", "zipf_threshold", "all_words", "triggers", "loops", "rounds",
+                  "verify_texts", "diff_threshold", "poison_threshold", "plot")
+
+
+def run_lmsanitator(args: argparse.Namespace) -> int:
+    """``--method lmsanitator``: invert attack vectors; same report, bank and exit codes as the Patronus scan."""
+    from .. import models
+    from ..bank import save_bank
+    from ..detect.lms_config import lms_profile
+    from ..detect.lmsanitator import lmsanitator, read_lms_corpus
+    from ._options import check_outputs, write_report
+
+    given = [n for n in _PATRONUS_ONLY if getattr(args, n, None) not in (None, False)]
+    if given:
+        raise ValueError(f"--method lmsanitator does not take {', '.join('--' + n.replace('_', '-') for n in given)}")
+    bank_path = bank_destination(args)
+    check_outputs(args, bank_path)
+    config = lms_profile(args.profile, seed=args.seed, seeds=args.seeds, max_length=args.max_length,
+                         distance_threshold=args.distance_threshold,
+                         mode="exhaustive" if args.exhaustive else None)
+    adapter = models.load_adapter(args.model, allow_pickle=args.allow_pickle, device=args.device)
+    corpus = read_lms_corpus(args.corpus, config, args.seed)
+    report = lmsanitator(adapter.model, adapter.tokenizer, corpus, config, position=args.position,
+                         prompt_template=args.prompt_template, progress=not args.quiet)
+    print(report.summary(args.model))
+    payload = report.to_dict()
+    payload["model"]["source"] = args.model
+    payload["bank"] = None
+    if bank_path and report.backdoored:
+        save_bank(report.attack_bank(args.model), bank_path, overwrite=args.force)
+        payload["bank"] = str(bank_path)
+        print(f"bank: {bank_path}", file=sys.stderr)
+    write_report(args, payload)
+    return EXIT_BACKDOORED if report.backdoored else EXIT_CLEAN
