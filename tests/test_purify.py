@@ -4,7 +4,6 @@ and fine-tuning, Fine-mixing and E-PUR arithmetic, the atomic output folder, the
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
