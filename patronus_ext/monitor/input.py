@@ -116,10 +116,21 @@ class InputMonitor:
 
     def match(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``[N, L]`` index into :attr:`triggers` of the trigger covering each position, ``-1`` elsewhere."""
-        word_start = self.table.word_starts(input_ids) if self.table is not None else None
-        hits = match_triggers(input_ids, self._patterns_on(input_ids.device), word_start=word_start)
+        hits = torch.full_like(input_ids, -1)
+        # Fast path: most served inputs hold no trigger's first token at all; only rows that do are matched.
+        patterns = self._patterns_on(input_ids.device)
+        candidate = torch.isin(input_ids, patterns[:, 0])
         if attention_mask is not None:
-            hits = hits.masked_fill(~attention_mask.bool(), -1)
+            candidate &= attention_mask.bool()
+        rows = candidate.any(1).nonzero().flatten()
+        if rows.numel() == 0:
+            return hits
+        ids = input_ids[rows]
+        word_start = self.table.word_starts(ids) if self.table is not None else None
+        found = match_triggers(ids, patterns, word_start=word_start)
+        if attention_mask is not None:
+            found = found.masked_fill(~attention_mask[rows].bool(), -1)
+        hits[rows] = found
         return hits
 
     def flags(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

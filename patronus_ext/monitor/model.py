@@ -120,12 +120,17 @@ class MonitoredModel:
     def forward(self, texts: Sequence[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """``(encoding, representations [B, d], logits [B, C] or None)`` from one forward of the model."""
         enc = self.adapter.tokenize(list(texts), self.max_length)
-        out = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True,
-                         return_dict=True)
-        hidden = getattr(out, "encoder_last_hidden_state", None)
-        if hidden is None:
-            hidden = out.hidden_states[-1] if getattr(out, "hidden_states", None) is not None else out[0]
-        reps = self.adapter.select_position(hidden, enc["input_ids"], enc["attention_mask"]).float()
+        captured: list[torch.Tensor] = []
+        # The backbone's final hidden state, caught on its way to the head: asking the model for every
+        # layer's hidden states costs more than the checks themselves at batch 1.
+        hook = self.adapter.backbone.register_forward_hook(
+            lambda module, args, output: captured.append(output[0] if isinstance(output, tuple)
+                                                         else output.last_hidden_state))
+        try:
+            out = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], return_dict=True)
+        finally:
+            hook.remove()
+        reps = self.adapter.select_position(captured[-1], enc["input_ids"], enc["attention_mask"]).float()
         logits = getattr(out, "logits", None)
         if logits is not None and logits.dim() != 2:
             logits = None  # token-level heads (MLM, causal LM): no single served label
