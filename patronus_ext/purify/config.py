@@ -232,9 +232,10 @@ class MeasureConfig(_Config):
 PROFILES: dict[str, dict[str, Any]] = {
     "adv-pt": {
         "paper": AdvPretrainConfig(),
-        # 150 steps x 16 texts (+16 triggered) at 48 tokens, constant lr 1e-4: the budget that planted the
-        # fast-profile POR (250 steps, lr 1e-4) is enough to undo it; dev loss checked every 25 steps.
-        "fast": AdvPretrainConfig(steps=150, batch_size=16, lr=1e-4, schedule="constant", max_length=48,
+        # 150 steps x 16 texts (+16 triggered) at 48 tokens, lr 5e-5 with linear decay; dev loss every 25 steps.
+        # Measured on the fast-profile POR MiniLM (PURIFY_RESULTS.md): T-ASR 100% -> 28.5%, CACC 1.0 point below
+        # clean fine-tuning; a constant lr 1e-4 removed the backdoor too but cost 2.9 points of CACC.
+        "fast": AdvPretrainConfig(steps=150, batch_size=16, lr=5e-5, schedule="linear", max_length=48,
                                   corpus_limit=3000, dev_texts=64, eval_every=25),
     },
     "adv-ft": {
