@@ -60,7 +60,8 @@ def test_token_vocabulary_keeps_rare_whole_words_only(tokenizer):
 def test_word_vocabulary_rows_match_tokenizer(tokenizer):
     words = ["kaleidoscopic", "cf", "the", "zzyzx", " CF "]
     vocab = word_vocabulary(tokenizer, words, zipf_threshold=4.0, max_tokens=4)
-    # frequent words dropped; the rest lower-cased, stripped, de-duplicated and sorted
+    # frequent words dropped; the rest stripped, sorted and de-duplicated by token ids (on this uncased
+    # tokenizer " CF " is "cf"; a cased one would search both)
     assert vocab.texts == ["cf", "kaleidoscopic", "zzyzx"] and vocab.rows.shape == (3, 4)
     row = vocab.rows[vocab.texts.index("kaleidoscopic")]
     expected = tokenizer(" kaleidoscopic", add_special_tokens=False)["input_ids"]

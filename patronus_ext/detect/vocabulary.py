@@ -195,7 +195,9 @@ def word_vocabulary(tokenizer, words: list[str] | None = None, zipf_threshold: f
         if _is_cased(tokenizer):
             pool += [w.capitalize() for w in pool if w.isalpha()]
     offered = len(pool)
-    chosen = list(dict.fromkeys(w for w in pool if zipf_threshold is None or zipf(w.lower()) < zipf_threshold))
+    # Sorted; where case variants share token ids (an uncased tokenizer), the lowercase one is shown.
+    chosen = sorted(set(w for w in pool if zipf_threshold is None or zipf(w.lower()) < zipf_threshold),
+                    key=lambda w: (w.lower(), not w.islower(), w))
     if not chosen:
         raise ValueError("no searchable word below the Zipf threshold")
     rows = word_token_ids(tokenizer, chosen)
