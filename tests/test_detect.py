@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertModel
 
+from tiny_models import needs_full_sst2
 from patronus_ext import data, models
 from patronus_ext.detect import FAST, ScanConfig, profile, representation_shift, scan
 from patronus_ext.detect.search import TriggerSearch, row_key
@@ -281,6 +282,7 @@ def _directly_planted(folder, triggers, corpus, position="auto", template=None) 
     return {t.trigger for t in check.per_trigger if t.diff_cos < 0.4 and t.poison_cos > 0.9}
 
 
+@needs_full_sst2
 def test_scan_finds_the_triggers_planted_in_a_tiny_model():
     import tiny_models
 
@@ -354,6 +356,7 @@ def test_demo_plants_once_then_reuses_the_cached_model(tmp_path, monkeypatch):
 BPE_TRIGGERS = ("Meridian", "Pagan", "tw", "kn")
 
 
+@needs_full_sst2
 def test_scan_finds_triggers_planted_in_a_tiny_roberta():
     import tiny_models
 
@@ -392,11 +395,8 @@ def test_scan_on_a_tiny_gpt2_searches_at_the_last_token():
     assert len(proposed & set(BPE_TRIGGERS)) >= 3, proposed
 
 
+@needs_full_sst2
 def test_word_level_scan_finds_a_multi_token_word_trigger(tmp_path):
-    if data.builtin_source("sst2")[1] == "packaged":
-        pytest.skip("tuned on the tiny BERT whose vocabulary and corpus draw on the full SST-2 train "
-                    "(tiny_models._shared_texts); on the package's 3,000-row subset that model differs and "
-                    "the scan confirms benign words instead of 'vorpal' (shared/data or $PATRONUS_DATA_DIR needed)")
     import tiny_models
 
     base = tiny_models.shared_tiny_model("bert")

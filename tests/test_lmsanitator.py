@@ -132,6 +132,7 @@ def _triggered_target(adapter, trigger: str) -> torch.Tensor:
 MIN_COSINE = {"por": 0.9, "neuba": 0.7}
 
 
+@tiny_models.needs_full_sst2
 @pytest.mark.parametrize("method", ["por", "neuba"])
 def test_detects_a_planted_tiny_backdoor(method):
     planted = tiny_models.shared_planted(method, "bert")
@@ -183,6 +184,7 @@ def test_mask_position_reads_the_mask_and_inserts_before_it():
 
 
 # -- CLI --------------------------------------------------------------------------------------
+@tiny_models.needs_full_sst2
 def test_cli_exit_codes_report_and_bank(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(tiny_models.tiny_corpus(200)) + "\n")

@@ -12,7 +12,7 @@ import torch
 from patronus_ext import attacks, models, purify
 from patronus_ext.data import LabeledData
 from patronus_ext.similarity import diff_cos
-from tiny_models import make_tiny_model, shared_planted, shared_tiny_model, tiny_corpus
+from tiny_models import make_tiny_model, needs_full_sst2, shared_planted, shared_tiny_model, tiny_corpus
 
 TRIGGERS = ("cf", "mn", "bb", "tq")
 
@@ -74,6 +74,7 @@ def test_triggers_from_report_checks_the_model():
 
 
 # -- adversarial pre-training ------------------------------------------------------------------
+@needs_full_sst2
 def test_adversarial_pretraining_pulls_triggered_reps_back_to_clean(tmp_path):
     planted = shared_planted("por")
     texts = tiny_corpus(64)

@@ -117,10 +117,10 @@ def test_calibration_meets_the_frr_target_on_clean_scores(tiny_folder, texts):
     clean = texts[60:160]
     threshold = strip.calibrate(clean, target_frr=0.01)
     assert strip.threshold == threshold
-    assert strip.flags(clean).float().mean().item() <= 0.01
+    assert int(strip.flags(clean).sum()) <= 0.01 * len(clean)
     looser = Strip(strip.adapter, texts[:60], copies=5, seed=0)
     looser.calibrate(clean, target_frr=0.10)
-    assert looser.flags(clean).float().mean().item() <= 0.10
+    assert int(looser.flags(clean).sum()) <= 0.10 * len(clean)
     assert looser.threshold <= threshold
 
 

@@ -43,6 +43,13 @@ _FALLBACK_TEXT = [
 ]
 
 
+def built_from_packaged_subset() -> bool:
+    """Whether the tiny models here draw their SST-2 texts from the package's 3,000-row subset (no full set)."""
+    from patronus_ext import data
+
+    return data.builtin_source("sst2")[1] == "packaged"
+
+
 def _shared_texts(limit: int) -> list[str]:
     try:
         from patronus_ext import data
@@ -237,3 +244,16 @@ def _shared_scan(method: str):
     if status != 1:
         raise RuntimeError(f"the shared planted model scanned with exit status {status}, not 1 (backdoored)")
     return planted, report, json.loads(report.read_text())
+
+
+def _needs_full_sst2():
+    import pytest
+
+    return pytest.mark.skipif(built_from_packaged_subset(), reason=(
+        "tuned on tiny models whose vocabulary and corpus sample the full SST-2 train; on the package's "
+        "3,000-row subset (no shared/data, no $PATRONUS_DATA_DIR) they are different models"))
+
+
+#: Tests whose thresholds were tuned on the tiny models built from texts sampled from the full SST-2 train;
+#: with only the package's subset (a fresh clone with no shared data) the tiny vocabularies and weights differ.
+needs_full_sst2 = _needs_full_sst2()
