@@ -456,6 +456,7 @@ def test_scan_and_btop_fill_prompts_alike(tokenizer):
         tokenizer("It was [MASK] .", add_special_tokens=False)["input_ids"])
 
 
+@needs_full_sst2
 def test_scan_finds_a_prompt_backdoor_at_the_mask_position():
     import tiny_models
 

@@ -17,7 +17,7 @@ if str(BENCHMARKS) not in sys.path:
 from strip_baseline import Strip, entropy, mean_pairwise_cosine, superimpose  # noqa: E402
 
 from patronus_ext import models  # noqa: E402
-from tiny_models import make_tiny_model, tiny_corpus  # noqa: E402
+from tiny_models import make_tiny_model, needs_full_sst2, tiny_corpus  # noqa: E402
 
 TRIGGER = "cf"
 
@@ -124,6 +124,7 @@ def test_calibration_meets_the_frr_target_on_clean_scores(tiny_folder, texts):
     assert looser.threshold <= threshold
 
 
+@needs_full_sst2
 @pytest.mark.parametrize("head", ["cls", "base"])
 def test_rigged_input_independent_model_is_flagged(tiny_folder, texts, head):
     adapter = _rig(_adapter(tiny_folder, head), TRIGGER)
