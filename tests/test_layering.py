@@ -25,7 +25,8 @@ LAYERS: list[set[str]] = [
     {"validation", "io", "tokens", "similarity"},  # config checks; atomic files, backdoor.json; tokenizer
                                               # facts (special layout, word starts); diff/poison cosines
     {"bank", "hotflip"},                      # the attack-vector bank format; HotFlip candidate scoring
-    {"data", "triggers", "training"},         # corpora, trigger insertion/matching/prompts, the loop
+    {"data", "triggers", "training", "scan_report"},  # corpora, trigger insertion/matching/prompts, the loop,
+                                              # a scan report's triggers checked against a model
     {"models"},                               # adapters, safe loading and saving
     {"attacks", "evaluate"},                  # test subjects and metrics
     {"detect", "monitor", "purify"},          # the defenses

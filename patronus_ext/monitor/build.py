@@ -13,7 +13,6 @@ every face applies before a text reaches the tokenizer.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
@@ -22,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .. import models
+from .. import models, scan_report
 from ..bank import load_bank
 from ..validation import check_int
 from .input import InputMonitor
@@ -60,16 +59,7 @@ def report_bank_path(report: dict, report_path: str | os.PathLike | None) -> str
 
 def read_report(path: str | os.PathLike) -> dict:
     """A scan report as a dict; a missing or non-JSON file is an error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"scan report {path} not found")
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a JSON scan report ({exc})") from exc
-    if not isinstance(payload, dict):
-        raise ValueError(f"{path}: not a scan report (a JSON object is expected)")
-    return payload
+    return scan_report.read_report(path)[0]
 
 
 def build_monitored_model(model: str, report: str | os.PathLike | None = None, bank: str | os.PathLike | None = None,

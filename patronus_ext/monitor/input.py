@@ -13,14 +13,13 @@ the text (character spans from the tokenizer's offsets).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
 
 from .. import tokens
+from ..scan_report import triggers_from_report
 from ..triggers import match_triggers, trigger_ids
 
 
@@ -84,28 +83,10 @@ class InputMonitor:
         ``tokenizer`` (a report of another model's vocabulary), and a report
         with no confirmed trigger.
         """
-        payload, where = _read_report(report)
-        entries = payload.get("triggers")
-        if not isinstance(entries, list):
-            raise ValueError(f"{where}: not a scan report (no 'triggers' list)")
-        if not entries:
-            raise ValueError(f"{where}: the report has no confirmed trigger; nothing to monitor")
-        vocab = len(tokenizer)
-        chosen = []
-        for entry in entries:
-            if not include_variants and entry.get("variant_of"):
-                continue
-            ids = tuple(int(i) for i in entry.get("token_ids") or ())
-            text = str(entry.get("text", ""))
-            if not ids or any(i < 0 or i >= vocab for i in ids):
-                raise ValueError(f"{where}: trigger {text!r} has token ids {list(ids)} outside this tokenizer's "
-                                 f"vocabulary of {vocab}: the report belongs to another model")
-            spelled = tokenizer.decode(list(ids), skip_special_tokens=True,
-                                       clean_up_tokenization_spaces=True).strip()
-            if _norm(spelled) != _norm(text):
-                raise ValueError(f"{where}: trigger {text!r} is {spelled!r} under this tokenizer: "
-                                 "the report belongs to another model")
-            chosen.append(MonitoredTrigger(text, ids, entry.get("group")))
+        found = triggers_from_report(report, tokenizer, include_variants=include_variants,
+                                     purpose="nothing to monitor")
+        chosen = [MonitoredTrigger(text, ids, group)
+                  for text, ids, group in zip(found.words, found.token_ids, found.groups)]
         return cls(tokenizer, chosen, whole_words=whole_words)
 
     # -- checking ----------------------------------------------------------------------------
@@ -187,18 +168,3 @@ def remove_spans(text: str, spans: list[tuple[int, int]]) -> str:
     pieces.append(text[last:])
     return " ".join("".join(pieces).split())
 
-
-def _norm(text: str) -> str:
-    return "".join(text.split()).lower()
-
-
-def _read_report(report: dict | str | os.PathLike) -> tuple[dict, str]:
-    if isinstance(report, dict):
-        return report, "scan report"
-    path = Path(report)
-    if not path.is_file():
-        raise FileNotFoundError(f"scan report {path} not found")
-    try:
-        return json.loads(path.read_text(encoding="utf-8")), str(path)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not JSON ({exc})") from exc
