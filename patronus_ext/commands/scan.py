@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} applies to --method lmsanitator only")
     from .. import models
     from ..detect import profile, read_scan_corpus, scan
-    from ._options import check_outputs, write_report
+    from ._options import check_outputs
     from ..report import scan_summary
 
     bank_path = bank_destination(args)
@@ -81,16 +81,7 @@ def run(args: argparse.Namespace) -> int:
     report = scan(adapter.model, adapter.tokenizer, corpus, config, position=args.position,
                   prompt_template=args.prompt_template, words=words, progress=not args.quiet)
     print(scan_summary(args.model, report))
-    payload = report.to_dict()
-    payload["model"]["source"] = args.model
-    payload["bank"] = None
-    if bank_path and report.backdoored:
-        from ..bank import save_bank
-
-        save_bank(report.attack_bank(args.model), bank_path, overwrite=args.force)
-        payload["bank"] = str(bank_path)
-        print(f"bank: {bank_path}", file=sys.stderr)
-    write_report(args, payload)
+    write_outputs(args, report, bank_path)
     if args.plot:
         from ..plots import plot_representations
 
@@ -117,10 +108,9 @@ _PATRONUS_ONLY = ("word_level", "word_list", "zipf_threshold", "all_words", "tri
 def run_lmsanitator(args: argparse.Namespace) -> int:
     """``--method lmsanitator``: invert attack vectors; same report, bank and exit codes as the Patronus scan."""
     from .. import models
-    from ..bank import save_bank
     from ..detect.lms_config import lms_profile
     from ..detect.lmsanitator import lmsanitator, read_lms_corpus
-    from ._options import check_outputs, write_report
+    from ._options import check_outputs
 
     given = [n for n in _PATRONUS_ONLY if getattr(args, n, None) not in (None, False)]
     if given:
@@ -135,6 +125,15 @@ def run_lmsanitator(args: argparse.Namespace) -> int:
     report = lmsanitator(adapter.model, adapter.tokenizer, corpus, config, position=args.position,
                          prompt_template=args.prompt_template, progress=not args.quiet)
     print(report.summary(args.model))
+    write_outputs(args, report, bank_path)
+    return EXIT_BACKDOORED if report.backdoored else EXIT_CLEAN
+
+
+def write_outputs(args: argparse.Namespace, report, bank_path: str | None) -> None:
+    """The report (naming the model as given) and, for a backdoored verdict, the attack-vector bank."""
+    from ..bank import save_bank
+    from ._options import write_report
+
     payload = report.to_dict()
     payload["model"]["source"] = args.model
     payload["bank"] = None
@@ -143,4 +142,3 @@ def run_lmsanitator(args: argparse.Namespace) -> int:
         payload["bank"] = str(bank_path)
         print(f"bank: {bank_path}", file=sys.stderr)
     write_report(args, payload)
-    return EXIT_BACKDOORED if report.backdoored else EXIT_CLEAN
