@@ -30,6 +30,16 @@ class _Config:
         return dataclasses.replace(self, **changes)
 
 
+def _check_fine_tuning(config, *, epochs_may_be_zero: bool) -> None:
+    """The clean fine-tuning settings the purifiers share (epochs, batch, lr, length, decay, warmup)."""
+    check_range("epochs", config.epochs, 0.0, 1e6, low_open=not epochs_may_be_zero)
+    check_int("batch_size", config.batch_size)
+    check_range("lr", config.lr, 0.0, 1.0, low_open=True)
+    check_int("max_length", config.max_length, 8)
+    check_range("weight_decay", config.weight_decay, 0.0, 1.0)
+    check_range("warmup_ratio", config.warmup_ratio, 0.0, 1.0)
+
+
 @dataclasses.dataclass
 class AdvPretrainConfig(_Config):
     """Adversarial pre-training: ``MSE(rep_θ(x_c), rep_ref(x_c)) + MSE(rep_θ(x_c), rep_θ(x_p))``.
@@ -100,12 +110,7 @@ class AdvFinetuneConfig(_Config):
     def __post_init__(self):
         check_range("extra_rate", self.extra_rate, 0.0, 10.0, low_open=True)
         check_int("insert_num", self.insert_num)
-        check_range("epochs", self.epochs, 0.0, 1e6, low_open=True)
-        check_int("batch_size", self.batch_size)
-        check_range("lr", self.lr, 0.0, 1.0, low_open=True)
-        check_int("max_length", self.max_length, 8)
-        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
-        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        _check_fine_tuning(self, epochs_may_be_zero=False)
         check_int("train_limit", self.train_limit, optional=True)
 
 
@@ -154,12 +159,7 @@ class FineMixConfig(_Config):
         check_range("acc_tolerance", self.acc_tolerance, 0.0, 1.0)
         check_int("clean_limit", self.clean_limit)
         check_int("select_limit", self.select_limit)
-        check_range("epochs", self.epochs, 0.0, 1e6)
-        check_int("batch_size", self.batch_size)
-        check_range("lr", self.lr, 0.0, 1.0, low_open=True)
-        check_int("max_length", self.max_length, 8)
-        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
-        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        _check_fine_tuning(self, epochs_may_be_zero=True)
         check_int("e_pur_top_n", self.e_pur_top_n, 0)
         check_int("min_freq", self.min_freq, 2)
 
@@ -191,12 +191,7 @@ class EPurConfig(_Config):
         check_int("min_freq", self.min_freq, 2)
         check_int("freq_limit", self.freq_limit, optional=True)
         check_int("clean_limit", self.clean_limit)
-        check_range("epochs", self.epochs, 0.0, 1e6)
-        check_int("batch_size", self.batch_size)
-        check_range("lr", self.lr, 0.0, 1.0, low_open=True)
-        check_int("max_length", self.max_length, 8)
-        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
-        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        _check_fine_tuning(self, epochs_may_be_zero=True)
 
 
 @dataclasses.dataclass
@@ -267,3 +262,4 @@ def profile(method: str, name: str = "paper", **overrides):
     if method not in PROFILES:
         raise ValueError(f"method must be one of {', '.join(PROFILES)}; got {method!r}")
     return from_profile(PROFILES[method], name, overrides)
+
