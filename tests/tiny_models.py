@@ -65,8 +65,24 @@ def tiny_corpus(count: int = 64, min_words: int = 8) -> list[str]:
     return (texts * (count // max(1, len(texts)) + 1))[:count]
 
 
+#: The tiny vocabularies, trained once and kept: the tokenizers trainers break count ties in a
+#: per-process hash order, so training them in every run gave every run different tiny models.
+#: Delete the file and run ``python tests/tiny_models.py`` to retrain it.
+VOCAB_FILE = Path(__file__).resolve().parent / "data" / "tiny_vocabularies.json"
+
+
+@functools.lru_cache(maxsize=None)
+def _kept_vocabularies() -> dict | None:
+    if not VOCAB_FILE.is_file():
+        return None
+    return json.loads(VOCAB_FILE.read_text(encoding="utf-8"))
+
+
 @functools.lru_cache(maxsize=None)
 def _wordpiece_vocab() -> dict[str, int]:
+    kept = _kept_vocabularies()
+    if kept is not None:
+        return dict(kept["wordpiece"])
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -81,6 +97,9 @@ def _wordpiece_vocab() -> dict[str, int]:
 
 @functools.lru_cache(maxsize=None)
 def _bpe_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    kept = _kept_vocabularies()
+    if kept is not None:
+        return dict(kept["bpe_vocab"]), [tuple(m) for m in kept["bpe_merges"]]
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -257,3 +276,10 @@ def _needs_full_sst2():
 #: Tests whose thresholds were tuned on the tiny models built from texts sampled from the full SST-2 train;
 #: with only the package's subset (a fresh clone with no shared data) the tiny vocabularies and weights differ.
 needs_full_sst2 = _needs_full_sst2()
+
+
+if __name__ == "__main__":  # retrain the kept vocabularies (after deleting VOCAB_FILE)
+    VOCAB_FILE.parent.mkdir(exist_ok=True)
+    merges = [list(m) for m in _bpe_vocab()[1]]
+    VOCAB_FILE.write_text(json.dumps({"wordpiece": _wordpiece_vocab(), "bpe_vocab": _bpe_vocab()[0],
+                                      "bpe_merges": merges}, sort_keys=True), encoding="utf-8")
