@@ -17,6 +17,7 @@ if str(BENCHMARKS) not in sys.path:
 import _common  # noqa: E402
 import acceptance_scan  # noqa: E402
 import bench_attacks  # noqa: E402
+import bench_monitor  # noqa: E402
 
 
 # -- acceptance_scan ---------------------------------------------------------------------------
@@ -128,3 +129,22 @@ def test_machine_facts_and_results_path(tmp_path):
     json.dumps(facts, default=str)
     path = _common.results_path("bench_x", tmp_path / "new")
     assert path.parent.is_dir() and path.name.startswith("bench_x_") and path.suffix == ".json"
+
+
+# -- bench_monitor -----------------------------------------------------------------------------
+def _monitor_entry(decide_share=0.003, paired=0.01, spread=0.02):
+    added = {name: {"median_s": 0.01, "over_bare": paired, "paired_over_bare": paired, "rounds": 40}
+             for name in bench_monitor.SETUPS}
+    return {"added": added, "noise": {"bare_iqr_share": spread},
+            "monitor_only_share_of_bare": {f"{name}_decide": decide_share for name in ("input", "output", "both")}}
+
+
+def test_bench_monitor_targets():
+    assert bench_monitor.check_targets({"batches": {1: _monitor_entry(), 64: _monitor_entry()}}) == []
+    # The monitors' own work over 2% of the forward fails, whatever the end-to-end noise says.
+    missed = bench_monitor.check_targets({"batches": {1: _monitor_entry(decide_share=0.03)}})
+    assert len(missed) == 2 and all("work is 3.00%" in m for m in missed)
+    # An end-to-end cost beyond 2% + the forward's own spread fails too (a slower forward path).
+    missed = bench_monitor.check_targets({"batches": {64: _monitor_entry(paired=0.05, spread=0.01)}})
+    assert len(missed) == 2 and all("end to end" in m for m in missed)
+    assert bench_monitor.noise({"bare": [1.0, 1.0, 1.1, 1.2, 1.0, 0.9, 1.0, 1.0]})["bare_iqr_share"] == pytest.approx(0.1)

@@ -152,6 +152,26 @@ def test_monitored_model_flags_found_triggers_and_passes_clean_text(scanned):
         assert {r["trigger"] for r in decision.reasons if r["kind"] == "trigger"} <= set(found)
 
 
+def test_decide_on_the_callers_own_forward_matches_check(scanned):
+    planted, payload, adapter = scanned
+    found = [t["text"] for t in payload["triggers"]]
+    monitor = MonitoredModel(adapter.model, adapter.tokenizer,
+                             input_monitor=InputMonitor.from_report(payload, adapter.tokenizer),
+                             output_monitor=OutputMonitor(load_bank(payload["bank"]), "cosine", 0.9), max_length=48)
+    clean, poisoned = _texts(found, 4)
+    texts = clean + poisoned
+    encoding, reps, logits = monitor.forward(texts)
+    decided = [d.to_dict() for d in monitor.decide(texts, encoding, reps, logits)]
+    assert decided == [d.to_dict() for d in monitor.check(texts)]
+    assert [d["flagged"] for d in decided] == [False] * 4 + [True] * 4
+    with pytest.raises(ValueError, match="rows"):
+        monitor.decide(texts[:3], encoding, reps, logits)
+    with pytest.raises(ValueError, match="representations must be"):
+        monitor.decide(texts, encoding, reps[:, :5], logits)
+    with pytest.raises(ValueError, match="attention_mask"):
+        monitor.decide(texts, {"input_ids": encoding["input_ids"]}, reps, logits)
+
+
 @pytest.mark.parametrize("action", ["reject", "strip", "purge"])
 def test_monitored_model_actions(scanned, action):
     planted, payload, adapter = scanned

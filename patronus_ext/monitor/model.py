@@ -150,16 +150,34 @@ class MonitoredModel:
             else:
                 decisions[i] = Decision(False, "error", [], None, error=problem)
         if valid:
+            chosen = [texts[i] for i in valid]
             with self._lock:
-                for i, decision in zip(valid, self._check_valid([texts[i] for i in valid])):
+                for i, decision in zip(valid, self._decide(chosen, *self.forward(chosen))):
                     decisions[i] = decision
         return decisions  # type: ignore[return-value]
 
     __call__ = check
 
+    def decide(self, texts: Sequence[str], encoding: dict[str, torch.Tensor], representations: torch.Tensor,
+               logits: torch.Tensor | None = None) -> list[Decision]:
+        """Decisions from a forward the caller already ran (``forward(texts)``'s outputs): for serving stacks
+        that run the model themselves, so monitoring adds only the checks, never a second pass."""
+        texts = list(texts)
+        ids = encoding.get("input_ids") if isinstance(encoding, dict) else None
+        if ids is None or "attention_mask" not in encoding:
+            raise ValueError("encoding needs 'input_ids' and 'attention_mask' (as forward() returns them)")
+        if ids.shape[0] != len(texts) or representations.shape[0] != len(texts):
+            raise ValueError(f"{len(texts)} texts but encoding has {ids.shape[0]} rows and representations "
+                             f"{representations.shape[0]}")
+        if representations.dim() != 2 or representations.shape[1] != self.adapter.hidden_size:
+            raise ValueError(f"representations must be [B, {self.adapter.hidden_size}], got "
+                             f"{list(representations.shape)}")
+        with self._lock:
+            return self._decide(texts, encoding, representations, logits)
+
     # -- internals ---------------------------------------------------------------------------
-    def _check_valid(self, texts: list[str]) -> list[Decision]:
-        enc, reps, logits = self.forward(texts)
+    def _decide(self, texts: list[str], enc: dict[str, torch.Tensor], reps: torch.Tensor,
+                logits: torch.Tensor | None) -> list[Decision]:
         reasons: list[list[dict[str, Any]]] = [[] for _ in texts]
         lexical = [False] * len(texts)
         matches: list[list[TriggerMatch]] = [[] for _ in texts]
