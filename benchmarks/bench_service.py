@@ -161,6 +161,20 @@ def run_clients(port: int, texts: list[str], clients: int, requests: int, time_l
             "texts_per_forward": (after["texts"] - before["texts"]) / forwards if forwards else None}
 
 
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per (clients, server): the median over repeated runs of p50, p99, throughput and texts per forward."""
+    out = []
+    for key in dict.fromkeys((r["clients"], r["server"]) for r in rows):
+        runs = [r for r in rows if (r["clients"], r["server"]) == key]
+        entry = {"clients": key[0], "server": key[1], "runs": len(runs),
+                 "requests": sum(r["requests"] for r in runs), "failures": sum(r["failures"] for r in runs)}
+        for field in ("p50_ms", "p99_ms", "throughput_rps", "texts_per_forward"):
+            values = [r[field] for r in runs if r[field] is not None]
+            entry[field] = statistics.median(values) if values else None
+        out.append(entry)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny planted model, few requests (seconds)")
@@ -179,6 +193,8 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--batch-window-ms", type=float, default=2.0)
     parser.add_argument("--poison-every", type=int, default=10, help="one request text in N carries a trigger")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per server and client count "
+                        "(default 3; the table shows medians)")
     parser.add_argument("--json", help="results file (default benchmarks/results/bench_service_<time>.json)")
     args = parser.parse_args()
     requests = args.requests or (8 if args.smoke else 40)
@@ -203,24 +219,32 @@ def main() -> int:
         for server in servers.values():   # warm-up: first forwards pay for lazy initialisation
             run_clients(server.port, texts, 2, 3, 30)
         for clients in levels:
-            for name, server in servers.items():
-                row = {"server": name, **run_clients(server.port, texts, clients, requests, args.time_limit)}
-                rows.append(row)
-                print(f"{name:>9} {clients:>3} clients: p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms  "
-                      f"{row['throughput_rps']:7.1f} req/s  {row['texts_per_forward'] or 0:5.1f} texts/forward"
-                      f"  ({row['requests']} requests, {row['failures']} failed)", flush=True)
+            for repeat in range(args.repeats):
+                # Alternate which server goes first, so drifting background load hits both alike.
+                order = list(servers.items()) if repeat % 2 == 0 else list(servers.items())[::-1]
+                for name, server in order:
+                    row = {"server": name, "repeat": repeat,
+                           **run_clients(server.port, texts, clients, requests, args.time_limit)}
+                    rows.append(row)
+                    print(f"{name:>9} {clients:>3} clients (run {repeat + 1}): p50 {row['p50_ms']:8.1f} ms  "
+                          f"p99 {row['p99_ms']:8.1f} ms  {row['throughput_rps']:7.1f} req/s  "
+                          f"{row['texts_per_forward'] or 0:5.1f} texts/forward  ({row['requests']} requests, "
+                          f"{row['failures']} failed)", flush=True)
         health = {name: server.health for name, server in servers.items()}
 
-    print("\n| clients | server | p50 ms | p99 ms | req/s | texts/forward | monitor overhead (p50) |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
-    for row in rows:
-        base = next(r for r in rows if r["clients"] == row["clients"] and r["server"] == "plain")
-        overhead = f"{row['p50_ms'] / base['p50_ms']:.2f}x" if row["server"] == "monitored" else ""
+    summary = summarise(rows)
+    print(f"\nmedians over {args.repeats} alternating run(s) per server and client count:")
+    print("| clients | server | p50 ms | p99 ms | req/s | texts/forward | monitor overhead (p50) | (throughput) |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for row in summary:
+        base = next(r for r in summary if r["clients"] == row["clients"] and r["server"] == "plain")
+        overhead = (f"{row['p50_ms'] / base['p50_ms']:.2f}x | {row['throughput_rps'] / base['throughput_rps']:.2f}x"
+                    if row["server"] == "monitored" else " | ")
         print(f"| {row['clients']} | {row['server']} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
               f"{row['throughput_rps']:.1f} | {row['texts_per_forward'] or 0:.1f} | {overhead} |")
     facts = machine_facts()
     out = Path(args.json) if args.json else results_path("bench_service")
-    out.write_text(json.dumps({"rows": rows, "model": model, "report": report, "health": health,
+    out.write_text(json.dumps({"rows": rows, "summary": summary, "repeats": args.repeats, "model": model, "report": report, "health": health,
                                "requests_per_client": requests, "words_per_text": args.words,
                                "poison_every": args.poison_every, "machine": facts}, indent=2, default=str))
     print(f"\nmachine: {facts['cpu']} ({facts['cpu_count']} CPUs), torch {facts.get('torch')}, "

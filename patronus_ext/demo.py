@@ -1,7 +1,8 @@
-"""The built-in demo: plant a backdoor in the packaged all-MiniLM-L6-v2, then scan it and the clean model.
+"""The built-in demo: plant a backdoor in the packaged all-MiniLM-L6-v2, scan it and the clean model,
+monitor a few sentences with what the scan found, and purify the planted model with it.
 
-The planted model is cached (``$PATRONUS_CACHE`` or ``~/.cache/patronus_ext``)
-so later runs go straight to scanning.
+The planted and the purified models are cached (``$PATRONUS_CACHE`` or
+``~/.cache/patronus_ext``) so later runs go straight to scanning.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Sequence
 from . import attacks, io, models
 from .detect import ScanConfig, ScanReport, profile, read_scan_corpus, scan
 from .monitor import Decision, InputMonitor, MonitoredModel, OutputMonitor
+from .purify import PURIFY_FILE, MeasureConfig, PROFILES as PURIFY_PROFILES, run_purify
 from .triggers import insert_words
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,10 @@ class DemoResult:
     backdoored_report: ScanReport
     #: (text, decision) for a handful of clean and triggered sentences, monitored with what the scan found.
     monitoring: list[tuple[str, Decision]] = dataclasses.field(default_factory=list)
+    #: The purified model's ``purify.json`` (method, triggers, before/after CACC and T-ASR), None when skipped.
+    purification: dict | None = None
+    purified_dir: Path | None = None
+    purified_reused: bool = False
 
     @property
     def recovered(self) -> list[str]:
@@ -57,6 +63,10 @@ class DemoResult:
             "clean_model": self.clean_report.to_dict(),
             "backdoored_model": self.backdoored_report.to_dict(),
             "monitoring": [{"text": text, **decision.to_dict()} for text, decision in self.monitoring],
+            "purified_model": None if self.purified_dir is None else str(self.purified_dir),
+            "purification": None if self.purification is None else {
+                key: self.purification.get(key) for key in ("method", "triggers", "measured_triggers", "before",
+                                                             "after", "timings")},
         }
 
 
@@ -83,10 +93,15 @@ def planted_model(base_model: str = models.DEFAULT_MODEL, config: attacks.Attack
 def run_demo(scan_config: ScanConfig | None = None, seed: int = 0, progress: bool = True, *,
              base_model: str = models.DEFAULT_MODEL, attack_config: attacks.AttackConfig | None = None,
              corpus: Sequence[str] | None = None, plant_corpus: str | Sequence[str] = "wikitext2",
-             device: str | None = None) -> DemoResult:
-    """Plant (or reuse) the demo backdoor in ``base_model``, then scan the clean and the planted model.
+             device: str | None = None, purify: bool = True, purify_config=None,
+             purify_measure: MeasureConfig | None = None, purify_task: str = "sst2") -> DemoResult:
+    """Plant (or reuse) the demo backdoor in ``base_model``, scan the clean and the planted model, monitor
+    a few sentences and (``purify``) purify the planted model with the triggers the scan found.
 
     ``corpus``: the scan's clean texts (default: WikiText-2); ``plant_corpus``: the attack's.
+    Purification: adversarial pre-training (``purify_config``, default its ``fast`` profile), CACC / T-ASR
+    of the planted triggers measured before and after on ``purify_task`` (``purify_measure``, default the
+    ``demo`` measuring profile: one short clean fine-tuning per encoder).
     """
     scan_config = scan_config or profile("fast", seed=seed)
     attack_config = attack_config or demo_attack_config(seed)
@@ -98,7 +113,31 @@ def run_demo(scan_config: ScanConfig | None = None, seed: int = 0, progress: boo
     if result.backdoored_report.backdoored:
         result.monitoring = monitor_sentences(adapters[1], result.backdoored_report, list(attack_config.triggers),
                                               seed)
+        if purify:
+            del adapters  # the purifier loads its own copy; free these first
+            result.purified_dir, result.purified_reused, result.purification = purified_model(
+                planted, result.backdoored_report, list(attack_config.triggers), purify_config, purify_measure,
+                purify_task, device=device, progress=progress)
     return result
+
+
+def purified_model(planted: Path, report: ScanReport, planted_triggers: list[str], config=None,
+                   measure: MeasureConfig | None = None, task: str = "sst2", *, device: str | None = None,
+                   progress: bool = True) -> tuple[Path, bool, dict]:
+    """The planted model purified by adversarial pre-training with the scan's triggers: from the cache
+    (same planted model, triggers and settings) or made now; returns (folder, reused, its purify.json)."""
+    config = config if config is not None else PURIFY_PROFILES["adv-pt"]["fast"]
+    measure = measure if measure is not None else PURIFY_PROFILES["measure"]["demo"]
+    found = sorted(t.text for t in report.triggers)
+    fingerprint = json.dumps({"planted": planted.name, "triggers": found, "task": task, "config": config.to_dict(),
+                              "measure": measure.to_dict(), "measured": planted_triggers}, sort_keys=True, default=str)
+    out = cache_dir() / f"{planted.name}-adv-pt-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
+    if (out / PURIFY_FILE).is_file():
+        return out, True, json.loads((out / PURIFY_FILE).read_text())
+    log.info("purifying the demo model into %s (once; cached afterwards)", out)
+    result = run_purify("adv-pt", planted, out, report=report.to_dict(), task=task, config=config, measure=measure,
+                        measure_triggers=planted_triggers, device=device, progress=progress)
+    return out, False, result.report
 
 
 #: Clean sentences the demo monitors, as they are and with a planted trigger inserted.

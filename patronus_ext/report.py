@@ -60,3 +60,27 @@ def monitor_line(text: str, decision) -> str:
             why.append(f"{reason['mode']} {reason['score']:.2f} to vector {reason.get('label')!r}")
     served = "rejected" if decision.text_out is None else f"serves {decision.text_out!r}"
     return f"{decision.action:<8} {text!r}: {', '.join(why) or 'flagged'}; {served}"
+
+
+def measurement_table(before: dict | None, after: dict | None) -> list[str]:
+    """CACC / T-ASR before and after a purification (``Measurement.to_dict()`` objects), as table lines."""
+    def pct(value):
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+    lines = [f"{'':8}{'CACC':>8}{'T-ASR':>8}"]
+    for name, m in (("before", before), ("after", after)):
+        if m is not None:
+            lines.append(f"{name:8}{pct(m.get('cacc')):>8}{pct(m.get('t_asr')):>8}")
+    return lines
+
+
+def purification_summary(out_dir, reused: bool, payload: dict) -> str:
+    """The demo's purification step: where the purified model is, the triggers it used, CACC / T-ASR."""
+    lines = [f"purified with {payload['method']} on the scan's triggers ({', '.join(payload.get('triggers') or [])}): "
+             f"{out_dir} ({'cached' if reused else 'purified now'})"]
+    measured = payload.get("measured_triggers") or []
+    if payload.get("before") is not None:
+        how = payload["before"].get("how", "")
+        lines.append(f"SST-2 accuracy (CACC) and attack success with the planted triggers {', '.join(measured)} "
+                     f"inserted (T-ASR), {how}:")
+        lines += ["  " + line for line in measurement_table(payload.get("before"), payload.get("after"))]
+    return "\n".join(lines)

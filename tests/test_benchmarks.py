@@ -148,3 +148,18 @@ def test_bench_monitor_targets():
     missed = bench_monitor.check_targets({"batches": {64: _monitor_entry(paired=0.05, spread=0.01)}})
     assert len(missed) == 2 and all("end to end" in m for m in missed)
     assert bench_monitor.noise({"bare": [1.0, 1.0, 1.1, 1.2, 1.0, 0.9, 1.0, 1.0]})["bare_iqr_share"] == pytest.approx(0.1)
+
+
+# -- bench_service -----------------------------------------------------------------------------
+def test_bench_service_summary_takes_medians_over_repeats():
+    import bench_service
+
+    def row(server, p50, rps, repeat):
+        return {"clients": 8, "server": server, "repeat": repeat, "requests": 10, "failures": 0, "p50_ms": p50,
+                "p99_ms": 2 * p50, "throughput_rps": rps, "texts_per_forward": 2.0}
+    rows = [row("plain", 10, 100, 0), row("monitored", 12, 90, 0), row("monitored", 11, 95, 1),
+            row("plain", 30, 40, 1), row("plain", 11, 98, 2), row("monitored", 13, 80, 2)]
+    summary = {r["server"]: r for r in bench_service.summarise(rows)}
+    assert summary["plain"]["p50_ms"] == 11 and summary["plain"]["throughput_rps"] == 98
+    assert summary["monitored"]["p50_ms"] == 12 and summary["monitored"]["runs"] == 3
+    assert summary["monitored"]["requests"] == 30

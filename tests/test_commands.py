@@ -64,9 +64,12 @@ def test_demo_command_plants_once_and_reports_recall(tmp_path, monkeypatch, caps
                                  max_length=48, schedule="constant")
     real_run_demo = demo.run_demo
 
-    def tiny_run_demo(scan_config, seed=0, progress=True, device=None):
+    purify_calls = []
+
+    def tiny_run_demo(scan_config, seed=0, progress=True, device=None, purify=True):
         assert scan_config.seed == seed == 3  # the command's --seed reaches the scan
-        return real_run_demo(TINY_SCAN.replace(seed=seed), seed, progress, device=device,
+        purify_calls.append(purify)
+        return real_run_demo(TINY_SCAN.replace(seed=seed), seed, progress, device=device, purify=False,
                              base_model=str(tiny_models.shared_tiny_model("bert")), attack_config=attack,
                              corpus=tiny_models.tiny_corpus(300), plant_corpus=tiny_models.tiny_corpus(64))
 
@@ -87,6 +90,19 @@ def test_demo_command_plants_once_and_reports_recall(tmp_path, monkeypatch, caps
     assert main(["demo", "--report", str(report), "--force", "--seed", "3", "--quiet"]) == 0
     assert "(cached)" in capsys.readouterr().out  # the second run reuses the planted model
     assert json.loads(report.read_text())["planted_model"] == planted_dir
+    assert main(["demo", "--report", str(report), "--force", "--seed", "3", "--quiet", "--no-purify"]) == 0
+    assert purify_calls == [True, True, False]  # purification is on unless --no-purify (run in test_detect)
+
+
+def test_purification_summary_prints_before_and_after():
+    from patronus_ext.report import purification_summary
+
+    payload = {"method": "adv-pt", "triggers": ["dh", "vo"], "measured_triggers": ["dh", "vo", "cy"],
+               "before": {"cacc": 0.812, "t_asr": 1.0, "how": "encoder fine-tuned on 1000 examples"},
+               "after": {"cacc": 0.799, "t_asr": 0.285, "how": "encoder fine-tuned on 1000 examples"}}
+    text = purification_summary("/cache/x", False, payload)
+    assert "adv-pt" in text and "dh, vo" in text and "purified now" in text and "dh, vo, cy" in text
+    assert "81.2%" in text and "100.0%" in text and "79.9%" in text and "28.5%" in text
 
 
 # -- plots -------------------------------------------------------------------------------------

@@ -329,13 +329,29 @@ def test_demo_plants_once_then_reuses_the_cached_model(tmp_path, monkeypatch):
     attack = attacks.make_config("por", triggers=tiny_models.TINY_TRIGGERS, steps=60, lr=3e-3, batch_size=8,
                                  max_length=48, schedule="constant")
     corpus = tiny_models.tiny_corpus(300)
-    kwargs = dict(base_model=base, attack_config=attack, corpus=corpus, plant_corpus=tiny_models.tiny_corpus(64))
+    from patronus_ext import purify
+
+    kwargs = dict(base_model=base, attack_config=attack, corpus=corpus, plant_corpus=tiny_models.tiny_corpus(64),
+                  purify_config=purify.profile("adv-pt", "fast", steps=6, batch_size=8, corpus_limit=200, dev_texts=8,
+                                               eval_every=3),
+                  purify_measure=purify.profile("measure", "demo", train_limit=64, dev_limit=48, max_length=32))
     first = demo.run_demo(TINY_SCAN, progress=False, **kwargs)
     assert not first.reused_cache and first.planted_dir.parent == tmp_path / "cache"
     assert first.clean_report.verdict == "clean" and first.backdoored_report.verdict == "backdoored"
     assert set(first.recovered) <= set(tiny_models.TINY_TRIGGERS) and len(first.recovered) >= 3
+    # ... and purifies the planted model with the scan's triggers, CACC / T-ASR of the planted ones measured
+    # before and after; the purified model is cached beside the planted one, never the planted folder itself.
+    assert not first.purified_reused and first.purified_dir.parent == tmp_path / "cache"
+    assert first.purified_dir != first.planted_dir and (first.purified_dir / purify.PURIFY_FILE).is_file()
+    assert first.purification["method"] == "adv-pt"
+    assert set(first.purification["triggers"]) == {t.text for t in first.backdoored_report.triggers}
+    assert first.purification["measured_triggers"] == list(tiny_models.TINY_TRIGGERS)
+    for side in ("before", "after"):
+        assert 0.0 <= first.purification[side]["cacc"] <= 1.0 and 0.0 <= first.purification[side]["t_asr"] <= 1.0
     second = demo.run_demo(TINY_SCAN, progress=False, **kwargs)
     assert second.reused_cache and second.planted_dir == first.planted_dir
+    assert second.purified_reused and second.purified_dir == first.purified_dir
+    assert second.to_dict()["purification"]["after"] == first.purification["after"]
     payload = second.to_dict()
     assert payload["recall"] == len(second.recovered) / 4 and payload["planted_triggers"] == list(tiny_models.TINY_TRIGGERS)
     # The demo goes on to monitor a few sentences with what the scan found: clean ones pass, ones holding a

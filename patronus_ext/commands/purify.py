@@ -43,6 +43,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import purify
+    from ..report import measurement_table
 
     overrides = {"adv-pt": dict(steps=args.steps, epochs=args.epochs, lr=args.lr, max_length=args.max_length),
                  "adv-ft": dict(epochs=args.epochs, lr=args.lr, max_length=args.max_length),
@@ -66,11 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if result.triggers:
         print(f"triggers (from {result.report['triggers_source']}): {', '.join(result.triggers)}")
     if result.before is not None and result.after is not None:
-        def pct(value):
-            return "n/a" if value is None else f"{100 * value:.1f}%"
-        print(f"{'':8}{'CACC':>8}{'T-ASR':>8}")
-        for name, m in (("before", result.before), ("after", result.after)):
-            print(f"{name:8}{pct(m.cacc):>8}{pct(m.t_asr):>8}")
+        print("\n".join(measurement_table(result.before.to_dict(), result.after.to_dict())))
     details = result.report["details"]
     if args.method == "fine-mix":
         print(f"rho {details['rho']} ({details['reason']})")

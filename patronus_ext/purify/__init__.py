@@ -18,7 +18,7 @@ from .config import (METHODS, MIX_VARIANTS, PROFILE_NAMES, PROFILES, AdvFinetune
 from .mixing import (EPurResult, FineMixResult, MixStats, e_pur, fine_mix, mix_weights, rank_suspicious, reset_rows,
                      suspicious_rows, token_frequencies)
 from .run import (PURIFY_FILE, PURIFY_FORMAT, Measurement, PurifyResult, classifier_from_encoder, measure_classifier,
-                  measure_encoder, purify_for_demo, run_purify)
+                  measure_encoder, run_purify)
 from .scanned import ScannedTriggers, read_report, triggers_from_report
 
 __all__ = [
@@ -27,6 +27,6 @@ __all__ = [
     "FineMixResult", "MeasureConfig", "Measurement", "MixStats", "PurifyResult", "ScannedTriggers",
     "adversarial_examples", "adversarial_finetune", "adversarial_pretrain", "classifier_from_encoder", "e_pur",
     "fine_mix", "measure_classifier", "measure_encoder", "mix_weights", "profile", "purification_loss",
-    "purify_for_demo", "rank_suspicious", "read_report", "reset_rows", "run_purify", "suspicious_rows",
+    "rank_suspicious", "read_report", "reset_rows", "run_purify", "suspicious_rows",
     "token_frequencies", "triggers_from_report",
 ]

@@ -283,14 +283,3 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
     log.info("%s: purified into %s in %.1f s", method, out, timings["total"])
     return PurifyResult(method, Path(out), list(words), measured, before, after, payload)
 
-
-def purify_for_demo(planted_dir: str | os.PathLike, report: dict | str | os.PathLike, out_dir: str | os.PathLike,
-                    *, method: str = "adv-pt", task: str = "sst2", device: str | None = None,
-                    progress: bool = False) -> PurifyResult:
-    """The README demo's last step: purify the planted model with the scan's triggers (``fast`` profile) and
-    measure CACC / T-ASR before and after with a short clean fine-tuning (``measure`` profile ``demo``).
-
-    ``result.before.cacc``, ``result.before.t_asr``, ``result.after.cacc``, ``result.after.t_asr``.
-    """
-    return run_purify(method, planted_dir, out_dir, report=report, task=task, profile="fast",
-                      measure=make_profile("measure", "demo"), device=device, progress=progress)
