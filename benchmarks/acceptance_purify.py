@@ -100,7 +100,8 @@ def stage(name: str, work: Path) -> dict:
         return _save(work, name, _purify_row(work, "adv-pt", work / "por", "por-advpt", report=work / "scan-report.json",
                                              measure_triggers=POR_TRIGGERS))
     if name == "rescan":
-        return _save(work, name, _scan(work, work / "por-advpt", work / "rescan-report.json"))
+        purified = Path(stage("adv-pt", work).get("out") or work / "por-advpt")  # the adv-pt row's output
+        return _save(work, name, {**_scan(work, purified, work / "rescan-report.json"), "model": str(purified)})
     if name == "adv-ft":
         return _save(work, name, _purify_row(work, "adv-ft", work / "por", "por-advft", report=work / "scan-report.json",
                                              measure_triggers=POR_TRIGGERS))

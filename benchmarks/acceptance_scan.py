@@ -51,6 +51,8 @@ class Subject:
     word_level: bool = False
     position: str = "auto"
     prompt_template: str | None = None
+    all_words: bool = False       # scan with no rarity cut (--all-words): the triggers are common words
+    targeted: bool = True         # False: an untargeted backdoor (BadPre) that Patronus is not built to see
 
     @property
     def backdoored(self) -> bool:
@@ -67,6 +69,13 @@ SUBJECTS = {s.name: s for s in [
             prompt_template="{text} It was {mask} ."),
     Subject("por_s0_sst2", "finetune", triggers=("dh", "vo", "cy", "ak"), base="por_s0", task="sst2"),
     Subject("por_words", "attack", "por", ("quixotic", "bamboozle", "thimble", "walrus"), seed=0, word_level=True),
+    # Issue 10's subjects: attacks aimed at the scan's own statistics, UOR, an untargeted backdoor, and a
+    # POR with common words (Zipf 4.0-4.5: pt 4.04, cm 4.27, km 4.37, ft 4.52), scanned with --all-words.
+    Subject("adaptive1", "attack", "adaptive1", ("dh", "vo", "cy", "ak"), seed=0),
+    Subject("adaptive2", "attack", "adaptive2", ("ev", "xx", "mb", "wb"), seed=1),
+    Subject("uor", "attack", "uor", ("dh", "vo", "cy", "ak"), seed=0),
+    Subject("badpre", "attack", "badpre", ("dh", "vo", "cy", "ak"), seed=0, targeted=False),
+    Subject("por_common", "attack", "por", ("pt", "cm", "km", "ft"), seed=0, all_words=True),
     Subject("clean", "packaged"),
     Subject("clean_sst2", "finetune", base="clean", task="sst2"),
     Subject("clean_agnews", "finetune", base="clean", task="agnews"),
@@ -95,6 +104,9 @@ def subject_path(subject: Subject, work: Path) -> str:
 def run_subject(subject: Subject, work: Path, profile_name: str, seed: int) -> dict:
     source = subject_path(subject, work)
     config = profile(profile_name, seed=seed, word_level=subject.word_level or None)
+    if subject.all_words:
+        config = config.replace(zipf_threshold=None)
+    planted_triggers = _planted_triggers(source, subject)
     corpus = read_scan_corpus("wikitext2", config, seed)
     adapter = models.load_adapter(source, device="cpu")
     model, tokenizer = adapter.model, adapter.tokenizer
@@ -103,12 +115,14 @@ def run_subject(subject: Subject, work: Path, profile_name: str, seed: int) -> d
                   prompt_template=subject.prompt_template, progress=False)
     wall = time.perf_counter() - started
     found = [t.text for t in report.triggers]
-    planted = set(subject.triggers)
+    planted = set(planted_triggers)
     extra = [t for t in report.triggers if t.text not in planted]
     return {
-        "subject": subject.name, "backdoored": subject.backdoored, "verdict": report.verdict,
-        "planted": list(subject.triggers), "found": found,
-        "recall": detection_recall(subject.triggers, found) if subject.triggers else None,
+        "subject": subject.name, "backdoored": subject.backdoored, "targeted": subject.targeted,
+        "verdict": report.verdict, "planted": list(planted_triggers), "found": found,
+        "recall": detection_recall(planted_triggers, found) if planted_triggers else None,
+        "precision": (len(found) - len(extra)) / len(found) if found else None,
+        "coverage": report.to_dict().get("coverage"),
         "not_planted": [{"text": t.text, "variant_of": t.variant_of, "diff_cos": t.diff_cos,
                          "poison_cos": t.poison_cos, "in_clean_base": shift}
                         for t, shift in zip(extra, _clean_base_shift([t.text for t in extra], corpus, config, subject))],
@@ -116,6 +130,14 @@ def run_subject(subject: Subject, work: Path, profile_name: str, seed: int) -> d
         "closest_benign_candidate": _closest(report, planted),
         "scan_seconds": wall, "timings": report.timings, "profile": profile_name, "seed": seed,
     }
+
+
+def _planted_triggers(source: str, subject: Subject) -> tuple[str, ...]:
+    """The triggers the model really carries: backdoor.json's (UOR refines its triggers while planting)."""
+    info = Path(source) / "backdoor.json"
+    if subject.kind == "attack" and info.is_file():
+        return tuple(json.loads(info.read_text()).get("triggers") or subject.triggers)
+    return subject.triggers
 
 
 def _clean_base_shift(words: list[str], corpus: list[str], config, subject: Subject) -> list[dict]:
@@ -147,6 +169,8 @@ def check_targets(rows: list[dict]) -> list[str]:
     >= TARGET_RECALL, a benign one ``clean``.  Empty when every target is met."""
     missed = []
     for r in rows:
+        if r["backdoored"] and not r.get("targeted", True):
+            continue  # untargeted (BadPre): reported, not a target -- see CPU_RESULTS.md
         if r["backdoored"]:
             if r["verdict"] != "backdoored":
                 missed.append(f"{r['subject']}: verdict {r['verdict']!r} on a backdoored model (want 'backdoored')")
