@@ -12,8 +12,9 @@ Semantics (SPEC.md §6):
     ``rows=None`` every table row is a candidate (``T = 1``); a ``-1`` in ``rows``
     is padding and contributes 0.  Returns ``values [N, k]`` (descending) and
     ``indices [N, k]`` into the candidates.  The ``[N, W]`` score matrix is never
-    materialised.  NaN scores rank like ``-inf`` and are never reported: a slot
-    that would hold one gets value ``-inf`` and index ``-1``.  Ties between equal
+    materialised.  NaN scores are never selected (every real score, ``-inf``
+    included, outranks them): a slot with no real score left gets value ``-inf``
+    and index ``-1``.  Ties between equal
     scores may come in any order.  ``precision`` selects the CUDA path
     (``"exact"`` fp32, ``"tf32"`` or ``"bf16"`` tensor cores); CPU kernels are
     always exact.

@@ -39,15 +39,21 @@ def gather_word_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return emb.reshape(rows.shape[0], -1)
 
 
+def _ranked(keys: torch.Tensor, nan: torch.Tensor, k: int) -> torch.Tensor:
+    """Positions of the best ``k`` per row: every non-NaN entry (a real -inf included) before every NaN,
+    then larger key first, then lower position (two stable sorts)."""
+    by_nan = torch.argsort(nan.to(torch.int8), dim=1, stable=True)
+    by_key = torch.sort(torch.gather(keys, 1, by_nan), dim=1, descending=True, stable=True).indices
+    return torch.gather(by_nan, 1, by_key)[:, :k]
+
+
 def _select_topk(scores: torch.Tensor, base: int, k: int):
-    """Top-k of a score tile with NaN ranked like -inf (overwrites ``scores``); returns value,
+    """Top-k of a score tile, NaN ranked after every real score (overwrites ``scores``); returns value,
     global index, nan flag."""
     nan = torch.isnan(scores)
     keyed = scores.masked_fill_(nan, float("-inf"))
-    kk = min(k, scores.shape[1])
-    values, local = torch.topk(keyed, kk, dim=1)
-    was_nan = torch.gather(nan, 1, local)
-    return values, local + base, was_nan
+    local = _ranked(keyed, nan, min(k, scores.shape[1]))
+    return torch.gather(keyed, 1, local), local + base, torch.gather(nan, 1, local)
 
 
 def token_topk(queries: torch.Tensor, table: torch.Tensor, k: int,
@@ -73,11 +79,11 @@ def token_topk(queries: torch.Tensor, table: torch.Tensor, k: int,
         cat_v = torch.cat([best_v, v], 1)
         cat_i = torch.cat([best_i, i], 1)
         cat_nan = torch.cat([best_nan, nan], 1)
-        keep = min(k, cat_v.shape[1])
-        best_v, pos = torch.topk(cat_v, keep, dim=1)
+        pos = _ranked(cat_v, cat_nan, min(k, cat_v.shape[1]))  # earlier tiles first: lower index on ties
+        best_v = torch.gather(cat_v, 1, pos)
         best_i = torch.gather(cat_i, 1, pos)
         best_nan = torch.gather(cat_nan, 1, pos)
-    # A selected NaN is reported as an empty slot: value -inf, index -1.
+    # A NaN selected only for want of real scores is reported as an empty slot: value -inf, index -1.
     best_i = best_i.masked_fill(best_nan, -1)
     best_v = best_v.masked_fill(best_nan, float("-inf"))
     return best_v.to(torch.float32 if acc == torch.float32 else acc), best_i

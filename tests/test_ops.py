@@ -88,6 +88,18 @@ def test_token_topk_nan_scores_are_never_reported(backend, generator, k):
         assert bool((indices[:2, 5:] == -1).all())
 
 
+def test_token_topk_a_real_minus_inf_outranks_nan(backend):
+    """Every backend: NaN is never selected, a real -inf score is (with its index)."""
+    queries = torch.ones((2, 4))
+    table = torch.full((6, 4), 0.5)
+    table[[0, 3]] = math.nan          # NaN scores at the lowest indices
+    table[4] = math.inf               # q . e = +inf -> score -inf (negate=True)
+    values, indices = run_topk(backend, queries, table, 5)
+    for r in range(2):
+        assert set(indices[r].tolist()[:3]) == {1, 2, 5} and indices[r].tolist()[3:] == [4, -1]  # ties: any order
+        assert values[r, 3].item() == -math.inf and values[r, 4].item() == -math.inf
+
+
 def test_token_topk_nan_in_a_large_vocabulary(backend, generator):
     """NaN columns scattered across vocabulary tiles and splits."""
     queries = random_tensor((3, 16), torch.float32, generator)

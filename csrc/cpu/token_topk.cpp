@@ -26,19 +26,17 @@ constexpr int64_t kGatherTileBytes = 2 << 20;      // gathered table tile bound
 constexpr int64_t kCandidateBytes = 8 << 20;       // candidate buffers per item
 constexpr int64_t kEmptyCode = INT64_MAX;          // an unfilled slot
 
-// A selected entry: `code` is the index, -(index + 2) for a NaN score (ranked
-// as -inf, reported as empty), or kEmptyCode.
+// A selected entry: `code` is the index or kEmptyCode (NaN scores are never
+// offered: a real -inf outranks them, as in the CUDA kernels).
 template <typename A>
 struct Candidate {
   A key;
   int64_t code;
 };
 
-inline int64_t real_index(int64_t code) { return code >= 0 ? code : -(code + 2); }
-
 template <typename A>
 inline bool better(const Candidate<A>& x, const Candidate<A>& y) {
-  return x.key > y.key || (x.key == y.key && real_index(x.code) < real_index(y.code));
+  return x.key > y.key || (x.key == y.key && x.code < y.code);  // empty slots (kEmptyCode) last
 }
 
 // Running top-k of one row over candidates offered in ascending index order.
@@ -53,12 +51,8 @@ struct RowSelector {
   inline bool rejects(A key) const { return has_threshold && !(key > threshold); }
 
   inline void offer(A key, int64_t index) {
-    if (rejects(key)) return;
-    if (key != key) {
-      buf[count++] = {-std::numeric_limits<A>::infinity(), -(index + 2)};
-    } else {
-      buf[count++] = {key, index};
-    }
+    if (rejects(key) || key != key) return;  // NaN is never selected
+    buf[count++] = {key, index};
     if (count == cap) prune();
   }
 
@@ -222,9 +216,9 @@ void token_topk_typed(const Runtime& rt, const TopkProblem<T>& p, A* values, int
       }
     });
   }
-  // NaN and empty codes become the documented empty slot: value -inf, index -1.
+  // Slots no non-NaN candidate filled become the documented empty slot: value -inf, index -1.
   for (int64_t i = 0; i < p.n * p.k; ++i) {
-    if (indices[i] < 0 || indices[i] == kEmptyCode) {
+    if (indices[i] == kEmptyCode) {
       indices[i] = -1;
       values[i] = -std::numeric_limits<A>::infinity();
     }

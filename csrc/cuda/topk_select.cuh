@@ -11,9 +11,9 @@
 // sort) and merges it into the row's list (merge path: binary searches in
 // shared memory), truncating at k; once the list holds k entries `lo` becomes
 // the next float above the k-th value.  Ties between equal scores may go either
-// way (the semantics allow any order), NaN scores are dropped (they rank like
-// -inf; a row with fewer than k non-NaN scores gets (-inf, -1) in the missing
-// slots, which is what the CPU kernel reports for a selected NaN).
+// way (the semantics allow any order), NaN scores are dropped (a real -inf
+// outranks them; a row with fewer than k non-NaN scores gets (-inf, -1) in the
+// missing slots, as the CPU kernel and the reference report).
 #pragma once
 
 #include <cstdint>
