@@ -12,7 +12,7 @@ import logging
 import sys
 
 #: Sub-command modules; each defines ``register(subparsers)`` which sets ``func``.
-COMMANDS = ("demo", "scan", "calibrate", "attack", "evaluate", "monitor", "serve", "purify")
+COMMANDS = ("demo", "scan", "calibrate", "attack", "evaluate", "monitor", "serve", "purify", "audit")
 
 EXIT_ERROR = 2
 

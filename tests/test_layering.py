@@ -30,7 +30,7 @@ LAYERS: list[set[str]] = [
     {"models"},                               # adapters, safe loading and saving
     {"attacks", "evaluate"},                  # test subjects and metrics
     {"detect", "monitor", "purify"},          # the defenses
-    {"demo", "plots", "report", "info"},      # faces
+    {"demo", "plots", "report", "info", "audit"},  # faces (audit runs the detectors over many models)
     {"commands"},                             # sub-commands
     {"cli"},
 ]
