@@ -250,8 +250,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "measure": {
         "paper": MeasureConfig(train_limit=None, epochs=3.0, max_length=128),
         "fast": MeasureConfig(),
-        # The README demo: one short clean fine-tuning per measured encoder.
-        "demo": MeasureConfig(train_limit=1000, dev_limit=400, epochs=1.0),
+        # The README demo: one short clean fine-tuning per measured encoder.  1000 examples, 1 epoch at batch 16
+        # and lr 1e-4 reach 75.5% SST-2 dev accuracy on the clean MiniLM (400 dev examples); at batch 32 and
+        # lr 5e-5 (32 steps) the classifier stayed at the majority class (50.2%).
+        "demo": MeasureConfig(train_limit=1000, dev_limit=400, epochs=1.0, batch_size=16, lr=1e-4),
     },
 }
 
