@@ -21,7 +21,8 @@ from patronus_ext.detect.lmsanitator import (_Inversion, batch_entropy, insert_s
 #: a random tiny BERT's clean outputs are nearly constant, so the slack relative to them is off).
 #: Several seeds of the tiny NeuBA plant leave the 1.2x range or stay too spread; 8 seeds leave room.
 TINY = lms_profile("fast", corpus_limit=128, max_length=32, lr=1e-3, epochs=6, give_up_epoch=2,
-                   seeds=8).replace(entropy_relative=None)  # (a None override would be ignored by lms_profile)
+                   seeds=8).replace(entropy_relative=None, distance_relative=None)  # (None overrides are ignored
+#: by lms_profile; the tiny models' degenerate output scale is why both calibrations are off here)
 
 
 def _slow_insert(embeds, mask, trigger, positions):
@@ -215,3 +216,26 @@ def test_cli_exit_codes_report_and_bank(tmp_path, capsys):
         assert main(["scan", str(planted.out_dir), *common, "--report", str(report)]) == 2  # never overwrites
     finally:
         lms_config.PROFILES["fast"] = original
+
+
+def test_distance_threshold_calibrated_on_random_real_token_triggers():
+    """``distance_relative``: the threshold is that multiple of the largest mean MSE that triggers of real
+    random tokens cause, measured on the model before any seed; the report says what was used."""
+    import tiny_models
+
+    adapter = models.load_adapter(str(tiny_models.shared_tiny_model("bert")), device="cpu")
+    config = TINY.replace(distance_relative=3.0, distance_draws=5, seeds=1, epochs=1, give_up_epoch=0)
+    report = lmsanitator(adapter.model, adapter.tokenizer, tiny_models.tiny_corpus(64), config, progress=False)
+    distance = report.model["distance"]
+    assert distance["calibrated"] and len(distance["random_token_distances"]) == 5
+    assert all(d > 0 for d in distance["random_token_distances"])
+    assert distance["threshold"] == pytest.approx(3.0 * max(distance["random_token_distances"]))
+    seed = report.vectors[0]
+    if not seed.appeared:  # the message names the calibrated threshold, not the unused constant
+        assert f"{distance['threshold']:.4g}" in seed.reason
+    plain = lmsanitator(adapter.model, adapter.tokenizer, tiny_models.tiny_corpus(64),
+                        config.replace(distance_relative=None), progress=False).model["distance"]
+    assert not plain["calibrated"] and plain["threshold"] == config.distance_threshold
+    assert plain["random_token_distances"] == []
+    with pytest.raises(ValueError, match="distance_relative"):
+        config.replace(distance_relative=0.0)

@@ -48,7 +48,8 @@ def register(subparsers) -> None:
     lms.add_argument("--exhaustive", action="store_true", help="collect every vector (default: stop at the first)")
     lms.add_argument("--seeds", type=int, help="trigger seeds tried (default: the profile's)")
     lms.add_argument("--distance-threshold", type=float, help="MSE a vector must keep from the clean outputs "
-                     "and from stored vectors (default: the profile's)")
+                     "and from stored vectors (default: the profile's; fast calibrates it on the model from "
+                     "random real-token triggers, a value given here replaces that calibration)")
     add_run_options(p)
     p.set_defaults(func=run)
 
@@ -120,6 +121,8 @@ def run_lmsanitator(args: argparse.Namespace) -> int:
     config = lms_profile(args.profile, seed=args.seed, seeds=args.seeds, max_length=args.max_length,
                          distance_threshold=args.distance_threshold,
                          mode="exhaustive" if args.exhaustive else None)
+    if args.distance_threshold is not None:
+        config = config.replace(distance_relative=None)  # the given threshold, not a calibrated one
     adapter = models.load_adapter(args.model, allow_pickle=args.allow_pickle, device=args.device)
     corpus = read_lms_corpus(args.corpus, config, args.seed)
     report = lmsanitator(adapter.model, adapter.tokenizer, corpus, config, position=args.position,

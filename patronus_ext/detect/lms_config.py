@@ -22,8 +22,14 @@ Where the numbers come from
   triggered outputs must be ~20x less spread than the clean ones.
 * ``distance_threshold`` (MSE): a vector "appeared" when the triggered outputs are at least
   this far (mean MSE) from the clean ones, and a new PV is kept only at least this far from
-  every stored PV.  The authors use 0.1 (RoBERTa) to 0.2 (BERT) -- 0.6 in some scripts; see
-  benchmarks/LMSANITATOR_RESULTS.md for the calibration of the default on MiniLM.
+  every stored PV.  The authors use 0.1 (RoBERTa) to 0.2 (BERT) -- 0.6 in some scripts: a
+  constant that depends on the model's output scale.
+* ``distance_relative`` (``fast``: 3.0; ``paper``: off) calibrates it on the model: before any
+  seed, ``distance_draws`` triggers of ``trigger_len`` *real* random vocabulary tokens are
+  inserted the same way, and the threshold becomes ``distance_relative`` x the largest of their
+  mean MSEs to the clean outputs (``distance_threshold`` is then unused): a vector has appeared
+  when a soft trigger moves the outputs several times farther than arbitrary real tokens do.
+  The calibration and the threshold used are in the report (``model.distance``).
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ class LMSanitatorConfig:
     repel_weight: float = 0.5         # weight of -MSE(o, p*), p* the nearest stored PV
     give_up_epoch: int = 1            # abandon a seed when no vector appeared by the end of this epoch (0-based)
     distance_threshold: float = 0.1   # MSE: "a vector appeared" and "far from the stored PVs"
+    distance_relative: float | None = None  # set: threshold = this x the MSE random real-token triggers cause
+    distance_draws: int = 8           # random real-token triggers drawn for that calibration
     entropy_slack: float = 0.02       # accept iff Ent >= ln B - slack, slack <= entropy_slack ...
     entropy_relative: float | None = None  # ... and <= entropy_relative x (ln B - Ent(clean outputs)) when set
     range_factor: float = 1.2         # accept iff T lies within range_factor x [min E, max E]
@@ -78,6 +86,9 @@ class LMSanitatorConfig:
             check_range(f"LMSanitatorConfig.{name}", getattr(self, name), 0.0, math.inf, high_open=True)
         check_range("LMSanitatorConfig.entropy_relative", self.entropy_relative, 0.0, 1.0, low_open=True,
                     optional=True)
+        check_range("LMSanitatorConfig.distance_relative", self.distance_relative, 0.0, math.inf, low_open=True,
+                    high_open=True, optional=True)
+        check_int("LMSanitatorConfig.distance_draws", self.distance_draws)
         check_range("LMSanitatorConfig.range_factor", self.range_factor, 0.0, math.inf, low_open=True, high_open=True)
         check_choice("LMSanitatorConfig.mode", self.mode, MODES)
         if self.max_length <= self.trigger_len + 2:
@@ -110,7 +121,7 @@ PAPER = LMSanitatorConfig()
 #: A 2-core CPU and a MiniLM-sized model: 256 lines of <= 48 tokens, batch 16, 3 epochs, 8 seeds, a
 #: larger base lr (fewer steps to move the trigger); see benchmarks/LMSANITATOR_RESULTS.md.
 FAST = LMSanitatorConfig(batch_size=16, epochs=3, corpus_limit=256, max_length=48, max_words=40, lr=2e-3,
-                         seeds=8, entropy_relative=0.05)
+                         seeds=8, entropy_relative=0.05, distance_relative=3.0)
 
 PROFILES = {"paper": PAPER, "fast": FAST}
 

@@ -14,12 +14,13 @@ vector (PV), which this objective finds: outputs far from clean and all alike.
 
 Per seed: ``T[i] = E[(10 t s + 10 i) mod V]``, lr x ``lr_boost`` until the trigger's largest
 gradient first exceeds ``converge_grad``; a seed is abandoned when the triggered outputs are
-not ``distance_threshold`` away from the clean ones by the end of epoch ``give_up_epoch``.
+not the distance threshold away from the clean ones by the end of epoch ``give_up_epoch``
+(``distance_threshold``, or calibrated on the model: ``distance_relative``).
 After the last epoch the PV is the mean representation over *all* texts with the final
 trigger (one batched pass without gradients; the authors kept the last batch only), and it
 is accepted iff it appeared, its batch entropy is at least ``ln B - slack`` (see
 :mod:`.lms_config`: the slack may be capped relative to the clean outputs' spread), it is
-at least ``distance_threshold`` (MSE) from every stored PV and ``T`` lies within
+at least the distance threshold (MSE) from every stored PV and ``T`` lies within
 ``range_factor`` x the embedding range.  Detection mode: backdoored iff a PV is accepted
 (stop at the first); exhaustive mode collects every PV.
 """
@@ -233,6 +234,12 @@ class _Inversion:
         #: Ent of the clean outputs (full batches): how spread a model's representations are without a trigger.
         self.clean_entropy = (sum(float(batch_entropy(self.clean[idx])) for idx in batches) / len(batches)
                               if batches else float("nan"))
+        #: Mean MSE to the clean outputs of each random real-token trigger (the calibration), and the threshold.
+        self.random_distances: list[float] = []
+        self.distance_threshold = config.distance_threshold
+        if config.distance_relative is not None:
+            self.random_distances = self.random_token_distances(config.distance_draws)
+            self.distance_threshold = config.distance_relative * max(self.random_distances)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -262,6 +269,17 @@ class _Inversion:
         return self.embedding[rows.to(self.embedding.device)].clone().float()
 
     @torch.no_grad()
+    def random_token_distances(self, draws: int) -> list[float]:
+        """Mean MSE to clean of ``draws`` triggers made of real, random, non-special vocabulary tokens."""
+        special = set(self.adapter.tokenizer.all_special_ids or [])
+        allowed = torch.tensor([i for i in range(self.embedding.shape[0]) if i not in special])
+        out = []
+        for _ in range(draws):
+            rows = allowed[torch.randint(len(allowed), (self.config.trigger_len,), generator=self.generator)]
+            out.append(self.final_pass(self.embedding[rows.to(self.embedding.device)].float())[1])
+        return out
+
+    @torch.no_grad()
     def final_pass(self, trigger: torch.Tensor) -> tuple[torch.Tensor, float, float]:
         """PV (mean representation over all texts), mean MSE to clean, mean Ent over full batches."""
         order = torch.arange(len(self))
@@ -282,6 +300,7 @@ class _Inversion:
 def _run_seed(inv: _Inversion, seed: int, stored: list[torch.Tensor], config: LMSanitatorConfig,
               progress) -> PVCandidate:
     started = time.perf_counter()
+    threshold = inv.distance_threshold
     trigger = torch.nn.Parameter(inv.init_trigger(seed))
     optimizer = torch.optim.Adam([trigger], lr=config.lr * config.lr_boost)
     boosted, converged_step, step = True, None, 0
@@ -316,7 +335,7 @@ def _run_seed(inv: _Inversion, seed: int, stored: list[torch.Tensor], config: LM
         epochs_run = epoch + 1
         epoch_distance.append(dist_sum / batches)
         epoch_entropy.append(ent_sum / batches)
-        if not appeared and epoch_distance[-1] > config.distance_threshold:
+        if not appeared and epoch_distance[-1] > threshold:
             appeared = True
         if not appeared and epoch >= config.give_up_epoch:
             break
@@ -326,7 +345,7 @@ def _run_seed(inv: _Inversion, seed: int, stored: list[torch.Tensor], config: LM
     if progress is not None and epochs_run < config.epochs:
         progress.update((config.epochs - epochs_run) * (len(inv) // config.batch_size))
     if not appeared:
-        record.reason = (f"abandoned: outputs within MSE {config.distance_threshold} of clean after epoch "
+        record.reason = (f"abandoned: outputs within MSE {threshold:.4g} of clean after epoch "
                          f"{epochs_run - 1}")
         record.seconds = time.perf_counter() - started
         return record
@@ -338,12 +357,12 @@ def _run_seed(inv: _Inversion, seed: int, stored: list[torch.Tensor], config: LM
     if stored:
         record.min_distance = float(((torch.stack(stored) - vector.to(stored[0].device)) ** 2).mean(1).min())
     reasons = []
-    if distance <= config.distance_threshold:
-        reasons.append(f"final distance {distance:.3f} <= {config.distance_threshold}")
+    if distance <= threshold:
+        reasons.append(f"final distance {distance:.3f} <= {threshold:.4g}")
     if entropy < record.entropy_bound:
         reasons.append(f"entropy {entropy:.4f} < bound {record.entropy_bound:.4f}")
-    if record.min_distance is not None and record.min_distance < config.distance_threshold:
-        reasons.append(f"MSE {record.min_distance:.3f} to a stored PV < {config.distance_threshold}")
+    if record.min_distance is not None and record.min_distance < threshold:
+        reasons.append(f"MSE {record.min_distance:.3f} to a stored PV < {threshold:.4g}")
     if record.trigger_norm_ratio > config.range_factor:
         reasons.append(f"trigger x{record.trigger_norm_ratio:.2f} outside the embedding range x{config.range_factor}")
     record.accepted = not reasons
@@ -410,7 +429,10 @@ def lmsanitator(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config
         model={"type": adapter.model_type, "position": adapter.position, "family": adapter.family,
                "vocab_size": adapter.vocab_size, "hidden_size": adapter.hidden_size, "texts": len(texts),
                "clean_entropy": inv.clean_entropy,
-               "entropy_bound": config.entropy_bound(clean_entropy=inv.clean_entropy)},
+               "entropy_bound": config.entropy_bound(clean_entropy=inv.clean_entropy),
+               "distance": {"threshold": inv.distance_threshold,
+                            "calibrated": config.distance_relative is not None,
+                            "random_token_distances": inv.random_distances}},
         timings=timings,
         environment=environment(),
     )
