@@ -122,7 +122,7 @@ def run_subject(subject: Subject, work: Path, profile_name: str, seed: int) -> d
         "verdict": report.verdict, "planted": list(planted_triggers), "found": found,
         "recall": detection_recall(planted_triggers, found) if planted_triggers else None,
         "precision": (len(found) - len(extra)) / len(found) if found else None,
-        "coverage": report.to_dict().get("coverage"),
+        "coverage": report.to_dict()["model"].get("coverage"),
         "not_planted": [{"text": t.text, "variant_of": t.variant_of, "diff_cos": t.diff_cos,
                          "poison_cos": t.poison_cos, "in_clean_base": shift}
                         for t, shift in zip(extra, _clean_base_shift([t.text for t in extra], corpus, config, subject))],
