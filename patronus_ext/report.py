@@ -35,6 +35,9 @@ def scan_summary(name: str, report) -> str:
                      f"{', '.join(g.members[:6])}{extra}; margins {g.diff_margin:+.3f} / {g.poison_margin:+.3f}")
     for t in sorted(report.triggers, key=lambda c: (c.group, c.diff_cos)):
         variant = f"  [variant of {t.variant_of!r}]" if t.variant_of else ""
+        if getattr(t, "rule", None) == "collapse":
+            variant += (f"  [collapse rule: moved {t.shift_ratio:.1f}x, spread {t.spread_ratio:.3f}x the clean "
+                        "outputs' spread]")
         lines.append(f"  trigger {t.text!r:14} ids={t.token_ids}  diff_cos={t.diff_cos:.3f} "
                      f"(margin {t.diff_margin:+.3f})  poison_cos={t.poison_cos:.3f} "
                      f"(margin {t.poison_margin:+.3f}){variant}")

@@ -91,6 +91,31 @@ def test_representation_shift_matches_direct_formula():
         representation_shift(clean[:1], trig[:1])
 
 
+def test_collapse_rule_confirms_a_collapse_the_absolute_cosines_miss(tiny_bert, tokenizer, corpus):
+    """Relative to the model's own clean spread: texts sent to one place, far from where they were."""
+    from patronus_ext.detect.verify import Verifier
+    from patronus_ext.models import ModelAdapter
+
+    adapter = ModelAdapter(tiny_bert, tokenizer, max_length=32)
+    verifier = Verifier(adapter, corpus[:8], 3, torch.Generator().manual_seed(0), 0.4, 0.9, collapse_spread=0.1,
+                        collapse_shift=2.0)
+    verifier.clean_spread = 0.05     # a model whose clean outputs sit close together (cosine 0.95)
+    assert verifier.rule(0.74, 0.999) == "collapse"   # moved 5.2x, spread 0.02x: missed by diff_cos < 0.4
+    assert verifier.rule(0.30, 0.95) == "paper"
+    assert verifier.rule(0.74, 0.99) is None          # spread 0.2x: not collapsed enough
+    assert verifier.rule(0.95, 0.999) is None         # moved only 1x the clean spread
+    assert verifier.ratios(0.74, 0.999) == pytest.approx((5.2, 0.02))
+    check = verifier.make_check([5], 0.74, 0.999, "verified", 8, 0)
+    assert check.confirmed and check.rule == "collapse" and check.shift_ratio == pytest.approx(5.2)
+    assert not verifier.make_check([5], 0.74, 0.999, "prefiltered", 8, 0).confirmed  # one dev batch never confirms
+    # The prefilter's looser bound lets a near-collapse through to the full verification.
+    assert verifier.collapsed(0.74, 0.991, slack=2.0) and not verifier.collapsed(0.74, 0.991)
+    verifier.collapse_spread = None
+    assert verifier.rule(0.74, 0.999) is None and verifier.rule(0.30, 0.95) == "paper"
+    with pytest.raises(ValueError, match="collapse_spread"):
+        ScanConfig(collapse_spread=0.0)
+
+
 def test_scan_config_validates():
     with pytest.raises(ValueError, match="num_triggers"):
         ScanConfig(num_triggers=0)

@@ -46,6 +46,15 @@ class ScanConfig:
       verify_texts      clean texts each final candidate is verified on.
       prefilter_diff_cos  candidates whose diff_cos on the dev batch exceeds this skip full verification.
       diff_cos_threshold / poison_cos_threshold   trigger iff diff_cos < first and poison_cos > second.
+      collapse_spread / collapse_shift   ... or, relative to the model's own clean outputs (None: off),
+                        iff the triggered texts' spread (1 - poison_cos) is at most collapse_spread x
+                        the clean texts' spread (1 - their mean pairwise cosine) and each text moved
+                        (1 - diff_cos) at least collapse_shift x that clean spread: every input sent to
+                        one place, far from where it was.  The paper's absolute cosines assume a
+                        BERT-base-like output geometry; an attack that keeps triggered outputs near
+                        the clean ones (adaptive type 1) or a model whose outputs are all close
+                        together defeats them while the collapse stays visible
+                        (benchmarks/CPU_RESULTS.md).
     """
 
     num_triggers: int = 8
@@ -72,6 +81,8 @@ class ScanConfig:
     prefilter_diff_cos: float = 0.8
     diff_cos_threshold: float = DIFF_COS_THRESHOLD
     poison_cos_threshold: float = POISON_COS_THRESHOLD
+    collapse_spread: float | None = 0.1
+    collapse_shift: float = 2.0
     seed: int = 0
 
     def __post_init__(self):
@@ -87,6 +98,8 @@ class ScanConfig:
         check_range("ScanConfig.zipf_threshold", self.zipf_threshold, 0.0, 10.0, optional=True)
         for name in ("diff_cos_threshold", "poison_cos_threshold", "prefilter_diff_cos"):
             check_range(f"ScanConfig.{name} (a cosine)", getattr(self, name), -1.0, 1.0)
+        check_range("ScanConfig.collapse_spread", self.collapse_spread, 0.0, 1.0, low_open=True, optional=True)
+        check_range("ScanConfig.collapse_shift", self.collapse_shift, 0.0, float("inf"), high_open=True)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -169,7 +169,7 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
     with torch.no_grad():
         search = TriggerSearch(adapter, config, search_texts, dev_texts, generator, backend=backend)
         verifier = Verifier(adapter, verify_texts, config.insert_num, generator, config.diff_cos_threshold,
-                            config.poison_cos_threshold)
+                            config.poison_cos_threshold, config.collapse_spread, config.collapse_shift)
     timings["setup"] = time.perf_counter() - phase
 
     confirmed: list[TriggerCheck] = []
@@ -240,7 +240,8 @@ def _verify_loop(result: LoopResult, search: TriggerSearch, verifier: Verifier, 
         if seen.get(key) == "verified":
             continue
         diff, poison = representation_shift(search.dev[0].clean_reps, reps)
-        if key not in seen and diff > config.prefilter_diff_cos:
+        # A collapse on the dev batch (looser bound: one small batch) earns the full verification too.
+        if key not in seen and diff > config.prefilter_diff_cos and not verifier.collapsed(diff, poison, slack=2.0):
             seen[key] = "prefiltered"
             checked.append(verifier.make_check(key, diff, poison, "prefiltered", reps.shape[0], loop))
             continue

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import ModelAdapter
-from ..similarity import representation_shift
+from ..similarity import poison_cos as mean_pairwise_cos, representation_shift
 from ..triggers import insert_token_triggers, sample_gaps
 
 FORWARD_CHUNK = 128
@@ -37,6 +37,9 @@ class TriggerCheck:
     stage: str            # "verified" (on verify texts) or "prefiltered" (dev batch only)
     texts_used: int
     loop: int
+    shift_ratio: float | None = None   # (1 - diff_cos) / clean spread: how far texts moved, in clean spreads
+    spread_ratio: float | None = None  # (1 - poison_cos) / clean spread: how tight the triggered texts are
+    rule: str | None = None         # which rule confirmed it: "paper" (absolute cosines) or "collapse"
     group: int | None = None        # a confirmed trigger and its weaker variants share a group
     target: int | None = None       # the target cluster (where it sends inputs; see detect.groups)
     variant_of: str | None = None   # the stronger trigger this one echoes, if any
@@ -54,7 +57,8 @@ class Verifier:
     """Held-out clean texts with cached clean representations and fixed insertion gaps."""
 
     def __init__(self, adapter: ModelAdapter, texts: Sequence[str], insert_num: int, generator: torch.Generator,
-                 diff_threshold: float, poison_threshold: float):
+                 diff_threshold: float, poison_threshold: float, collapse_spread: float | None = None,
+                 collapse_shift: float = 2.0):
         if len(texts) < 2:
             raise ValueError(f"verification needs at least 2 texts, got {len(texts)}")
         self.adapter = adapter
@@ -65,6 +69,10 @@ class Verifier:
         self.gaps = sample_gaps(self.batch["attention_mask"], insert_num, adapter.special_prefix,
                                 adapter.special_suffix, generator)
         self.clean_reps = self._represent(self.batch["input_ids"], self.batch["attention_mask"])
+        self.collapse_spread = collapse_spread
+        self.collapse_shift = collapse_shift
+        #: 1 - mean pairwise cosine of the clean representations: the scale the collapse rule measures in.
+        self.clean_spread = max(1.0 - mean_pairwise_cos(self.clean_reps), 1e-12)
 
     @torch.no_grad()
     def _represent(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -80,8 +88,25 @@ class Verifier:
                                    pad_id=int(self.adapter.tokenizer.pad_token_id), gaps=self.gaps)
         return self._represent(tb.input_ids, tb.attention_mask)
 
+    def ratios(self, diff_cos: float, poison_cos: float) -> tuple[float, float]:
+        """``(shift_ratio, spread_ratio)``: ``1 - diff_cos`` and ``1 - poison_cos`` in units of the clean spread."""
+        return (1.0 - diff_cos) / self.clean_spread, (1.0 - poison_cos) / self.clean_spread
+
+    def collapsed(self, diff_cos: float, poison_cos: float, slack: float = 1.0) -> bool:
+        """The collapse rule (``slack`` > 1 loosens the spread bound, for the prefilter's one dev batch)."""
+        if self.collapse_spread is None:
+            return False
+        shift, spread = self.ratios(diff_cos, poison_cos)
+        return spread <= slack * self.collapse_spread and shift >= self.collapse_shift / slack
+
+    def rule(self, diff_cos: float, poison_cos: float) -> str | None:
+        """Which rule makes ``(diff_cos, poison_cos)`` a trigger: ``"paper"``, ``"collapse"`` or None."""
+        if diff_cos < self.diff_threshold and poison_cos > self.poison_threshold:
+            return "paper"
+        return "collapse" if self.collapsed(diff_cos, poison_cos) else None
+
     def judge(self, diff_cos: float, poison_cos: float) -> bool:
-        return diff_cos < self.diff_threshold and poison_cos > self.poison_threshold
+        return self.rule(diff_cos, poison_cos) is not None
 
     def check(self, key: Sequence[int], loop: int, text: str | None = None) -> tuple[TriggerCheck, torch.Tensor]:
         """Verify one candidate (its token ids) on all held-out texts; also returns its triggered representations."""
@@ -93,9 +118,11 @@ class Verifier:
                    text: str | None = None) -> TriggerCheck:
         """A :class:`TriggerCheck`; ``text`` (display only) defaults to the decoded token ids."""
         text = self.adapter.token_text(key) if text is None else text
+        rule = self.rule(diff, poison) if stage == "verified" else None
+        shift, spread = self.ratios(diff, poison)
         return TriggerCheck(text, [int(t) for t in key], diff, poison, self.diff_threshold - diff,
-                            poison - self.poison_threshold, stage == "verified" and self.judge(diff, poison),
-                            stage, texts_used, loop)
+                            poison - self.poison_threshold, rule is not None, stage, texts_used, loop,
+                            shift_ratio=shift, spread_ratio=spread, rule=rule)
 
 
 #: Shift directions closer than this (cosine) count as one target.
