@@ -52,7 +52,11 @@ def _select_topk(scores: torch.Tensor, base: int, k: int):
     global index, nan flag."""
     nan = torch.isnan(scores)
     keyed = scores.masked_fill_(nan, float("-inf"))
-    local = _ranked(keyed, nan, min(k, scores.shape[1]))
+    kk = min(k, scores.shape[1])
+    if not bool(nan.any()):  # the common case: one top-k, no full sort of the tile (memory stays ~one tile)
+        values, local = torch.topk(keyed, kk, dim=1)
+        return values, local + base, torch.zeros_like(local, dtype=torch.bool)
+    local = _ranked(keyed, nan, kk)
     return torch.gather(keyed, 1, local), local + base, torch.gather(nan, 1, local)
 
 
