@@ -109,6 +109,10 @@ def test_prefiltered_candidate_proposed_again_is_fully_verified():
         def make_check(self, key, diff, poison, stage, used, loop):
             return ("check", key, stage)
 
+        def collapsed(self, diff, poison, slack=1.0):
+            return False   # identical to clean: nothing moved, no collapse
+
+
         def check(self, key, loop):
             self.verified.append(key)
             return type("Check", (), {"confirmed": False, "text": str(key), "diff_cos": 1.0, "poison_cos": 0.0})(), None
