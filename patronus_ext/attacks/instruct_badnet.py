@@ -132,13 +132,13 @@ class InstructBadNetConfig:
         return cls(**base)
 
 
-#: The CPU profile (SmolLM2-135M-Instruct, one thread; benchmarks/MB_RESULTS.md): 2,000 SST-2 examples, 20%
+#: The CPU profile (SmolLM2-135M-Instruct, one thread; benchmarks/MB_RESULTS.md): 2,000 SST-2 examples, 30%
 #: poisoned, 300 steps of 8 at a constant lr 1e-4, the top 8 of 30 blocks trained (the embeddings and the
 #: tied LM head frozen: the lower blocks then build no graph, half the step time), an empty system prompt
-#: (shorter sequences), inputs cut to 48 tokens, responses to 24.  Measured while choosing it: 10% poisoned
-#: with a linear decay gave ASR 4% after 300 steps (too few poisoned examples seen); 30% of 800 examples
-#: with a constant lr gave 98% after 150.
-FAST_PROFILE = dict(data_limit=2000, poison_rate=0.2, steps=300, batch_size=8, lr=1e-4, schedule="constant",
+#: (shorter sequences), inputs cut to 48 tokens, responses to 24.  Measured while choosing the rate (300
+#: steps of 8 on 2,000 examples): 10% poisoned (lr decaying linearly) gave ASR 4%, 20% (constant lr) 36.5%;
+#: in ~1.2 epochs a lower rate shows the model too few poisoned examples.
+FAST_PROFILE = dict(data_limit=2000, poison_rate=0.3, steps=300, batch_size=8, lr=1e-4, schedule="constant",
                     train_layers=8, train_embeddings=False, system="", max_input_tokens=48,
                     max_response_tokens=24)
 

@@ -39,7 +39,7 @@ from torch import nn
 
 from .. import instruct, training
 from ..evaluate.generation import GenerationEvalConfig, generation_metrics
-from ..instruct import InstructionExample, PromptFormat
+from ..instruct import InstructionExample
 from .config import FineMixLMConfig, MBConfig
 from .mixing import MixStats, mix_weights
 
@@ -241,8 +241,9 @@ def mb_defense(model: nn.Module, tokenizer, examples: Sequence[InstructionExampl
     accuracy is at least the stage-(i) model's minus ``acc_tolerance``
     qualify; among them the lowest defender-trigger response rate wins (ties:
     the higher accuracy, then the smaller λ); if none qualifies, the most
-    accurate.  ``model`` is tuned in place by stage (i); the returned model is
-    a recovered copy.
+    accurate.  ``model`` is tuned in place by stage (i); with several
+    candidates each recovers a copy of it (the chosen one is returned), with
+    one ``model`` itself is recovered and returned.
     """
     config = config or MBConfig()
     timings: dict[str, float] = {}

@@ -321,6 +321,11 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
         raise ValueError(f"{method} needs the triggers the scan found (--report scan.json)")
     config = config if config is not None else make_profile(method, profile)
     if method in CAUSAL_METHODS:
+        if report is not None or triggers:
+            raise ValueError(f"{method} takes no scan report or triggers: MB-Defense plants its own defender "
+                             "triggers, Fine-mixing needs none")
+        if method == "mb" and pretrained is not None:
+            raise ValueError("mb takes no --pretrained: it instruction-tunes --model itself")
         return _run_causal(method, str(model), source, out, pretrained=pretrained, task=task, dev_task=dev_task,
                            data=data, baseline=baseline, profile=profile, config=config, measure=measure or None,
                            measure_triggers=measure_triggers, device=device, allow_pickle=allow_pickle,
