@@ -12,7 +12,9 @@ def register(subparsers) -> None:
         "attack", help="plant a backdoor (NeuBA, POR, BToP, UOR, BadPre, adaptive, instruct-badnet) into a model",
         description="Plant a task-agnostic backdoor into a pre-trained LM and write a NEW model folder "
                     "(safetensors, tokenizer, config) with backdoor.json. Never overwrites anything. "
-                    "Unset options take the profile's values (paper: SPEC.md §0 defaults; fast: the CPU profile).")
+                    "Unset options take the profile's values (paper: SPEC.md §0 defaults; fast: the CPU profile). "
+                    f"{INSTRUCT}: instruction-tune a causal LM on poisoned --data instead (SPEC.md §5); the folder "
+                    "also holds the poisoned data, instruction_data.jsonl.")
     p.add_argument("--method", required=True, choices=list(METHODS) + [INSTRUCT],
                    help=f"attack to plant ({INSTRUCT}: poisoned instruction tuning of a causal LM)")
     p.add_argument("--model", required=True, help="model folder, hub id, .gguf file, all-MiniLM-L6-v2 or "

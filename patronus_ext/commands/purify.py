@@ -21,9 +21,9 @@ def register(subparsers) -> None:
     p.add_argument("--method", required=True, choices=("adv-pt", "adv-ft", "fine-mix", "e-pur", "mb", "fine-mix-lm"))
     p.add_argument("--model", required=True, help="the model folder to purify (never modified)")
     p.add_argument("--report", help="the `patronus scan --report` JSON of this model (its confirmed triggers)")
-    p.add_argument("--pretrained", help="fine-mix / e-pur: the clean pre-trained model folder or name")
+    p.add_argument("--pretrained", help="fine-mix / e-pur / fine-mix-lm: the clean pre-trained model folder or name")
     p.add_argument("--task", default="sst2", help="task: built-in name (sst2, agnews) or a labelled file "
-                   "(default: sst2)")
+                   "(default: sst2); mb / fine-mix-lm: the instruction source of the clean samples and dev prompts")
     p.add_argument("--dev", help="with a task file: the labelled dev file (default: the task's dev split)")
     p.add_argument("--data", help="mb: the instruction data to tune on (possibly poisoned): an Alpaca JSONL file "
                    "(e.g. instruction_data.jsonl of `patronus attack --method instruct-badnet`) or a built-in "
@@ -37,18 +37,22 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="the NEW output model folder (must not exist)")
     p.add_argument("--profile", choices=("fast", "paper"), default="fast",
                    help="fast: CPU settings; paper: the authors' settings (default: fast)")
-    p.add_argument("--steps", type=int, help="adv-pt: optimizer steps (overrides the profile's epochs)")
+    p.add_argument("--steps", type=int, help="adv-pt, mb (stage i), fine-mix-lm: optimizer steps (overrides the "
+                   "epochs)")
     p.add_argument("--epochs", type=float, help="training epochs of the method")
     p.add_argument("--lr", type=float, help="learning rate of the method")
     p.add_argument("--max-length", type=int, help="tokens per text for the method")
-    p.add_argument("--rho", type=float, action="append", help="fine-mix: a candidate keep fraction (repeat)")
-    p.add_argument("--variant", choices=("random", "sel"), help="fine-mix: random deltas or the largest |delta|")
+    p.add_argument("--rho", type=float, action="append", help="fine-mix: a candidate keep fraction (repeat); "
+                   "fine-mix-lm: the keep fraction (default 0.5)")
+    p.add_argument("--variant", choices=("random", "sel"), help="fine-mix, fine-mix-lm: random deltas or the "
+                   "largest |delta|")
     p.add_argument("--e-pur", type=int, dest="e_pur", help="fine-mix: also reset this many E-PUR embedding rows")
     p.add_argument("--top-n", type=int, help="e-pur: embedding rows to reset (default 200)")
-    p.add_argument("--clean-limit", type=int, help="fine-mix / e-pur: clean examples for the final fine-tuning")
+    p.add_argument("--clean-limit", type=int, help="fine-mix / e-pur: clean examples for the final fine-tuning; "
+                   "mb / fine-mix-lm: clean samples (default 128)")
     p.add_argument("--no-measure", action="store_true", help="skip the before/after CACC and T-ASR")
     p.add_argument("--measure-train", type=int, help="examples fine-tuning an encoder before measuring")
-    p.add_argument("--measure-dev", type=int, help="dev examples measured (default: all)")
+    p.add_argument("--measure-dev", type=int, help="dev examples measured (default: all; mb / fine-mix-lm fast: 200)")
     add_run_options(p)
     p.set_defaults(func=run)
 

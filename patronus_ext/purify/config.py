@@ -390,11 +390,14 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     "mb": {
         "paper": MBConfig(),
+        # Stage (i) as the fast attack (300 steps of 8), recovery 48 steps of 8 pairs (0.75 epoch of 128 x 4),
+        # two λ candidates.  Measured (MB_RESULTS.md): ASR 97.5% -> 4.5%, CACC 80.5% -> 82.5%, λ 0.1, 19 min.
         "fast": MBConfig(data_limit=2000, steps=300, recovery_steps=48, recovery_lr=1e-4, lambdas=(0.1, 1.0),
                          select_limit=100, **_LM_FAST),
     },
     "fine-mix-lm": {
         "paper": FineMixLMConfig(),
+        # 48 steps of 8 = 3 epochs over the 128 clean samples.  Measured: ASR 97.5% -> 0.0%, CACC 81.0%.
         "fast": FineMixLMConfig(steps=48, **_LM_FAST),
     },
     # How the causal-LM purifiers measure CACC / ASR before and after (greedy generation on dev prompts).
