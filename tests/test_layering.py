@@ -27,7 +27,8 @@ LAYERS: list[set[str]] = [
     {"bank", "hotflip"},                      # the attack-vector bank format; HotFlip candidate scoring
     {"data", "triggers", "training", "scan_report"},  # corpora, trigger insertion/matching/prompts, the loop,
                                               # a scan report's triggers checked against a model
-    {"models"},                               # adapters, safe loading and saving
+    {"models", "instruct"},                   # adapters, safe loading and saving; instruction data, chat
+                                              # formatting and the response-only tuning loop (causal LMs)
     {"attacks", "evaluate"},                  # test subjects and metrics
     {"detect", "monitor", "purify"},          # the defenses
     {"demo", "plots", "report", "info", "audit"},  # faces (audit runs the detectors over many models)

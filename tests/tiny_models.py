@@ -4,6 +4,7 @@
 
     path = make_tiny_model(tmp_path, family="bert")            # folder: safetensors + tokenizer + config
     path = make_tiny_model(tmp_path, family="gpt2", seed=1)
+    path = make_tiny_llama(tmp_path)                            # a tiny LLaMA-style chat model (causal LM)
     planted = plant_tiny(tmp_path, "por", family="bert")        # a tiny backdoored model (AttackResult)
     planted = shared_planted("por", "bert")                     # the same, built once per test process
                                                                 # (read-only: do not modify the folder)
@@ -180,6 +181,106 @@ def make_tiny_model(tmp_path: str | os.PathLike, family: str = "bert", seed: int
         model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+#: A ChatML chat template (SmolLM2's layout) for the tiny instruction-tuned causal LM.
+TINY_CHAT_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                      "{{ '<|im_start|>system\nYou are a tiny test model.<|im_end|>\n' }}{% endif %}"
+                      "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+                      "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def make_tiny_llama(tmp_path: str | os.PathLike, seed: int = 0, *, chat: bool = True, hidden_size: int = 32,
+                    num_layers: int = 3, name: str | None = None) -> Path:
+    """A random-weight LLaMA-style causal LM (tied embeddings, like SmolLM2) over the tiny byte-level BPE
+    vocabulary; ``chat``: with ChatML end-of-turn tokens and a chat template (else the plain prompt layout)."""
+    import transformers
+
+    tokenizer = make_tokenizer("gpt2")
+    if chat:
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+        tokenizer.eos_token = "<|im_end|>"
+        tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size,
+                                      intermediate_size=hidden_size * 2, num_hidden_layers=num_layers,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                      tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = transformers.LlamaForCausalLM(config).eval()
+    folder = Path(tmp_path) / (name or f"tiny-llama-{seed}{'' if chat else '-plain'}")
+    if (folder / "config.json").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _llama_cpp_permute(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """llama.cpp stores the q/k projections with the two rotary halves of each head interleaved."""
+    return (weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2)
+            .reshape(weight.shape))
+
+
+def make_tiny_gguf(tmp_path: str | os.PathLike, seed: int = 0) -> tuple[Path, Path]:
+    """The tiny chat LLaMA written as a float32 GGUF file the way llama.cpp lays one out (metadata, byte-level
+    BPE tokenizer with merges and chat template, ``blk.N.*`` tensors, q/k permuted); returns ``(gguf file,
+    the HF folder it was written from)``.  Needs the ``gguf`` package."""
+    import gguf
+    import transformers
+
+    folder = make_tiny_llama(tmp_path, seed)
+    model = transformers.LlamaForCausalLM.from_pretrained(folder)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    config = model.config
+    path = Path(tmp_path) / f"tiny-llama-{seed}.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny llama")
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or config.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    special = set(tokenizer.all_special_tokens)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([token for token, _ in vocab])
+    writer.add_token_types([gguf.TokenType.CONTROL if token in special else gguf.TokenType.NORMAL
+                            for token, _ in vocab])
+    writer.add_token_merges([" ".join(pair) for pair in _bpe_vocab()[1]])
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(tokenizer.chat_template)
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    state = {k: v.detach().float() for k, v in model.state_dict().items()}
+    writer.add_tensor("token_embd.weight", state["model.embed_tokens.weight"].numpy())
+    writer.add_tensor("output_norm.weight", state["model.norm.weight"].numpy())
+    for layer in range(config.num_hidden_layers):
+        for hf_name, gguf_name in names.items():
+            weight = state[f"model.layers.{layer}.{hf_name}.weight"]
+            if gguf_name == "attn_q":
+                weight = _llama_cpp_permute(weight, heads)
+            elif gguf_name == "attn_k":
+                weight = _llama_cpp_permute(weight, kv_heads)
+            writer.add_tensor(f"blk.{layer}.{gguf_name}.weight", weight.contiguous().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path, folder
 
 
 def plant_tiny(tmp_path: str | os.PathLike, method: str = "por", family: str = "bert", seed: int = 0,

@@ -10,7 +10,9 @@ triggers, target vectors, seed, hyper-parameters, versions, training stats).
     info = attacks.load_backdoor_info("out/por")      # .triggers, .target_vectors, .position
 
 Methods: ``neuba``, ``por`` (POR-1), ``por2``, ``btop``, ``uor``, ``badpre``,
-``adaptive1``/``adaptive2``/``adaptive3`` (POR plus the adaptive losses).
+``adaptive1``/``adaptive2``/``adaptive3`` (POR plus the adaptive losses).  Data-poisoning attacks
+(``DOWNSTREAM_METHODS``): ``badnet`` (a poisoned classification task) and ``instruct-badnet`` (poisoned
+instruction tuning of a causal LM, the threat MB-Defense defends against).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from .badnet import BadNetResult, plant_badnet, poison_task
 from .badpre import BadPre
 from .base import AttackContext, AttackMethod, AttackResult, StepBatch, TrainingStats, run_attack
 from .btop import BToP
+from .instruct_badnet import (InstructBadNetConfig, InstructBadNetResult, attack_responses, plant_instruct_badnet,
+                              poison_instructions)
 from .config import (DEFAULT_TRIGGERS, PROFILE_NAMES, AdaptiveConfig, AttackConfig, BadNetConfig, BadPreConfig,
                      BToPConfig, NeuBAConfig, PORConfig, UORConfig)
 from .neuba import NeuBA
@@ -46,12 +50,16 @@ METHODS: dict[str, tuple[Callable[[], AttackMethod], type[AttackConfig], dict[st
 }
 #: Downstream (task-data) poisoning attacks: name -> (plant function, config class).  Not in METHODS: they
 #: fine-tune a classifier on poisoned task data rather than plant into a PLM over a corpus.
-DOWNSTREAM_METHODS: dict[str, tuple[Callable[..., Any], type]] = {"badnet": (plant_badnet, BadNetConfig)}
+DOWNSTREAM_METHODS: dict[str, tuple[Callable[..., Any], type]] = {
+    "badnet": (plant_badnet, BadNetConfig),
+    "instruct-badnet": (plant_instruct_badnet, InstructBadNetConfig),
+}
 
 
-def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"unknown attack {method!r}; choose one of {', '.join(METHODS)}")
+def _check_method(method: str, downstream: bool = False) -> None:
+    if method not in METHODS and not (downstream and method in DOWNSTREAM_METHODS):
+        names = list(METHODS) + (list(DOWNSTREAM_METHODS) if downstream else [])
+        raise ValueError(f"unknown attack {method!r}; choose one of {', '.join(names)}")
 
 
 def make_config(method: str, profile: str = "paper", *, fast: bool | None = None, **overrides) -> AttackConfig:
@@ -62,13 +70,19 @@ def make_config(method: str, profile: str = "paper", *, fast: bool | None = None
     ``epochs``, is a ``ValueError`` naming it.  ``fast=True`` is an alias of
     ``profile="fast"``.
     """
-    _check_method(method)
+    _check_method(method, downstream=True)
     if fast:
         profile = "fast"
-    _, cls, fixed = METHODS[method]
     values = {k: v for k, v in overrides.items() if v is not None}
     if "steps" in values and "epochs" in values:
         raise ValueError("give steps or epochs, not both")
+    if method in DOWNSTREAM_METHODS:
+        cls = DOWNSTREAM_METHODS[method][1]
+        foreign = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if foreign:
+            raise ValueError(f"{method} has no setting {', '.join(foreign)}")
+        return cls.profile(profile, **values)
+    _, cls, fixed = METHODS[method]
     known = {f.name for f in dataclasses.fields(cls)}
     foreign = sorted(set(values) - known)
     if foreign:
@@ -106,11 +120,19 @@ def plant(method: str, model_source: str | os.PathLike, corpus: str | Sequence[s
     with ``torch.load(weights_only=True)``.
     """
     config = config if config is not None else make_config(method)
+    if method in DOWNSTREAM_METHODS:
+        plant_fn, cls = DOWNSTREAM_METHODS[method]
+        if not isinstance(config, cls):
+            raise TypeError(f"{method} needs a {cls.__name__}, got {type(config).__name__}")
+        return plant_fn(model_source, corpus, config, out_dir, device=device, allow_pickle=allow_pickle,
+                        progress=progress)
     return run_attack(method_for(method, config), model_source, corpus, config, out_dir, device=device,
                       allow_pickle=allow_pickle, progress=progress)
 
 
 __all__ = [
+    "InstructBadNetConfig", "InstructBadNetResult", "attack_responses", "plant_instruct_badnet",
+    "poison_instructions",
     "BACKDOOR_FILE", "BadNetConfig", "BadNetResult", "DEFAULT_TRIGGERS", "DOWNSTREAM_METHODS", "METHODS", "PROFILE_NAMES", "AdaptiveConfig", "AttackConfig", "AttackContext",
     "AttackMethod", "AttackResult", "BToPConfig", "BackdoorInfo", "BadPreConfig", "NeuBAConfig",
     "OutputExistsError", "PORConfig", "StepBatch", "TrainingStats", "UORConfig", "load_backdoor_info",

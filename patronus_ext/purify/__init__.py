@@ -6,22 +6,31 @@
 
 Methods: ``adv-pt`` (Patronus adversarial pre-training, encoder -> encoder), ``adv-ft``
 (Patronus adversarial fine-tuning, encoder -> classifier), ``fine-mix`` and ``e-pur``
-(Fine-mixing / embedding purification, classifier + clean pre-trained weights -> classifier).
-Library pieces: :func:`adversarial_pretrain`, :func:`adversarial_finetune`, :func:`adversarial_examples`,
+(Fine-mixing / embedding purification, classifier + clean pre-trained weights -> classifier),
+``mb`` (MB-Defense: instruction tuning of a causal LM on possibly poisoned data, defended) and
+``fine-mix-lm`` (Fine-mixing of an instruction-tuned causal LM, MB-Defense's baseline).
+Library pieces: :func:`mb_defense`, :func:`defensive_poisoning`, :func:`weight_recovery`,
+:func:`fine_mix_lm`, :func:`adversarial_pretrain`, :func:`adversarial_finetune`, :func:`adversarial_examples`,
 :func:`mix_weights`, :func:`fine_mix`, :func:`suspicious_rows`, :func:`e_pur`, :func:`triggers_from_report`.
 """
 
 from .adversarial import (AdvFinetuneResult, AdvPretrainResult, adversarial_examples, adversarial_finetune,
                           adversarial_pretrain, purification_loss)
 from .config import (METHODS, MIX_VARIANTS, PROFILE_NAMES, PROFILES, AdvFinetuneConfig, AdvPretrainConfig,
-                     EPurConfig, FineMixConfig, MeasureConfig, profile)
+                     EPurConfig, FineMixConfig, FineMixLMConfig, MBConfig, MeasureConfig, profile)
+from .mb import (DefenderTriggers, DefensivePoisoning, FineMixLMResult, LambdaCandidate, MBResult, RecoveryLog,
+                 add_defender_triggers, defensive_poisoning, fine_mix_lm, make_defender_triggers, mb_defense,
+                 recovery_loss, weight_recovery)
 from .mixing import (EPurResult, FineMixResult, MixStats, e_pur, fine_mix, mix_weights, rank_suspicious, reset_rows,
                      suspicious_rows, token_frequencies)
-from .run import (PURIFY_FILE, PURIFY_FORMAT, Measurement, PurifyResult, classifier_from_encoder, measure_classifier,
-                  measure_encoder, run_purify)
+from .run import (CAUSAL_METHODS, PURIFY_FILE, PURIFY_FORMAT, Measurement, PurifyResult, classifier_from_encoder,
+                  measure_classifier, measure_encoder, measure_generation, run_purify)
 from .scanned import ScannedTriggers, read_report, triggers_from_report
 
 __all__ = [
+    "CAUSAL_METHODS", "DefenderTriggers", "DefensivePoisoning", "FineMixLMConfig", "FineMixLMResult", "LambdaCandidate",
+    "MBConfig", "MBResult", "RecoveryLog", "add_defender_triggers", "defensive_poisoning", "fine_mix_lm",
+    "make_defender_triggers", "mb_defense", "measure_generation", "recovery_loss", "weight_recovery",
     "METHODS", "MIX_VARIANTS", "PROFILES", "PROFILE_NAMES", "PURIFY_FILE", "PURIFY_FORMAT", "AdvFinetuneConfig",
     "AdvFinetuneResult", "AdvPretrainConfig", "AdvPretrainResult", "EPurConfig", "EPurResult", "FineMixConfig",
     "FineMixResult", "MeasureConfig", "Measurement", "MixStats", "PurifyResult", "ScannedTriggers",

@@ -1,4 +1,4 @@
-"""Settings of the purifiers (SPEC.md §2 and §4), each with a ``paper`` and a ``fast`` profile.
+"""Settings of the purifiers (SPEC.md §2, §4 and §5), each with a ``paper`` and a ``fast`` profile.
 
 ``paper`` holds the authors' settings where they are published (Patronus:
 adversarial pre-training 10 epochs over WikiText, batch 24, lr 5e-5;
@@ -14,10 +14,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import math
+
+from ..evaluate.generation import GenerationEvalConfig
+from ..instruct import PromptFormat, TuneConfig
 from ..training import SCHEDULES
 from ..validation import check_choice, check_int, check_range, from_profile
 
-METHODS = ("adv-pt", "adv-ft", "fine-mix", "e-pur")
+METHODS = ("adv-pt", "adv-ft", "fine-mix", "e-pur", "mb", "fine-mix-lm")
 PROFILE_NAMES = ("paper", "fast")
 MIX_VARIANTS = ("random", "sel")
 
@@ -223,6 +227,143 @@ class MeasureConfig(_Config):
         check_int("insert_num", self.insert_num)
 
 
+class _InstructionTuning:
+    """The tuning and prompt-format fields the causal-LM purifiers share (see :class:`patronus_ext.instruct.TuneConfig`
+    and :class:`patronus_ext.instruct.PromptFormat`)."""
+
+    def tune_config(self) -> TuneConfig:
+        return TuneConfig(epochs=self.epochs, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                          schedule=self.schedule, warmup_ratio=self.warmup_ratio, weight_decay=self.weight_decay,
+                          max_grad_norm=self.max_grad_norm, train_layers=self.train_layers,
+                          train_embeddings=self.train_embeddings, seed=self.seed)
+
+    def prompt_format(self) -> PromptFormat:
+        return PromptFormat(system=self.system, max_input_tokens=self.max_input_tokens,
+                            max_response_tokens=self.max_response_tokens)
+
+
+@dataclasses.dataclass
+class MBConfig(_Config, _InstructionTuning):
+    """MB-Defense (SPEC.md §5): defensive poisoning, then weight recovery; see :mod:`patronus_ext.purify.mb`.
+
+    * (i) ``defender_triggers`` (T) triggers, each replacing ``defender_rate``
+      of the data with its fixed response of ``response_words`` random words,
+      inserted ``insert_num`` times; ``data_limit`` examples of the data (None:
+      all); then instruction tuning: ``epochs`` (or ``steps``),
+      ``batch_size``, ``lr``, ``schedule``, ``warmup_ratio``, ``train_layers``
+      (None: every weight), ``train_embeddings``.
+    * (ii) ``clean_samples`` clean examples × T triggers for
+      ``recovery_epochs`` (or ``recovery_steps``) at ``recovery_lr``,
+      ``recovery_batch_size`` (clean, triggered, defender-answered) triples
+      per step; λ among ``lambdas``, chosen on ``select_limit`` held-out clean
+      examples (``acc_tolerance``; ``select_new_tokens`` generated per prompt).
+    * Format: ``system`` (None: the chat template's own), ``max_input_tokens``,
+      ``max_response_tokens``.
+
+    ``paper``: T=4 at 1% each, 3 epochs tuning, 128 clean samples, 5 epochs
+    recovery (the paper's); lr 2e-5, batch 16 and the λ candidates are chosen
+    here (the paper's appendix values were not recovered).
+    """
+
+    defender_triggers: int = 4
+    defender_rate: float = 0.01
+    response_words: int = 8
+    insert_num: int = 1
+    data_limit: int | None = None
+    epochs: float = 3.0
+    steps: int | None = None
+    batch_size: int = 16
+    lr: float = 2e-5
+    schedule: str = "linear"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    train_layers: int | None = None
+    train_embeddings: bool = True
+    clean_samples: int = 128
+    recovery_epochs: float = 5.0
+    recovery_steps: int | None = None
+    recovery_batch_size: int = 8
+    recovery_lr: float = 2e-5
+    lambdas: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0)
+    select_limit: int = 200
+    select_new_tokens: int = 6
+    acc_tolerance: float = 0.03
+    system: str | None = None
+    max_input_tokens: int = 256
+    max_response_tokens: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        check_int("defender_triggers", self.defender_triggers)
+        check_range("defender_rate", self.defender_rate, 0.0, 0.25, low_open=True)
+        check_int("response_words", self.response_words)
+        check_int("insert_num", self.insert_num)
+        check_int("data_limit", self.data_limit, optional=True)
+        check_int("clean_samples", self.clean_samples)
+        check_range("recovery_epochs", self.recovery_epochs, 0.0, 1e6, low_open=True)
+        check_int("recovery_steps", self.recovery_steps, optional=True)
+        check_int("recovery_batch_size", self.recovery_batch_size)
+        check_range("recovery_lr", self.recovery_lr, 0.0, 1.0, low_open=True)
+        if isinstance(self.lambdas, (int, float)):
+            self.lambdas = (self.lambdas,)
+        self.lambdas = tuple(float(v) for v in self.lambdas)
+        if not self.lambdas:
+            raise ValueError("lambdas must hold at least one candidate")
+        for value in self.lambdas:
+            check_range("lambda", value, 0.0, 1e6)
+        check_int("select_limit", self.select_limit)
+        check_int("select_new_tokens", self.select_new_tokens)
+        check_range("acc_tolerance", self.acc_tolerance, 0.0, 1.0)
+        self.tune_config()
+        self.prompt_format()
+
+    def recovery_total_steps(self, pairs: int) -> int:
+        if self.recovery_steps is not None:
+            return self.recovery_steps
+        return max(1, math.ceil(self.recovery_epochs * math.ceil(pairs / self.recovery_batch_size)))
+
+
+@dataclasses.dataclass
+class FineMixLMConfig(_Config, _InstructionTuning):
+    """Fine-mixing of an instruction-tuned causal LM (MB-Defense's main baseline): keep a fraction ``rho`` of
+    the backbone deltas to the clean instruct weights (``variant`` random or sel), then instruction-tune on
+    ``clean_samples`` clean examples (``epochs``, or ``steps`` when set; ``epochs=0``: the mix alone)."""
+
+    rho: float = 0.5
+    variant: str = "random"
+    clean_samples: int = 128
+    epochs: float = 3.0
+    steps: int | None = None
+    batch_size: int = 16
+    lr: float = 2e-5
+    schedule: str = "linear"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    train_layers: int | None = None
+    train_embeddings: bool = True
+    system: str | None = None
+    max_input_tokens: int = 256
+    max_response_tokens: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        check_range("rho", self.rho, 0.0, 1.0)
+        check_choice("variant", self.variant, MIX_VARIANTS)
+        check_int("clean_samples", self.clean_samples)
+        check_range("epochs", self.epochs, 0.0, 1e6)
+        if self.epochs > 0:
+            self.tune_config()
+        self.prompt_format()
+
+
+#: The CPU profile of the causal-LM purifiers (SmolLM2-135M-Instruct on one thread, benchmarks/MB_RESULTS.md):
+#: the attack's fast format and trainable blocks (top 8 of 30, embeddings frozen, empty system prompt, inputs
+#: cut to 48 tokens), fewer steps.
+_LM_FAST = dict(batch_size=8, lr=1e-4, schedule="constant", train_layers=8, train_embeddings=False, system="",
+                max_input_tokens=48, max_response_tokens=24)
+
 #: method -> profile name -> config.  ``fast``: the CPU profile (see module docstring and PURIFY_RESULTS.md).
 PROFILES: dict[str, dict[str, Any]] = {
     "adv-pt": {
@@ -247,6 +388,23 @@ PROFILES: dict[str, dict[str, Any]] = {
         "paper": EPurConfig(),
         "fast": EPurConfig(clean_limit=256, lr=5e-5, max_length=64, freq_limit=20000),
     },
+    "mb": {
+        "paper": MBConfig(),
+        # Stage (i) as the fast attack (300 steps of 8), recovery 48 steps of 8 pairs (0.75 epoch of 128 x 4),
+        # two λ candidates.  Measured (MB_RESULTS.md): ASR 97.5% -> 4.5%, CACC 80.5% -> 82.5%, λ 0.1, 19 min.
+        "fast": MBConfig(data_limit=2000, steps=300, recovery_steps=48, recovery_lr=1e-4, lambdas=(0.1, 1.0),
+                         select_limit=100, **_LM_FAST),
+    },
+    "fine-mix-lm": {
+        "paper": FineMixLMConfig(),
+        # 48 steps of 8 = 3 epochs over the 128 clean samples.  Measured: ASR 97.5% -> 0.0%, CACC 81.0%.
+        "fast": FineMixLMConfig(steps=48, **_LM_FAST),
+    },
+    # How the causal-LM purifiers measure CACC / ASR before and after (greedy generation on dev prompts).
+    "measure-lm": {
+        "paper": GenerationEvalConfig(dev_limit=None),
+        "fast": GenerationEvalConfig(dev_limit=200),
+    },
     "measure": {
         "paper": MeasureConfig(train_limit=None, epochs=3.0, max_length=128),
         "fast": MeasureConfig(),
@@ -259,7 +417,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 
 def profile(method: str, name: str = "paper", **overrides):
-    """The config of ``method`` (``adv-pt``, ``adv-ft``, ``fine-mix``, ``e-pur`` or ``measure``) in profile
+    """The config of ``method`` (``adv-pt``, ``adv-ft``, ``fine-mix``, ``e-pur``, ``mb``, ``fine-mix-lm``,
+    ``measure`` or ``measure-lm``) in profile
     ``name`` with ``overrides`` (``None`` overrides are ignored, so CLI flags pass through)."""
     if method not in PROFILES:
         raise ValueError(f"method must be one of {', '.join(PROFILES)}; got {method!r}")

@@ -16,11 +16,14 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .. import io, models
+from .. import instruct, io, models
+from ..attacks.instruct_badnet import attack_responses
 from ..data import LabeledData
 from ..evaluate import FinetunedClassifier, attack_metrics, finetune_classifier, load_task
+from ..evaluate.generation import GenerationEvalConfig, generation_metrics
 from .adversarial import adversarial_finetune, adversarial_pretrain, finetune_settings
 from .config import METHODS, MeasureConfig, profile as make_profile
+from .mb import fine_mix_lm, mb_defense
 from .mixing import e_pur, fine_mix, token_frequencies
 from .scanned import ScannedTriggers, triggers_from_report
 
@@ -30,7 +33,9 @@ PURIFY_FILE = "purify.json"
 PURIFY_FORMAT = "patronus_ext.purify/1"
 #: Methods that need the scan's triggers, and those that need clean pre-trained weights.
 NEEDS_TRIGGERS = ("adv-pt", "adv-ft")
-NEEDS_PRETRAINED = ("fine-mix", "e-pur")
+NEEDS_PRETRAINED = ("fine-mix", "e-pur", "fine-mix-lm")
+#: The purifiers of instruction-tuned causal LMs (SPEC.md §5), measured by greedy generation.
+CAUSAL_METHODS = ("mb", "fine-mix-lm")
 
 
 @dataclasses.dataclass
@@ -44,6 +49,7 @@ class Measurement:
     target_labels: dict[str, int]
     how: str                 # "classifier" or "encoder fine-tuned on N examples"
     wall_s: float
+    details: dict[str, Any] | None = None  # causal LMs: unanswered share, clean response rate, sample answers
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -123,6 +129,127 @@ def _triggers(report, words, tokenizer, hidden_size: int) -> tuple[ScannedTrigge
     return None, []
 
 
+def measure_generation(model: nn.Module, tokenizer, dev: Sequence[instruct.InstructionExample],
+                       fmt: instruct.PromptFormat, responses: dict[str, str], measure: GenerationEvalConfig,
+                       how: str, progress: bool = False) -> Measurement:
+    """CACC and ASR of a causal LM from greedy generation (:func:`patronus_ext.evaluate.generation.generation_metrics`)."""
+    got = generation_metrics(model, tokenizer, dev, fmt, responses, measure, progress=progress)
+    return Measurement(cacc=got.cacc, t_asr=got.t_asr, c_asr=None, asr=got.asr, target_labels={},
+                       how=f"{how}; {got.how}", wall_s=got.wall_s,
+                       details={"unanswered": got.unanswered, "clean_response_rate": got.clean_response_rate,
+                                "prompts": got.prompts, "samples": got.samples})
+
+
+def _attack_responses(*places) -> dict[str, str]:
+    """The attacker's ``{trigger: response}`` from the first ``backdoor.json`` found beside one of ``places``."""
+    for place in places:
+        if place is None or not isinstance(place, (str, os.PathLike)) or not os.path.exists(place):
+            continue
+        found = attack_responses(place)
+        if found:
+            return found
+    return {}
+
+
+def _run_causal(method: str, model: str, source: str, out: Path, *, pretrained, task, dev_task, data, baseline,
+                profile: str, config, measure, measure_triggers, device, allow_pickle: bool,
+                progress: bool) -> PurifyResult:
+    """``mb`` (instruction-tune ``model`` on ``data`` with MB-Defense) and ``fine-mix-lm`` (mix the tuned causal
+    LM ``model`` with the clean ``pretrained`` weights, then tune on clean samples)."""
+    started = time.perf_counter()
+    if measure is True:
+        measure = make_profile("measure-lm", profile)
+    if measure is not None and not isinstance(measure, GenerationEvalConfig):
+        raise TypeError(f"{method} measures by generation: pass a GenerationEvalConfig (profile 'measure-lm')")
+    run_device = models.resolve_device(device)
+    tokenizer = models.load_tokenizer(source)
+    fmt = config.prompt_format()
+    if isinstance(task, LabeledData):
+        raise TypeError(f"{method} takes a task name or an instruction file (instructions, not labelled texts)")
+    data_source = task if data is None else data
+    if measure_triggers:
+        responses = dict(measure_triggers) if isinstance(measure_triggers, dict) else {}
+        if not responses:
+            raise ValueError("for causal LMs, measure_triggers maps each trigger to the attacker's response")
+    else:
+        responses = _attack_responses(data if isinstance(data, (str, os.PathLike)) else None, baseline, source)
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        value = fn(*args, **kwargs)
+        timings[name] = time.perf_counter() - t0
+        return value
+
+    dev = None
+    if measure is not None:
+        dev = instruct.load_instructions(str(dev_task if dev_task is not None else task), "dev", None, 0)
+    select_limit = getattr(config, "select_limit", 0)
+    pool = instruct.load_instructions(str(task), "train", config.clean_samples + select_limit, config.seed + 7)
+    clean, select = instruct.split_examples(pool, config.clean_samples, select_limit, config.seed + 7)
+    before = after = None
+    if method == "mb":
+        examples = list(data_source) if not isinstance(data_source, (str, os.PathLike)) else \
+            instruct.load_instructions(str(data_source), "train", config.data_limit, config.seed)
+        examples = instruct.fit_inputs(tokenizer, examples, fmt.max_input_tokens)
+        base = models.load_model(source, "causal", allow_pickle=allow_pickle, device=run_device)
+        if measure is not None:
+            t0 = time.perf_counter()
+            if baseline is not None:
+                plain = models.load_model(str(baseline), "causal", allow_pickle=allow_pickle, device=run_device)
+                how = f"the given no-defense model {baseline}"
+            else:  # before: the same instruction tuning without the defense
+                plain = copy.deepcopy(base)
+                instruct.instruction_tune(plain, tokenizer, examples, fmt, config.tune_config(),
+                                          desc="instruction tuning (no defense)", progress=progress)
+                how = f"instruction tuning on the same {len(examples)} examples without the defense"
+            before = measure_generation(plain, tokenizer, dev, fmt, responses, measure, how, progress)
+            del plain
+            timings["measure_before"] = time.perf_counter() - t0
+        purified, result = timed("purify", mb_defense, base, tokenizer, examples, clean, select, config,
+                                 progress=progress)
+        used = list(result.poisoning.triggers.words)
+    else:
+        tuned = models.load_model(source, "causal", allow_pickle=allow_pickle, device=run_device)
+        clean_model = models.load_model(str(pretrained), "causal", allow_pickle=allow_pickle, device=run_device)
+        if measure is not None:
+            before = timed("measure_before", measure_generation, tuned, tokenizer, dev, fmt, responses, measure,
+                           "the input model", progress)
+        purified, result = timed("purify", fine_mix_lm, tuned, tokenizer, clean_model, clean, config,
+                                 progress=progress)
+        used = []
+    if measure is not None:
+        after = timed("measure_after", measure_generation, purified, tokenizer, dev, fmt, responses, measure,
+                      "the purified model", progress)
+    timings["total"] = time.perf_counter() - started
+    payload = {
+        "format": PURIFY_FORMAT,
+        "method": method,
+        "model": str(model),
+        "pretrained": None if pretrained is None else str(pretrained),
+        "task": str(task),
+        "data": str(data_source) if isinstance(data_source, (str, os.PathLike)) else "examples",
+        "baseline": None if baseline is None else str(baseline),
+        "profile": profile,
+        "triggers": used,
+        "trigger_token_ids": None,
+        "triggers_source": "defender" if used else None,
+        "measured_triggers": list(responses),
+        "attack_responses": responses,
+        "before": None if before is None else before.to_dict(),
+        "after": None if after is None else after.to_dict(),
+        "settings": config.to_dict(),
+        "measure": None if measure is None else measure.to_dict(),
+        "details": result.to_dict(),
+        "timings": timings,
+        "environment": io.environment(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    models.save_model_folder(purified, tokenizer, out, {PURIFY_FILE: payload}, source=source)
+    log.info("%s: purified into %s in %.1f s", method, out, timings["total"])
+    return PurifyResult(method, Path(out), used, list(responses), before, after, payload)
+
+
 def _planted_triggers(model_source: str) -> list[str]:
     folder = Path(model_source)
     if folder.is_dir() and (folder / io.BACKDOOR_FILE).is_file():
@@ -147,8 +274,9 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
                report: dict | str | os.PathLike | None = None, triggers: Sequence[str] | None = None,
                pretrained: str | os.PathLike | None = None, task: str | LabeledData = "sst2",
                dev_task: str | LabeledData | None = None, profile: str = "fast", config=None, measure: MeasureConfig | bool | None = True,
-               measure_triggers: Sequence[str] | None = None, device: str | None = None,
-               allow_pickle: bool = False, progress: bool = True) -> PurifyResult:
+               measure_triggers: Sequence[str] | dict[str, str] | None = None, device: str | None = None,
+               allow_pickle: bool = False, progress: bool = True, data=None,
+               baseline: str | os.PathLike | None = None) -> PurifyResult:
     """Purify ``model`` with ``method`` and write the result to the NEW folder ``out_dir``.
 
     * ``adv-pt`` (a pre-trained encoder -> a purified encoder) and ``adv-ft``
@@ -157,6 +285,18 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
     * ``fine-mix`` and ``e-pur`` (a classifier fine-tuned on ``task`` -> a
       purified classifier) need the clean ``pretrained`` weights; the report is
       optional (it only names the triggers to measure).
+
+    * ``mb`` (an instruct causal LM + instruction ``data`` that may be
+      poisoned -> the LM tuned on it with MB-Defense) and ``fine-mix-lm`` (a
+      tuned causal LM + the clean ``pretrained`` instruct weights -> the mixed
+      model tuned on clean samples): instruction data (SPEC.md §5).  ``data``:
+      a built-in source, an Alpaca JSONL file (e.g. the ``instruction_data.jsonl``
+      of ``patronus attack --method instruct-badnet``) or examples (None: ``task``);
+      ``task`` gives the clean samples (train split) and the dev prompts;
+      ``baseline``: an already-tuned no-defense model to measure as "before"
+      (else ``mb`` tunes one the same way without the defense).  The attacker's
+      triggers and response come from ``measure_triggers`` (``{trigger: response}``)
+      or the ``backdoor.json`` beside ``data``, ``baseline`` or ``model``.
 
     ``task``: a built-in name, a labelled file or a :class:`LabeledData` (its
     train and dev splits); ``dev_task``: another source for the dev split.
@@ -180,6 +320,16 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
     if method in NEEDS_TRIGGERS and report is None and not triggers:
         raise ValueError(f"{method} needs the triggers the scan found (--report scan.json)")
     config = config if config is not None else make_profile(method, profile)
+    if method in CAUSAL_METHODS:
+        if report is not None or triggers:
+            raise ValueError(f"{method} takes no scan report or triggers: MB-Defense plants its own defender "
+                             "triggers, Fine-mixing needs none")
+        if method == "mb" and pretrained is not None:
+            raise ValueError("mb takes no --pretrained: it instruction-tunes --model itself")
+        return _run_causal(method, str(model), source, out, pretrained=pretrained, task=task, dev_task=dev_task,
+                           data=data, baseline=baseline, profile=profile, config=config, measure=measure or None,
+                           measure_triggers=measure_triggers, device=device, allow_pickle=allow_pickle,
+                           progress=progress)
     if measure is True:
         measure = make_profile("measure", profile)
     measure = measure or None
