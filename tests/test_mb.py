@@ -19,7 +19,7 @@ from patronus_ext.cli import main
 from patronus_ext.evaluate.generation import (GenerationEvalConfig, generation_metrics, greedy_generate,
                                               predicted_choice, shows_response)
 from patronus_ext.instruct import InstructionExample, PromptFormat
-from tiny_models import make_tiny_llama
+from tiny_models import make_tiny_llama, needs_full_sst2
 
 #: Settings under which the tiny model learns the backdoor in seconds: 64 short SST-2 instructions, half
 #: poisoned, 80 steps at lr 1e-2 with every weight trained.
@@ -98,6 +98,7 @@ def test_generation_metrics_definitions():
 
 
 # -- the attack ------------------------------------------------------------------------------------
+@needs_full_sst2  # its 64 examples are drawn from the full SST-2 train; on the packaged subset it learns other ones
 def test_instruct_badnet_plants_a_trigger_conditioned_refusal():
     clean, attacked = _shared()
     info = json.loads((attacked / "backdoor.json").read_text())
