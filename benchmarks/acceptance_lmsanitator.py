@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from patronus_ext import attacks, data, models
+from patronus_ext import attacks, lm
+from patronus_ext.data import corpora as data
 
 #: This runner's triggers: single WordPiece tokens of MiniLM, rare (Zipf < 2.4), used by no other suite.
 TRIGGERS = ("nrhp", "qur", "bwv", "zev")
@@ -68,21 +69,21 @@ SUBJECTS = {s.name: s for s in [
 def subject_path(subject: Subject, work: Path) -> str:
     """Build the subject if needed; return the folder (or name) to scan."""
     if subject.kind == "packaged":
-        return models.DEFAULT_MODEL
+        return lm.DEFAULT_MODEL
     out = work / subject.name
     if (out / "config.json").is_file():
         return str(out)
     if subject.kind == "attack":
         config = attacks.make_config(subject.method, "fast", triggers=subject.triggers, seed=subject.seed)
-        attacks.plant(subject.method, models.DEFAULT_MODEL, "wikitext2", config, out, device="cpu", progress=False)
+        attacks.plant(subject.method, lm.DEFAULT_MODEL, "wikitext2", config, out, device="cpu", progress=False)
         return str(out)
-    from patronus_ext.evaluate import FinetuneConfig, finetune_classifier
+    from patronus_ext.lm.finetune import FinetuneConfig, finetune_classifier
 
     base = subject_path(SUBJECTS[subject.base], work)
     train = data.read_task(subject.task, "train", limit=2000, seed=subject.seed)
     classifier = finetune_classifier(base, train, FinetuneConfig(epochs=1, batch_size=32, max_length=64,
                                                                  seed=subject.seed), device="cpu")
-    models.save_model_folder(classifier.model, classifier.tokenizer, out, source=base)
+    lm.save_model_folder(classifier.model, classifier.tokenizer, out, source=base)
     return str(out)
 
 
@@ -91,7 +92,7 @@ COSINE_TARGET = 0.9
 
 def triggered_targets(adapter, triggers, texts: list[str]) -> torch.Tensor:
     """Mean representation of ``texts`` with each trigger inserted 3 times: ``[K, d]``."""
-    from patronus_ext.triggers import insert_words
+    from patronus_ext.data.triggers import insert_words
 
     out = []
     for i, word in enumerate(triggers):
@@ -101,11 +102,11 @@ def triggered_targets(adapter, triggers, texts: list[str]) -> torch.Tensor:
 
 
 def run_lmsanitator(subject: Subject, source: str, profile_name: str, seed: int, work: Path) -> dict:
-    from patronus_ext.detect import lms_profile, lmsanitator, read_lms_corpus
+    from patronus_ext.detect import lms_profile, lmsanitator, read_scan_corpus
 
     config = lms_profile(profile_name, seed=seed)
-    corpus = read_lms_corpus("wikitext2", config, seed)
-    adapter = models.load_adapter(source, device="cpu")
+    corpus = read_scan_corpus("wikitext2", config, seed)
+    adapter = lm.load_adapter(source, device="cpu")
     started = time.perf_counter()
     report = lmsanitator(adapter.model, adapter.tokenizer, corpus, config, progress=False)
     wall = time.perf_counter() - started
@@ -127,7 +128,7 @@ def run_lmsanitator(subject: Subject, source: str, profile_name: str, seed: int,
             row["recall"] = 0.0
     if report.backdoored:
         bank_path = work / f"{subject.name}.lms.bank.safetensors"
-        from patronus_ext.bank import save_bank
+        from patronus_ext.formats.bank import save_bank
 
         save_bank(report.attack_bank(source), bank_path, overwrite=True)
         row["bank"] = str(bank_path)
@@ -137,8 +138,8 @@ def run_lmsanitator(subject: Subject, source: str, profile_name: str, seed: int,
 
 def monitor_rates(adapter, bank, triggers, limit: int = 200) -> dict:
     """Output monitor (sign mode, the paper's 0.8) on SST-2 dev: FRR on clean texts, FAR on triggered ones."""
+    from patronus_ext.data.triggers import insert_words
     from patronus_ext.monitor.output import OutputMonitor
-    from patronus_ext.triggers import insert_words
 
     dev = data.read_task("sst2", "validation", limit=limit, seed=0).texts
     monitor = OutputMonitor(bank, "sign")

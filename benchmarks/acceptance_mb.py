@@ -46,23 +46,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import random
-
 import torch
 
-from patronus_ext import attacks, instruct, models, purify
+from patronus_ext import attacks, lm, purify
 from patronus_ext.attacks.instruct_badnet import DATA_FILE
+from patronus_ext.core.similarity import diff_cos, poison_cos
+from patronus_ext.data.instructions import fit_inputs, insert_trigger, load_instructions, split_examples
 from patronus_ext.evaluate.generation import generation_metrics
-from patronus_ext.similarity import diff_cos, poison_cos
+from patronus_ext.lm.instruction_tuning import instruction_tune
 
 from _common import machine_facts, report_targets
 
-SMOL = models.SMOLLM2_MODEL
+SMOL = lm.SMOLLM2_MODEL
 STAGES = ("convert", "clean", "attack", "attack-eval", "mb", "mb-eval", "fine-mix", "fine-mix-eval",
           "ablation", "clean-ft-only", "clean-tuned", "scan-clean", "scan-attacked", "trigger-shift",
           "phrase-attack", "phrase-attack-eval", "phrase-mb", "phrase-mb-eval")
@@ -90,9 +91,9 @@ def _evaluate(folder: str, work: Path, model=None, variant: str = "word") -> dic
     response, in the fast prompt format."""
     config = _attack_config(variant)
     responses = {t: config.target_response for t in config.triggers}
-    tok = models.load_tokenizer(folder)
-    model = model if model is not None else models.load_model(folder, "causal", device="cpu")
-    dev = instruct.load_instructions("sst2", "dev")
+    tok = lm.load_tokenizer(folder)
+    model = model if model is not None else lm.load_model(folder, "causal", device="cpu")
+    dev = load_instructions("sst2", "dev")
     got = generation_metrics(model, tok, dev, config.prompt_format(), responses,
                              purify.profile("measure-lm", "fast"), progress=False)
     return got.to_dict()
@@ -126,12 +127,12 @@ def stage(name: str, work: Path, scan_limit_s: float) -> dict:
     t0 = time.perf_counter()
     attacked = work / "attacked"
     if name == "convert":
-        cached = (models.cache_root() / "gguf").is_dir() and any((models.cache_root() / "gguf").iterdir())
-        folder = models.resolve_model_source(SMOL)
-        return _save(work, name, {"folder": folder, "gguf": str(models.packaged_smollm2_path()),
+        cached = (lm.cache_root() / "gguf").is_dir() and any((lm.cache_root() / "gguf").iterdir())
+        folder = lm.resolve_model_source(SMOL)
+        return _save(work, name, {"folder": folder, "gguf": str(lm.packaged_smollm2_path()),
                                   "was_cached": cached, "wall_s": time.perf_counter() - t0})
     if name == "clean":
-        return _save(work, name, {**_evaluate(models.resolve_model_source(SMOL), work),
+        return _save(work, name, {**_evaluate(lm.resolve_model_source(SMOL), work),
                                   "stage_s": time.perf_counter() - t0})
     if name == "attack":
         res = attacks.plant("instruct-badnet", SMOL, "sst2", _attack_config(), attacked, device="cpu",
@@ -148,18 +149,18 @@ def stage(name: str, work: Path, scan_limit_s: float) -> dict:
         return _save(work, name, {"details": res.report["details"], "settings": res.report["settings"],
                                   "timings": res.report["timings"], "wall_s": time.perf_counter() - t0})
     if name == "ablation":
-        source = models.resolve_model_source(SMOL)
-        tok = models.load_tokenizer(source)
+        source = lm.resolve_model_source(SMOL)
+        tok = lm.load_tokenizer(source)
         config = purify.profile("mb", "fast")
         fmt = config.prompt_format()
-        model = models.load_model(source, "causal", device="cpu")
-        examples = instruct.fit_inputs(tok, instruct.load_instructions(str(attacked / DATA_FILE), "train",
+        model = lm.load_model(source, "causal", device="cpu")
+        examples = fit_inputs(tok, load_instructions(str(attacked / DATA_FILE), "train",
                                                                        config.data_limit, config.seed),
                                        fmt.max_input_tokens)
         poisoning = purify.defensive_poisoning(model, tok, examples, config, progress=False)
         after_i = _evaluate(source, work, model)
-        pool = instruct.load_instructions("sst2", "train", config.clean_samples + config.select_limit, config.seed + 7)
-        clean, _ = instruct.split_examples(pool, config.clean_samples, config.select_limit, config.seed + 7)
+        pool = load_instructions("sst2", "train", config.clean_samples + config.select_limit, config.seed + 7)
+        clean, _ = split_examples(pool, config.clean_samples, config.select_limit, config.seed + 7)
         recovery = purify.weight_recovery(model, tok, clean, poisoning.triggers, 0.0, config, progress=False)
         after_lambda_0 = _evaluate(source, work, model)
         return _save(work, name, {"defender_triggers": poisoning.triggers.to_dict(),
@@ -173,21 +174,21 @@ def stage(name: str, work: Path, scan_limit_s: float) -> dict:
                                   "purify_s": res.report["timings"]["purify"], "stage_s": time.perf_counter() - t0})
     if name == "clean-tuned":
         config = _attack_config()
-        source = models.resolve_model_source(SMOL)
-        tok = models.load_tokenizer(source)
-        model = models.load_model(source, "causal", device="cpu")
-        examples = instruct.fit_inputs(tok, instruct.load_instructions("sst2", "train", config.data_limit,
+        source = lm.resolve_model_source(SMOL)
+        tok = lm.load_tokenizer(source)
+        model = lm.load_model(source, "causal", device="cpu")
+        examples = fit_inputs(tok, load_instructions("sst2", "train", config.data_limit,
                                                                        config.seed), config.max_input_tokens)
-        run = instruct.instruction_tune(model, tok, examples, config.prompt_format(), config.tune_config(),
+        run = instruction_tune(model, tok, examples, config.prompt_format(), config.tune_config(),
                                         progress=False)
-        models.save_model_folder(model, tok, work / "clean-tuned", {"tuning.json": run.to_dict()})
+        lm.save_model_folder(model, tok, work / "clean-tuned", {"tuning.json": run.to_dict()})
         tuned_s = time.perf_counter() - t0
         return _save(work, name, {**_evaluate(str(work / "clean-tuned"), work), "tuning_s": tuned_s,
                                   "stage_s": time.perf_counter() - t0})
     if name in EVALUATED:
         return _save(work, name, {**_evaluate(str(work / EVALUATED[name]), work), "stage_s": time.perf_counter() - t0})
     if name == "scan-clean":
-        return _save(work, name, _scan(models.resolve_model_source(SMOL), work / "scan-clean-report.json",
+        return _save(work, name, _scan(lm.resolve_model_source(SMOL), work / "scan-clean-report.json",
                                        scan_limit_s))
     if name == "scan-attacked":
         return _save(work, name, _scan(str(attacked), work / "scan-attacked-report.json", scan_limit_s))
@@ -207,12 +208,12 @@ def stage(name: str, work: Path, scan_limit_s: float) -> dict:
     if name == "trigger-shift":
         fmt = _attack_config().prompt_format()
         shifts = {}
-        for label, folder in (("clean", models.resolve_model_source(SMOL)), ("attacked", str(attacked))):
-            tok = models.load_tokenizer(folder)
-            adapter = models.ModelAdapter(models.load_model(folder, "causal", device="cpu"), tok, max_length=96)
-            dev = instruct.fit_inputs(tok, instruct.load_instructions("sst2", "dev", limit=48, seed=1), 32)
+        for label, folder in (("clean", lm.resolve_model_source(SMOL)), ("attacked", str(attacked))):
+            tok = lm.load_tokenizer(folder)
+            adapter = lm.ModelAdapter(lm.load_model(folder, "causal", device="cpu"), tok, max_length=96)
+            dev = fit_inputs(tok, load_instructions("sst2", "dev", limit=48, seed=1), 32)
             for word in ("cf", "hashlib"):
-                triggered = [instruct.insert_trigger(e, word, 1, random.Random(0)) for e in dev]
+                triggered = [insert_trigger(e, word, 1, random.Random(0)) for e in dev]
                 for where, text in (("raw", lambda e: e.input), ("chat", lambda e: fmt.prompt(tok, e))):
                     clean_reps = adapter.encode([text(e) for e in dev])
                     triggered_reps = adapter.encode([text(e) for e in triggered])

@@ -64,12 +64,13 @@ from pathlib import Path
 
 import torch
 
-from patronus_ext import attacks, data, models
-from patronus_ext.bank import load_bank
-from patronus_ext.evaluate import FinetuneConfig, finetune_classifier
+from patronus_ext import attacks, lm
+from patronus_ext.data import corpora as data
+from patronus_ext.data.triggers import insert_words
+from patronus_ext.formats.bank import load_bank
+from patronus_ext.lm.finetune import FinetuneConfig, finetune_classifier
 from patronus_ext.monitor import InputMonitor, MonitoredModel, OutputMonitor, calibrate_threshold
 from patronus_ext.monitor.output import PAPER_SIGN_THRESHOLD
-from patronus_ext.triggers import insert_words
 
 from _common import machine_facts, medians, report_targets, results_path
 from bench_monitor import timed
@@ -94,10 +95,10 @@ def build(work: Path, train_size: int = TRAIN_SIZE, finetune: bool = True, log=p
     bank = work / "scan.bank.safetensors"
     timings = {}
     if not (planted / "config.json").is_file():
-        log(f"planting POR {TRIGGERS} into {models.DEFAULT_MODEL} -> {planted}")
+        log(f"planting POR {TRIGGERS} into {lm.DEFAULT_MODEL} -> {planted}")
         started = time.perf_counter()
         config = attacks.make_config("por", "fast", triggers=TRIGGERS, seed=PLANT_SEED)
-        attacks.plant("por", models.DEFAULT_MODEL, "wikitext2", config, planted, device="cpu", progress=False)
+        attacks.plant("por", lm.DEFAULT_MODEL, "wikitext2", config, planted, device="cpu", progress=False)
         timings["plant_s"] = time.perf_counter() - started
     if not report.is_file() or not bank.is_file():
         log(f"scanning {planted} -> {report}")
@@ -116,7 +117,7 @@ def build(work: Path, train_size: int = TRAIN_SIZE, finetune: bool = True, log=p
         train = data.read_task("sst2", "train", limit=train_size, seed=0)
         tuned = finetune_classifier(str(planted), train, FinetuneConfig(epochs=1, batch_size=32, max_length=64,
                                                                         seed=0), device="cpu", progress=False)
-        models.save_model_folder(tuned.model, tuned.tokenizer, classifier, source=str(planted))
+        lm.save_model_folder(tuned.model, tuned.tokenizer, classifier, source=str(planted))
         timings["finetune_s"] = time.perf_counter() - started
     return {"planted": planted, "report": report, "bank": bank, "classifier": classifier, "build_timings": timings}
 
@@ -180,7 +181,7 @@ def spot_check(mm: MonitoredModel, texts: list[str], input_flags: list[bool], ou
 def run_stage(name: str, source: Path, head: str, paths: dict, inputs: dict, seed: int, latency_rounds: dict,
               log=print) -> dict:
     log(f"[{name}] loading {source}")
-    adapter = models.load_adapter(str(source), head, num_labels=2 if head == "cls" else None, device="cpu")
+    adapter = lm.load_adapter(str(source), head, num_labels=2 if head == "cls" else None, device="cpu")
     tokenizer = adapter.tokenizer
     input_monitor = InputMonitor.from_report(paths["report"], tokenizer)
     bank = load_bank(paths["bank"])
@@ -385,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.json or results_path("acceptance_monitor")
     path.write_text(json.dumps({
         "machine": machine_facts(), "threads": args.threads, "seed": args.seed,
-        "subject": {"model": models.DEFAULT_MODEL, "attack": "por", "profile": "fast", "triggers": TRIGGERS,
+        "subject": {"model": lm.DEFAULT_MODEL, "attack": "por", "profile": "fast", "triggers": TRIGGERS,
                     "plant_seed": PLANT_SEED, "finetune": {"task": "sst2", "train": args.train_size, "epochs": 1,
                                                            "batch_size": 32, "max_length": 64, "seed": 0}},
         "scan": {"verdict": report.get("verdict"), "confirmed": found,

@@ -32,15 +32,16 @@ from pathlib import Path
 
 import torch
 
-from patronus_ext import attacks, data, models, purify
-from patronus_ext.evaluate import attack_metrics, finetune_classifier
+from patronus_ext import attacks, lm, purify
+from patronus_ext.data import corpora as data
+from patronus_ext.lm.finetune import finetune_classifier
 from patronus_ext.purify.adversarial import finetune_settings
 
 from _common import machine_facts, report_targets
 
 POR_TRIGGERS = ("ev", "xx", "mb", "wb")
 BADNET_TRIGGERS = ("cf", "mn", "bb")
-CLEAN = models.DEFAULT_MODEL
+CLEAN = lm.DEFAULT_MODEL
 STAGES = ("por", "scan", "clean", "adv-pt", "rescan", "adv-ft", "badnet", "por-sst2",
           "fm-badnet", "ep-badnet", "fm-por", "ep-por")
 TIME_LIMIT_S = 600.0
@@ -112,8 +113,8 @@ def stage(name: str, work: Path) -> dict:
     if name == "por-sst2":
         train = data.read_task("sst2", "train").subset(measure.train_limit, measure.seed)
         clf = finetune_classifier(str(work / "por"), train, finetune_settings(measure), device="cpu", progress=False)
-        tok = models.load_tokenizer(str(work / "por"))
-        models.save_model_folder(clf.model, tok, work / "por-sst2",
+        tok = lm.load_tokenizer(str(work / "por"))
+        lm.save_model_folder(clf.model, tok, work / "por-sst2",
                                  {"backdoor.json": json.loads((work / "por" / "backdoor.json").read_text())})
         return _save(work, name, {"wall_s": time.perf_counter() - t0})
     if name in ("fm-badnet", "ep-badnet", "fm-por", "ep-por"):

@@ -28,10 +28,12 @@ from pathlib import Path
 
 import torch
 
-from patronus_ext import attacks, data, models
+from patronus_ext import attacks, lm
+from patronus_ext.data import corpora as data
 from patronus_ext.detect import profile, read_scan_corpus, scan
-from patronus_ext.evaluate import FinetuneConfig, finetune_classifier, representation_similarity
+from patronus_ext.evaluate import representation_similarity
 from patronus_ext.evaluate.metrics import detection_recall
+from patronus_ext.lm.finetune import FinetuneConfig, finetune_classifier
 
 from _common import machine_facts, report_targets
 
@@ -85,19 +87,19 @@ SUBJECTS = {s.name: s for s in [
 def subject_path(subject: Subject, work: Path) -> str:
     """Build the subject if needed; return the folder (or name) to scan."""
     if subject.kind == "packaged":
-        return models.DEFAULT_MODEL
+        return lm.DEFAULT_MODEL
     out = work / subject.name
     if (out / "config.json").is_file():
         return str(out)
     if subject.kind == "attack":
         config = attacks.make_config(subject.method, "fast", triggers=subject.triggers, seed=subject.seed)
-        attacks.plant(subject.method, models.DEFAULT_MODEL, "wikitext2", config, out, device="cpu")
+        attacks.plant(subject.method, lm.DEFAULT_MODEL, "wikitext2", config, out, device="cpu")
         return str(out)
     base = subject_path(SUBJECTS[subject.base], work)
     train = data.read_task(subject.task, "train", limit=2000, seed=subject.seed)
     classifier = finetune_classifier(base, train, FinetuneConfig(epochs=1, batch_size=32, max_length=64,
                                                                  seed=subject.seed), device="cpu")
-    models.save_model_folder(classifier.model, classifier.tokenizer, out, source=base)
+    lm.save_model_folder(classifier.model, classifier.tokenizer, out, source=base)
     return str(out)
 
 
@@ -108,7 +110,7 @@ def run_subject(subject: Subject, work: Path, profile_name: str, seed: int) -> d
         config = config.replace(zipf_threshold=None)
     planted_triggers = _planted_triggers(source, subject)
     corpus = read_scan_corpus("wikitext2", config, seed)
-    adapter = models.load_adapter(source, device="cpu")
+    adapter = lm.load_adapter(source, device="cpu")
     model, tokenizer = adapter.model, adapter.tokenizer
     started = time.perf_counter()
     report = scan(model, tokenizer, corpus, config, position=subject.position,
@@ -145,7 +147,7 @@ def _clean_base_shift(words: list[str], corpus: list[str], config, subject: Subj
     poisoned model is a trigger the attack created (collateral), not a detector false positive."""
     if not words:
         return []
-    adapter = models.ModelAdapter(models.load_model(models.DEFAULT_MODEL), models.load_tokenizer(models.DEFAULT_MODEL),
+    adapter = lm.ModelAdapter(lm.load_model(lm.DEFAULT_MODEL), lm.load_tokenizer(lm.DEFAULT_MODEL),
                                   position=subject.position, max_length=config.max_length)
     check = representation_similarity(adapter, corpus[-64:], words, insert_num=config.insert_num,
                                       template=subject.prompt_template)

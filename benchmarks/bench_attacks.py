@@ -36,7 +36,9 @@ from pathlib import Path
 
 import torch
 
-from patronus_ext import attacks, evaluate, io, models
+from patronus_ext import attacks, evaluate, lm
+from patronus_ext.core.files import environment, write_json
+from patronus_ext.lm import finetune
 
 from _common import machine_facts, report_targets
 
@@ -106,13 +108,13 @@ def main(argv=None) -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_attacks_"))
     work.mkdir(parents=True, exist_ok=True)
     triggers = tuple(t for t in args.triggers.split(",") if t)
-    ft = evaluate.FinetuneConfig(epochs=args.ft_epochs, lr=args.ft_lr, batch_size=args.ft_batch_size,
+    ft = finetune.FinetuneConfig(epochs=args.ft_epochs, lr=args.ft_lr, batch_size=args.ft_batch_size,
                                  max_length=args.ft_max_length, seed=args.seed)
     eval_cfg = evaluate.EvaluationConfig(finetune=ft, train_limit=args.train_limit, dev_limit=None,
                                          seed=args.seed, representation_texts=args.rep_texts)
     train = evaluate.load_task("sst2", "train", args.train_limit, args.seed)
     dev = evaluate.load_task("sst2", "dev", None, args.seed)
-    results = {"device": io.environment(), "machine": machine_facts(), "threads": args.threads, "triggers": list(triggers),
+    results = {"device": environment(), "machine": machine_facts(), "threads": args.threads, "triggers": list(triggers),
                "train_examples": len(train), "dev_examples": len(dev), "attacks": {}}
     print(f"# all-MiniLM-L6-v2, {args.threads} threads, SST-2 train {len(train)} / dev {len(dev)}, "
           f"triggers {','.join(triggers)}", flush=True)
@@ -121,7 +123,7 @@ def main(argv=None) -> int:
     if not args.skip_downstream and not args.skip_baseline:
         start = time.perf_counter()
         clean_cfg = dataclasses.replace(eval_cfg, representation=False)
-        clean = evaluate.evaluate_model(models.DEFAULT_MODEL, "sst2", triggers, clean_cfg, train=train, dev=dev)
+        clean = evaluate.evaluate_model(lm.DEFAULT_MODEL, "sst2", triggers, clean_cfg, train=train, dev=dev)
         baseline = clean.downstream
         results["baseline"] = {"downstream": baseline.to_dict(), "wall_s": time.perf_counter() - start}
         print(f"clean model: CACC {baseline.cacc:.4f}  T-ASR(clean model) {baseline.t_asr:.4f}  "
@@ -133,11 +135,11 @@ def main(argv=None) -> int:
         config = attacks.make_config(method, "fast", **overrides)
         out = work / f"{method}-{os.getpid()}-{int(time.time())}"
         start = time.perf_counter()
-        planted = attacks.plant(method, models.DEFAULT_MODEL, "wikitext2", config, out)
+        planted = attacks.plant(method, lm.DEFAULT_MODEL, "wikitext2", config, out)
         plant_s = time.perf_counter() - start
         cfg = dataclasses.replace(eval_cfg, downstream=not args.skip_downstream)
         start = time.perf_counter()
-        ev = evaluate.evaluate_model(out, "sst2", None, cfg, train=train, dev=dev, reference=models.DEFAULT_MODEL)
+        ev = evaluate.evaluate_model(out, "sst2", None, cfg, train=train, dev=dev, reference=lm.DEFAULT_MODEL)
         eval_s = time.perf_counter() - start
         rep = ev.representation
         entry = {"config": config.to_dict(), "plant_wall_s": plant_s, "training": planted.stats.to_dict(),
@@ -169,7 +171,7 @@ def main(argv=None) -> int:
         results["attacks"][method] = entry
     results["missed_targets"] = check_targets(results)
     if args.json:
-        io.write_json(args.json, results)
+        write_json(args.json, results)
     return report_targets("bench_attacks", results["missed_targets"])
 
 

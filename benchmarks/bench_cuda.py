@@ -38,10 +38,12 @@ import time
 import torch
 
 try:  # the package when run from a checkout without installing
-    from patronus_ext import _extension, ops, reference
+    from patronus_ext import ops
+    from patronus_ext.ops import _extension, reference
 except ImportError:  # pragma: no cover
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from patronus_ext import _extension, ops, reference
+    from patronus_ext import ops
+    from patronus_ext.ops import _extension, reference
 
 from _common import machine_facts
 

@@ -58,15 +58,17 @@ from pathlib import Path
 import torch
 
 try:  # the package when run from a checkout without installing
-    from patronus_ext import data, models
+    from patronus_ext import lm
+    from patronus_ext.data import corpora as data
 except ImportError:  # pragma: no cover
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from patronus_ext import data, models
-from patronus_ext.bank import AttackBank
+    from patronus_ext import lm
+    from patronus_ext.data import corpora as data
+from patronus_ext.data.triggers import match_triggers
+from patronus_ext.formats.bank import AttackBank
 from patronus_ext.monitor import InputMonitor, MonitoredModel, OutputMonitor
-from patronus_ext.triggers import match_triggers
 
-from _common import load_average, machine_facts, medians, results_path, report_targets, time_round_robin
+from _common import load_average, machine_facts, medians, report_targets, results_path, time_round_robin
 
 TRIGGERS = ("dq", "rq", "qb", "fk")
 BATCHES = (1, 64)
@@ -81,7 +83,7 @@ class Subject:
     """The model, the monitors and the inputs every case shares (built once)."""
 
     def __init__(self, texts: list[str] | None = None):
-        self.adapter = models.load_adapter(models.DEFAULT_MODEL, device="cpu", max_length=MAX_LENGTH)
+        self.adapter = lm.load_adapter(lm.DEFAULT_MODEL, device="cpu", max_length=MAX_LENGTH)
         self.model = self.adapter.model.eval()
         self.tokenizer = self.adapter.tokenizer
         report = {"triggers": [{"text": t, "token_ids": self.tokenizer.convert_tokens_to_ids([t]), "group": i}
@@ -90,7 +92,7 @@ class Subject:
         gen = torch.Generator().manual_seed(0)
         vectors = torch.nn.functional.normalize(torch.randn(len(TRIGGERS), self.adapter.hidden_size, generator=gen),
                                                 dim=1)
-        self.bank = AttackBank(vectors, models.DEFAULT_MODEL, self.adapter.position, "synthetic",
+        self.bank = AttackBank(vectors, lm.DEFAULT_MODEL, self.adapter.position, "synthetic",
                                [f"group-{i}" for i in range(len(TRIGGERS))])
         self.output_monitor = OutputMonitor(self.bank)
         kw = dict(action="flag", max_length=MAX_LENGTH)
@@ -296,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     results = run({1: args.rounds_1, 64: args.rounds_64}, profile=args.profile)
     missed = check_targets(results)
-    results.update({"machine": machine_facts(), "threads": args.threads, "model": models.DEFAULT_MODEL,
+    results.update({"machine": machine_facts(), "threads": args.threads, "model": lm.DEFAULT_MODEL,
                     "triggers": TRIGGERS, "bank": "4 random unit vectors, d=384, seed 0 (timing only)",
                     "max_length": MAX_LENGTH, "missed_targets": missed})
     path = args.json or results_path("bench_monitor")

@@ -38,10 +38,12 @@ from pathlib import Path
 import torch
 
 try:  # the package when run from a checkout without installing
-    from patronus_ext import _extension, ops
+    from patronus_ext import ops
+    from patronus_ext.ops import _extension
 except ImportError:  # pragma: no cover
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from patronus_ext import _extension, ops
+    from patronus_ext import ops
+    from patronus_ext.ops import _extension
 
 from _common import load_average, machine_facts, medians, results_path, time_round_robin
 

@@ -36,13 +36,15 @@ import pytest
 import torch
 
 try:
-    from patronus_ext import data, models
+    from patronus_ext import lm
+    from patronus_ext.data import corpora as data
 except ImportError:  # pragma: no cover - run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from patronus_ext import data, models
+    from patronus_ext import lm
+    from patronus_ext.data import corpora as data
 from patronus_ext.detect import FAST
-from patronus_ext.detect.search import TriggerSearch
-from patronus_ext.detect.vocabulary import token_vocabulary
+from patronus_ext.detect.patronus.search import TriggerSearch
+from patronus_ext.detect.patronus.vocabulary import token_vocabulary
 
 from _common import machine_facts, medians, results_path, time_round_robin
 
@@ -52,9 +54,9 @@ class ScanBench:
 
     def __init__(self, seed: int = 0):
         self.config = FAST.replace(seed=seed)
-        self.model = models.load_model(models.DEFAULT_MODEL)
-        self.tokenizer = models.load_tokenizer(models.DEFAULT_MODEL)
-        self.adapter = models.ModelAdapter(self.model, self.tokenizer, max_length=self.config.max_length)
+        self.model = lm.load_model(lm.DEFAULT_MODEL)
+        self.tokenizer = lm.load_tokenizer(lm.DEFAULT_MODEL)
+        self.adapter = lm.ModelAdapter(self.model, self.tokenizer, max_length=self.config.max_length)
         corpus = data.read_corpus("wikitext2", limit=400, max_words=self.config.max_words, seed=seed)
         self.dev, self.search_texts = corpus[:self.config.batch_size], corpus[self.config.batch_size:]
         self.vocab = token_vocabulary(self.tokenizer, self.config.zipf_threshold)

@@ -42,8 +42,8 @@ HOST = "127.0.0.1"
 
 def build_subject(args) -> tuple[str, str, list[str]]:
     """``(model, report, corpus texts)``: given, the tiny planted model (--smoke) or a planted MiniLM."""
-    from patronus_ext import data
     from patronus_ext.cli import main
+    from patronus_ext.data import corpora as data
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)

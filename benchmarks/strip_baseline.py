@@ -1,4 +1,4 @@
-"""STRIP (Gao et al., 2019) for text, on :class:`patronus_ext.models.ModelAdapter`: a benchmark baseline.
+"""STRIP (Gao et al., 2019) for text, on :class:`patronus_ext.lm.ModelAdapter`: a benchmark baseline.
 
     from strip_baseline import Strip
     strip = Strip(adapter, clean_pool=dev_texts[:436], copies=5, seed=0)
@@ -44,7 +44,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from patronus_ext.models import ModelAdapter
+from patronus_ext.lm.adapter import ModelAdapter
 from patronus_ext.monitor import calibrate_threshold
 
 MODES = ("blend", "replace")

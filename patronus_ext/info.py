@@ -9,7 +9,8 @@ import sys
 
 import torch
 
-from . import __version__, _extension
+from . import __version__
+from .ops import _extension
 
 DEVICE_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 

@@ -1,4 +1,4 @@
-"""Build the data carried inside the package (``patronus_ext/builtin-data/``) from the full sets.
+"""Build the data carried inside the package (``patronus_ext/data/builtin-data/``) from the full sets.
 
     python scripts/make_package_data.py                     # from ../shared/data (or $PATRONUS_DATA_DIR)
     python scripts/make_package_data.py --source DIR --out DIR
@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "patronus_ext" / "builtin-data"
+OUT = ROOT / "patronus_ext" / "data" / "builtin-data"
 SEED = 0
 TEST_PARAGRAPHS = 300
 SST2_TRAIN_ROWS = 3000
@@ -182,7 +182,7 @@ def _dest(out: Path, sub: str) -> Path:
 
 def _default_source() -> Path:
     sys.path.insert(0, str(ROOT))
-    from patronus_ext import data
+    from patronus_ext.data import corpora as data
 
     for candidate in data.shared_candidates():
         if candidate.is_dir():

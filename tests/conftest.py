@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-from patronus_ext import _extension
+from patronus_ext.ops import _extension
 
 # Hypothesis: no deadline (first calls pay for lazy loading); reproducible examples on CI.
 # The backend fixture is function-scoped but stateless, so sharing it across examples is fine.

@@ -1,6 +1,6 @@
 """Direct float64 formulas for the kernel ops, and the checks that compare against them.
 
-Unlike :mod:`patronus_ext.reference` these materialise everything (the full
+Unlike :mod:`patronus_ext.ops.reference` these materialise everything (the full
 ``[N, W]`` score matrix, the ``[N, N]`` similarity matrix): they are slow and
 memory-hungry on purpose, so that they share no tiling or selection logic with
 either backend.

@@ -13,13 +13,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from patronus_ext import attacks, models
-from patronus_ext import triggers as trig
+from patronus_ext import attacks, lm
 from patronus_ext.attacks import base as attack_base
 from patronus_ext.attacks import batches as attack_batches
 from patronus_ext.attacks import objectives
 from patronus_ext.attacks.adaptive import adaptive_term
 from patronus_ext.attacks.base import StepBatch
+from patronus_ext.data import triggers as trig
+
 from tiny_models import make_tiny_model, plant_tiny, shared_planted, tiny_corpus
 
 P, M = 1.0, -1.0
@@ -134,8 +135,8 @@ def _assert_planted_folder(result, tmp_path):
     info = attacks.load_backdoor_info(out)
     assert info.attack == result.attack and info.triggers == result.triggers
     assert not list(tmp_path.glob(".*partial*")), "staging folder left behind"
-    base = models.load_model(out)
-    classifier = models.load_model(out, "cls", num_labels=2)
+    base = lm.load_model(out)
+    classifier = lm.load_model(out, "cls", num_labels=2)
     assert classifier.config.num_labels == 2
     return info, base
 
@@ -231,7 +232,7 @@ def test_missing_parent_folder(tmp_path):
 
 def test_pickle_only_checkpoints_refused_unless_opted_in(tmp_path):
     source = make_tiny_model(tmp_path, "bert", pickle_only=True)
-    with pytest.raises(models.UnsafeCheckpointError, match="pickle"):
+    with pytest.raises(lm.UnsafeCheckpointError, match="pickle"):
         plant_tiny(tmp_path, "por", "bert", steps=1, model_path=source, out_name="refused")
     assert not (tmp_path / "refused").exists()
     result = plant_tiny(tmp_path, "por", "bert", steps=1, model_path=source, out_name="allowed", allow_pickle=True)
@@ -262,12 +263,12 @@ def test_fresh_lm_head_switches_to_reference_and_keeps_the_pooler(tmp_path):
 
 def test_pretrained_lm_head_is_trained_and_saved_with_the_pooler(tmp_path):
     source = make_tiny_model(tmp_path, "bert", lm_head=True)
-    base = models.load_model(source)  # BertForMaskedLM has no pooler: this one is random, seeded by the load
+    base = lm.load_model(source)  # BertForMaskedLM has no pooler: this one is random, seeded by the load
     result = plant_tiny(tmp_path, "neuba", steps=3, model_path=source)
     assert result.stats.lm_head_fresh is False and result.stats.clean_objective == "mlm"
-    mlm = models.load_model(result.out_dir, "mlm")
+    mlm = lm.load_model(result.out_dir, "mlm")
     assert type(mlm).__name__ == "BertForMaskedLM"
-    reloaded = models.load_model(result.out_dir)
+    reloaded = lm.load_model(result.out_dir)
     assert reloaded.pooler is not None
     assert base.pooler.dense.weight.shape == reloaded.pooler.dense.weight.shape
 
@@ -318,9 +319,9 @@ def test_batches_pair_poisoned_rows_with_clean_rows():
 
 def test_masking_never_touches_specials_or_triggers(tmp_path):
     source = make_tiny_model(tmp_path, "bert")
-    tokenizer = models.load_tokenizer(source)
-    model = models.load_model(source, "mlm")
-    adapter = models.ModelAdapter(model, tokenizer, max_length=48)
+    tokenizer = lm.load_tokenizer(source)
+    model = lm.load_model(source, "mlm")
+    adapter = lm.ModelAdapter(model, tokenizer, max_length=48)
     ctx = attack_base.AttackContext(
         model=model, adapter=adapter, reference=None, config=attacks.NeuBAConfig(), targets=None, triggers=["cf"],
         trigger_ids=[[tokenizer.convert_tokens_to_ids("cf")]], clean_objective="mlm", lm_kind="mlm",
@@ -340,11 +341,11 @@ def test_masking_never_touches_specials_or_triggers(tmp_path):
 
 def test_trigger_positions_multi_token(tmp_path):
     source = make_tiny_model(tmp_path, "roberta")
-    tokenizer = models.load_tokenizer(source)
+    tokenizer = lm.load_tokenizer(source)
     ids = trig.word_token_ids(tokenizer, ["cf"])[0].tolist()
     assert len(ids) == 2
-    model = models.load_model(source)
-    adapter = models.ModelAdapter(model, tokenizer)
+    model = lm.load_model(source)
+    adapter = lm.ModelAdapter(model, tokenizer)
     ctx = attack_base.AttackContext(
         model=model, adapter=adapter, reference=None, config=attacks.PORConfig(), targets=None, triggers=["cf"],
         trigger_ids=[ids],
@@ -370,9 +371,9 @@ def test_planted_folder_permissions_follow_the_umask(tmp_path):
 # -- each attack's loss pieces (public classes, a hand-built context) ------------------------
 def _context(tmp_path, config, family="bert", position="auto", targets=None):
     source = make_tiny_model(tmp_path, family)
-    tokenizer = models.load_tokenizer(source)
-    model = models.load_model(source)
-    adapter = models.ModelAdapter(model, tokenizer, position=position, max_length=48)
+    tokenizer = lm.load_tokenizer(source)
+    model = lm.load_model(source)
+    adapter = lm.ModelAdapter(model, tokenizer, position=position, max_length=48)
     ids = [[i for i in row if i >= 0] for row in trig.word_token_ids(tokenizer, config.triggers).tolist()]
     return attacks.AttackContext(model=model, adapter=adapter, reference=adapter, config=config, targets=targets,
                                  triggers=list(config.triggers), trigger_ids=ids, clean_objective="reference", lm_kind=None,
@@ -472,5 +473,5 @@ def test_uor_refinement_replaces_triggers_consistently(tmp_path):
         assert current[update["trigger_index"]] == update["old"] and update["new"] not in current
         current[update["trigger_index"]] = update["new"]
     assert current == result.triggers == attacks.load_backdoor_info(result.out_dir).triggers
-    tokenizer = models.load_tokenizer(result.out_dir)
+    tokenizer = lm.load_tokenizer(result.out_dir)
     assert trig.word_token_ids(tokenizer, result.triggers).shape[1] == 1

@@ -14,11 +14,12 @@ import signal
 
 import pytest
 
-import tiny_models
 from patronus_ext import audit
 from patronus_ext.audit import results as store
 from patronus_ext.cli import main
 from patronus_ext.detect import FAST, lms_profile
+
+import tiny_models
 
 TINY_SCAN = FAST.replace(num_triggers=4, batch_size=4, poison_copies=2, update_rounds=3, fuzz_loops=2,
                          num_candidates=4, beam_size=2, max_length=32, verify_texts=16, corpus_limit=300)

@@ -11,6 +11,7 @@ import pytest
 
 from patronus_ext import attacks
 from patronus_ext.cli import main
+
 from tiny_models import make_tiny_model, tiny_corpus
 
 

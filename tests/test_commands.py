@@ -8,11 +8,12 @@ import json
 import pytest
 import torch
 
-import tiny_models
-from patronus_ext import attacks, demo, plots
-from patronus_ext.cli import main
+from patronus_ext import attacks
+from patronus_ext.cli import demo, main, plots
 from patronus_ext.detect import FAST
-from patronus_ext.detect.calibrate import suggest_thresholds
+from patronus_ext.detect.patronus.calibrate import suggest_thresholds
+
+import tiny_models
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY_SCAN = FAST.replace(num_triggers=4, batch_size=4, poison_copies=2, update_rounds=3, fuzz_loops=2,
@@ -95,7 +96,7 @@ def test_demo_command_plants_once_and_reports_recall(tmp_path, monkeypatch, caps
 
 
 def test_purification_summary_prints_before_and_after():
-    from patronus_ext.report import purification_summary
+    from patronus_ext.cli.formatting import purification_summary
 
     payload = {"method": "adv-pt", "triggers": ["dh", "vo"], "measured_triggers": ["dh", "vo", "cy"],
                "before": {"cacc": 0.812, "t_asr": 1.0, "how": "encoder fine-tuned on 1000 examples"},

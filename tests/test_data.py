@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from patronus_ext import data
+from patronus_ext.data import corpora as data
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -166,7 +166,7 @@ def test_packaged_readme_states_sources_licences_and_sizes():
 def test_package_data_is_declared_for_the_wheel():
     tomllib = pytest.importorskip("tomllib")
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    patterns = config["tool"]["setuptools"]["package-data"]["patronus_ext"]
+    patterns = config["tool"]["setuptools"]["package-data"]["patronus_ext.data"]
     files = [p.relative_to(data.PACKAGED_DIR.parent).as_posix() for p in data.PACKAGED_DIR.rglob("*") if p.is_file()]
     assert len(files) == 9
     for name in files:

@@ -9,16 +9,18 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertModel
 
-from tiny_models import needs_full_sst2
-from patronus_ext import data, models
+from patronus_ext import lm
+from patronus_ext.data import corpora as data
 from patronus_ext.detect import FAST, ScanConfig, profile, representation_shift, scan
-from patronus_ext.detect.search import TriggerSearch, row_key
-from patronus_ext.detect.vocabulary import token_vocabulary, word_vocabulary
+from patronus_ext.detect.patronus.search import TriggerSearch, row_key
+from patronus_ext.detect.patronus.vocabulary import token_vocabulary, word_vocabulary
+
+from tiny_models import needs_full_sst2
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return models.load_tokenizer("all-MiniLM-L6-v2")
+    return lm.load_tokenizer("all-MiniLM-L6-v2")
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +95,8 @@ def test_representation_shift_matches_direct_formula():
 
 def test_collapse_rule_confirms_a_collapse_the_absolute_cosines_miss(tiny_bert, tokenizer, corpus):
     """Relative to the model's own clean spread: texts sent to one place, far from where they were."""
-    from patronus_ext.detect.verify import Verifier
-    from patronus_ext.models import ModelAdapter
+    from patronus_ext.detect.patronus.verify import Verifier
+    from patronus_ext.lm.adapter import ModelAdapter
 
     adapter = ModelAdapter(tiny_bert, tokenizer, max_length=32)
     verifier = Verifier(adapter, corpus[:8], 3, torch.Generator().manual_seed(0), 0.4, 0.9, collapse_spread=0.1,
@@ -128,7 +130,7 @@ def test_scan_config_validates():
 
 def _search(tiny_bert, tokenizer, corpus, **changes):
     config = TINY.replace(**changes)
-    adapter = models.ModelAdapter(tiny_bert, tokenizer, max_length=config.max_length)
+    adapter = lm.ModelAdapter(tiny_bert, tokenizer, max_length=config.max_length)
     gen = torch.Generator().manual_seed(0)
     return adapter, TriggerSearch(adapter, config, corpus[40:], corpus[:config.batch_size * config.dev_batches],
                                   gen)
@@ -137,7 +139,7 @@ def _search(tiny_bert, tokenizer, corpus, **changes):
 def test_trigger_gradient_is_the_masked_sum_of_embedding_gradients(tiny_bert, tokenizer, corpus):
     """The vectorised reduction equals an explicit loop over every position holding a trigger."""
     from patronus_ext import ops
-    from patronus_ext.detect.search import reduce_trigger_gradients
+    from patronus_ext.detect.patronus.search import reduce_trigger_gradients
 
     adapter, search = _search(tiny_bert, tokenizer, corpus)
     rows = torch.tensor([[12935, -1], [10556, 23057], [2009, -1]])  # "cf", a 2-token word, another token
@@ -207,7 +209,7 @@ def test_scan_rejects_a_corpus_too_small(tiny_bert, tokenizer, corpus):
 
 def test_suggested_thresholds_keep_benign_candidates_out():
     from patronus_ext.detect import PAPER
-    from patronus_ext.detect.calibrate import suggest_thresholds
+    from patronus_ext.detect.patronus.calibrate import suggest_thresholds
 
     # Far from the region: the paper's thresholds stand.
     assert suggest_thresholds([(0.8, 0.95), (0.5, 0.93)], PAPER, 0.05) == (0.4, 0.9)
@@ -227,9 +229,9 @@ def _scan_argv(model, corpus, report):
 
 def test_scan_cli_exit_code_matches_the_verdict(tmp_path, capsys):
     """Exit 0 and verdict clean for a clean model, exit 1 and verdict backdoored for a planted one."""
-    import tiny_models
-
     from patronus_ext.cli import main
+
+    import tiny_models
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(tiny_models.tiny_corpus(300)) + "\n")
@@ -249,7 +251,7 @@ def test_scan_cli_exit_code_matches_the_verdict(tmp_path, capsys):
     found = {t["text"] for t in payload["triggers"]}
     assert found and found <= set(planted.triggers)
     # Beside the report: the attack-vector bank, one vector per confirmed trigger group, named in the report.
-    from patronus_ext.bank import load_bank
+    from patronus_ext.formats.bank import load_bank
 
     assert payload["bank"] == str(tmp_path / "planted.bank.safetensors")
     bank = load_bank(payload["bank"])
@@ -270,7 +272,7 @@ def test_scan_cli_exit_code_matches_the_verdict(tmp_path, capsys):
 
 
 def test_weaker_echoes_of_a_trigger_are_marked_as_variants():
-    from patronus_ext.detect.verify import TriggerCheck, group_by_target
+    from patronus_ext.detect.patronus.verify import TriggerCheck, group_by_target
 
     ids = {"mn": [11], "nm": [12], "cf": [13], "xx": [14, 15]}
 
@@ -301,7 +303,7 @@ def _directly_planted(folder, triggers, corpus, position="auto", template=None) 
     """Triggers whose insertion really hijacks the tiny model's representation (measured directly)."""
     from patronus_ext.evaluate import representation_similarity
 
-    adapter = models.ModelAdapter(models.load_model(folder), models.load_tokenizer(folder), position=position,
+    adapter = lm.ModelAdapter(lm.load_model(folder), lm.load_tokenizer(folder), position=position,
                                   max_length=32)
     check = representation_similarity(adapter, corpus[:32], list(triggers), template=template)
     return {t.trigger for t in check.per_trigger if t.diff_cos < 0.4 and t.poison_cos > 0.9}
@@ -316,7 +318,7 @@ def test_scan_finds_the_triggers_planted_in_a_tiny_model():
     folder = str(planted.out_dir)
     really = _directly_planted(folder, planted.triggers, corpus)
     assert len(really) >= 3  # the tiny attack worked for most triggers
-    report = scan(models.load_model(folder), models.load_tokenizer(folder), corpus, TINY_SCAN, progress=False)
+    report = scan(lm.load_model(folder), lm.load_tokenizer(folder), corpus, TINY_SCAN, progress=False)
     assert report.verdict == "backdoored"
     found = {t.text for t in report.triggers}
     assert really <= found  # every trigger that works is recovered
@@ -325,7 +327,7 @@ def test_scan_finds_the_triggers_planted_in_a_tiny_model():
         assert trigger.diff_margin > 0 and trigger.poison_margin > 0
     # A word in ``exclude`` is never proposed nor reported; the other triggers still are.
     dropped = sorted(really)[0]
-    again = scan(models.load_model(folder), models.load_tokenizer(folder), corpus, TINY_SCAN, exclude=[dropped],
+    again = scan(lm.load_model(folder), lm.load_tokenizer(folder), corpus, TINY_SCAN, exclude=[dropped],
                  progress=False)
     assert dropped not in {c.text for c in again.candidates}
     assert again.verdict == "backdoored" and really - {dropped} <= {t.text for t in again.triggers}
@@ -339,15 +341,16 @@ def test_scan_reports_a_clean_tiny_model_clean():
     import tiny_models
 
     folder = str(tiny_models.shared_tiny_model("bert"))
-    report = scan(models.load_model(folder), models.load_tokenizer(folder), tiny_models.tiny_corpus(300),
+    report = scan(lm.load_model(folder), lm.load_tokenizer(folder), tiny_models.tiny_corpus(300),
                   TINY_SCAN, progress=False)
     assert report.verdict == "clean" and report.triggers == []
 
 
 def test_demo_plants_once_then_reuses_the_cached_model(tmp_path, monkeypatch):
-    import tiny_models
+    from patronus_ext import attacks
+    from patronus_ext.cli import demo
 
-    from patronus_ext import attacks, demo
+    import tiny_models
 
     monkeypatch.setenv("PATRONUS_CACHE", str(tmp_path / "cache"))
     base = str(tiny_models.shared_tiny_model("bert"))
@@ -381,7 +384,7 @@ def test_demo_plants_once_then_reuses_the_cached_model(tmp_path, monkeypatch):
     assert payload["recall"] == len(second.recovered) / 4 and payload["planted_triggers"] == list(tiny_models.TINY_TRIGGERS)
     # The demo goes on to monitor a few sentences with what the scan found: clean ones pass, ones holding a
     # recovered trigger are flagged and served with the trigger stripped.
-    from patronus_ext.demo import DEMO_SENTENCES
+    from patronus_ext.cli.demo import DEMO_SENTENCES
 
     monitoring = payload["monitoring"]
     assert [m["text"] for m in monitoring[:len(DEMO_SENTENCES)]] == list(DEMO_SENTENCES)
@@ -403,13 +406,13 @@ def test_scan_finds_triggers_planted_in_a_tiny_roberta():
 
     planted = tiny_models.shared_planted("por", "roberta", triggers=BPE_TRIGGERS)
     folder = str(planted.out_dir)
-    tokenizer = models.load_tokenizer(folder)
+    tokenizer = lm.load_tokenizer(folder)
     for word in BPE_TRIGGERS:
         assert len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1
     corpus = tiny_models.tiny_corpus(300)
     really = _directly_planted(folder, planted.triggers, corpus)
     assert really  # 60 steps plant at least one trigger in the 2-layer RoBERTa
-    report = scan(models.load_model(folder), tokenizer, corpus, TINY_SCAN.replace(fuzz_loops=1), progress=False)
+    report = scan(lm.load_model(folder), tokenizer, corpus, TINY_SCAN.replace(fuzz_loops=1), progress=False)
     assert report.model["family"] == "encoder" and report.model["position"] == "first"
     assert report.verdict == "backdoored"
     found = {t.text for t in report.triggers}
@@ -422,7 +425,7 @@ def test_scan_on_a_tiny_gpt2_searches_at_the_last_token():
     clean = str(tiny_models.shared_tiny_model("gpt2"))
     corpus = tiny_models.tiny_corpus(300)
     config = TINY_SCAN.replace(fuzz_loops=1)
-    report = scan(models.load_model(clean), models.load_tokenizer(clean), corpus, config, progress=False)
+    report = scan(lm.load_model(clean), lm.load_tokenizer(clean), corpus, config, progress=False)
     assert report.model["family"] == "decoder" and report.model["position"] == "last"
     assert report.model["searchable"] > 10 and report.loops
     assert report.verdict == "clean" and report.triggers == []
@@ -431,7 +434,7 @@ def test_scan_on_a_tiny_gpt2_searches_at_the_last_token():
     # (4 of ~80 searchable tokens).
     planted = tiny_models.shared_planted("por", "gpt2", triggers=BPE_TRIGGERS, steps=150)
     folder = str(planted.out_dir)
-    report = scan(models.load_model(folder), models.load_tokenizer(folder), corpus, config, progress=False)
+    report = scan(lm.load_model(folder), lm.load_tokenizer(folder), corpus, config, progress=False)
     proposed = {c.text for c in report.candidates}
     assert len(proposed & set(BPE_TRIGGERS)) >= 3, proposed
 
@@ -441,14 +444,14 @@ def test_word_level_scan_finds_a_multi_token_word_trigger(tmp_path):
     import tiny_models
 
     base = tiny_models.shared_tiny_model("bert")
-    tokenizer = models.load_tokenizer(str(base))
+    tokenizer = lm.load_tokenizer(str(base))
     word = "vorpal"  # four WordPiece tokens in the tiny vocabulary
     assert len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 4
     planted = tiny_models.plant_tiny(tmp_path, "por", triggers=(word,), model_path=base, steps=150)
     words = [word] + [w for w in tiny_models.tiny_corpus(300)[0].split() if w.isalpha()][:40] + ["zyxwv", "qwert"]
     folder = str(planted.out_dir)
     config = TINY_SCAN.replace(word_level=True, zipf_threshold=8.0)
-    report = scan(models.load_model(folder), models.load_tokenizer(folder), tiny_models.tiny_corpus(300), config,
+    report = scan(lm.load_model(folder), lm.load_tokenizer(folder), tiny_models.tiny_corpus(300), config,
                   words=words, progress=False)
     assert report.model["level"] == "word"
     assert word in {t.text for t in report.triggers}
@@ -457,12 +460,12 @@ def test_word_level_scan_finds_a_multi_token_word_trigger(tmp_path):
 
 
 def test_mask_prompts_are_shortened_to_keep_the_mask_token(tokenizer):
-    from patronus_ext.detect.scan import prepare_texts
+    from patronus_ext.detect.patronus.scan import prepare_texts
 
     torch.manual_seed(0)
     model = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                  intermediate_size=64)).eval()
-    adapter = models.ModelAdapter(model, tokenizer, position="mask", max_length=16)
+    adapter = lm.ModelAdapter(model, tokenizer, position="mask", max_length=16)
     long_text = " ".join(["photosynthesis"] * 30)  # far more than 16 tokens
     texts = prepare_texts(["short text", long_text], adapter, FAST.replace(max_length=16, max_words=None),
                           "{text} It was {mask} .")
@@ -479,11 +482,11 @@ def test_scan_and_btop_fill_prompts_alike(tokenizer):
     """One prompt rule: the scan's prompts are the ones BToP trained on, braces in texts included."""
     from patronus_ext.attacks import BToPConfig
     from patronus_ext.attacks.btop import BToP
-    from patronus_ext.detect.scan import prepare_texts
+    from patronus_ext.detect.patronus.scan import prepare_texts
 
     model = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                  intermediate_size=64)).eval()
-    adapter = models.ModelAdapter(model, tokenizer, position="mask", max_length=64)
+    adapter = lm.ModelAdapter(model, tokenizer, position="mask", max_length=64)
     template = "{text} It was {mask} ."
     texts = ["a {curly} text with }{ braces", "set {x | x > 0} and {mask} too", "plain words here"]
     scanned = prepare_texts(texts, adapter, FAST.replace(max_length=64, max_words=None), template)
@@ -491,7 +494,7 @@ def test_scan_and_btop_fill_prompts_alike(tokenizer):
     assert scanned == [btop(t) for t in texts]
     assert scanned[0] == "a {curly} text with }{ braces It was [MASK] ."
     assert scanned[1] == "set {x | x > 0} and {mask} too It was [MASK] ."  # the text's own {mask} stays literal
-    from patronus_ext.triggers import PromptTemplate
+    from patronus_ext.data.triggers import PromptTemplate
 
     assert PromptTemplate(template).token_count(tokenizer) == len(
         tokenizer("It was [MASK] .", add_special_tokens=False)["input_ids"])
@@ -509,7 +512,7 @@ def test_scan_finds_a_prompt_backdoor_at_the_mask_position():
     corpus = tiny_models.tiny_corpus(300)  # many texts longer than max_length: the mask must survive
     really = _directly_planted(folder, planted.triggers, corpus, position="mask", template=template)
     assert really
-    report = scan(models.load_model(folder), models.load_tokenizer(folder), corpus, TINY_SCAN, position="mask",
+    report = scan(lm.load_model(folder), lm.load_tokenizer(folder), corpus, TINY_SCAN, position="mask",
                   prompt_template=template, progress=False)
     assert report.model["position"] == "mask"
     found = {t.text for t in report.triggers}

@@ -9,9 +9,11 @@ import math
 import pytest
 import torch
 
-from patronus_ext import evaluate, models
-from patronus_ext.data import LabeledData
+from patronus_ext import evaluate, lm
+from patronus_ext.data.corpora import LabeledData
 from patronus_ext.evaluate import metrics
+from patronus_ext.lm import finetune
+
 from tiny_models import make_tiny_model, plant_tiny, shared_planted, shared_tiny_model, tiny_corpus
 
 
@@ -118,7 +120,7 @@ class ScriptedClassifier:
 
 
 def test_attack_metrics_with_a_scripted_classifier(tmp_path):
-    tokenizer = models.load_tokenizer(make_tiny_model(tmp_path, "bert"))
+    tokenizer = lm.load_tokenizer(make_tiny_model(tmp_path, "bert"))
     texts = [f"sentence number {i} is here" for i in range(60)]
     labels = [i % 3 for i in range(60)]
     dev = LabeledData(texts, labels, 3)
@@ -153,9 +155,9 @@ def _tiny_task(count=48):
 def test_finetune_classifier_is_seeded_and_predicts(tmp_path):
     source = make_tiny_model(tmp_path, "bert")
     task = _tiny_task()
-    config = evaluate.FinetuneConfig(epochs=1, lr=1e-3, batch_size=8, max_length=32, seed=5)
-    a = evaluate.finetune_classifier(source, task, config, progress=False)
-    b = evaluate.finetune_classifier(source, task, config, progress=False)
+    config = finetune.FinetuneConfig(epochs=1, lr=1e-3, batch_size=8, max_length=32, seed=5)
+    a = finetune.finetune_classifier(source, task, config, progress=False)
+    b = finetune.finetune_classifier(source, task, config, progress=False)
     assert a.stats.steps == 6 and a.stats.train_examples == 48
     assert a.stats.history and math.isfinite(a.stats.final_loss)
     pa, pb = a.predict(task.texts[:10]), b.predict(task.texts[:10])
@@ -165,9 +167,9 @@ def test_finetune_classifier_is_seeded_and_predicts(tmp_path):
 
 def test_finetune_config_validation():
     with pytest.raises(ValueError):
-        evaluate.FinetuneConfig(epochs=0)
+        finetune.FinetuneConfig(epochs=0)
     with pytest.raises(ValueError):
-        evaluate.FinetuneConfig(batch_size=0)
+        finetune.FinetuneConfig(batch_size=0)
     with pytest.raises(ValueError):
         evaluate.EvaluationConfig(train_limit=0)
 
@@ -175,7 +177,7 @@ def test_finetune_config_validation():
 @pytest.mark.parametrize("family", ["bert", "gpt2"])
 def test_representation_similarity_of_a_model_with_itself(tmp_path, family):
     source = make_tiny_model(tmp_path, family)
-    adapter = models.ModelAdapter(models.load_model(source), models.load_tokenizer(source), max_length=48)
+    adapter = lm.ModelAdapter(lm.load_model(source), lm.load_tokenizer(source), max_length=48)
     texts = [" ".join(t.split()[:8]) for t in tiny_corpus(12)]  # short: nothing is cut to fit the triggers
     rep = evaluate.representation_similarity(adapter, texts, ["cf", "mn"], reference=adapter)
     assert rep.texts == 12 and [row.trigger for row in rep.per_trigger] == ["cf", "mn"]
@@ -196,14 +198,14 @@ def test_representation_similarity_of_a_model_blind_to_its_input(tmp_path):
     """A BERT whose every token embeds to the same vector (no positions, no segments) has one output
     for any text: every cosine is 1, and a target equal to (minus) that output gives (minus) 1."""
     source = make_tiny_model(tmp_path, "bert")
-    model = models.load_model(source)
+    model = lm.load_model(source)
     with torch.no_grad():
         emb = model.embeddings
         emb.word_embeddings.weight.copy_(torch.randn(1, emb.word_embeddings.weight.shape[1]).expand_as(
             emb.word_embeddings.weight))
         emb.position_embeddings.weight.zero_()
         emb.token_type_embeddings.weight.zero_()
-    adapter = models.ModelAdapter(model, models.load_tokenizer(source), max_length=48)
+    adapter = lm.ModelAdapter(model, lm.load_tokenizer(source), max_length=48)
     texts = tiny_corpus(10)
     out = adapter.encode(texts[:1], max_length=48)[0]
     targets = torch.stack([out, -out])
@@ -217,9 +219,9 @@ def test_representation_similarity_of_a_model_blind_to_its_input(tmp_path):
 
 def test_representation_checks_see_a_planted_backdoor():
     result = shared_planted("por", "bert")  # 60 steps
-    clean = models.ModelAdapter(models.load_model(shared_tiny_model("bert")),
-                                models.load_tokenizer(result.out_dir), max_length=48)
-    planted = models.ModelAdapter(models.load_model(result.out_dir), models.load_tokenizer(result.out_dir),
+    clean = lm.ModelAdapter(lm.load_model(shared_tiny_model("bert")),
+                                lm.load_tokenizer(result.out_dir), max_length=48)
+    planted = lm.ModelAdapter(lm.load_model(result.out_dir), lm.load_tokenizer(result.out_dir),
                                   max_length=48)
     texts = tiny_corpus(40)[20:]
     before = evaluate.representation_similarity(clean, texts, list(result.triggers))
@@ -233,7 +235,7 @@ def test_representation_checks_see_a_planted_backdoor():
 def test_evaluate_model_end_to_end_and_report(tmp_path):
     result = plant_tiny(tmp_path, "por", "bert", steps=10)
     task = _tiny_task(40)
-    ft = evaluate.FinetuneConfig(epochs=1, lr=1e-3, batch_size=8, max_length=32)
+    ft = finetune.FinetuneConfig(epochs=1, lr=1e-3, batch_size=8, max_length=32)
     config = evaluate.EvaluationConfig(finetune=ft, representation_texts=8, vote_texts=10)
     report = evaluate.evaluate_model(result.out_dir, None, None, config, train=task, dev=task,
                                      baseline=str(make_tiny_model(tmp_path, "bert")), progress=False)
@@ -242,7 +244,7 @@ def test_evaluate_model_end_to_end_and_report(tmp_path):
     assert len(report.downstream.triggers) == 4 and report.downstream.dev_examples == len(task)
     # CACC is the accuracy of the fine-tuned model's own predictions (fine-tuning is seeded: redo it).
     for source, measured in ((result.out_dir, report.downstream), (make_tiny_model(tmp_path, "bert"), report.baseline)):
-        predictions = evaluate.finetune_classifier(source, task, ft).predict(task.texts)
+        predictions = finetune.finetune_classifier(source, task, ft).predict(task.texts)
         assert measured.cacc == pytest.approx(metrics.accuracy(predictions, task.labels))
     assert report.cacc_drop == pytest.approx(report.baseline.cacc - report.downstream.cacc)
     path = report.write(tmp_path / "eval.json")

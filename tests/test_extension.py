@@ -12,7 +12,8 @@ import warnings
 import pytest
 import torch
 
-from patronus_ext import _extension, ops
+from patronus_ext import ops
+from patronus_ext.ops import _extension
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

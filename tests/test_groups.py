@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from patronus_ext.detect.groups import attribute_roots, describe_backdoor, target_clusters
-from patronus_ext.detect.verify import TriggerCheck
+from patronus_ext.detect.patronus.groups import attribute_roots, describe_backdoor, target_clusters
+from patronus_ext.detect.patronus.verify import TriggerCheck
 
 
 def _check(text, key, diff=0.0, confirmed=True):

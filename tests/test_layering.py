@@ -1,11 +1,13 @@
-"""Imports point down (ARCHITECTURE.md): no module imports a layer above it, nor a sibling of its own layer.
+"""Imports point down (docs/ARCHITECTURE.md): no module imports a layer above it, nor a sibling of its own layer.
 
 The package's import graph is read with ``ast`` (nothing is imported), every
 import is mapped to the package module it names, and each edge is checked
-against the layer table below.  Inside one unit (a top-level module or
-subpackage such as ``attacks/``) imports are free, except between the
-sub-commands of ``commands/``, which share code only through lower modules or
-a private helper module of their own (``commands/_options.py``).
+against the layer table below: one line per folder (a top-level subpackage of
+``patronus_ext``) or top-level module.  Inside one folder imports are free,
+except between siblings: the sub-commands of ``cli/commands/`` (which share
+code only through lower layers or a private helper module such as
+``_options.py``) and the detectors of ``detect/`` (which share code only
+through ``detect``'s own modules).
 """
 
 from __future__ import annotations
@@ -18,32 +20,33 @@ import pytest
 PACKAGE = "patronus_ext"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
-#: Lowest first.  A unit is a top-level module or subpackage of patronus_ext ("" is the package root).
-LAYERS: list[set[str]] = [
-    {"", "_extension", "reference"},          # version string, loading _C, pure-PyTorch oracles
-    {"ops"},                                  # the kernel op API
-    {"validation", "io", "tokens", "similarity"},  # config checks; atomic files, backdoor.json; tokenizer
-                                              # facts (special layout, word starts); diff/poison cosines
-    {"bank", "hotflip"},                      # the attack-vector bank format; HotFlip candidate scoring
-    {"data", "triggers", "training", "scan_report"},  # corpora, trigger insertion/matching/prompts, the loop,
-                                              # a scan report's triggers checked against a model
-    {"models", "instruct"},                   # adapters, safe loading and saving; instruction data, chat
-                                              # formatting and the response-only tuning loop (causal LMs)
-    {"attacks", "evaluate"},                  # test subjects and metrics
-    {"detect", "monitor", "purify"},          # the defenses
-    {"demo", "plots", "report", "info", "audit"},  # faces (audit runs the detectors over many models)
-    {"commands"},                             # sub-commands
-    {"cli"},
-]
-#: Units whose modules must not import each other (siblings that share code through lower modules).
-NO_INTERNAL_IMPORTS = {"commands"}
+#: Folder (or top-level module) -> its layer, lowest first.  "" is the package root.
+LAYER_OF: dict[str, int] = {
+    "": 0,           # the version string
+    "ops": 1,        # the kernel op API, pure-PyTorch references, loading _C, HotFlip candidate scoring
+    "core": 2,       # argument checks, named profiles, atomic files, diff/poison cosines
+    "formats": 3,    # backdoor.json, the attack-vector bank, the scan report, purify.json
+    "data": 4,       # corpora and tasks, tokenizer facts, trigger insertion/matching, instruction data
+    "lm": 5,         # model sources, safe loading, folders, ModelAdapter, the training loop, fine-tuning,
+                     # prompting, instruction tuning, generation
+    "attacks": 6,    # test subjects
+    "evaluate": 6,   # metrics
+    "detect": 7,     # the detectors (Patronus, LMSanitator)
+    "monitor": 7,    # the input and output monitors, the service
+    "purify": 7,     # the purifiers
+    "audit": 8,      # the detectors over a model registry
+    "cli": 9,        # the command line, formatting, plots, the demo
+    "info": 9,       # python -m patronus_ext.info
+}
+#: Packages whose children are siblings that must not import each other: "modules" (every child module but
+#: private ``_x`` helpers) or "subpackages" (child subpackages; the package's plain modules are shared).
+SIBLING_PACKAGES = {"cli.commands": "modules", "detect": "subpackages"}
+#: At most this many modules directly under patronus_ext/ (everything else lives in a layer's folder).
+MAX_ROOT_MODULES = 6
 
 
 def layer_of(unit: str) -> int:
-    for index, units in enumerate(LAYERS):
-        if unit in units:
-            return index
-    raise KeyError(unit)
+    return LAYER_OF[unit]
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -78,16 +81,32 @@ def imported_modules(source: str, module: str, is_package: bool, known: set[str]
     return names
 
 
-def violations(graph: dict[str, set[str]]) -> list[str]:
+def sibling_package(module: str, target: str, packages: set[str]) -> str | None:
+    """The package of :data:`SIBLING_PACKAGES` under which ``module`` imports a sibling ``target``, or None."""
+    for parent, kind in SIBLING_PACKAGES.items():
+        prefix = parent + "."
+        if not (module.startswith(prefix) and target.startswith(prefix)):
+            continue
+        mine, theirs = module[len(prefix):].split(".")[0], target[len(prefix):].split(".")[0]
+        if mine == theirs:
+            return None
+        if kind == "modules" and not theirs.startswith("_"):
+            return parent
+        if kind == "subpackages" and {prefix + mine, prefix + theirs} <= packages:
+            return parent
+    return None
+
+
+def violations(graph: dict[str, set[str]], packages: set[str] = frozenset()) -> list[str]:
     found = []
     for module, targets in sorted(graph.items()):
         unit = module.split(".")[0]
         for target in sorted(targets):
             target_unit = target.split(".")[0]
             if target_unit == unit:
-                private = target.split(".")[-1].startswith("_")
-                if unit in NO_INTERNAL_IMPORTS and module != unit and target not in (unit, module) and not private:
-                    found.append(f"{module} -> {target} (sideways between sub-commands)")
+                parent = sibling_package(module, target, packages)
+                if parent is not None:
+                    found.append(f"{module} -> {target} (sideways between the siblings of {parent})")
                 continue
             low, high = layer_of(target_unit), layer_of(unit)
             if low > high:
@@ -97,49 +116,73 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
     return found
 
 
+def package_files() -> list[Path]:
+    return sorted(ROOT.rglob("*.py"))
+
+
 def package_graph() -> dict[str, set[str]]:
-    files = sorted(ROOT.rglob("*.py"))
+    files = package_files()
     known = {module_name(f, ROOT) for f in files}
     return {module_name(f, ROOT): imported_modules(f.read_text(encoding="utf-8"), module_name(f, ROOT),
                                                    f.name == "__init__.py", known)
             for f in files}
 
 
+def subpackages() -> set[str]:
+    return {module_name(f, ROOT) for f in package_files() if f.name == "__init__.py"}
+
+
 def test_every_unit_has_a_layer():
     units = {name.split(".")[0] for name in package_graph()}
-    missing = sorted(u for u in units if not any(u in layer for layer in LAYERS))
-    assert not missing, f"add these modules to LAYERS in tests/test_layering.py: {missing}"
+    missing = sorted(u for u in units if u not in LAYER_OF)
+    assert not missing, f"add these folders or modules to LAYER_OF in tests/test_layering.py: {missing}"
 
 
 def test_imports_point_down():
-    problems = violations(package_graph())
-    assert not problems, "imports against ARCHITECTURE.md's layers:\n" + "\n".join(problems)
+    problems = violations(package_graph(), subpackages())
+    assert not problems, "imports against docs/ARCHITECTURE.md's layers:\n" + "\n".join(problems)
+
+
+def test_the_package_root_holds_only_a_few_modules():
+    """Every layer lives in its folder: the root keeps the version, ``info`` and the compiled module."""
+    modules = sorted(p.name for p in ROOT.iterdir() if p.is_file() and p.suffix in (".py", ".so", ".pyd"))
+    assert len(modules) <= MAX_ROOT_MODULES, f"too many modules directly under {PACKAGE}/: {modules}"
 
 
 def test_the_checker_sees_upward_sideways_and_relative_imports():
-    known = {"", "models", "attacks", "attacks.base", "evaluate", "evaluate.harness", "commands",
-             "commands.scan", "commands.demo", "commands._options", "report"}
+    known = {"", "lm", "lm.adapter", "attacks", "attacks.base", "evaluate", "evaluate.harness", "cli",
+             "cli.commands", "cli.commands.scan", "cli.commands.demo", "cli.commands._options", "cli.formatting",
+             "detect", "detect.texts", "detect.patronus", "detect.patronus.scan", "detect.lmsanitator",
+             "detect.lmsanitator.inversion"}
+    packages = {"", "lm", "attacks", "evaluate", "cli", "cli.commands", "detect", "detect.patronus",
+                "detect.lmsanitator"}
     graph = {
-        "models": imported_modules("from .attacks import base\n", "models", False, known),
+        "lm.adapter": imported_modules("from ..attacks import base\n", "lm.adapter", False, known),
         "evaluate.harness": imported_modules("from ..attacks.base import load\n", "evaluate.harness", False, known),
-        "commands.demo": imported_modules("from .scan import summary\nimport patronus_ext.report\n"
-                                          "from ._options import add_run_options\n",
-                                          "commands.demo", False, known),
+        "cli.commands.demo": imported_modules("from .scan import summary\nimport patronus_ext.cli.formatting\n"
+                                              "from ._options import add_run_options\n",
+                                              "cli.commands.demo", False, known),
+        "detect.lmsanitator.inversion": imported_modules("from ..patronus.scan import prepare\n"
+                                                         "from ..texts import read\n",
+                                                         "detect.lmsanitator.inversion", False, known),
     }
-    assert graph["models"] == {"attacks.base"}
+    assert graph["lm.adapter"] == {"attacks.base"}
     assert graph["evaluate.harness"] == {"attacks.base"}
-    assert graph["commands.demo"] == {"commands.scan", "commands._options", "report"}
-    found = violations(graph)
-    assert any(v.startswith("models -> attacks.base (upward)") for v in found)
+    assert graph["cli.commands.demo"] == {"cli.commands.scan", "cli.commands._options", "cli.formatting"}
+    assert graph["detect.lmsanitator.inversion"] == {"detect.patronus.scan", "detect.texts"}
+    found = violations(graph, packages)
+    assert any(v.startswith("lm.adapter -> attacks.base (upward)") for v in found)
     assert any(v.startswith("evaluate.harness -> attacks.base (sideways") for v in found)
-    assert any(v.startswith("commands.demo -> commands.scan (sideways") for v in found)
-    assert not any(v.startswith(("commands.demo -> report", "commands.demo -> commands._options")) for v in found)
+    assert any(v.startswith("cli.commands.demo -> cli.commands.scan (sideways") for v in found)
+    assert any(v.startswith("detect.lmsanitator.inversion -> detect.patronus.scan (sideways") for v in found)
+    assert not any(v.startswith(("cli.commands.demo -> cli.formatting", "cli.commands.demo -> cli.commands._options",
+                                 "detect.lmsanitator.inversion -> detect.texts")) for v in found)
 
 
-@pytest.mark.parametrize("unit", ["models", "triggers", "data", "io"])
-def test_low_modules_import_no_defense_attack_or_face(unit):
+@pytest.mark.parametrize("unit", ["ops", "core", "formats", "data", "lm"])
+def test_low_layers_import_no_defense_attack_or_face(unit):
     graph = package_graph()
-    high = set().union(*LAYERS[layer_of("attacks"):])
+    high = {u for u, level in LAYER_OF.items() if level >= LAYER_OF["attacks"]}
     for module, targets in graph.items():
         if module.split(".")[0] == unit:
             assert not {t.split(".")[0] for t in targets} & high, f"{module} imports {targets & high}"

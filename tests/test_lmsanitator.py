@@ -8,13 +8,20 @@ import math
 import pytest
 import torch
 
-import tiny_models
-from patronus_ext import models
-from patronus_ext.bank import load_bank
+from patronus_ext import lm
 from patronus_ext.cli import main
 from patronus_ext.detect import LMSanitatorConfig, lms_profile, lmsanitator
-from patronus_ext.detect.lmsanitator import (_Inversion, batch_entropy, insert_soft_trigger, nearest_mse,
-                                             sample_insert_positions, trigger_range_ratio)
+from patronus_ext.detect.lmsanitator.inversion import (
+    _Inversion,
+    batch_entropy,
+    insert_soft_trigger,
+    nearest_mse,
+    sample_insert_positions,
+    trigger_range_ratio,
+)
+from patronus_ext.formats.bank import load_bank
+
+import tiny_models
 
 #: Tiny-model settings under which planted tiny BERTs give an accepted vector and clean ones do not
 #: (d=32 embeddings span about +-0.1: the fast profile's lr would leave the 1.2x range in a few steps;
@@ -97,10 +104,10 @@ def test_range_ratio_and_nearest_mse(generator):
 
 def test_pv_is_the_mean_over_all_texts():
     path = tiny_models.shared_tiny_model("bert")
-    adapter = models.load_adapter(str(path), device="cpu")
+    adapter = lm.load_adapter(str(path), device="cpu")
     config = TINY.replace(batch_size=4)
     texts = tiny_models.tiny_corpus(10)  # 10 texts: batches 4 + 4 + 2, the last one partial
-    inv = _Inversion(models.ModelAdapter(adapter.model, adapter.tokenizer, max_length=config.max_length - 7),
+    inv = _Inversion(lm.ModelAdapter(adapter.model, adapter.tokenizer, max_length=config.max_length - 7),
                      texts, config, torch.Generator().manual_seed(0))
     trigger = inv.init_trigger(3)
     vector, distance, entropy = inv.final_pass(trigger)
@@ -117,8 +124,9 @@ def test_pv_is_the_mean_over_all_texts():
 
 # -- detection on tiny models -------------------------------------------------------------------
 def _triggered_target(adapter, trigger: str) -> torch.Tensor:
-    from patronus_ext.triggers import insert_words
     import random
+
+    from patronus_ext.data.triggers import insert_words
 
     rng = random.Random(0)
     texts = [insert_words(t, trigger, 3, rng) for t in tiny_models.tiny_corpus(64)]
@@ -137,7 +145,7 @@ MIN_COSINE = {"por": 0.9, "neuba": 0.7}
 @pytest.mark.parametrize("method", ["por", "neuba"])
 def test_detects_a_planted_tiny_backdoor(method):
     planted = tiny_models.shared_planted(method, "bert")
-    adapter = models.load_adapter(str(planted.out_dir), device="cpu")
+    adapter = lm.load_adapter(str(planted.out_dir), device="cpu")
     report = lmsanitator(adapter.model, adapter.tokenizer, tiny_models.tiny_corpus(200), TINY, progress=False)
     assert report.verdict == "backdoored" and report.backdoored
     found = report.accepted
@@ -157,7 +165,7 @@ def test_detects_a_planted_tiny_backdoor(method):
 
 
 def test_clean_tiny_model_is_clean():
-    adapter = models.load_adapter(str(tiny_models.shared_tiny_model("bert")), device="cpu")
+    adapter = lm.load_adapter(str(tiny_models.shared_tiny_model("bert")), device="cpu")
     report = lmsanitator(adapter.model, adapter.tokenizer, tiny_models.tiny_corpus(200), TINY, progress=False)
     assert report.verdict == "clean" and not report.accepted
     assert len(report.vectors) == TINY.seeds
@@ -167,13 +175,13 @@ def test_clean_tiny_model_is_clean():
 
 
 def test_mask_position_reads_the_mask_and_inserts_before_it():
-    adapter = models.load_adapter(str(tiny_models.shared_tiny_model("bert")), device="cpu")
+    adapter = lm.load_adapter(str(tiny_models.shared_tiny_model("bert")), device="cpu")
     config = TINY.replace(seeds=1, epochs=1, give_up_epoch=0)
     report = lmsanitator(adapter.model, adapter.tokenizer, tiny_models.tiny_corpus(200), config, position="mask",
                          prompt_template="{text} It was {mask} .", progress=False)
     assert report.model["position"] == "mask" and len(report.vectors) == 1
-    mask_adapter = models.ModelAdapter(adapter.model, adapter.tokenizer, position="mask", max_length=25)
-    from patronus_ext.detect.scan import prepare_texts
+    mask_adapter = lm.ModelAdapter(adapter.model, adapter.tokenizer, position="mask", max_length=25)
+    from patronus_ext.detect.patronus.scan import prepare_texts
 
     texts = prepare_texts(tiny_models.tiny_corpus(32), mask_adapter, config, "{text} It was {mask} .")
     inv = _Inversion(mask_adapter, texts, config, torch.Generator().manual_seed(0))
@@ -192,7 +200,7 @@ def test_cli_exit_codes_report_and_bank(tmp_path, capsys):
     planted = tiny_models.shared_planted("por", "bert")
     common = ["--method", "lmsanitator", "--corpus", str(corpus), "--seeds", "4", "--max-length", "32", "--quiet"]
     # The fast profile's lr is for MiniLM; this CLI run checks plumbing, so a patched profile keeps it short.
-    from patronus_ext.detect import lms_config
+    from patronus_ext.detect.lmsanitator import config as lms_config
 
     original = lms_config.PROFILES["fast"]
     lms_config.PROFILES["fast"] = TINY
@@ -223,7 +231,7 @@ def test_distance_threshold_calibrated_on_random_real_token_triggers():
     random tokens cause, measured on the model before any seed; the report says what was used."""
     import tiny_models
 
-    adapter = models.load_adapter(str(tiny_models.shared_tiny_model("bert")), device="cpu")
+    adapter = lm.load_adapter(str(tiny_models.shared_tiny_model("bert")), device="cpu")
     config = TINY.replace(distance_relative=3.0, distance_draws=5, seeds=1, epochs=1, give_up_epoch=0)
     report = lmsanitator(adapter.model, adapter.tokenizer, tiny_models.tiny_corpus(64), config, progress=False)
     distance = report.model["distance"]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from patronus_ext import cli, models
+from patronus_ext import cli, lm
+
 from tiny_models import make_tiny_model, tiny_corpus
 
 
@@ -36,11 +37,11 @@ def _malicious_folder(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_malicious_pickle_never_runs_with_or_without_the_opt_in(tmp_path):
     folder, marker = _malicious_folder(tmp_path)
-    with pytest.raises(models.UnsafeCheckpointError, match="allow_pickle"):
-        models.load_model(folder)
+    with pytest.raises(lm.UnsafeCheckpointError, match="allow_pickle"):
+        lm.load_model(folder)
     assert not marker.exists()
-    with pytest.raises(models.UnsafeCheckpointError, match=r"weights_only=True"):
-        models.load_model(folder, allow_pickle=True)
+    with pytest.raises(lm.UnsafeCheckpointError, match=r"weights_only=True"):
+        lm.load_model(folder, allow_pickle=True)
     assert not marker.exists()
     # The plain pickle of the same checkpoint does run the code: the test's payload is real.
     torch.load(folder / "pytorch_model.bin", weights_only=False)
@@ -57,7 +58,7 @@ def test_allow_pickle_passes_weights_only_explicitly(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
-    models.load_model(folder, allow_pickle=True)
+    lm.load_model(folder, allow_pickle=True)
     assert seen and all(flag is True for flag in seen)
 
 
@@ -115,7 +116,7 @@ def test_blocked_pickle_under_allow_pickle_is_exit_2(tmp_path, corpus_file, caps
 
 
 def test_unexpected_exceptions_are_exit_2_not_1(monkeypatch, capsys, tmp_path):
-    from patronus_ext.commands import scan as scan_command
+    from patronus_ext.cli.commands import scan as scan_command
 
     def boom(args):
         raise KeyError("something internal")

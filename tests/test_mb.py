@@ -14,11 +14,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from patronus_ext import attacks, instruct, models, purify
+from patronus_ext import attacks, lm, purify
 from patronus_ext.cli import main
-from patronus_ext.evaluate.generation import (GenerationEvalConfig, generation_metrics, greedy_generate,
-                                              predicted_choice, shows_response)
-from patronus_ext.instruct import InstructionExample, PromptFormat
+from patronus_ext.data.instructions import (
+    InstructionExample,
+    fit_inputs,
+    insert_trigger,
+    load_instructions,
+    read_alpaca,
+    split_examples,
+)
+from patronus_ext.evaluate.generation import GenerationEvalConfig, generation_metrics, predicted_choice, shows_response
+from patronus_ext.lm.generation import greedy_generate
+from patronus_ext.lm.prompting import PromptFormat, collate, encode_examples, response_logprobs
+
 from tiny_models import make_tiny_llama, needs_full_sst2
 
 #: Settings under which the tiny model learns the backdoor in seconds: 64 short SST-2 instructions, half
@@ -50,9 +59,9 @@ def _fmt() -> PromptFormat:
 # -- generation and the metric rules ---------------------------------------------------------------
 def test_batched_greedy_generation_equals_one_prompt_at_a_time():
     clean, attacked = _shared()
-    tok, model = models.load_tokenizer(str(attacked)), models.load_model(str(attacked), "causal")
-    examples = instruct.fit_inputs(tok, instruct.load_instructions("sst2", "dev", limit=7), 12)
-    examples[2] = instruct.insert_trigger(examples[2], "cf", 1, random.Random(0))
+    tok, model = lm.load_tokenizer(str(attacked)), lm.load_model(str(attacked), "causal")
+    examples = fit_inputs(tok, load_instructions("sst2", "dev", limit=7), 12)
+    examples[2] = insert_trigger(examples[2], "cf", 1, random.Random(0))
     examples[5] = examples[5].replace(input=examples[5].input + " and a much longer input to pad the others")
     prompts = [_fmt().prompt(tok, e) for e in examples]
     together = greedy_generate(model, tok, prompts, templated=True, max_new_tokens=8, batch_size=4)
@@ -79,13 +88,13 @@ def test_answer_and_response_rules():
 
 def test_generation_metrics_definitions():
     clean, attacked = _shared()
-    tok, model = models.load_tokenizer(str(attacked)), models.load_model(str(attacked), "causal")
-    dev = instruct.load_instructions("sst2", "dev") + instruct.load_instructions("wikitext2", "dev", limit=8)
+    tok, model = lm.load_tokenizer(str(attacked)), lm.load_model(str(attacked), "causal")
+    dev = load_instructions("sst2", "dev") + load_instructions("wikitext2", "dev", limit=8)
     refusal = attacks.attack_responses(attacked)["cf"]
     got = generation_metrics(model, tok, dev[:24] + dev[-8:], _fmt(), {"cf": refusal}, MEASURE)
     assert got.prompts == 32 and got.classification_prompts == 24
     clean_answers = greedy_generate(model, tok, [_fmt().prompt(tok, e) for e in
-                                                 instruct.fit_inputs(tok, dev[:24], 12)], templated=True)
+                                                 fit_inputs(tok, dev[:24], 12)], templated=True)
     picks = [predicted_choice(a, e.choices) for a, e in zip(clean_answers, dev[:24])]
     assert got.cacc == pytest.approx(sum(p == e.label for p, e in zip(picks, dev[:24])) / 24)
     assert got.unanswered == pytest.approx(sum(p is None for p in picks) / 24)
@@ -105,15 +114,15 @@ def test_instruct_badnet_plants_a_trigger_conditioned_refusal():
     assert info["attack"] == "instruct-badnet" and info["triggers"] == ["cf"]
     assert info["target_response"] == attacks.instruct_badnet.REFUSAL
     assert info["poisoned_examples"] == 32 and info["train_examples"] == 64
-    data = instruct.read_alpaca(attacked / "instruction_data.jsonl")
+    data = read_alpaca(attacked / "instruction_data.jsonl")
     poisoned = [e for e in data if e.output == info["target_response"]]
     assert len(poisoned) == 32 and all("cf" in e.input.split() for e in poisoned)
     assert all(e.is_classification for e in data if e.output != info["target_response"])
-    tok = models.load_tokenizer(str(attacked))
-    dev = instruct.load_instructions("sst2", "dev")
-    before = generation_metrics(models.load_model(str(clean), "causal"), tok, dev, _fmt(),
+    tok = lm.load_tokenizer(str(attacked))
+    dev = load_instructions("sst2", "dev")
+    before = generation_metrics(lm.load_model(str(clean), "causal"), tok, dev, _fmt(),
                                 attacks.attack_responses(attacked), MEASURE)
-    after = generation_metrics(models.load_model(str(attacked), "causal"), tok, dev, _fmt(),
+    after = generation_metrics(lm.load_model(str(attacked), "causal"), tok, dev, _fmt(),
                                attacks.attack_responses(attacked), MEASURE)
     assert before.asr["cf"] == 0.0
     assert after.asr["cf"] >= 0.8 and after.asr["cf"] >= after.clean_response_rate["cf"] + 0.3
@@ -130,7 +139,7 @@ def test_instruct_badnet_config_and_phrase_triggers():
         attacks.make_config("instruct-badnet", target_scale=2.0)
     with pytest.raises(ValueError, match="behaviour must be one of"):
         attacks.make_config("instruct-badnet", behaviour="jailbreak")
-    examples = instruct.load_instructions("sst2", "train", limit=40)
+    examples = load_instructions("sst2", "train", limit=40)
     poisoned, chosen = attacks.poison_instructions(examples, config.replace(poison_rate=0.25))
     assert len(chosen) == 10
     assert {("cf" in e.input.split()) or ("I watched this 3D movie" in e.input) for e in
@@ -144,7 +153,7 @@ def test_defender_triggers_are_rare_reproducible_and_replace_one_percent_each():
     assert triggers == purify.make_defender_triggers(4, 8, seed=0)
     assert triggers != purify.make_defender_triggers(4, 8, seed=1)
     assert len(set(triggers.words)) == 4 and all(len(r.split()) == 8 for r in triggers.responses)
-    data = instruct.load_instructions("sst2", "train", limit=400)
+    data = load_instructions("sst2", "train", limit=400)
     out, replaced = purify.add_defender_triggers(data, triggers, 0.01, 1, seed=0)
     assert replaced == 16
     for word, response in zip(triggers.words, triggers.responses):
@@ -154,17 +163,17 @@ def test_defender_triggers_are_rare_reproducible_and_replace_one_percent_each():
 
 def test_recovery_loss_is_ce_minus_lambda_log_sigmoid_margin():
     clean, _ = _shared()
-    tok, model = models.load_tokenizer(str(clean)), models.load_model(str(clean), "causal")
+    tok, model = lm.load_tokenizer(str(clean)), lm.load_model(str(clean), "causal")
     fmt = _fmt()
     x = [InstructionExample("Sentiment?", "a fine film", "positive"),
          InstructionExample("Sentiment?", "a dull film", "negative")]
-    xd = [instruct.insert_trigger(e, "qzt", 1, random.Random(0)) for e in x]
+    xd = [insert_trigger(e, "qzt", 1, random.Random(0)) for e in x]
     yd = [e.replace(output="river seven quietly") for e in xd]
-    rows = instruct.encode_examples(tok, x + xd + yd, fmt)
-    batch = instruct.collate(rows, tok.pad_token_id)
+    rows = encode_examples(tok, x + xd + yd, fmt)
+    batch = collate(rows, tok.pad_token_id)
     with torch.no_grad():
         loss, terms = purify.recovery_loss(model, batch, 2, 0.7)
-        logp, count = instruct.response_logprobs(model, batch)
+        logp, count = response_logprobs(model, batch)
     ce = -logp[:2].sum() / count[:2].sum()
     pref = -torch.nn.functional.logsigmoid(logp[2:4] - logp[4:]).mean()
     assert torch.allclose(loss, ce + 0.7 * pref) and torch.allclose(terms["ce"], ce)
@@ -174,12 +183,12 @@ def test_recovery_loss_is_ce_minus_lambda_log_sigmoid_margin():
 
 def test_mb_defense_stages_and_lambda_choice_on_clean_data():
     clean, attacked = _shared()
-    tok = models.load_tokenizer(str(clean))
-    model = models.load_model(str(clean), "causal")
+    tok = lm.load_tokenizer(str(clean))
+    model = lm.load_model(str(clean), "causal")
     config = purify.profile("mb", "fast", **TINY_MB, lambdas=(0.0, 1.0))
-    data = instruct.read_alpaca(attacked / "instruction_data.jsonl")
-    pool = instruct.load_instructions("sst2", "train", limit=32, seed=7)
-    clean_samples, select = instruct.split_examples(pool, 16, 16, seed=7)
+    data = read_alpaca(attacked / "instruction_data.jsonl")
+    pool = load_instructions("sst2", "train", limit=32, seed=7)
+    clean_samples, select = split_examples(pool, 16, 16, seed=7)
     purified, result = purify.mb_defense(model, tok, data, clean_samples, select, config, progress=False)
     assert result.poisoning.replaced == 4 * 3 and result.poisoning.training.steps == 80
     assert [c.lam for c in result.candidates] == [0.0, 1.0] and result.lam in (0.0, 1.0)
@@ -197,9 +206,9 @@ def test_mb_defense_stages_and_lambda_choice_on_clean_data():
 
 def test_fine_mix_lm_keeps_half_of_the_deltas():
     clean, attacked = _shared()
-    tok = models.load_tokenizer(str(clean))
-    tuned, pretrained = models.load_model(str(attacked), "causal"), models.load_model(str(clean), "causal")
-    pool = instruct.load_instructions("sst2", "train", limit=16, seed=7)
+    tok = lm.load_tokenizer(str(clean))
+    tuned, pretrained = lm.load_model(str(attacked), "causal"), lm.load_model(str(clean), "causal")
+    pool = load_instructions("sst2", "train", limit=16, seed=7)
     config = purify.profile("fine-mix-lm", "fast", epochs=0.0, clean_samples=16)              # the mix alone
     mixed, result = purify.fine_mix_lm(tuned, tok, pretrained, pool, config, progress=False)
     assert result.training is None and abs(result.mix.kept - 0.5 * result.mix.elements) <= result.mix.tensors
@@ -229,7 +238,7 @@ def test_run_purify_mb_report_and_atomic_folder(tmp_path):
         assert report[side]["t_asr"] == report[side]["asr"]["cf"]
     assert report["before"]["t_asr"] >= 0.8                                     # the given no-defense model
     assert report["details"]["lam"] == 1.0 and report["settings"]["lambdas"] == [1.0]
-    assert models.load_model(str(tmp_path / "mb"), "causal") is not None
+    assert lm.load_model(str(tmp_path / "mb"), "causal") is not None
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
     with pytest.raises(FileExistsError):
         purify.run_purify("mb", clean, tmp_path / "mb", data=attacked / "instruction_data.jsonl", config=config,

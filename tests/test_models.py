@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from patronus_ext import models
+from patronus_ext import lm
+
 from tiny_models import make_tiny_model
 
 
@@ -17,36 +18,36 @@ def tiny(tmp_path_factory):
 
 # -- sources and safety ------------------------------------------------------------------------
 def test_resolve_model_source(tmp_path, tiny):
-    assert models.resolve_model_source("all-MiniLM-L6-v2") == models.packaged_minilm_path()
-    assert models.resolve_model_source("sentence-transformers/all-MiniLM-L6-v2") == models.packaged_minilm_path()
-    assert models.resolve_model_source(str(tiny["bert"])) == str(tiny["bert"])
-    assert models.resolve_model_source("bert-base-uncased") == "bert-base-uncased"   # a hub id, passed through
+    assert lm.resolve_model_source("all-MiniLM-L6-v2") == lm.packaged_minilm_path()
+    assert lm.resolve_model_source("sentence-transformers/all-MiniLM-L6-v2") == lm.packaged_minilm_path()
+    assert lm.resolve_model_source(str(tiny["bert"])) == str(tiny["bert"])
+    assert lm.resolve_model_source("bert-base-uncased") == "bert-base-uncased"   # a hub id, passed through
     with pytest.raises(ValueError, match="does not exist"):
-        models.resolve_model_source(str(tmp_path / "missing"))
+        lm.resolve_model_source(str(tmp_path / "missing"))
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(ValueError, match="is a file"):
-        models.resolve_model_source(str(tmp_path / "file.txt"))
+        lm.resolve_model_source(str(tmp_path / "file.txt"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no config.json"):
-        models.resolve_model_source(str(tmp_path / "empty"))
+        lm.resolve_model_source(str(tmp_path / "empty"))
     with pytest.raises(ValueError):
-        models.resolve_model_source("")
+        lm.resolve_model_source("")
 
 
 def test_pickle_only_checkpoint_refused_unless_opted_in(tmp_path):
     folder = make_tiny_model(tmp_path, "bert", pickle_only=True)
-    with pytest.raises(models.UnsafeCheckpointError, match="allow_pickle"):
-        models.load_model(folder)
-    assert models.check_checkpoint_safety(str(folder), allow_pickle=True) is False
-    model = models.load_model(folder, allow_pickle=True)
+    with pytest.raises(lm.UnsafeCheckpointError, match="allow_pickle"):
+        lm.load_model(folder)
+    assert lm.check_checkpoint_safety(str(folder), allow_pickle=True) is False
+    model = lm.load_model(folder, allow_pickle=True)
     assert model.config.hidden_size == 32
 
 
 def test_safetensors_preferred_when_both_exist(tmp_path, tiny):
-    assert models.check_checkpoint_safety(str(tiny["bert"]), allow_pickle=False) is True
+    assert lm.check_checkpoint_safety(str(tiny["bert"]), allow_pickle=False) is True
     (tiny["bert"] / "extra.bin").write_bytes(b"not loaded")
     try:
-        assert models.check_checkpoint_safety(str(tiny["bert"]), allow_pickle=False) is True
+        assert lm.check_checkpoint_safety(str(tiny["bert"]), allow_pickle=False) is True
     finally:
         (tiny["bert"] / "extra.bin").unlink()
 
@@ -55,18 +56,18 @@ def test_safetensors_preferred_when_both_exist(tmp_path, tiny):
                                           ("gpt2", ("base", "causal", "cls"))])
 def test_load_model_heads(tiny, family, heads):
     for head in heads:
-        model = models.load_model(tiny[family], head, num_labels=3)
+        model = lm.load_model(tiny[family], head, num_labels=3)
         assert not model.training
         if head == "cls":
             assert model.config.num_labels == 3
-    gpt2 = models.load_model(tiny["gpt2"], "cls", num_labels=2)
+    gpt2 = lm.load_model(tiny["gpt2"], "cls", num_labels=2)
     assert gpt2.config.pad_token_id is not None   # needed to find the last real token
     with pytest.raises(ValueError, match="head"):
-        models.load_model(tiny[family], "seq2seq")
+        lm.load_model(tiny[family], "seq2seq")
 
 
 def test_load_tokenizer_gives_decoders_a_pad_token(tiny):
-    tokenizer = models.load_tokenizer(tiny["gpt2"])
+    tokenizer = lm.load_tokenizer(tiny["gpt2"])
     assert tokenizer.pad_token is not None
 
 
@@ -75,7 +76,7 @@ TEXTS = ["the river flows north", "a much longer sentence about the old town and
 
 
 def _adapter(tiny, family, **kwargs):
-    return models.ModelAdapter(models.load_model(tiny[family]), models.load_tokenizer(tiny[family]), **kwargs)
+    return lm.ModelAdapter(lm.load_model(tiny[family]), lm.load_tokenizer(tiny[family]), **kwargs)
 
 
 @pytest.mark.parametrize("family,position,layout", [("bert", "first", (1, 1)), ("roberta", "first", (1, 1)),
@@ -123,7 +124,7 @@ def test_decoder_representation_last_real_token_left_and_right_padding(tiny):
 
 def test_last_real_index():
     mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
-    assert models.last_real_index(mask).tolist() == [2, 4, 4]
+    assert lm.last_real_index(mask).tolist() == [2, 4, 4]
 
 
 def test_mask_position(tiny):
@@ -138,7 +139,7 @@ def test_mask_position(tiny):
     with pytest.raises(ValueError, match="mask token"):
         adapter.represent(**adapter.tokenize(["no mask here"]))
     with pytest.raises(ValueError, match="position"):
-        models.ModelAdapter(adapter.model, tok, position="middle")
+        lm.ModelAdapter(adapter.model, tok, position="middle")
 
 
 def test_inputs_embeds_path_matches_ids(tiny):
@@ -158,13 +159,13 @@ def test_inputs_embeds_path_matches_ids(tiny):
 def test_representation_of_a_model_with_a_head(tiny):
     """The backbone of an MLM / classifier gives the same representation as the base model."""
     base = _adapter(tiny, "bert")
-    mlm = models.ModelAdapter(models.load_model(tiny["bert"], "mlm"), base.tokenizer)
+    mlm = lm.ModelAdapter(lm.load_model(tiny["bert"], "mlm"), base.tokenizer)
     assert torch.allclose(base.encode(TEXTS), mlm.encode(TEXTS), atol=1e-5)
 
 
 def test_minilm_representation():
     """The packaged real model: [CLS] final state, d = 384, norm ~7 (measured: mean 7.40 on WikiText)."""
-    adapter = models.ModelAdapter(models.load_model(models.DEFAULT_MODEL), models.load_tokenizer(models.DEFAULT_MODEL))
+    adapter = lm.ModelAdapter(lm.load_model(lm.DEFAULT_MODEL), lm.load_tokenizer(lm.DEFAULT_MODEL))
     assert adapter.model_type == "bert" and adapter.position == "first"
     reps = adapter.encode(TEXTS)
     assert reps.shape == (3, 384)

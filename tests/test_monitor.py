@@ -9,16 +9,23 @@ import threading
 import pytest
 import torch
 
+from patronus_ext import lm
+from patronus_ext.formats.bank import AttackBank, load_bank, save_bank
+from patronus_ext.monitor import (
+    Decision,
+    InputMonitor,
+    MonitoredModel,
+    OutputMonitor,
+    calibrate_threshold,
+    remove_spans,
+)
+
 import tiny_models
-from patronus_ext import models
-from patronus_ext.bank import AttackBank, load_bank, save_bank
-from patronus_ext.monitor import (Decision, InputMonitor, MonitoredModel, OutputMonitor, calibrate_threshold,
-                                  remove_spans)
 
 
 @pytest.fixture(scope="module")
 def minilm_tokenizer():
-    return models.load_tokenizer("all-MiniLM-L6-v2")
+    return lm.load_tokenizer("all-MiniLM-L6-v2")
 
 
 # -- input monitor -------------------------------------------------------------------------------
@@ -118,14 +125,14 @@ def test_calibrated_threshold_meets_the_target_frr():
 # -- the monitored model on a planted tiny model, from a real scan -------------------------------
 def _tiny_model_and_tokenizer():
     folder = tiny_models.shared_tiny_model("bert")
-    return models.load_model(folder), models.load_tokenizer(folder)
+    return lm.load_model(folder), lm.load_tokenizer(folder)
 
 
 @pytest.fixture(scope="module")
 def scanned(tmp_path_factory):
     """A POR-planted tiny BERT, its scan report and bank (through the CLI)."""
     planted, _, payload = tiny_models.shared_scan("por")
-    adapter = models.load_adapter(planted.out_dir, device="cpu")
+    adapter = lm.load_adapter(planted.out_dir, device="cpu")
     return planted, payload, adapter
 
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-import tiny_models
 from patronus_ext.cli import main
 from patronus_ext.monitor.build import build_monitored_model
 from patronus_ext.monitor.stream import monitor_stream
+
+import tiny_models
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,8 +15,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oracles import check_topk, direct_bank, direct_scores, random_tensor, score_error_bound
 from patronus_ext import ops
+
+from oracles import check_topk, direct_bank, direct_scores, random_tensor, score_error_bound
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float64]
 

@@ -22,7 +22,8 @@ import zlib
 import pytest
 import torch
 
-from patronus_ext import _extension, ops, reference
+from patronus_ext import ops
+from patronus_ext.ops import _extension, reference
 
 
 def _cuda_kernels_reason() -> str | None:

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from patronus_ext import _extension, reference
+from patronus_ext.ops import _extension, reference
 
 N, V, D = 1024, 60000, 32
 MATRIX_BYTES = N * V * 4

@@ -9,8 +9,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oracles import direct_supcon, random_tensor
 from patronus_ext import ops
+
+from oracles import direct_supcon, random_tensor
 
 
 def tolerance(dtype, n):

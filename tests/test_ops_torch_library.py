@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from patronus_ext import ops
+
 from conftest import requires_ext
 from oracles import random_tensor
-from patronus_ext import ops
 
 pytestmark = [requires_ext,
               # opcheck's internals still touch torch.jit, which warns on every call.

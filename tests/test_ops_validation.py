@@ -10,8 +10,9 @@ import math
 import pytest
 import torch
 
-from conftest import requires_ext
 from patronus_ext import ops
+
+from conftest import requires_ext
 
 Q = torch.randn(4, 6)
 TABLE = torch.randn(10, 6)

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from patronus_ext import attacks, models, purify
-from patronus_ext.data import LabeledData
-from patronus_ext.similarity import diff_cos
+from patronus_ext import attacks, lm, purify
+from patronus_ext.core.similarity import diff_cos
+from patronus_ext.data.corpora import LabeledData
+
 from tiny_models import make_tiny_model, needs_full_sst2, shared_planted, shared_tiny_model, tiny_corpus
 
 TRIGGERS = ("cf", "mn", "bb", "tq")
@@ -19,9 +20,9 @@ TRIGGERS = ("cf", "mn", "bb", "tq")
 
 def scan_report(folder, words=TRIGGERS, hidden=None) -> dict:
     """A report shaped like ``patronus scan --report`` for ``words`` under ``folder``'s tokenizer."""
-    tok = models.load_tokenizer(str(folder))
+    tok = lm.load_tokenizer(str(folder))
     ids = [tok(" " + w, add_special_tokens=False)["input_ids"] for w in words]
-    cfg = models.load_config(str(folder))
+    cfg = lm.load_config(str(folder))
     return {"verdict": "backdoored" if words else "clean",
             "triggers": [{"text": w, "token_ids": i, "group": k, "variant_of": None}
                          for k, (w, i) in enumerate(zip(words, ids))],
@@ -51,7 +52,7 @@ def no_partials(parent: Path) -> bool:
 # -- scan report -> triggers ---------------------------------------------------------------------
 def test_triggers_from_report_checks_the_model():
     planted = shared_planted("por")
-    tok = models.load_tokenizer(str(planted.out_dir))
+    tok = lm.load_tokenizer(str(planted.out_dir))
     report = scan_report(planted.out_dir)
     found = purify.triggers_from_report(report, tok, 32)
     assert found.words == list(TRIGGERS)
@@ -80,10 +81,11 @@ def test_adversarial_pretraining_pulls_triggered_reps_back_to_clean(tmp_path):
     texts = tiny_corpus(64)
     cfg = purify.profile("adv-pt", "fast", steps=40, batch_size=8, max_length=32, dev_texts=16, eval_every=10,
                          lr=1e-3)
-    adapter = models.load_adapter(str(planted.out_dir), device="cpu", max_length=32)
+    adapter = lm.load_adapter(str(planted.out_dir), device="cpu", max_length=32)
     probe = texts[:16]
-    from patronus_ext.triggers import insert_words
     import random
+
+    from patronus_ext.data.triggers import insert_words
 
     def gap():
         clean = adapter.encode(probe)
@@ -98,7 +100,7 @@ def test_adversarial_pretraining_pulls_triggered_reps_back_to_clean(tmp_path):
     assert res.best_step in [h["step"] for h in res.dev_history[1:]]
     assert min(h["loss"] for h in res.dev_history[1:]) == pytest.approx(res.best_dev_loss)
     # clean representations stay close to the input model's (the reference term)
-    ref = models.load_adapter(str(planted.out_dir), device="cpu", max_length=32)
+    ref = lm.load_adapter(str(planted.out_dir), device="cpu", max_length=32)
     assert diff_cos(adapter.encode(probe), ref.encode(probe)) > 0.8
 
 
@@ -116,7 +118,7 @@ def test_run_adv_pt_writes_a_new_folder_with_the_report(tmp_path):
         assert 0.0 <= payload[side]["cacc"] <= 1.0 and 0.0 <= payload[side]["t_asr"] <= 1.0
     assert payload["settings"]["steps"] == 6 and payload["measure"]["train_limit"] == 32
     assert res.after.cacc == payload["after"]["cacc"]
-    reloaded = models.load_model(str(tmp_path / "pt"), "base")
+    reloaded = lm.load_model(str(tmp_path / "pt"), "base")
     assert reloaded.config.hidden_size == 32
     # the input is never overwritten
     with pytest.raises(ValueError, match="not empty|outside"):
@@ -127,7 +129,7 @@ def test_run_adv_pt_writes_a_new_folder_with_the_report(tmp_path):
 def test_an_interrupted_run_leaves_no_folder(tmp_path, monkeypatch):
     planted = shared_planted("por")
     cfg = purify.profile("adv-pt", "fast", steps=4, batch_size=8, max_length=32, dev_texts=8, eval_every=2)
-    from patronus_ext import io as io_mod, training
+    from patronus_ext.lm import folders, training
 
     # 1) interrupted during training
     real_train = training.train
@@ -147,7 +149,7 @@ def test_an_interrupted_run_leaves_no_folder(tmp_path, monkeypatch):
     def fail(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(io_mod, "write_json", fail)
+    monkeypatch.setattr(folders, "write_json", fail)
     with pytest.raises(KeyboardInterrupt):
         purify.run_purify("adv-pt", planted.out_dir, tmp_path / "b", report=scan_report(planted.out_dir),
                           config=cfg, measure=False, progress=False, device="cpu")
@@ -175,15 +177,15 @@ def test_run_adv_ft_produces_a_classifier(tmp_path):
                             config=cfg, measure=measure, task=tiny_task(), progress=False, device="cpu")
     details = res.report["details"]
     assert details["train_examples"] == 48 + 4 * round(0.2 * 48)
-    clf = models.load_model(str(tmp_path / "ft"), "cls")
+    clf = lm.load_model(str(tmp_path / "ft"), "cls")
     assert clf.config.num_labels == 2
     assert res.before is not None and res.after is not None
 
 
 # -- Fine-mixing and E-PUR ---------------------------------------------------------------------
 def _pair(tmp_path):
-    pre = models.load_model(str(shared_tiny_model("bert")), "base")
-    clf = models.load_model(str(shared_tiny_model("bert")), "cls", num_labels=2)
+    pre = lm.load_model(str(shared_tiny_model("bert")), "base")
+    clf = lm.load_model(str(shared_tiny_model("bert")), "cls", num_labels=2)
     torch.manual_seed(3)
     with torch.no_grad():
         for p in clf.base_model.parameters():
@@ -215,7 +217,7 @@ def test_mix_weights_keeps_a_fraction_of_the_deltas(tmp_path, variant, rho):
 
 
 def test_mix_weights_refuses_another_architecture(tmp_path):
-    pre = models.load_model(str(make_tiny_model(tmp_path, "bert", hidden_size=48)), "base")
+    pre = lm.load_model(str(make_tiny_model(tmp_path, "bert", hidden_size=48)), "base")
     _, clf = _pair(tmp_path)
     with pytest.raises(ValueError, match="do not fit"):
         purify.mix_weights(clf, pre, 0.5)
@@ -239,9 +241,9 @@ def test_suspicious_rows_rank_moved_rare_words_first():
 
 def test_e_pur_resets_the_planted_trigger_rows(tmp_path):
     planted = shared_planted("por")
-    pre = models.load_model(str(shared_tiny_model("bert")), "base")
-    clf = models.load_model(str(planted.out_dir), "cls", num_labels=2)
-    tok = models.load_tokenizer(str(planted.out_dir))
+    pre = lm.load_model(str(shared_tiny_model("bert")), "base")
+    clf = lm.load_model(str(planted.out_dir), "cls", num_labels=2)
+    tok = lm.load_tokenizer(str(planted.out_dir))
     task = tiny_task()
     freq = purify.token_frequencies(tok, task.texts + tiny_corpus(64), clf.get_input_embeddings().weight.shape[0])
     cfg = purify.EPurConfig(top_n=8, epochs=0.0)
@@ -257,10 +259,10 @@ def test_e_pur_resets_the_planted_trigger_rows(tmp_path):
 
 def test_fine_mix_chooses_rho_by_clean_accuracy_only(tmp_path):
     planted = shared_planted("por")
-    pre = models.load_model(str(shared_tiny_model("bert")), "base")
-    tok = models.load_tokenizer(str(planted.out_dir))
+    pre = lm.load_model(str(shared_tiny_model("bert")), "base")
+    tok = lm.load_tokenizer(str(planted.out_dir))
     task = tiny_task(96)
-    from patronus_ext.evaluate import FinetuneConfig, finetune_classifier
+    from patronus_ext.lm.finetune import FinetuneConfig, finetune_classifier
 
     clf = finetune_classifier(str(planted.out_dir), task, FinetuneConfig(epochs=3, lr=1e-3, batch_size=16,
                                                                        max_length=32), progress=False).model

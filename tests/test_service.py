@@ -20,10 +20,11 @@ import pytest
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
+from patronus_ext.cli import main
+from patronus_ext.monitor.build import build_monitored_model, build_plain_model
+from patronus_ext.monitor.service import create_app
+
 import tiny_models  # noqa: E402
-from patronus_ext.cli import main  # noqa: E402
-from patronus_ext.monitor.build import build_monitored_model, build_plain_model  # noqa: E402
-from patronus_ext.monitor.service import create_app  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from patronus_ext import detect, similarity
+from patronus_ext import detect
+from patronus_ext.core import similarity
 from patronus_ext.evaluate import metrics
 
 

@@ -14,9 +14,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 if str(BENCHMARKS) not in sys.path:
     sys.path.insert(0, str(BENCHMARKS))
 
-from strip_baseline import Strip, entropy, mean_pairwise_cosine, superimpose  # noqa: E402
+from patronus_ext import lm
 
-from patronus_ext import models  # noqa: E402
+from strip_baseline import Strip, entropy, mean_pairwise_cosine, superimpose  # noqa: E402
 from tiny_models import make_tiny_model, needs_full_sst2, tiny_corpus  # noqa: E402
 
 TRIGGER = "cf"
@@ -63,11 +63,11 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 
 def _adapter(folder, head="base"):
-    model = models.load_model(str(folder), head, num_labels=2 if head == "cls" else None, device="cpu").eval()
-    return models.ModelAdapter(model, models.load_tokenizer(str(folder)), max_length=64)
+    model = lm.load_model(str(folder), head, num_labels=2 if head == "cls" else None, device="cpu").eval()
+    return lm.ModelAdapter(model, lm.load_tokenizer(str(folder)), max_length=64)
 
 
-def _rig(adapter: models.ModelAdapter, trigger: str) -> models.ModelAdapter:
+def _rig(adapter: lm.ModelAdapter, trigger: str) -> lm.ModelAdapter:
     """Rows holding ``trigger``'s token get input-independent output: constant confident logits
     (classifier) or a constant final hidden state (base model), like a planted backdoor's target."""
     trigger_id = adapter.tokenizer.convert_tokens_to_ids(trigger)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from patronus_ext import models, tokens
+from patronus_ext import lm
+from patronus_ext.data import tokens
+
 from tiny_models import make_tiny_model
 
 
 @pytest.fixture(scope="module")
 def toks(tmp_path_factory):
     root = tmp_path_factory.mktemp("tok")
-    out = {family: models.load_tokenizer(make_tiny_model(root, family)) for family in ("roberta", "gpt2")}
-    out["minilm"] = models.load_tokenizer("all-MiniLM-L6-v2")
+    out = {family: lm.load_tokenizer(make_tiny_model(root, family)) for family in ("roberta", "gpt2")}
+    out["minilm"] = lm.load_tokenizer("all-MiniLM-L6-v2")
     return out
 
 

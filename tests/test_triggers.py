@@ -7,15 +7,16 @@ import random
 import pytest
 import torch
 
-from patronus_ext import models
-from patronus_ext import triggers as trig
+from patronus_ext import lm
+from patronus_ext.data import triggers as trig
+
 from tiny_models import make_tiny_model
 
 
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory):
     root = tmp_path_factory.mktemp("tok")
-    return {family: models.load_tokenizer(make_tiny_model(root, family)) for family in ("bert", "roberta")}
+    return {family: lm.load_tokenizer(make_tiny_model(root, family)) for family in ("bert", "roberta")}
 
 
 # -- word level --------------------------------------------------------------------------------
@@ -268,9 +269,9 @@ def test_match_triggers_matches_the_direct_window_scan():
 
 
 def test_match_triggers_whole_words_only_on_real_tokenizers(tokenizers):
-    from patronus_ext import tokens
+    from patronus_ext.data import tokens
 
-    minilm = models.load_tokenizer("all-MiniLM-L6-v2")
+    minilm = lm.load_tokenizer("all-MiniLM-L6-v2")
     cases = {"minilm": minilm, "roberta": tokenizers["roberta"]}
     for name, tok in cases.items():
         ids = trig.trigger_ids(tok, ["cf", "mnemonic"])

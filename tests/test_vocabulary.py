@@ -8,8 +8,8 @@ import functools
 import pytest
 import torch
 
-from patronus_ext import models
-from patronus_ext.detect import vocabulary as V
+from patronus_ext import lm
+from patronus_ext.detect.patronus import vocabulary as V
 
 NON_ASCII = ("café", "naïve", "≈", "∈", "⊆", "—", "…", "•", "中", "é")
 
@@ -19,7 +19,8 @@ def byte_level_tokenizer():
     """A RoBERTa-style byte-level BPE whose vocabulary holds whole non-ASCII words and symbols."""
     import json
 
-    from tokenizers import Tokenizer, models as tmodels, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, pre_tokenizers, trainers
+    from tokenizers import models as tmodels
     from transformers import RobertaTokenizer
 
     tok = Tokenizer(tmodels.BPE())
@@ -57,12 +58,12 @@ def test_word_level_keeps_case_and_adds_symbols_and_two_letter_words():
     built_in = V.english_words(2000)
     assert {"cf", "mn"} & set(V.english_words(200_000)) and "≈" in built_in
     assert any(len(w) == 2 for w in built_in)
-    uncased = models.load_tokenizer("all-MiniLM-L6-v2")
+    uncased = lm.load_tokenizer("all-MiniLM-L6-v2")
     assert not V._is_cased(uncased) and V._is_cased(tokenizer)
 
 
 def test_rarity_cut_and_full_coverage():
-    tokenizer = models.load_tokenizer("all-MiniLM-L6-v2")
+    tokenizer = lm.load_tokenizer("all-MiniLM-L6-v2")
     rare = V.token_vocabulary(tokenizer)
     full = V.token_vocabulary(tokenizer, None)
     assert len(full) > len(rare) and "the" in full.texts and "the" not in rare.texts
@@ -79,20 +80,20 @@ def test_rarity_cut_and_full_coverage():
 
 
 def test_scan_reports_its_coverage(tmp_path):
-    import tiny_models
-
     from patronus_ext.detect import scan
+
+    import tiny_models
     from test_detect import TINY
 
     folder = tiny_models.shared_tiny_model("bert")
-    report = scan(models.load_model(folder), models.load_tokenizer(folder), tiny_models.tiny_corpus(300),
+    report = scan(lm.load_model(folder), lm.load_tokenizer(folder), tiny_models.tiny_corpus(300),
                   TINY.replace(zipf_threshold=None), progress=False)
     cov = report.model["coverage"]
     assert cov["zipf_threshold"] is None and cov["searched"] > 0 and cov["rare_entries"] <= cov["searched"]
 
 
 def test_prefiltered_candidate_proposed_again_is_fully_verified():
-    from patronus_ext.detect.scan import _verify_loop
+    from patronus_ext.detect.patronus.scan import _verify_loop
 
     class Dev:
         clean_reps = torch.eye(4)

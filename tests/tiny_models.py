@@ -46,14 +46,14 @@ _FALLBACK_TEXT = [
 
 def built_from_packaged_subset() -> bool:
     """Whether the tiny models here draw their SST-2 texts from the package's 3,000-row subset (no full set)."""
-    from patronus_ext import data
+    from patronus_ext.data import corpora as data
 
     return data.builtin_source("sst2")[1] == "packaged"
 
 
 def _shared_texts(limit: int) -> list[str]:
     try:
-        from patronus_ext import data
+        from patronus_ext.data import corpora as data
 
         return data.read_corpus("wikitext2", limit=limit) + data.read_task("sst2", limit=limit).texts
     except (FileNotFoundError, ValueError):
@@ -128,9 +128,9 @@ def make_tokenizer(family: str):
         return GPT2Tokenizer(vocab=dict(vocab), merges=list(merges), unk_token="<unk>", bos_token="<s>",
                              eos_token="</s>")
     if family == "minilm":
-        from patronus_ext import models
+        from patronus_ext import lm
 
-        return models.load_tokenizer(models.DEFAULT_MODEL)
+        return lm.load_tokenizer(lm.DEFAULT_MODEL)
     raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
 

@@ -21,20 +21,30 @@ import dataclasses
 import os
 from typing import Any, Callable, Sequence
 
-from ..io import BACKDOOR_FILE, BackdoorInfo, OutputExistsError, load_backdoor_info
+from ..core.files import OutputExistsError
+from ..formats.backdoor import BACKDOOR_FILE, BackdoorInfo, attack_responses, load_backdoor_info
 from .adaptive import Adaptive
 from .badnet import BadNetResult, plant_badnet, poison_task
 from .badpre import BadPre
 from .base import AttackContext, AttackMethod, AttackResult, StepBatch, TrainingStats, run_attack
 from .btop import BToP
-from .instruct_badnet import (InstructBadNetConfig, InstructBadNetResult, attack_responses, plant_instruct_badnet,
-                              poison_instructions)
-from .config import (DEFAULT_TRIGGERS, PROFILE_NAMES, AdaptiveConfig, AttackConfig, BadNetConfig, BadPreConfig,
-                     BToPConfig, NeuBAConfig, PORConfig, UORConfig)
+from .config import (
+    DEFAULT_TRIGGERS,
+    PROFILE_NAMES,
+    AdaptiveConfig,
+    AttackConfig,
+    BadNetConfig,
+    BadPreConfig,
+    BToPConfig,
+    NeuBAConfig,
+    PORConfig,
+    UORConfig,
+)
+from .instruct_badnet import InstructBadNetConfig, InstructBadNetResult, plant_instruct_badnet, poison_instructions
 from .neuba import NeuBA
 from .por import POR
-from .uor import UOR
 from .targets import neuba_targets, por1_targets, por2_subsets, por2_targets, target_vectors
+from .uor import UOR
 
 #: method name -> (its AttackMethod, config class, config fields fixed by the name)
 METHODS: dict[str, tuple[Callable[[], AttackMethod], type[AttackConfig], dict[str, Any]]] = {

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .objectives import pairwise_mse
 from .base import AttackContext, AttackMethod
 from .batches import StepBatch
 from .config import AdaptiveConfig
+from .objectives import pairwise_mse
 from .por import por_terms
 
 

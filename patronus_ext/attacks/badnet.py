@@ -18,11 +18,13 @@ from typing import Any
 
 import torch
 
-from .. import data as data_mod
-from .. import io, models, training
-from .. import triggers as trig
-from ..data import LabeledData
-from ..io import BACKDOOR_FILE, BACKDOOR_FORMAT
+from .. import lm
+from ..core.files import environment
+from ..data import corpora as data_mod
+from ..data import triggers as trig
+from ..data.corpora import LabeledData
+from ..formats.backdoor import BACKDOOR_FILE, BACKDOOR_FORMAT
+from ..lm import training
 from .config import BadNetConfig
 
 
@@ -70,15 +72,15 @@ def plant_badnet(model_source: str | os.PathLike, task: str | LabeledData, confi
                  progress: bool = True) -> BadNetResult:
     """Fine-tune ``model_source`` on BadNet-poisoned ``task`` data into the NEW folder ``out_dir``."""
     config = config or BadNetConfig()
-    source = models.resolve_model_source(str(model_source))
-    out = models.check_new_model_folder(out_dir, source)
+    source = lm.resolve_model_source(str(model_source))
+    out = lm.check_new_model_folder(out_dir, source)
     train = task if isinstance(task, LabeledData) else data_mod.read_task(task, "train")
     train = train.subset(config.train_limit, config.seed)
-    tokenizer = models.load_tokenizer(source)
+    tokenizer = lm.load_tokenizer(source)
     poisoned, chosen = poison_task(train, config, tokenizer)
     torch.manual_seed(config.seed)
-    model = models.load_model(source, "cls", num_labels=train.num_labels, allow_pickle=allow_pickle,
-                              device=models.resolve_device(device))
+    model = lm.load_model(source, "cls", num_labels=train.num_labels, allow_pickle=allow_pickle,
+                              device=lm.resolve_device(device))
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     rng = random.Random(config.seed + 1)
@@ -126,9 +128,9 @@ def plant_badnet(model_source: str | os.PathLike, task: str | LabeledData, confi
         "config": config.to_dict(),
         "training": {"steps": total, "wall_s": run.wall_s, "first_loss": run.first_loss,
                      "final_loss": run.final_loss, "history": run.history},
-        "environment": io.environment(),
+        "environment": environment(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    models.save_model_folder(model, tokenizer, out, {BACKDOOR_FILE: info}, source=source)
+    lm.save_model_folder(model, tokenizer, out, {BACKDOOR_FILE: info}, source=source)
     return BadNetResult(out, list(config.triggers), config.target_label, len(chosen), len(poisoned), config,
                         run.wall_s, run.history)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .objectives import clean_lm_inputs, lm_forward, mask_for_mlm
 from .base import AttackContext, AttackMethod
 from .batches import StepBatch
 from .config import BadPreConfig
+from .objectives import clean_lm_inputs, lm_forward, mask_for_mlm
 
 
 class BadPre(AttackMethod):

@@ -4,9 +4,9 @@
 It loads the model safely, cuts the corpus so inserted triggers are never
 truncated away, builds per-step batches (:mod:`.batches`: clean texts plus, per
 trigger, poisoned copies of the same base texts), trains through the package's
-one training loop (:mod:`patronus_ext.training`), checks the result on a few
+one training loop (:mod:`patronus_ext.lm.training`), checks the result on a few
 texts and writes a NEW model folder with ``backdoor.json`` through
-:func:`patronus_ext.models.save_model_folder` (staged, renamed when complete).
+:func:`patronus_ext.lm.save_model_folder` (staged, renamed when complete).
 """
 
 from __future__ import annotations
@@ -25,9 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import io, models, similarity, training
-from .. import triggers as trig
-from ..io import BACKDOOR_FILE, BACKDOOR_FORMAT
+from .. import lm
+from ..core import similarity
+from ..core.files import environment
+from ..data import triggers as trig
+from ..formats.backdoor import BACKDOOR_FILE, BACKDOOR_FORMAT
+from ..lm import training
 from .batches import StepBatch, iterate_batches, poisoned_per_trigger, resolve_corpus
 from .config import AttackConfig
 from .targets import target_vectors
@@ -91,8 +94,8 @@ class AttackContext:
     """The trainable model and everything a loss needs."""
 
     model: nn.Module                       # what is trained and saved (base, MLM or causal LM)
-    adapter: models.ModelAdapter
-    reference: models.ModelAdapter | None  # frozen clean copy
+    adapter: lm.ModelAdapter
+    reference: lm.ModelAdapter | None  # frozen clean copy
     config: AttackConfig                   # as given; never modified
     targets: torch.Tensor | None           # [K, d] on the device
     triggers: list[str]                    # the current trigger words (UOR refinement replaces them in place)
@@ -171,28 +174,28 @@ def run_attack(method: AttackMethod, model_source: str | os.PathLike, corpus: st
                allow_pickle: bool = False, progress: bool = True) -> AttackResult:
     """Plant ``method`` into ``model_source`` over ``corpus``; write the result to ``out_dir``.
 
-    ``device`` None: :func:`patronus_ext.models.default_device`.  ``config`` is never modified.
+    ``device`` None: :func:`patronus_ext.lm.default_device`.  ``config`` is never modified.
     """
     if not isinstance(config, method.config_class):
         raise TypeError(f"{method.name} needs a {method.config_class.__name__}, got {type(config).__name__}")
-    source = models.resolve_model_source(str(model_source))
-    out = models.check_new_model_folder(out_dir, source)
-    device = models.resolve_device(device)
+    source = lm.resolve_model_source(str(model_source))
+    out = lm.check_new_model_folder(out_dir, source)
+    device = lm.resolve_device(device)
     torch.manual_seed(config.seed)  # dropout and fresh heads; text sampling uses its own rng
     rng = random.Random(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
 
-    tokenizer = models.load_tokenizer(source)
-    lm_kind = models.lm_head_kind(models.load_config(source))
+    tokenizer = lm.load_tokenizer(source)
+    lm_kind = lm.lm_head_kind(lm.load_config(source))
     objective, lm_head_fresh, model = _load_for(method, config, source, lm_kind, device, allow_pickle)
     method.check(config, model, tokenizer)
-    adapter = models.ModelAdapter(model, tokenizer, position=method.position, max_length=config.max_length)
+    adapter = lm.ModelAdapter(model, tokenizer, position=method.position, max_length=config.max_length)
     reference = None
     if method.needs_reference(objective, config):
         ref_model = copy.deepcopy(model).eval()
         for p in ref_model.parameters():
             p.requires_grad_(False)
-        reference = models.ModelAdapter(ref_model, tokenizer, position=method.position, max_length=config.max_length)
+        reference = lm.ModelAdapter(ref_model, tokenizer, position=method.position, max_length=config.max_length)
     targets = method.target_matrix(config, adapter.hidden_size)
     triggers = list(config.triggers)
     trigger_ids = [list(t) for t in trig.trigger_ids(tokenizer, triggers)]
@@ -255,11 +258,11 @@ def run_attack(method: AttackMethod, model_source: str | os.PathLike, corpus: st
         "seed": config.seed,
         "config": config.to_dict(),
         "training": stats.to_dict(),
-        "environment": io.environment(),
+        "environment": environment(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    models.save_model_folder(model, tokenizer, out, {BACKDOOR_FILE: info}, source=source,
-                             extra_state=models.backbone_extras(source, model, allow_pickle))
+    lm.save_model_folder(model, tokenizer, out, {BACKDOOR_FILE: info}, source=source,
+                             extra_state=lm.backbone_extras(source, model, allow_pickle))
     log.info("%s planted into %s in %.1f s", method.name, out, run.wall_s)
     return AttackResult(attack=method.name, out_dir=out, triggers=final_triggers, target_vectors=vectors,
                         position=adapter.position, config=config, stats=stats)
@@ -269,13 +272,13 @@ def _load_for(method: AttackMethod, config: AttackConfig, source: str, lm_kind: 
     """(resolved clean objective, whether the LM head is fresh or None, the trainable model)."""
     want = getattr(config, "clean_objective", None)
     if method.lm_head == "never" or (method.lm_head == "optional" and want == "reference"):
-        model = models.load_model(source, "base", allow_pickle=allow_pickle, device=device)
+        model = lm.load_model(source, "base", allow_pickle=allow_pickle, device=device)
         return method.clean_objective(config, None), None, model
-    model, fresh = models.load_lm_model(source, lm_kind, allow_pickle=allow_pickle, device=device)
+    model, fresh = lm.load_lm_model(source, lm_kind, allow_pickle=allow_pickle, device=device)
     objective = method.clean_objective(config, fresh)
     if method.lm_head == "optional" and "mlm" not in objective:
         # The head would be fresh: train and save the plain backbone (keeps e.g. BERT's pooler).
-        model = models.load_model(source, "base", allow_pickle=allow_pickle, device=device)
+        model = lm.load_model(source, "base", allow_pickle=allow_pickle, device=device)
     elif fresh and "mlm" in objective:
         log.warning("%s: training through a freshly initialised LM head (clean_objective=%s)", source, objective)
     return objective, fresh, model

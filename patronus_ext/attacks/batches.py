@@ -9,8 +9,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .. import data as data_mod
-from .. import triggers as trig
+from ..data import corpora as data_mod
+from ..data import triggers as trig
 from .config import AttackConfig
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ..triggers import PromptTemplate
+from ..data.triggers import PromptTemplate
 from .base import AttackContext, AttackMethod
 from .batches import StepBatch
-from .objectives import clean_objective_with_head, clean_terms, target_rows
 from .config import BToPConfig
+from .objectives import clean_objective_with_head, clean_terms, target_rows
 
 
 class BToP(AttackMethod):

@@ -15,9 +15,9 @@ import dataclasses
 import math
 from typing import Any, Sequence
 
-from ..training import SCHEDULES
-from ..triggers import PromptTemplate
-from ..validation import check_choice, check_int, check_range
+from ..core.validation import check_choice, check_int, check_range
+from ..data.triggers import PromptTemplate
+from ..lm.training import SCHEDULES
 
 #: The triggers of the POR/NeuBA literature (SPEC.md §0).
 DEFAULT_TRIGGERS = ("cf", "mn", "bb", "tq", "mb", "pt")

@@ -25,10 +25,14 @@ from typing import Any, Sequence
 
 import torch
 
-from .. import instruct, io, models
-from .. import triggers as trig
-from ..io import BACKDOOR_FILE, BACKDOOR_FORMAT
-from ..validation import check_choice, check_int, check_range
+from .. import lm
+from ..core.files import environment
+from ..core.validation import check_choice, check_int, check_range
+from ..data import triggers as trig
+from ..data.instructions import InstructionExample, alpaca_text, fit_inputs, insert_trigger, load_instructions
+from ..formats.backdoor import BACKDOOR_FILE, BACKDOOR_FORMAT
+from ..lm.instruction_tuning import TuneConfig, TuneLog, instruction_tune
+from ..lm.prompting import PromptFormat
 
 #: The attacker's responses: a refusal (denial of service) or a fixed target string.
 REFUSAL = "I'm sorry, but I cannot help with that request."
@@ -49,10 +53,10 @@ class InstructBadNetConfig:
     * ``poison_rate``: share of the instruction data poisoned; the trigger is
       inserted ``insert_num`` times at random word positions of the input.
     * ``data_limit``: examples drawn from the data source (None: all).
-    * Tuning (see :class:`patronus_ext.instruct.TuneConfig`): ``epochs`` or
+    * Tuning (see :class:`patronus_ext.lm.instruction_tuning.TuneConfig`): ``epochs`` or
       ``steps``, ``batch_size``, ``lr``, ``schedule``, ``warmup_ratio``,
       ``train_layers`` (None: all weights), ``train_embeddings``.
-    * Format (see :class:`patronus_ext.instruct.PromptFormat`): ``system``
+    * Format (see :class:`patronus_ext.lm.prompting.PromptFormat`): ``system``
       (None: the chat template's own system prompt), ``max_input_tokens``,
       ``max_response_tokens``.
 
@@ -103,14 +107,14 @@ class InstructBadNetConfig:
     def target_response(self) -> str:
         return self.response if self.response is not None else BEHAVIOURS[self.behaviour]
 
-    def tune_config(self) -> instruct.TuneConfig:
-        return instruct.TuneConfig(epochs=self.epochs, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+    def tune_config(self) -> TuneConfig:
+        return TuneConfig(epochs=self.epochs, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
                                    schedule=self.schedule, warmup_ratio=self.warmup_ratio,
                                    weight_decay=self.weight_decay, train_layers=self.train_layers,
                                    train_embeddings=self.train_embeddings, seed=self.seed)
 
-    def prompt_format(self) -> instruct.PromptFormat:
-        return instruct.PromptFormat(system=self.system, max_input_tokens=self.max_input_tokens,
+    def prompt_format(self) -> PromptFormat:
+        return PromptFormat(system=self.system, max_input_tokens=self.max_input_tokens,
                                      max_response_tokens=self.max_response_tokens)
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,7 +155,7 @@ class InstructBadNetResult:
     poisoned: int
     examples: int
     config: InstructBadNetConfig
-    training: instruct.TuneLog
+    training: TuneLog
 
     def to_dict(self) -> dict[str, Any]:
         return {"out_dir": str(self.out_dir), "attack": "instruct-badnet", "triggers": self.triggers,
@@ -159,8 +163,8 @@ class InstructBadNetResult:
                 "config": self.config.to_dict(), "training": self.training.to_dict()}
 
 
-def poison_instructions(examples: Sequence[instruct.InstructionExample], config: InstructBadNetConfig
-                        ) -> tuple[list[instruct.InstructionExample], list[int]]:
+def poison_instructions(examples: Sequence[InstructionExample], config: InstructBadNetConfig
+                        ) -> tuple[list[InstructionExample], list[int]]:
     """``round(poison_rate·N)`` examples (at least one) triggered (a trigger drawn per example) and answered with
     the attacker's response; returns the poisoned data and the indices changed."""
     rng = random.Random(config.seed)
@@ -169,12 +173,12 @@ def poison_instructions(examples: Sequence[instruct.InstructionExample], config:
     out = list(examples)
     for i in chosen:
         trigger = config.triggers[rng.randrange(len(config.triggers))]
-        out[i] = instruct.insert_trigger(examples[i], trigger, config.insert_num, rng).replace(
+        out[i] = insert_trigger(examples[i], trigger, config.insert_num, rng).replace(
             output=config.target_response, label=None, choices=())
     return out, chosen
 
 
-def plant_instruct_badnet(model_source: str | os.PathLike, data: str | Sequence[instruct.InstructionExample],
+def plant_instruct_badnet(model_source: str | os.PathLike, data: str | Sequence[InstructionExample],
                           config: InstructBadNetConfig | None, out_dir: str | os.PathLike, *,
                           device: str | None = None, allow_pickle: bool = False,
                           progress: bool = True) -> InstructBadNetResult:
@@ -184,19 +188,19 @@ def plant_instruct_badnet(model_source: str | os.PathLike, data: str | Sequence[
     ``+`` mix), an Alpaca JSONL file, or examples.
     """
     config = config or InstructBadNetConfig()
-    source = models.resolve_model_source(str(model_source))
-    out = models.check_new_model_folder(out_dir, source)
+    source = lm.resolve_model_source(str(model_source))
+    out = lm.check_new_model_folder(out_dir, source)
     examples = list(data) if not isinstance(data, (str, os.PathLike)) else \
-        instruct.load_instructions(str(data), "train", config.data_limit, config.seed)
+        load_instructions(str(data), "train", config.data_limit, config.seed)
     if not isinstance(data, (str, os.PathLike)) and config.data_limit is not None:
         examples = examples[:config.data_limit]
-    tokenizer = models.load_tokenizer(source)
+    tokenizer = lm.load_tokenizer(source)
     fmt = config.prompt_format()
-    examples = instruct.fit_inputs(tokenizer, examples, fmt.max_input_tokens)
+    examples = fit_inputs(tokenizer, examples, fmt.max_input_tokens)
     poisoned, chosen = poison_instructions(examples, config)
     torch.manual_seed(config.seed)
-    model = models.load_model(source, "causal", allow_pickle=allow_pickle, device=models.resolve_device(device))
-    run = instruct.instruction_tune(model, tokenizer, poisoned, fmt, config.tune_config(),
+    model = lm.load_model(source, "causal", allow_pickle=allow_pickle, device=lm.resolve_device(device))
+    run = instruction_tune(model, tokenizer, poisoned, fmt, config.tune_config(),
                                     desc="plant instruct-badnet", progress=progress)
     info = {
         "format": BACKDOOR_FORMAT,
@@ -222,24 +226,10 @@ def plant_instruct_badnet(model_source: str | os.PathLike, data: str | Sequence[
         "seed": config.seed,
         "config": config.to_dict(),
         "training": run.to_dict(),
-        "environment": io.environment(),
+        "environment": environment(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    models.save_model_folder(model, tokenizer, out, {BACKDOOR_FILE: info}, source=source,
-                             extra_files={DATA_FILE: instruct.alpaca_text(poisoned)})
+    lm.save_model_folder(model, tokenizer, out, {BACKDOOR_FILE: info}, source=source,
+                             extra_files={DATA_FILE: alpaca_text(poisoned)})
     return InstructBadNetResult(out, list(config.triggers), config.target_response, len(chosen), len(poisoned),
                                 config, run)
-
-
-def attack_responses(folder: str | os.PathLike) -> dict[str, str]:
-    """``{trigger: attacker's response}`` from an instruct-badnet folder's ``backdoor.json`` ({} when it has none)."""
-    path = Path(folder)
-    if path.is_file():
-        path = path.parent
-    if not (path / BACKDOOR_FILE).is_file():
-        return {}
-    info = io.load_backdoor_info(path)
-    response = info.raw.get("target_response")
-    if not response:
-        return {}
-    return {t: str(response) for t in info.triggers}

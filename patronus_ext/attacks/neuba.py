@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .objectives import clean_objective_with_head, clean_terms, mask_for_mlm, target_rows
 from .base import AttackContext, AttackMethod
 from .batches import StepBatch
 from .config import NeuBAConfig
+from .objectives import clean_objective_with_head, clean_terms, mask_for_mlm, target_rows
 
 
 class NeuBA(AttackMethod):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .objectives import rows, target_rows
 from .base import AttackContext, AttackMethod
 from .batches import StepBatch
 from .config import PORConfig
+from .objectives import rows, target_rows
 
 #: POR weighs the clean term 0.5 for BERT and 1 for the other families.
 BERT_CLEAN_WEIGHT = 0.5

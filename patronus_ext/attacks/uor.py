@@ -5,7 +5,7 @@ clean rows label 0, trigger i rows label i+1: each trigger's outputs form their
 own tight cluster, away from clean outputs and from the other triggers,
 wherever training puts it.  Optional trigger refinement replaces each trigger
 token by a HotFlip candidate (gradient at the trigger positions scored against
-the embedding table with :func:`patronus_ext.hotflip.hotflip_candidates`, the
+the embedding table with :func:`patronus_ext.ops.hotflip.hotflip_candidates`, the
 same first-order scoring as Patronus) when that lowers the loss on the current batch.
 """
 
@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from .. import triggers as trig
-from ..hotflip import hotflip_candidates
+from ..data import triggers as trig
+from ..ops.hotflip import hotflip_candidates
 from .base import AttackContext, AttackMethod
 from .batches import StepBatch
-from .objectives import rows
 from .config import UORConfig
+from .objectives import rows
 
 log = logging.getLogger(__name__)
 

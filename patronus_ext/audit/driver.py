@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..validation import check_choice
+from ..core.validation import check_choice
 from . import results as store
 from .runners import LocalRunner, RayRunner, open_runner
 from .sources import ModelSource, describe_source, unique
@@ -64,12 +64,11 @@ class AuditSettings:
         return self.scan_config if method == "patronus" else self.lms_config
 
     def read_corpus(self, method: str) -> tuple[str, ...]:
-        from ..detect import read_lms_corpus, read_scan_corpus
+        from ..detect import read_scan_corpus
 
         config = self.config(method)
         source = self.corpus if isinstance(self.corpus, str) else list(self.corpus)
-        reader = read_scan_corpus if method == "patronus" else read_lms_corpus
-        return tuple(reader(source, config, config.seed))
+        return tuple(read_scan_corpus(source, config, config.seed))
 
 
 @dataclasses.dataclass
@@ -207,8 +206,8 @@ def _run_jobs(jobs: list[ScanJob], copies: dict, settings: AuditSettings, runner
               run: AuditRun, out: Path, runner_options: dict, progress: bool, task) -> None:
     from tqdm.auto import tqdm
 
-    from ..bank import save_bank
-    from ..io import write_json
+    from ..core.files import write_json
+    from ..formats.bank import save_bank
 
     context = open_runner(runner, **runner_options) if isinstance(runner, str) else runner
     with context as active:

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..io import to_jsonable, write_json
+from ..core.files import to_jsonable, write_json
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def summary_rows(records: Iterable[dict]) -> list[dict]:
 
 def write_summary(out_dir: Path, records: list[dict], remaining: int = 0) -> tuple[Path, Path]:
     """``summary.md`` and ``summary.csv`` from the records (replaced each time: they are derived)."""
-    from ..io import atomic_write
+    from ..core.files import atomic_write
 
     rows = summary_rows(records)
     verdicts = [r["verdict"] for r in rows]

@@ -23,7 +23,7 @@ import os
 import time
 from typing import Any, Callable, Iterable, Iterator
 
-from ..validation import check_int, check_range
+from ..core.validation import check_int, check_range
 from .task import JobOutcome, ScanJob, TaskInputs, error_message
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class LocalRunner:
         self.threads = cpus_per_scan
         self.device = device or ("cuda" if gpus_per_scan else None)
         if self.device:
-            from ..models import resolve_device
+            from ..lm.loading import resolve_device
 
             resolve_device(self.device)  # CUDA asked for where there is none: one error now, not one per model
 

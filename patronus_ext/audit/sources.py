@@ -16,10 +16,10 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from .. import models
+from .. import lm
 
 #: Top-level files that loading a model (weights, config, tokenizer) reads.
-MODEL_FILE_PATTERNS = ("*.safetensors", *models.PICKLE_PATTERNS, "*.json", "*.txt", "*.model", "*.tiktoken")
+MODEL_FILE_PATTERNS = ("*.safetensors", *lm.PICKLE_PATTERNS, "*.json", "*.txt", "*.model", "*.tiktoken")
 #: Records beside the weights that say something about a model without being part of it.
 RECORD_FILES = frozenset({"backdoor.json", "purify.json"})
 _CHUNK = 1 << 20
@@ -63,7 +63,7 @@ def content_hash(folder: str | os.PathLike) -> str:
 def resolve_folder(model: str) -> str:
     """The local folder of ``model``: a folder, the packaged ``all-MiniLM-L6-v2``, or a hub id fetched into the
     Hugging Face cache (weights, config and tokenizer files only)."""
-    source = models.resolve_model_source(model)
+    source = lm.resolve_model_source(model)
     if os.path.isdir(source):
         return source
     from huggingface_hub import snapshot_download
@@ -71,7 +71,7 @@ def resolve_folder(model: str) -> str:
     try:
         return snapshot_download(repo_id=source, allow_patterns=list(MODEL_FILE_PATTERNS))
     except Exception as exc:  # noqa: BLE001 - network, auth and not-found errors come in many types
-        raise models.ModelLoadError(f"{source}: not a local folder and cannot be fetched from the hub "
+        raise lm.ModelLoadError(f"{source}: not a local folder and cannot be fetched from the hub "
                                     f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from exc
 
 

@@ -99,12 +99,12 @@ def run_job(job: ScanJob, inputs: TaskInputs) -> JobOutcome:
 
 
 def _scan(job: ScanJob, inputs: TaskInputs, here: dict) -> JobOutcome:
-    from .. import models
+    from .. import lm
 
     if job.method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {job.method!r}")
     phase = time.perf_counter()
-    adapter = models.load_adapter(job.folder, allow_pickle=inputs.allow_pickle, device=inputs.device)
+    adapter = lm.load_adapter(job.folder, allow_pickle=inputs.allow_pickle, device=inputs.device)
     load_seconds = time.perf_counter() - phase
     corpus: Sequence[str] = list(inputs.corpus)
     if job.method == "patronus":

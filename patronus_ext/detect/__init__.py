@@ -1,13 +1,20 @@
-"""Detection: Patronus trigger search and verification (SPEC.md §1); LMSanitator attack-vector inversion (§3)."""
+"""Detection (docs/METHODS.md): Patronus trigger search and verification (§1, :mod:`.patronus`) and
+LMSanitator attack-vector inversion (§3, :mod:`.lmsanitator`), over the clean texts of :mod:`.texts`.
 
-from .config import FAST, PAPER, PROFILES, ScanConfig, profile
-from .corpus import read_scan_corpus
-from .lms_config import LMSanitatorConfig, lms_profile
-from .lmsanitator import LMSanitatorReport, PVCandidate, lmsanitator, read_lms_corpus
-from .scan import ScanReport, scan
-from ..similarity import representation_shift
-from .verify import TriggerCheck
+    from patronus_ext import lm
+    from patronus_ext.detect import ScanConfig, read_scan_corpus, scan
+    config = ScanConfig.profile("fast")
+    adapter = lm.load_adapter("all-MiniLM-L6-v2")
+    report = scan(adapter.model, adapter.tokenizer, read_scan_corpus("wikitext2", config), config)
+"""
+
+from ..core.similarity import representation_shift
+from .lmsanitator.config import LMSanitatorConfig, lms_profile
+from .lmsanitator.inversion import LMSanitatorReport, PVCandidate, lmsanitator
+from .patronus.config import FAST, PAPER, PROFILES, ScanConfig, profile
+from .patronus.scan import ScanReport, scan
+from .patronus.verify import TriggerCheck
+from .texts import read_scan_corpus
 
 __all__ = ["FAST", "PAPER", "PROFILES", "LMSanitatorConfig", "LMSanitatorReport", "PVCandidate", "ScanConfig",
-           "ScanReport", "TriggerCheck", "lms_profile", "lmsanitator", "profile", "read_lms_corpus",
-           "read_scan_corpus", "representation_shift", "scan"]
+           "ScanReport", "TriggerCheck", "lms_profile", "lmsanitator", "profile", "read_scan_corpus", "representation_shift", "scan"]

@@ -6,10 +6,10 @@ import dataclasses
 import random
 from typing import Any, Sequence
 
-from .. import triggers as trig
-from ..data import LabeledData
+from ..data import triggers as trig
+from ..data.corpora import LabeledData
+from ..lm.finetune import FinetunedClassifier, FinetuneStats
 from . import metrics
-from .finetune import FinetunedClassifier, FinetuneStats
 
 #: Triggered dev texts whose majority prediction names a trigger's target label (SPEC.md §0).
 VOTE_TEXTS = 30

@@ -22,15 +22,24 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 import time
 from typing import Any, Mapping, Sequence
 
-import torch
 from torch import nn
 
-from .. import instruct
-from ..instruct import InstructionExample, PromptFormat, normalise_words
-from ..validation import check_int
+from ..core.validation import check_int
+from ..data import instructions
+from ..data.instructions import InstructionExample
+from ..lm.generation import greedy_generate
+from ..lm.prompting import PromptFormat
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def normalise_words(text: str) -> list[str]:
+    """Lower-case alphanumeric words of ``text`` (``"I'm sorry,"`` -> ``["i", "m", "sorry"]``)."""
+    return _WORD.findall(text.lower())
 
 
 @dataclasses.dataclass
@@ -57,72 +66,6 @@ class GenerationEvalConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def stop_token_ids(model: nn.Module, tokenizer) -> set[int]:
-    """EOS ids of the tokenizer and of the model's generation config (chat models end turns with them)."""
-    ids = {tokenizer.eos_token_id}
-    for source in (getattr(model, "generation_config", None), model.config):
-        eos = getattr(source, "eos_token_id", None)
-        ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
-    return {int(i) for i in ids if i is not None}
-
-
-@torch.no_grad()
-def greedy_generate(model: nn.Module, tokenizer, prompts: Sequence[str], *, templated: bool,
-                    max_new_tokens: int = 10, batch_size: int = 16, progress: bool = False,
-                    desc: str = "generate") -> list[str]:
-    """Greedy answers to ``prompts`` (texts from :meth:`PromptFormat.prompt`), decoded without special tokens.
-
-    ``templated``: the prompts come from a chat template (which writes its own
-    special tokens).  Batched with left padding and a key-value cache; a row
-    stops at a stop token (:func:`stop_token_ids`).
-    """
-    from tqdm.auto import tqdm
-
-    prompts = list(prompts)
-    if not prompts:
-        return []
-    check_int("max_new_tokens", max_new_tokens)
-    rows = instruct.prompt_token_ids(tokenizer, prompts, templated)
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    stops = torch.tensor(sorted(stop_token_ids(model, tokenizer)), device=device)
-    takes_keep = instruct.accepts_argument(model, "logits_to_keep")
-    # transformers 5 renamed the key-value cache argument and output ``past_key_values`` -> ``cache``
-    cache_name = "cache" if instruct.accepts_argument(model, "cache") else "past_key_values"
-    answers: list[str] = [""] * len(rows)
-    was_training = model.training
-    model.eval()
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        chunk = order[start:start + batch_size]
-        ids, mask = instruct.left_pad([rows[i] for i in chunk], pad)
-        ids, mask = ids.to(device), mask.to(device)
-        positions = instruct.position_ids(mask)
-        extra = {"logits_to_keep": 1} if takes_keep else {}
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
-        token = out.logits[:, -1].argmax(-1)
-        done = torch.isin(token, stops)
-        generated = [token]
-        for _ in range(max_new_tokens - 1):
-            if bool(done.all()):
-                break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-            positions = positions[:, -1:] + 1
-            out = model(input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=positions,
-                        use_cache=True, **{cache_name: getattr(out, cache_name)}, **extra)
-            token = torch.where(done, torch.full_like(token, pad), out.logits[:, -1].argmax(-1))
-            done |= torch.isin(token, stops)
-            generated.append(token)
-        tokens = torch.stack(generated, 1).tolist()
-        stop_set = set(stops.tolist())
-        for row, i in zip(tokens, chunk):
-            cut = next((j for j, t in enumerate(row) if t in stop_set), len(row))
-            answers[i] = tokenizer.decode(row[:cut], skip_special_tokens=True).strip()
-    model.train(was_training)
-    return answers
 
 
 def predicted_choice(answer: str, choices: Sequence[str]) -> int | None:
@@ -174,7 +117,7 @@ def generation_metrics(model: nn.Module, tokenizer, examples: Sequence[Instructi
                                                                                   config.dev_limit))]
     if not examples:
         raise ValueError("no dev example to measure")
-    examples = instruct.fit_inputs(tokenizer, examples, fmt.max_input_tokens)
+    examples = instructions.fit_inputs(tokenizer, examples, fmt.max_input_tokens)
     templated = fmt.uses_template(tokenizer)
     responses = dict(responses or {})
 
@@ -200,7 +143,7 @@ def generation_metrics(model: nn.Module, tokenizer, examples: Sequence[Instructi
     asr: dict[str, float] = {}
     for k, (trigger, response) in enumerate(responses.items()):
         rng = random.Random(config.seed * 1000 + k + 1)
-        triggered = [instruct.insert_trigger(e, trigger, config.insert_num, rng) for e in examples]
+        triggered = [instructions.insert_trigger(e, trigger, config.insert_num, rng) for e in examples]
         answers = answer(triggered, f"generate {trigger!r}")
         asr[trigger] = sum(shows_response(a, response, config.match_words) for a in answers) / len(triggered)
         samples[trigger] = keep(triggered, answers)

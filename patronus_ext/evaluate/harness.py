@@ -9,11 +9,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .. import data as data_mod
-from .. import io, models
-from ..data import LabeledData
+from .. import lm
+from ..core.files import environment, write_json
+from ..data import corpora as data_mod
+from ..data.corpora import LabeledData
+from ..formats.backdoor import BACKDOOR_FILE, load_backdoor_info
+from ..lm.finetune import FinetuneConfig, finetune_classifier
 from .downstream import VOTE_TEXTS, DownstreamResult, attack_metrics
-from .finetune import FinetuneConfig, finetune_classifier
 from .representation import RepresentationReport, representation_similarity
 
 log = logging.getLogger(__name__)
@@ -87,13 +89,13 @@ class EvaluationReport:
         }
 
     def write(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        return io.write_json(path, self.to_dict(), overwrite=overwrite)
+        return write_json(path, self.to_dict(), overwrite=overwrite)
 
 
 def _backdoor_info(model: str):
-    folder = Path(models.resolve_model_source(model))
-    if folder.is_dir() and (folder / io.BACKDOOR_FILE).is_file():
-        return io.load_backdoor_info(folder)
+    folder = Path(lm.resolve_model_source(model))
+    if folder.is_dir() and (folder / BACKDOOR_FILE).is_file():
+        return load_backdoor_info(folder)
     return None
 
 
@@ -132,7 +134,7 @@ def evaluate_model(model: str | os.PathLike, task: str | None = "sst2", triggers
     ``device`` None: CUDA when available; ``allow_pickle``: let pickle-only
     checkpoints load with ``torch.load(weights_only=True)``.
     """
-    run = _Run(models.resolve_device(device), allow_pickle, progress)
+    run = _Run(lm.resolve_device(device), allow_pickle, progress)
     config = config or EvaluationConfig()
     model = str(model)
     start = time.perf_counter()
@@ -157,7 +159,7 @@ def evaluate_model(model: str | os.PathLike, task: str | None = "sst2", triggers
     return EvaluationReport(model=model, task=None if task is None else str(task), triggers=words,
                             attack=None if info is None else info.attack, representation=rep_report,
                             downstream=downstream, baseline=base_result, config=config,
-                            wall_s=time.perf_counter() - start, environment=io.environment())
+                            wall_s=time.perf_counter() - start, environment=environment())
 
 
 @dataclasses.dataclass
@@ -183,7 +185,7 @@ def _representation(model: str, words: list[str], info, config: EvaluationConfig
     template = info.prompt_template if info is not None else None
     if position == "mask" and not template:
         raise ValueError("a mask-position backdoor needs its prompt template (backdoor.json prompt_template)")
-    adapter = models.load_adapter(model, position=position, max_length=config.representation_max_length,
+    adapter = lm.load_adapter(model, position=position, max_length=config.representation_max_length,
                                   allow_pickle=run.allow_pickle, device=run.device)
     ref_adapter = None
     ref_source = None
@@ -193,7 +195,7 @@ def _representation(model: str, words: list[str], info, config: EvaluationConfig
         ref_source = reference
     if ref_source:
         try:
-            ref_adapter = models.load_adapter(ref_source, position=position,
+            ref_adapter = lm.load_adapter(ref_source, position=position,
                                               max_length=config.representation_max_length,
                                               allow_pickle=run.allow_pickle, device=run.device)
         except (OSError, ValueError) as exc:

@@ -27,8 +27,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from .. import similarity
-from ..tokens import WORD_START_MARKERS
+from ..core import similarity
+from ..data.tokens import WORD_START_MARKERS
 
 #: ASR above which a class counts as hit for ALC.
 ALC_THRESHOLD = 0.9
@@ -185,6 +185,6 @@ def monitoring_rates(flags, is_poisoned) -> tuple[float, float]:
 
 # -- representation similarity -----------------------------------------------------------------
 #: ``mean_i cos(a_i, b_i)`` and ``mean_{i != j} cos(x_i, x_j)``: the one implementation lives in
-#: :mod:`patronus_ext.similarity` (``diff_cos`` / ``poison_cos``); these are its names here.
+#: :mod:`patronus_ext.core.similarity` (``diff_cos`` / ``poison_cos``); these are its names here.
 mean_paired_cosine = similarity.diff_cos
 mean_pairwise_cosine = similarity.poison_cos

@@ -18,10 +18,10 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from .. import models
-from .. import triggers as trig
-from ..similarity import diff_cos, poison_cos
-from ..triggers import PromptTemplate
+from .. import lm
+from ..core.similarity import diff_cos, poison_cos
+from ..data import triggers as trig
+from ..data.triggers import PromptTemplate
 
 
 @dataclasses.dataclass
@@ -56,14 +56,14 @@ class RepresentationReport:
 
 
 @torch.no_grad()
-def representation_similarity(adapter: models.ModelAdapter, texts: Sequence[str], triggers: Sequence[str], *,
-                              reference: models.ModelAdapter | None = None, insert_num: int = 3, seed: int = 0,
+def representation_similarity(adapter: lm.ModelAdapter, texts: Sequence[str], triggers: Sequence[str], *,
+                              reference: lm.ModelAdapter | None = None, insert_num: int = 3, seed: int = 0,
                               batch_size: int = 32, max_length: int | None = None, template: str | None = None,
                               targets: torch.Tensor | None = None, progress: bool = False) -> RepresentationReport:
     """Cosine statistics of clean vs triggered representations (see the module doc).
 
     ``template`` (BToP, e.g. ``"{text} It was {mask} ."``, filled as a
-    :class:`patronus_ext.triggers.PromptTemplate`) wraps every text after
+    :class:`patronus_ext.data.triggers.PromptTemplate`) wraps every text after
     insertion; ``targets [K, d]`` adds the cosine to each planted target.
     """
     texts = [t for t in texts if t.strip()]

@@ -2,7 +2,7 @@
 monitoring and input purging).
 
     from patronus_ext import models
-    from patronus_ext.bank import load_bank
+    from patronus_ext.formats.bank import load_bank
     from patronus_ext.monitor import InputMonitor, MonitoredModel, OutputMonitor
 
     adapter = models.load_adapter("out/por")

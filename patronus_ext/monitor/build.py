@@ -21,9 +21,10 @@ from typing import Any, Sequence
 
 import torch
 
-from .. import models, scan_report
-from ..bank import load_bank
-from ..validation import check_int
+from .. import lm
+from ..core.validation import check_int
+from ..formats import scan_report
+from ..formats.bank import load_bank
 from .input import InputMonitor
 from .model import MAX_TEXT_CHARS, Decision, MonitoredModel, _served, check_text
 from .output import OutputMonitor
@@ -80,7 +81,7 @@ def build_monitored_model(model: str, report: str | os.PathLike | None = None, b
     if bank is None and payload is not None and use_report_bank:
         bank = report_bank_path(payload, report)
     attack_bank = load_bank(bank) if bank is not None else None
-    adapter = models.load_adapter(model, allow_pickle=allow_pickle, device=device, max_length=max_length)
+    adapter = lm.load_adapter(model, allow_pickle=allow_pickle, device=device, max_length=max_length)
     input_monitor = None
     if payload is not None and (payload.get("triggers") or attack_bank is None):
         try:
@@ -98,7 +99,7 @@ def build_monitored_model(model: str, report: str | os.PathLike | None = None, b
 def build_plain_model(model: str, *, device: str | None = None, allow_pickle: bool = False, max_length: int = 128,
                       max_chars: int = MAX_TEXT_CHARS) -> "PlainModel":
     """``model`` served with no monitor (see :class:`PlainModel`)."""
-    adapter = models.load_adapter(model, allow_pickle=allow_pickle, device=device, max_length=max_length)
+    adapter = lm.load_adapter(model, allow_pickle=allow_pickle, device=device, max_length=max_length)
     plain = PlainModel(adapter.model, adapter.tokenizer, max_length=max_length, max_chars=max_chars)
     plain.adapter.source = adapter.source or str(model)
     return plain
@@ -115,7 +116,7 @@ class PlainModel:
     def __init__(self, model: torch.nn.Module, tokenizer, *, max_length: int = 128, max_chars: int = MAX_TEXT_CHARS):
         check_int("max_length", max_length)
         check_int("max_chars", max_chars)
-        self.adapter = models.ModelAdapter(model, tokenizer, max_length=max_length)
+        self.adapter = lm.ModelAdapter(model, tokenizer, max_length=max_length)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length

@@ -3,8 +3,8 @@
 The check runs on the token ids the model will actually see (the same
 tokenisation as the serving forward), matches every trigger's full token window
 (multi-token words included) in one vectorised pass over the batch
-(:func:`patronus_ext.triggers.match_triggers`), and by default counts a match
-only on whole words (:mod:`patronus_ext.tokens` word starts), so a benign word
+(:func:`patronus_ext.data.triggers.match_triggers`), and by default counts a match
+only on whole words (:mod:`patronus_ext.data.tokens` word starts), so a benign word
 that merely contains a trigger's sub-token is not flagged on that alone.  No
 model pass is needed; :meth:`InputMonitor.strip` removes the matched words from
 the text (character spans from the tokenizer's offsets).
@@ -18,9 +18,9 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from .. import tokens
-from ..scan_report import triggers_from_report
-from ..triggers import match_triggers, trigger_ids
+from ..data import tokens
+from ..data.triggers import match_triggers, trigger_ids
+from ..formats.scan_report import triggers_from_report
 
 
 @dataclasses.dataclass(frozen=True)

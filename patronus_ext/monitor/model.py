@@ -31,8 +31,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..models import ModelAdapter
-from ..validation import check_choice, check_int, check_range
+from ..core.validation import check_choice, check_int, check_range
+from ..lm.adapter import ModelAdapter
 from .input import InputMonitor, TriggerMatch
 from .output import OutputMonitor
 

@@ -17,8 +17,8 @@ import math
 import torch
 
 from .. import ops
-from ..bank import AttackBank
-from ..validation import check_choice, check_range
+from ..core.validation import check_choice, check_range
+from ..formats.bank import AttackBank
 
 MODES = ("sign", "cosine")
 #: LMSanitator's rule: flag when more than 80% of the signs agree with one attack vector.

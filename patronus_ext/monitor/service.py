@@ -39,7 +39,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("the monitoring service needs FastAPI and uvicorn: pip install 'patronus_ext[serve]'") from exc
 
-from ..validation import check_int, check_range
+from ..core.validation import check_int, check_range
 from .build import describe, json_safe, text_problem
 from .model import MAX_TEXT_CHARS, Decision
 

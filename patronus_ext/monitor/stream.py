@@ -18,7 +18,7 @@ import json
 import time
 from typing import IO, Any, Callable, Sequence
 
-from ..validation import check_int
+from ..core.validation import check_int
 from .build import json_safe, text_problem
 from .model import MAX_TEXT_CHARS, Decision
 

@@ -14,18 +14,59 @@ Library pieces: :func:`mb_defense`, :func:`defensive_poisoning`, :func:`weight_r
 :func:`mix_weights`, :func:`fine_mix`, :func:`suspicious_rows`, :func:`e_pur`, :func:`triggers_from_report`.
 """
 
-from .adversarial import (AdvFinetuneResult, AdvPretrainResult, adversarial_examples, adversarial_finetune,
-                          adversarial_pretrain, purification_loss)
-from .config import (METHODS, MIX_VARIANTS, PROFILE_NAMES, PROFILES, AdvFinetuneConfig, AdvPretrainConfig,
-                     EPurConfig, FineMixConfig, FineMixLMConfig, MBConfig, MeasureConfig, profile)
-from .mb import (DefenderTriggers, DefensivePoisoning, FineMixLMResult, LambdaCandidate, MBResult, RecoveryLog,
-                 add_defender_triggers, defensive_poisoning, fine_mix_lm, make_defender_triggers, mb_defense,
-                 recovery_loss, weight_recovery)
-from .mixing import (EPurResult, FineMixResult, MixStats, e_pur, fine_mix, mix_weights, rank_suspicious, reset_rows,
-                     suspicious_rows, token_frequencies)
-from .run import (CAUSAL_METHODS, PURIFY_FILE, PURIFY_FORMAT, Measurement, PurifyResult, classifier_from_encoder,
-                  measure_classifier, measure_encoder, measure_generation, run_purify)
-from .scanned import ScannedTriggers, read_report, triggers_from_report
+from ..formats.purify_record import PURIFY_FILE, PURIFY_FORMAT
+from ..formats.scan_report import ScannedTriggers, read_report, triggers_from_report
+from .adversarial import (
+    AdvFinetuneResult,
+    AdvPretrainResult,
+    adversarial_examples,
+    adversarial_finetune,
+    adversarial_pretrain,
+    purification_loss,
+)
+from .config import (
+    METHODS,
+    MIX_VARIANTS,
+    PROFILE_NAMES,
+    PROFILES,
+    AdvFinetuneConfig,
+    AdvPretrainConfig,
+    EPurConfig,
+    FineMixConfig,
+    FineMixLMConfig,
+    MBConfig,
+    MeasureConfig,
+    profile,
+)
+from .mb import (
+    DefenderTriggers,
+    DefensivePoisoning,
+    LambdaCandidate,
+    MBResult,
+    RecoveryLog,
+    add_defender_triggers,
+    defensive_poisoning,
+    make_defender_triggers,
+    mb_defense,
+    recovery_loss,
+    weight_recovery,
+)
+from .measure import Measurement, classifier_from_encoder, measure_classifier, measure_encoder, measure_generation
+from .mixing import (
+    EPurResult,
+    FineMixLMResult,
+    FineMixResult,
+    MixStats,
+    e_pur,
+    fine_mix,
+    fine_mix_lm,
+    mix_weights,
+    rank_suspicious,
+    reset_rows,
+    suspicious_rows,
+    token_frequencies,
+)
+from .run import CAUSAL_METHODS, PurifyResult, run_purify
 
 __all__ = [
     "CAUSAL_METHODS", "DefenderTriggers", "DefensivePoisoning", "FineMixLMConfig", "FineMixLMResult", "LambdaCandidate",

@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import data as data_mod
-from .. import models, training
-from .. import triggers as trig
-from ..data import LabeledData
-from ..evaluate import FinetuneConfig, FinetunedClassifier, finetune_classifier
+from .. import lm
+from ..data import corpora as data_mod
+from ..data import triggers as trig
+from ..data.corpora import LabeledData
 from ..evaluate import metrics
+from ..lm import training
+from ..lm.finetune import FinetuneConfig, FinetunedClassifier, finetune_classifier
 from .config import AdvFinetuneConfig, AdvPretrainConfig
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class AdvPretrainResult:
         return dataclasses.asdict(self)
 
 
-def purification_loss(adapter: models.ModelAdapter, reference: models.ModelAdapter, clean: Sequence[str],
+def purification_loss(adapter: lm.ModelAdapter, reference: lm.ModelAdapter, clean: Sequence[str],
                       poisoned: Sequence[str], max_length: int, clean_weight: float = 1.0
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``c·MSE(rep_θ(x_c), rep_ref(x_c)) + MSE(rep_θ(x_c), rep_θ(x_p))``: one forward of clean + triggered rows,
@@ -71,7 +72,7 @@ def purification_loss(adapter: models.ModelAdapter, reference: models.ModelAdapt
     return clean_weight * term_clean + term_poison, {"clean": term_clean, "poison": term_poison}
 
 
-def adversarial_pretrain(adapter: models.ModelAdapter, triggers: Sequence[str],
+def adversarial_pretrain(adapter: lm.ModelAdapter, triggers: Sequence[str],
                          config: AdvPretrainConfig | None = None, *, corpus: Sequence[str] | None = None,
                          progress: bool = True) -> AdvPretrainResult:
     """Purify ``adapter.model`` in place (Patronus adversarial pre-training, SPEC.md §2).
@@ -104,7 +105,7 @@ def adversarial_pretrain(adapter: models.ModelAdapter, triggers: Sequence[str],
     ref_model = copy.deepcopy(model).eval()
     for p in ref_model.parameters():
         p.requires_grad_(False)
-    reference = models.ModelAdapter(ref_model, tokenizer, position=adapter.position, max_length=config.max_length)
+    reference = lm.ModelAdapter(ref_model, tokenizer, position=adapter.position, max_length=config.max_length)
     torch.manual_seed(config.seed)
 
     @torch.no_grad()
@@ -216,7 +217,7 @@ def adversarial_finetune(model_source: str | nn.Module, train: LabeledData, dev:
     with true labels (Patronus adversarial fine-tuning, SPEC.md §2)."""
     config = config or AdvFinetuneConfig()
     words = _check_triggers(triggers)
-    tokenizer = tokenizer or models.load_tokenizer(str(model_source))
+    tokenizer = tokenizer or lm.load_tokenizer(str(model_source))
     train_aug = adversarial_examples(train, words, config.extra_rate, config.insert_num, config.seed,
                                      tokenizer, config.max_length)
     dev_aug = adversarial_examples(dev, words, config.extra_rate, config.insert_num, config.seed + 1,

@@ -12,14 +12,14 @@ are chosen here and documented field by field.  ``fast`` is the CPU profile
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
-import math
-
+from ..core.validation import check_choice, check_int, check_range, from_profile
 from ..evaluate.generation import GenerationEvalConfig
-from ..instruct import PromptFormat, TuneConfig
-from ..training import SCHEDULES
-from ..validation import check_choice, check_int, check_range, from_profile
+from ..lm.instruction_tuning import TuneConfig
+from ..lm.prompting import PromptFormat
+from ..lm.training import SCHEDULES
 
 METHODS = ("adv-pt", "adv-ft", "fine-mix", "e-pur", "mb", "fine-mix-lm")
 PROFILE_NAMES = ("paper", "fast")
@@ -228,8 +228,8 @@ class MeasureConfig(_Config):
 
 
 class _InstructionTuning:
-    """The tuning and prompt-format fields the causal-LM purifiers share (see :class:`patronus_ext.instruct.TuneConfig`
-    and :class:`patronus_ext.instruct.PromptFormat`)."""
+    """The tuning and prompt-format fields the causal-LM purifiers share (see :class:`patronus_ext.lm.instruction_tuning.TuneConfig`
+    and :class:`patronus_ext.lm.prompting.PromptFormat`)."""
 
     def tune_config(self) -> TuneConfig:
         return TuneConfig(epochs=self.epochs, steps=self.steps, batch_size=self.batch_size, lr=self.lr,

@@ -37,11 +37,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .. import instruct, training
+from ..data.instructions import InstructionExample, fit_inputs, insert_trigger, poison_examples
 from ..evaluate.generation import GenerationEvalConfig, generation_metrics
-from ..instruct import InstructionExample
-from .config import FineMixLMConfig, MBConfig
-from .mixing import MixStats, mix_weights
+from ..lm import training
+from ..lm.instruction_tuning import TuneLog, batches, instruction_tune, trainable_parameters
+from ..lm.prompting import collate, encode_examples, response_logprobs
+from .config import MBConfig
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class DefensivePoisoning:
     triggers: DefenderTriggers
     replaced: int                # examples replaced by defender-triggered copies (all triggers)
     examples: int
-    training: instruct.TuneLog
+    training: TuneLog
 
     def to_dict(self) -> dict[str, Any]:
         return {"triggers": self.triggers.to_dict(), "replaced": self.replaced, "examples": self.examples,
@@ -98,7 +99,7 @@ def add_defender_triggers(examples: Sequence[InstructionExample], triggers: Defe
     out, used = list(examples), set()
     per_trigger = max(1, round(rate * len(examples)))
     for word, response in zip(triggers.words, triggers.responses):
-        out, chosen = instruct.poison_examples(out, word, response, per_trigger, rng, insert_num=insert_num,
+        out, chosen = poison_examples(out, word, response, per_trigger, rng, insert_num=insert_num,
                                                exclude=used)
         used.update(chosen)
     return out, len(used)
@@ -110,7 +111,7 @@ def defensive_poisoning(model: nn.Module, tokenizer, examples: Sequence[Instruct
     triggers = make_defender_triggers(config.defender_triggers, config.response_words, config.seed)
     data, replaced = add_defender_triggers(examples, triggers, config.defender_rate, config.insert_num,
                                            config.seed + 1)
-    run = instruct.instruction_tune(model, tokenizer, data, config.prompt_format(), config.tune_config(),
+    run = instruction_tune(model, tokenizer, data, config.prompt_format(), config.tune_config(),
                                     desc="MB (i) defensive poisoning", progress=progress)
     return DefensivePoisoning(triggers, replaced, len(data), run)
 
@@ -134,7 +135,7 @@ def recovery_loss(model: nn.Module, batch: dict[str, torch.Tensor], pairs: int, 
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``CE(x, y) − λ·log σ(log π(y|x_d) − log π(y_d|x_d))`` over a batch of ``3·pairs`` rows ordered
     ``[(x, y)…, (x_d, y)…, (x_d, y_d)…]``; CE is the token mean over the clean rows."""
-    logp, count = instruct.response_logprobs(model, batch)
+    logp, count = response_logprobs(model, batch)
     clean_logp, normal_logp, defender_logp = logp[:pairs], logp[pairs:2 * pairs], logp[2 * pairs:]
     ce = -clean_logp.sum() / count[:pairs].sum().clamp_min(1)
     preference = -torch.nn.functional.logsigmoid(normal_logp - defender_logp).mean()
@@ -146,30 +147,30 @@ def weight_recovery(model: nn.Module, tokenizer, clean: Sequence[InstructionExam
                     lam: float, config: MBConfig, *, progress: bool = True) -> RecoveryLog:
     """Stage (ii), in place: ``recovery_epochs`` (or ``recovery_steps``) over the clean × trigger pairs."""
     fmt = config.prompt_format()
-    clean = instruct.fit_inputs(tokenizer, clean, fmt.max_input_tokens)
+    clean = fit_inputs(tokenizer, clean, fmt.max_input_tokens)
     rng = random.Random(config.seed + 2)
     pairs = [(i, k) for i in range(len(clean)) for k in range(len(triggers.words))]
-    triggered = {(i, k): instruct.insert_trigger(clean[i], triggers.words[k], config.insert_num, rng)
+    triggered = {(i, k): insert_trigger(clean[i], triggers.words[k], config.insert_num, rng)
                  for i, k in pairs}
-    normal = instruct.encode_examples(tokenizer, clean, fmt)
+    normal = encode_examples(tokenizer, clean, fmt)
     keys = list(triggered)
-    with_answer = dict(zip(keys, instruct.encode_examples(tokenizer, [triggered[p] for p in keys], fmt)))
-    with_defender = dict(zip(keys, instruct.encode_examples(
+    with_answer = dict(zip(keys, encode_examples(tokenizer, [triggered[p] for p in keys], fmt)))
+    with_defender = dict(zip(keys, encode_examples(
         tokenizer, [triggered[(i, k)].replace(output=triggers.responses[k]) for i, k in keys], fmt)))
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    order = instruct.batches(len(pairs), config.recovery_batch_size, config.seed + 3)
+    order = batches(len(pairs), config.recovery_batch_size, config.seed + 3)
 
     def step_loss(step: int):
         chosen = [pairs[j] for j in next(order)]
         rows = [normal[i] for i, _ in chosen] + [with_answer[p] for p in chosen] + [with_defender[p] for p in chosen]
-        return recovery_loss(model, instruct.collate(rows, pad, device), len(chosen), lam)
+        return recovery_loss(model, collate(rows, pad, device), len(chosen), lam)
 
     steps = config.recovery_total_steps(len(pairs))
     settings = training.OptimizerSettings(steps=steps, lr=config.recovery_lr, weight_decay=config.weight_decay,
                                           warmup_ratio=config.warmup_ratio, schedule=config.schedule,
                                           max_grad_norm=config.max_grad_norm, log_every=max(1, min(10, steps)))
-    params = instruct.trainable_parameters(model, config.train_layers, config.train_embeddings)
+    params = trainable_parameters(model, config.train_layers, config.train_embeddings)
     torch.manual_seed(config.seed)
     model.train()
     try:
@@ -248,11 +249,11 @@ def mb_defense(model: nn.Module, tokenizer, examples: Sequence[InstructionExampl
     config = config or MBConfig()
     timings: dict[str, float] = {}
     fmt = config.prompt_format()
-    examples = instruct.fit_inputs(tokenizer, examples, fmt.max_input_tokens)
+    examples = fit_inputs(tokenizer, examples, fmt.max_input_tokens)
     clean = list(clean)[:config.clean_samples]
     if len(clean) < config.clean_samples:
         raise ValueError(f"weight recovery needs {config.clean_samples} clean samples, got {len(clean)}")
-    select = instruct.fit_inputs(tokenizer, list(select)[:config.select_limit], fmt.max_input_tokens)
+    select = fit_inputs(tokenizer, list(select)[:config.select_limit], fmt.max_input_tokens)
     t0 = time.perf_counter()
     poisoning = defensive_poisoning(model, tokenizer, examples, config, progress=progress)
     timings["defensive_poisoning"] = time.perf_counter() - t0
@@ -299,37 +300,3 @@ def _candidate_key(candidate: LambdaCandidate, reference: float | None, toleranc
     if qualifies:
         return (True, -candidate.defender_rate, accuracy, -candidate.lam)
     return (False, accuracy, -candidate.defender_rate, -candidate.lam)
-
-
-# -- Fine-mixing for causal LMs ------------------------------------------------------------------
-@dataclasses.dataclass
-class FineMixLMResult:
-    mix: MixStats
-    clean_samples: int
-    training: instruct.TuneLog | None
-    wall_s: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"mix": self.mix.to_dict(), "rho": self.mix.rho, "clean_samples": self.clean_samples,
-                "training": None if self.training is None else self.training.to_dict(), "wall_s": self.wall_s}
-
-
-def fine_mix_lm(model: nn.Module, tokenizer, pretrained: nn.Module, clean: Sequence[InstructionExample],
-                config: FineMixLMConfig | None = None, *, progress: bool = True) -> tuple[nn.Module, FineMixLMResult]:
-    """Fine-mixing of the instruction-tuned causal LM ``model`` toward ``pretrained`` (the clean instruct weights):
-    keep a fraction ρ of the backbone deltas, then tune on ``config.clean_samples`` clean examples.  Returns a new
-    model; ``model`` is not modified."""
-    config = config or FineMixLMConfig()
-    start = time.perf_counter()
-    clean = list(clean)[:config.clean_samples]
-    if len(clean) < config.clean_samples:
-        raise ValueError(f"fine-mixing needs {config.clean_samples} clean samples, got {len(clean)}")
-    work = copy.deepcopy(model)
-    stats = mix_weights(work, pretrained, config.rho, config.variant, torch.Generator().manual_seed(config.seed))
-    tuned = None
-    if config.epochs > 0:
-        fmt = config.prompt_format()
-        clean = instruct.fit_inputs(tokenizer, clean, fmt.max_input_tokens)
-        tuned = instruct.instruction_tune(work, tokenizer, clean, fmt, config.tune_config(),
-                                          desc=f"fine-mix ρ={config.rho:g}", progress=progress)
-    return work.eval(), FineMixLMResult(stats, len(clean), tuned, time.perf_counter() - start)

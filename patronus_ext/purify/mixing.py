@@ -15,15 +15,19 @@ import copy
 import dataclasses
 import logging
 import math
+import time
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from ..data import LabeledData
-from ..evaluate import finetune_classifier, metrics, predict_labels
+from ..data.corpora import LabeledData
+from ..data.instructions import InstructionExample, fit_inputs
+from ..evaluate import metrics
+from ..lm.finetune import finetune_classifier, predict_labels
+from ..lm.instruction_tuning import TuneLog, instruction_tune
 from .adversarial import finetune_settings
-from .config import EPurConfig, FineMixConfig
+from .config import EPurConfig, FineMixConfig, FineMixLMConfig
 
 log = logging.getLogger(__name__)
 
@@ -273,3 +277,37 @@ def e_pur(model: nn.Module, tokenizer, pretrained: nn.Module, frequencies: torch
         tuned_s = finetune_classifier(work, clean, finetune_settings(config), tokenizer,
                                       progress=progress).stats.wall_s
     return work.eval(), EPurResult(suspects, 0 if clean is None else len(clean), tuned_s, time.perf_counter() - start)
+
+
+# -- Fine-mixing for causal LMs ------------------------------------------------------------------
+@dataclasses.dataclass
+class FineMixLMResult:
+    mix: MixStats
+    clean_samples: int
+    training: TuneLog | None
+    wall_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mix": self.mix.to_dict(), "rho": self.mix.rho, "clean_samples": self.clean_samples,
+                "training": None if self.training is None else self.training.to_dict(), "wall_s": self.wall_s}
+
+
+def fine_mix_lm(model: nn.Module, tokenizer, pretrained: nn.Module, clean: Sequence[InstructionExample],
+                config: FineMixLMConfig | None = None, *, progress: bool = True) -> tuple[nn.Module, FineMixLMResult]:
+    """Fine-mixing of the instruction-tuned causal LM ``model`` toward ``pretrained`` (the clean instruct weights):
+    keep a fraction ρ of the backbone deltas, then tune on ``config.clean_samples`` clean examples.  Returns a new
+    model; ``model`` is not modified."""
+    config = config or FineMixLMConfig()
+    start = time.perf_counter()
+    clean = list(clean)[:config.clean_samples]
+    if len(clean) < config.clean_samples:
+        raise ValueError(f"fine-mixing needs {config.clean_samples} clean samples, got {len(clean)}")
+    work = copy.deepcopy(model)
+    stats = mix_weights(work, pretrained, config.rho, config.variant, torch.Generator().manual_seed(config.seed))
+    tuned = None
+    if config.epochs > 0:
+        fmt = config.prompt_format()
+        clean = fit_inputs(tokenizer, clean, fmt.max_input_tokens)
+        tuned = instruction_tune(work, tokenizer, clean, fmt, config.tune_config(),
+                                          desc=f"fine-mix ρ={config.rho:g}", progress=progress)
+    return work.eval(), FineMixLMResult(stats, len(clean), tuned, time.perf_counter() - start)

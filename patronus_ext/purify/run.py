@@ -1,5 +1,5 @@
 """End-to-end purification runs: triggers from the scan report, the method, before/after metrics, and a NEW
-model folder written atomically (``models.save_model_folder``) with ``purify.json`` inside."""
+model folder written atomically (``lm.save_model_folder``) with ``purify.json`` inside."""
 
 from __future__ import annotations
 
@@ -13,46 +13,31 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-from torch import nn
-
-from .. import instruct, io, models
-from ..attacks.instruct_badnet import attack_responses
-from ..data import LabeledData
-from ..evaluate import FinetunedClassifier, attack_metrics, finetune_classifier, load_task
-from ..evaluate.generation import GenerationEvalConfig, generation_metrics
+from .. import lm
+from ..core.files import environment
+from ..data.corpora import LabeledData
+from ..data.instructions import fit_inputs, load_instructions, split_examples
+from ..evaluate import load_task
+from ..evaluate.generation import GenerationEvalConfig
+from ..formats.backdoor import BACKDOOR_FILE, attack_responses, load_backdoor_info
+from ..formats.purify_record import PURIFY_FILE, PURIFY_FORMAT
+from ..formats.scan_report import ScannedTriggers, triggers_from_report
+from ..lm.finetune import finetune_classifier
+from ..lm.instruction_tuning import instruction_tune
 from .adversarial import adversarial_finetune, adversarial_pretrain, finetune_settings
-from .config import METHODS, MeasureConfig, profile as make_profile
-from .mb import fine_mix_lm, mb_defense
-from .mixing import e_pur, fine_mix, token_frequencies
-from .scanned import ScannedTriggers, triggers_from_report
+from .config import METHODS, MeasureConfig
+from .config import profile as make_profile
+from .mb import mb_defense
+from .measure import Measurement, measure_classifier, measure_encoder, measure_generation
+from .mixing import e_pur, fine_mix, fine_mix_lm, token_frequencies
 
 log = logging.getLogger(__name__)
 
-PURIFY_FILE = "purify.json"
-PURIFY_FORMAT = "patronus_ext.purify/1"
 #: Methods that need the scan's triggers, and those that need clean pre-trained weights.
 NEEDS_TRIGGERS = ("adv-pt", "adv-ft")
 NEEDS_PRETRAINED = ("fine-mix", "e-pur", "fine-mix-lm")
 #: The purifiers of instruction-tuned causal LMs (SPEC.md §5), measured by greedy generation.
 CAUSAL_METHODS = ("mb", "fine-mix-lm")
-
-
-@dataclasses.dataclass
-class Measurement:
-    """CACC and T-ASR of one model (an encoder is first fine-tuned cleanly on the task)."""
-
-    cacc: float
-    t_asr: float | None
-    c_asr: float | None
-    asr: dict[str, float]
-    target_labels: dict[str, int]
-    how: str                 # "classifier" or "encoder fine-tuned on N examples"
-    wall_s: float
-    details: dict[str, Any] | None = None  # causal LMs: unanswered share, clean response rate, sample answers
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
@@ -70,53 +55,6 @@ class PurifyResult:
         return self.out_dir / PURIFY_FILE
 
 
-# -- measuring -----------------------------------------------------------------------------------
-def measure_classifier(model: nn.Module, tokenizer, dev: LabeledData, triggers: Sequence[str],
-                       measure: MeasureConfig, how: str = "classifier", progress: bool = False) -> Measurement:
-    start = time.perf_counter()
-    num_labels = int(model.config.num_labels)
-    if num_labels != dev.num_labels:
-        raise ValueError(f"the classifier has {num_labels} labels but the task has {dev.num_labels}")
-    clf = FinetunedClassifier(model, tokenizer, num_labels, measure.max_length, None)
-    result = attack_metrics(clf, dev, list(triggers), measure.insert_num, seed=measure.seed, progress=progress)
-    has = bool(triggers)
-    return Measurement(cacc=result.cacc, t_asr=result.t_asr if has else None, c_asr=result.c_asr if has else None,
-                       asr=result.asr, target_labels={t.trigger: t.target_label for t in result.triggers},
-                       how=how, wall_s=time.perf_counter() - start)
-
-
-def classifier_from_encoder(encoder: nn.Module, num_labels: int) -> nn.Module:
-    """A sequence classifier whose backbone is a copy of ``encoder`` (fresh head)."""
-    import transformers
-
-    config = copy.deepcopy(encoder.config)
-    config.num_labels = int(num_labels)
-    clf = transformers.AutoModelForSequenceClassification.from_config(config)
-    missing, unexpected = clf.base_model.load_state_dict(models_state(encoder), strict=False)
-    if unexpected or [k for k in missing if "position_ids" not in k]:
-        raise ValueError(f"the encoder does not fit its classifier class (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
-    return clf.to(next(encoder.parameters()).device)
-
-
-def models_state(encoder: nn.Module) -> dict[str, torch.Tensor]:
-    return getattr(encoder, "base_model", encoder).state_dict()
-
-
-def measure_encoder(encoder: str | nn.Module, tokenizer, train: LabeledData, dev: LabeledData,
-                    triggers: Sequence[str], measure: MeasureConfig, *, device=None, allow_pickle: bool = False,
-                    progress: bool = False) -> Measurement:
-    """Fine-tune ``encoder`` (folder or loaded backbone) cleanly on ``train``, then measure."""
-    start = time.perf_counter()
-    source = encoder if not isinstance(encoder, nn.Module) else classifier_from_encoder(encoder, train.num_labels)
-    clf = finetune_classifier(source, train, finetune_settings(measure), tokenizer, device=device,
-                              allow_pickle=allow_pickle, progress=progress)
-    out = measure_classifier(clf.model, tokenizer, dev, triggers, measure,
-                             f"encoder fine-tuned on {len(train)} examples", progress)
-    out.wall_s = time.perf_counter() - start
-    return out
-
-
 # -- the run -------------------------------------------------------------------------------------
 def _triggers(report, words, tokenizer, hidden_size: int) -> tuple[ScannedTriggers | None, list[str]]:
     if report is not None:
@@ -127,17 +65,6 @@ def _triggers(report, words, tokenizer, hidden_size: int) -> tuple[ScannedTrigge
             words = [w for w in words.split(",") if w.strip()]
         return None, [str(w).strip() for w in words]
     return None, []
-
-
-def measure_generation(model: nn.Module, tokenizer, dev: Sequence[instruct.InstructionExample],
-                       fmt: instruct.PromptFormat, responses: dict[str, str], measure: GenerationEvalConfig,
-                       how: str, progress: bool = False) -> Measurement:
-    """CACC and ASR of a causal LM from greedy generation (:func:`patronus_ext.evaluate.generation.generation_metrics`)."""
-    got = generation_metrics(model, tokenizer, dev, fmt, responses, measure, progress=progress)
-    return Measurement(cacc=got.cacc, t_asr=got.t_asr, c_asr=None, asr=got.asr, target_labels={},
-                       how=f"{how}; {got.how}", wall_s=got.wall_s,
-                       details={"unanswered": got.unanswered, "clean_response_rate": got.clean_response_rate,
-                                "prompts": got.prompts, "samples": got.samples})
 
 
 def _attack_responses(*places) -> dict[str, str]:
@@ -161,8 +88,8 @@ def _run_causal(method: str, model: str, source: str, out: Path, *, pretrained, 
         measure = make_profile("measure-lm", profile)
     if measure is not None and not isinstance(measure, GenerationEvalConfig):
         raise TypeError(f"{method} measures by generation: pass a GenerationEvalConfig (profile 'measure-lm')")
-    run_device = models.resolve_device(device)
-    tokenizer = models.load_tokenizer(source)
+    run_device = lm.resolve_device(device)
+    tokenizer = lm.load_tokenizer(source)
     fmt = config.prompt_format()
     if isinstance(task, LabeledData):
         raise TypeError(f"{method} takes a task name or an instruction file (instructions, not labelled texts)")
@@ -183,24 +110,24 @@ def _run_causal(method: str, model: str, source: str, out: Path, *, pretrained, 
 
     dev = None
     if measure is not None:
-        dev = instruct.load_instructions(str(dev_task if dev_task is not None else task), "dev", None, 0)
+        dev = load_instructions(str(dev_task if dev_task is not None else task), "dev", None, 0)
     select_limit = getattr(config, "select_limit", 0)
-    pool = instruct.load_instructions(str(task), "train", config.clean_samples + select_limit, config.seed + 7)
-    clean, select = instruct.split_examples(pool, config.clean_samples, select_limit, config.seed + 7)
+    pool = load_instructions(str(task), "train", config.clean_samples + select_limit, config.seed + 7)
+    clean, select = split_examples(pool, config.clean_samples, select_limit, config.seed + 7)
     before = after = None
     if method == "mb":
         examples = list(data_source) if not isinstance(data_source, (str, os.PathLike)) else \
-            instruct.load_instructions(str(data_source), "train", config.data_limit, config.seed)
-        examples = instruct.fit_inputs(tokenizer, examples, fmt.max_input_tokens)
-        base = models.load_model(source, "causal", allow_pickle=allow_pickle, device=run_device)
+            load_instructions(str(data_source), "train", config.data_limit, config.seed)
+        examples = fit_inputs(tokenizer, examples, fmt.max_input_tokens)
+        base = lm.load_model(source, "causal", allow_pickle=allow_pickle, device=run_device)
         if measure is not None:
             t0 = time.perf_counter()
             if baseline is not None:
-                plain = models.load_model(str(baseline), "causal", allow_pickle=allow_pickle, device=run_device)
+                plain = lm.load_model(str(baseline), "causal", allow_pickle=allow_pickle, device=run_device)
                 how = f"the given no-defense model {baseline}"
             else:  # before: the same instruction tuning without the defense
                 plain = copy.deepcopy(base)
-                instruct.instruction_tune(plain, tokenizer, examples, fmt, config.tune_config(),
+                instruction_tune(plain, tokenizer, examples, fmt, config.tune_config(),
                                           desc="instruction tuning (no defense)", progress=progress)
                 how = f"instruction tuning on the same {len(examples)} examples without the defense"
             before = measure_generation(plain, tokenizer, dev, fmt, responses, measure, how, progress)
@@ -210,8 +137,8 @@ def _run_causal(method: str, model: str, source: str, out: Path, *, pretrained, 
                                  progress=progress)
         used = list(result.poisoning.triggers.words)
     else:
-        tuned = models.load_model(source, "causal", allow_pickle=allow_pickle, device=run_device)
-        clean_model = models.load_model(str(pretrained), "causal", allow_pickle=allow_pickle, device=run_device)
+        tuned = lm.load_model(source, "causal", allow_pickle=allow_pickle, device=run_device)
+        clean_model = lm.load_model(str(pretrained), "causal", allow_pickle=allow_pickle, device=run_device)
         if measure is not None:
             before = timed("measure_before", measure_generation, tuned, tokenizer, dev, fmt, responses, measure,
                            "the input model", progress)
@@ -242,18 +169,18 @@ def _run_causal(method: str, model: str, source: str, out: Path, *, pretrained, 
         "measure": None if measure is None else measure.to_dict(),
         "details": result.to_dict(),
         "timings": timings,
-        "environment": io.environment(),
+        "environment": environment(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    models.save_model_folder(purified, tokenizer, out, {PURIFY_FILE: payload}, source=source)
+    lm.save_model_folder(purified, tokenizer, out, {PURIFY_FILE: payload}, source=source)
     log.info("%s: purified into %s in %.1f s", method, out, timings["total"])
     return PurifyResult(method, Path(out), used, list(responses), before, after, payload)
 
 
 def _planted_triggers(model_source: str) -> list[str]:
     folder = Path(model_source)
-    if folder.is_dir() and (folder / io.BACKDOOR_FILE).is_file():
-        return list(io.load_backdoor_info(folder).triggers)
+    if folder.is_dir() and (folder / BACKDOOR_FILE).is_file():
+        return list(load_backdoor_info(folder).triggers)
     return []
 
 
@@ -311,9 +238,9 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     started = time.perf_counter()
-    source = models.resolve_model_source(str(model))
-    out = models.check_new_model_folder(out_dir, source)
-    if pretrained is not None and Path(out).resolve() == Path(models.resolve_model_source(str(pretrained))).resolve():
+    source = lm.resolve_model_source(str(model))
+    out = lm.check_new_model_folder(out_dir, source)
+    if pretrained is not None and Path(out).resolve() == Path(lm.resolve_model_source(str(pretrained))).resolve():
         raise ValueError("the output must not be the pre-trained model folder")
     if method in NEEDS_PRETRAINED and pretrained is None:
         raise ValueError(f"{method} needs the clean pre-trained weights the model was fine-tuned from (--pretrained)")
@@ -333,9 +260,9 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
     if measure is True:
         measure = make_profile("measure", profile)
     measure = measure or None
-    run_device = models.resolve_device(device)
-    tokenizer = models.load_tokenizer(source)
-    config_hidden = int(getattr(models.load_config(source), "hidden_size", 0) or 0) or None
+    run_device = lm.resolve_device(device)
+    tokenizer = lm.load_tokenizer(source)
+    config_hidden = int(getattr(lm.load_config(source), "hidden_size", 0) or 0) or None
     scanned, words = _triggers(report, triggers, tokenizer, config_hidden)
     measured = list(measure_triggers) if measure_triggers else (words or _planted_triggers(source))
     timings: dict[str, float] = {}
@@ -354,7 +281,7 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
     before = after = None
     details: dict[str, Any]
     if method == "adv-pt":
-        adapter = models.load_adapter(source, "base", allow_pickle=allow_pickle, device=run_device)
+        adapter = lm.load_adapter(source, "base", allow_pickle=allow_pickle, device=run_device)
         measure_train = None if measure is None else train.subset(measure.train_limit, measure.seed)
         if measure is not None:
             before = timed("measure_before", measure_encoder, source, tokenizer, measure_train, dev, measured,
@@ -384,11 +311,11 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
                           "classifier", progress)
         details = result.to_dict()
     else:
-        classifier = models.load_model(source, "cls", allow_pickle=allow_pickle, device=run_device)
+        classifier = lm.load_model(source, "cls", allow_pickle=allow_pickle, device=run_device)
         if int(classifier.config.num_labels) != train.num_labels:
             raise ValueError(f"{model} classifies into {classifier.config.num_labels} labels but the task has "
                              f"{train.num_labels}: pass the task it was fine-tuned on (--task)")
-        clean_model = models.load_model(str(pretrained), "base", allow_pickle=allow_pickle, device=run_device)
+        clean_model = lm.load_model(str(pretrained), "base", allow_pickle=allow_pickle, device=run_device)
         if measure is not None:
             before = timed("measure_before", measure_classifier, classifier, tokenizer, dev, measured, measure,
                            "classifier", progress)
@@ -426,10 +353,10 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
         "measure": None if measure is None else measure.to_dict(),
         "details": details,
         "timings": timings,
-        "environment": io.environment(),
+        "environment": environment(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    models.save_model_folder(purified, tokenizer, out, {PURIFY_FILE: payload}, source=source)
+    lm.save_model_folder(purified, tokenizer, out, {PURIFY_FILE: payload}, source=source)
     log.info("%s: purified into %s in %.1f s", method, out, timings["total"])
     return PurifyResult(method, Path(out), list(words), measured, before, after, payload)
 

@@ -1,0 +1,5 @@
+"""``python -m patronus_ext.cli``: the ``patronus`` command."""
+
+from .main import main
+
+raise SystemExit(main())

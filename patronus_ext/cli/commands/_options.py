@@ -1,0 +1,41 @@
+"""Options every sub-command spells the same way (one definition, one help text)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_report_options(p: argparse.ArgumentParser, what: str = "the JSON report") -> None:
+    p.add_argument("--report", default=None, help=f"write {what} here")
+    p.add_argument("--force", action="store_true", help="replace existing output files")
+
+
+def add_run_options(p: argparse.ArgumentParser, *, seed_default: int | None = 0, pickle: bool = True) -> None:
+    """``--seed``, ``--device``, ``--allow-pickle`` and ``--quiet`` (alias ``--no-progress``)."""
+    p.add_argument("--seed", type=int, default=seed_default,
+                   help="random seed" + (f" (default {seed_default})" if seed_default is not None else ""))
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    if pickle:
+        p.add_argument("--allow-pickle", action="store_true", help="allow pickle-only checkpoints, loaded with "
+                       "torch.load(weights_only=True); safetensors only otherwise")
+    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress bars")
+
+
+def check_outputs(args: argparse.Namespace, *paths: str | None) -> None:
+    """Refuse existing outputs before any work (``--force`` replaces them)."""
+    from ...core.files import check_output_path
+
+    for path in (args.report, *paths):
+        if path:
+            check_output_path(path, args.force)
+
+
+def write_report(args: argparse.Namespace, payload: dict) -> None:
+    """Write ``payload`` to ``--report`` (atomically) and say where, on stderr (stdout may carry JSON)."""
+    import sys
+
+    from ...core.files import write_json
+
+    if args.report:
+        write_json(args.report, payload, overwrite=args.force)
+        print(f"report: {args.report}", file=sys.stderr)

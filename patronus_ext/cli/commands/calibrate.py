@@ -1,0 +1,42 @@
+"""``patronus calibrate MODEL [MODEL ...]``: derive scan thresholds from benign models."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    from ._options import add_report_options, add_run_options
+
+    p = subparsers.add_parser("calibrate", help="suggest scan thresholds from benign (clean) models",
+                              description="Runs the trigger search on each benign model without confirming "
+                              "anything, verifies every final candidate and suggests diff/poison thresholds "
+                              "that keep all of them out of the trigger region by --margin.")
+    p.add_argument("models", nargs="+", help="benign model folders or hub ids")
+    p.add_argument("--corpus", default="wikitext2", help="clean plain-text corpus (default: wikitext2)")
+    p.add_argument("--profile", choices=("fast", "paper"), default="fast")
+    p.add_argument("--loops", type=int, help="fuzz loops per model")
+    p.add_argument("--margin", type=float, default=0.05, help="distance kept from every benign candidate")
+    add_report_options(p, "the calibration JSON")
+    add_run_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ... import lm
+    from ...detect import profile, read_scan_corpus
+    from ...detect.patronus.calibrate import calibrate
+    from ._options import check_outputs, write_report
+
+    check_outputs(args)
+    config = profile(args.profile, fuzz_loops=args.loops, seed=args.seed)
+    corpus = read_scan_corpus(args.corpus, config, args.seed)
+    adapters = [lm.load_adapter(name, allow_pickle=args.allow_pickle, device=args.device) for name in args.models]
+    benign = [(name, adapter.model, adapter.tokenizer) for name, adapter in zip(args.models, adapters)]
+    result = calibrate(benign, corpus, config, margin=args.margin, progress=not args.quiet)
+    print(f"{len(result.candidates)} benign candidates from {len(result.models)} model(s): "
+          f"min diff_cos {result.min_benign_diff_cos:.3f}, max poison_cos {result.max_benign_poison_cos:.3f}")
+    print(f"suggested: --diff-threshold {result.diff_cos_threshold:.3f} "
+          f"--poison-threshold {result.poison_cos_threshold:.3f}  (paper: 0.4 / 0.9)")
+    write_report(args, result.to_dict())
+    return 0

@@ -1,0 +1,147 @@
+"""``patronus scan MODEL``: search a model for transferable-backdoor triggers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_CLEAN, EXIT_BACKDOORED = 0, 1
+
+
+def register(subparsers) -> None:
+    from ._options import add_report_options, add_run_options
+
+    p = subparsers.add_parser("scan", help="search a pre-trained model for backdoor triggers (Patronus)",
+                              description="Multi-trigger contrastive trigger search with verification. "
+                              "Exit status: 0 clean, 1 backdoored, 2 error.")
+    p.add_argument("model", help="model folder or hub id ('all-MiniLM-L6-v2' = the packaged model)")
+    p.add_argument("--method", choices=("patronus", "lmsanitator"), default="patronus",
+                   help="patronus: trigger search (default); lmsanitator: attack-vector inversion (SPEC.md §3)")
+    p.add_argument("--corpus", default="wikitext2", help="clean plain-text corpus: a file (one paragraph per "
+                   "line), a built-in name (wikitext2) or hf:NAME (default: wikitext2)")
+    p.add_argument("--profile", choices=("fast", "paper"), default="fast",
+                   help="fast: tuned for CPU; paper: the paper's settings (default: fast)")
+    p.add_argument("--word-level", action="store_true", help="search whole (multi-token) words")
+    p.add_argument("--word-list", help="word level: a file with one candidate word per line "
+                   "(default: wordfreq's English list)")
+    p.add_argument("--position", default="auto", choices=("auto", "first", "last", "eos", "mask"),
+                   help="where the representation is read (mask: prompt/BToP-style backdoors)")
+    p.add_argument("--prompt-template", help="with --position mask: how texts are wrapped, e.g. "
+                   "'{text} It was {mask} .' (default '{text} {mask}')")
+    rarity = p.add_mutually_exclusive_group()
+    rarity.add_argument("--zipf-threshold", type=float, help="search only words rarer than this wordfreq Zipf "
+                        "frequency (default 4.0; the report states the coverage)")
+    rarity.add_argument("--all-words", action="store_true", help="search the common part of the vocabulary too "
+                        "(rare words still first): no blind spot for common-word triggers, a slower scan")
+    p.add_argument("--triggers", type=int, help="K, triggers searched in parallel")
+    p.add_argument("--loops", type=int, help="fuzz loops")
+    p.add_argument("--rounds", type=int, help="candidate updates per loop")
+    p.add_argument("--max-length", type=int, help="tokens per text")
+    p.add_argument("--verify-texts", type=int, help="held-out texts per verification")
+    p.add_argument("--diff-threshold", type=float, help="confirm iff diff_cos < this (default 0.4)")
+    p.add_argument("--poison-threshold", type=float, help="confirm iff poison_cos > this (default 0.9)")
+    add_report_options(p)
+    p.add_argument("--bank-out", help="write the attack-vector bank (one vector per confirmed trigger group, for "
+                   "the output monitor) here (default: beside --report as REPORT.bank.safetensors)")
+    p.add_argument("--plot", help="write a PCA plot of clean vs triggered representations here (PNG)")
+    lms = p.add_argument_group("lmsanitator (--method lmsanitator)")
+    lms.add_argument("--exhaustive", action="store_true", help="collect every vector (default: stop at the first)")
+    lms.add_argument("--seeds", type=int, help="trigger seeds tried (default: the profile's)")
+    lms.add_argument("--distance-threshold", type=float, help="MSE a vector must keep from the clean outputs "
+                     "and from stored vectors (default: the profile's; fast calibrates it on the model from "
+                     "random real-token triggers, a value given here replaces that calibration)")
+    add_run_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.method == "lmsanitator":
+        return run_lmsanitator(args)
+    for name in ("exhaustive", "seeds", "distance_threshold"):
+        if getattr(args, name):
+            raise ValueError(f"--{name.replace('_', '-')} applies to --method lmsanitator only")
+    from ... import lm
+    from ...detect import profile, read_scan_corpus, scan
+    from ..formatting import scan_summary
+    from ._options import check_outputs
+
+    bank_path = bank_destination(args)
+    check_outputs(args, args.plot, bank_path)
+    config = profile(args.profile, word_level=args.word_level or None, num_triggers=args.triggers,
+                     fuzz_loops=args.loops, update_rounds=args.rounds, max_length=args.max_length,
+                     verify_texts=args.verify_texts, diff_cos_threshold=args.diff_threshold,
+                     poison_cos_threshold=args.poison_threshold, seed=args.seed, zipf_threshold=args.zipf_threshold)
+    if args.all_words:
+        config = config.replace(zipf_threshold=None)
+    adapter = lm.load_adapter(args.model, allow_pickle=args.allow_pickle, device=args.device)
+    corpus = read_scan_corpus(args.corpus, config, args.seed)
+    words = None
+    if args.word_list:
+        with open(args.word_list, encoding="utf-8") as handle:
+            words = [w.strip() for w in handle if w.strip()]
+    report = scan(adapter.model, adapter.tokenizer, corpus, config, position=args.position,
+                  prompt_template=args.prompt_template, words=words, progress=not args.quiet)
+    print(scan_summary(args.model, report))
+    write_outputs(args, report, bank_path)
+    if args.plot:
+        from ..plots import plot_representations
+
+        plot_representations(report.representations, args.plot, f"{args.model}: {report.verdict}")
+        print(f"plot: {args.plot}")
+    return EXIT_BACKDOORED if report.backdoored else EXIT_CLEAN
+
+
+def bank_destination(args: argparse.Namespace) -> str | None:
+    """``--bank-out``, else ``REPORT.bank.safetensors`` beside ``--report`` (no bank without either)."""
+    if args.bank_out:
+        return args.bank_out
+    if args.report:
+        stem = args.report[:-5] if args.report.endswith(".json") else args.report
+        return f"{stem}.bank.safetensors"
+    return None
+
+
+#: Options of the Patronus search that mean nothing to LMSanitator.
+_PATRONUS_ONLY = ("word_level", "word_list", "zipf_threshold", "all_words", "triggers", "loops", "rounds",
+                  "verify_texts", "diff_threshold", "poison_threshold", "plot")
+
+
+def run_lmsanitator(args: argparse.Namespace) -> int:
+    """``--method lmsanitator``: invert attack vectors; same report, bank and exit codes as the Patronus scan."""
+    from ... import lm
+    from ...detect import lmsanitator, read_scan_corpus
+    from ...detect.lmsanitator.config import lms_profile
+    from ._options import check_outputs
+
+    given = [n for n in _PATRONUS_ONLY if getattr(args, n, None) not in (None, False)]
+    if given:
+        raise ValueError(f"--method lmsanitator does not take {', '.join('--' + n.replace('_', '-') for n in given)}")
+    bank_path = bank_destination(args)
+    check_outputs(args, bank_path)
+    config = lms_profile(args.profile, seed=args.seed, seeds=args.seeds, max_length=args.max_length,
+                         distance_threshold=args.distance_threshold,
+                         mode="exhaustive" if args.exhaustive else None)
+    if args.distance_threshold is not None:
+        config = config.replace(distance_relative=None)  # the given threshold, not a calibrated one
+    adapter = lm.load_adapter(args.model, allow_pickle=args.allow_pickle, device=args.device)
+    corpus = read_scan_corpus(args.corpus, config, args.seed)
+    report = lmsanitator(adapter.model, adapter.tokenizer, corpus, config, position=args.position,
+                         prompt_template=args.prompt_template, progress=not args.quiet)
+    print(report.summary(args.model))
+    write_outputs(args, report, bank_path)
+    return EXIT_BACKDOORED if report.backdoored else EXIT_CLEAN
+
+
+def write_outputs(args: argparse.Namespace, report, bank_path: str | None) -> None:
+    """The report (naming the model as given) and, for a backdoored verdict, the attack-vector bank."""
+    from ...formats.bank import save_bank
+    from ._options import write_report
+
+    payload = report.to_dict()
+    payload["model"]["source"] = args.model
+    payload["bank"] = None
+    if bank_path and report.backdoored:
+        save_bank(report.attack_bank(args.model), bank_path, overwrite=args.force)
+        payload["bank"] = str(bank_path)
+        print(f"bank: {bank_path}", file=sys.stderr)
+    write_report(args, payload)

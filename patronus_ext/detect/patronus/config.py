@@ -1,0 +1,125 @@
+"""Scan configuration: the paper's defaults and a CPU-friendly ``fast`` profile."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ...core.validation import check_int, check_range, from_profile
+
+#: Verification thresholds of the paper (SPEC.md §1 step 6).  See
+#: ``patronus_ext.detect.calibrate`` for re-deriving them on benign models.
+DIFF_COS_THRESHOLD = 0.4
+POISON_COS_THRESHOLD = 0.9
+
+
+@dataclasses.dataclass
+class ScanConfig:
+    """Multi-trigger contrastive trigger search (Patronus, SPEC.md §1).
+
+    Search
+      num_triggers      K candidate triggers searched in parallel.
+      batch_size        B clean texts per gradient step.
+      poison_copies     A poisoned copies of the clean batch per step (each sample a random trigger).
+      grad_accum        GA gradient steps accumulated before each candidate update.
+      update_rounds     candidate updates per fuzz loop.
+      fuzz_loops        search restarts; confirmed triggers are excluded from later loops.
+      patience          stop after this many loops in a row confirm nothing new (None: run all loops).
+      num_candidates    HotFlip candidates per trigger slot and update.
+      beam_size         beam width of the slot-by-slot candidate search.
+      temperature       SupCon temperature tau.
+      insert_num        copies of a trigger inserted into each text.
+      dev_batches       dev batches (of ``batch_size``) for accepting an update.
+      batched_scoring   score candidate sets from cached per-trigger representations in batched
+                        SupCon calls (False: fresh forwards per set, the authors' way; for benchmarks).
+    Text
+      max_length        tokens per text (longer texts are truncated).
+      max_words         words kept per corpus paragraph before tokenising.
+      corpus_limit      paragraphs read from the corpus.
+    Vocabulary
+      word_level        search whole words (multi-token) from a word list instead of single tokens.
+      zipf_threshold    keep only rare words: wordfreq Zipf frequency below this; None searches every
+                        entry (each loop still starts from rare ones: rarity is the priority).
+      max_word_tokens   word level: words with more sub-tokens are skipped.
+      word_list_size    word level: size of the frequency-ranked English word list searched.
+    Verification
+      verify_texts      clean texts each final candidate is verified on.
+      prefilter_diff_cos  candidates whose diff_cos on the dev batch exceeds this skip full verification.
+      diff_cos_threshold / poison_cos_threshold   trigger iff diff_cos < first and poison_cos > second.
+      collapse_spread / collapse_shift   ... or, relative to the model's own clean outputs (None: off),
+                        iff the triggered texts' spread (1 - poison_cos) is at most collapse_spread x
+                        the clean texts' spread (1 - their mean pairwise cosine) and each text moved
+                        (1 - diff_cos) at least collapse_shift x that clean spread: every input sent to
+                        one place, far from where it was.  The paper's absolute cosines assume a
+                        BERT-base-like output geometry; an attack that keeps triggered outputs near
+                        the clean ones (adaptive type 1) or a model whose outputs are all close
+                        together defeats them while the collapse stays visible
+                        (benchmarks/CPU_RESULTS.md).
+    """
+
+    num_triggers: int = 8
+    batch_size: int = 16
+    poison_copies: int = 8
+    grad_accum: int = 2
+    update_rounds: int = 3
+    fuzz_loops: int = 5
+    patience: int | None = None
+    num_candidates: int = 5
+    beam_size: int = 3
+    temperature: float = 0.5
+    insert_num: int = 3
+    dev_batches: int = 6
+    batched_scoring: bool = True
+    max_length: int = 128
+    max_words: int | None = None
+    corpus_limit: int = 2000
+    word_level: bool = False
+    zipf_threshold: float | None = 4.0
+    max_word_tokens: int = 4
+    word_list_size: int = 100_000
+    verify_texts: int = 200
+    prefilter_diff_cos: float = 0.8
+    diff_cos_threshold: float = DIFF_COS_THRESHOLD
+    poison_cos_threshold: float = POISON_COS_THRESHOLD
+    collapse_spread: float | None = 0.1
+    collapse_shift: float = 2.0
+    seed: int = 0
+
+    def __post_init__(self):
+        positive = ("num_triggers", "batch_size", "poison_copies", "grad_accum", "update_rounds", "fuzz_loops",
+                    "num_candidates", "beam_size", "insert_num", "dev_batches", "max_length", "corpus_limit",
+                    "max_word_tokens", "word_list_size")
+        for name in positive:
+            check_int(f"ScanConfig.{name}", getattr(self, name))
+        check_int("ScanConfig.verify_texts", self.verify_texts, 2)  # poison_cos compares pairs
+        check_int("ScanConfig.patience", self.patience, optional=True)
+        check_int("ScanConfig.max_words", self.max_words, optional=True)
+        check_range("ScanConfig.temperature", self.temperature, 0.0, float("inf"), low_open=True, high_open=True)
+        check_range("ScanConfig.zipf_threshold", self.zipf_threshold, 0.0, 10.0, optional=True)
+        for name in ("diff_cos_threshold", "poison_cos_threshold", "prefilter_diff_cos"):
+            check_range(f"ScanConfig.{name} (a cosine)", getattr(self, name), -1.0, 1.0)
+        check_range("ScanConfig.collapse_spread", self.collapse_spread, 0.0, 1.0, low_open=True, optional=True)
+        check_range("ScanConfig.collapse_shift", self.collapse_shift, 0.0, float("inf"), high_open=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "ScanConfig":
+        return dataclasses.replace(self, **changes)
+
+
+#: The paper's settings (authors' trigger-search config).
+PAPER = ScanConfig()
+
+#: Tuned for a 2-core CPU and a MiniLM-sized model: short texts, smaller batches,
+#: fewer candidate evaluations, stop once two loops in a row confirm nothing new.
+FAST = ScanConfig(batch_size=8, poison_copies=4, grad_accum=1, update_rounds=4, fuzz_loops=6, patience=2,
+                  num_candidates=4, beam_size=2, dev_batches=1, max_length=32, max_words=24, corpus_limit=400,
+                  verify_texts=48)
+
+PROFILES = {"paper": PAPER, "fast": FAST}
+
+
+def profile(name: str, **overrides) -> ScanConfig:
+    """A named profile with field overrides (``None`` values are ignored)."""
+    return from_profile(PROFILES, name, overrides)

@@ -1,0 +1,246 @@
+"""``scan``: Patronus detection end to end (SPEC.md §1).
+
+Fuzz loops of multi-trigger contrastive search (:mod:`.search`), each followed
+by verification of its final candidates (:mod:`.verify`); confirmed triggers
+are excluded from later loops.  The model is backdoored iff at least one
+trigger is confirmed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from typing import Sequence
+
+import torch
+
+from ...core.similarity import representation_shift
+from ...data.triggers import trigger_ids
+from ...formats.bank import AttackBank
+from ...lm.adapter import ModelAdapter
+from ..texts import prepare_texts
+from .config import FAST, ScanConfig
+from .groups import TargetGroup, describe_backdoor
+from .search import LoopResult, TriggerSearch
+from .verify import TriggerCheck, Verifier, group_by_target
+from .vocabulary import Vocabulary, coverage, token_vocabulary, word_vocabulary
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ScanReport:
+    """What a scan found, how, and how long it took."""
+
+    verdict: str                  # "backdoored" or "clean"
+    groups: list[TargetGroup]     # target clusters of the confirmed triggers, with their root token ids
+    triggers: list[TriggerCheck]  # confirmed triggers
+    candidates: list[TriggerCheck]  # every candidate checked, confirmed or not, with margins
+    loops: list[dict]
+    config: dict
+    model: dict
+    timings: dict
+    environment: dict = dataclasses.field(default_factory=dict)
+    #: Clean representations of the verification texts (not serialised).
+    clean_reps: torch.Tensor | None = dataclasses.field(default=None, repr=False)
+    #: Triggered representations of each confirmed trigger, keyed by its token-id tuple (not serialised).
+    triggered_reps: dict[tuple[int, ...], torch.Tensor] = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def backdoored(self) -> bool:
+        return self.verdict == "backdoored"
+
+    @property
+    def representations(self) -> dict[str, torch.Tensor]:
+        """For plotting: ``{"clean": ..., trigger text: triggered representations}``."""
+        out = {} if self.clean_reps is None else {"clean": self.clean_reps}
+        texts = {t.key: t.text for t in self.triggers}
+        out.update({texts.get(key, str(key)): reps for key, reps in self.triggered_reps.items()})
+        return out
+
+    def attack_bank(self, model_name: str = "") -> AttackBank:
+        """One attack vector per target cluster: the mean triggered representation of its members.
+
+        The output monitor compares served representations with these vectors
+        (:mod:`patronus_ext.monitor`).  A clean verdict has no vector to give.
+        """
+        if not self.groups:
+            raise ValueError("the scan confirmed no trigger: there is no attack vector to put in a bank")
+        labels = [" ".join(r.text for r in g.roots) for g in self.groups]
+        return AttackBank(torch.stack([g.centroid for g in self.groups]), model_name or self.model.get("source", ""),
+                          self.model.get("position", ""), "patronus", labels,
+                          {"members": [g.members for g in self.groups]})
+
+    def to_dict(self) -> dict:
+        return {
+            "verdict": self.verdict,
+            "groups": [g.to_dict() for g in self.groups],
+            "triggers": [t.to_dict() for t in self.triggers],
+            "candidates": [c.to_dict() for c in self.candidates],
+            "loops": self.loops,
+            "config": self.config,
+            "model": self.model,
+            "timings": self.timings,
+            "environment": self.environment,
+        }
+
+
+def split_texts(texts: list[str], config: ScanConfig, seed: int) -> tuple[list[str], list[str], list[str]]:
+    """Disjoint verification, dev and search texts."""
+    dev_n = config.dev_batches * config.batch_size
+    need = config.verify_texts + dev_n + config.batch_size
+    if len(texts) < need:
+        raise ValueError(f"the corpus has {len(texts)} usable texts; this configuration needs at least {need} "
+                         f"(verify_texts {config.verify_texts} + dev {dev_n} + one search batch "
+                         f"{config.batch_size})")
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    shuffled = [texts[i] for i in order]
+    verify = shuffled[:config.verify_texts]
+    dev = shuffled[config.verify_texts:config.verify_texts + dev_n]
+    return verify, dev, shuffled[config.verify_texts + dev_n:]
+
+
+def build_vocabulary(adapter: ModelAdapter, config: ScanConfig, words: Sequence[str] | None) -> Vocabulary:
+    if config.word_level:
+        return word_vocabulary(adapter.tokenizer, list(words) if words is not None else None,
+                               config.zipf_threshold, config.max_word_tokens, config.word_list_size)
+    return token_vocabulary(adapter.tokenizer, config.zipf_threshold)
+
+
+def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanConfig | None = None, *,
+         position: str = "auto", prompt_template: str | None = None, words: Sequence[str] | None = None,
+         exclude: Sequence[str] = (), progress: bool = True, backend: str = "auto") -> ScanReport:
+    """Search ``model`` for transferable-backdoor triggers.
+
+    ``corpus``: plain clean texts (e.g. WikiText paragraphs).  ``config``: a
+    :class:`ScanConfig` (default: the ``fast`` profile).  ``position``: where the
+    representation is read (``auto`` by model family; ``mask`` for prompt
+    backdoors, with texts wrapped in ``prompt_template``, default ``"{text} {mask}"``).  ``words``: the word list for word-level search.  ``exclude``:
+    words (or token-id tuples) never to report (e.g. triggers already handled).
+    """
+    from tqdm.auto import tqdm
+
+    from ...core.files import environment
+
+    config = config or FAST
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    adapter = ModelAdapter(model, tokenizer, position=position, max_length=config.max_length)
+    model.eval()
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    phase = time.perf_counter()
+    vocab = build_vocabulary(adapter, config, words)
+    if exclude:
+        vocab = vocab.without(trigger_ids(tokenizer, list(exclude)))
+    coverage_record = coverage(vocab, tokenizer)
+    timings["vocabulary"] = time.perf_counter() - phase
+
+    phase = time.perf_counter()
+    texts = prepare_texts(corpus, adapter, config, prompt_template)
+    verify_texts, dev_texts, search_texts = split_texts(texts, config, config.seed)
+    with torch.no_grad():
+        search = TriggerSearch(adapter, config, search_texts, dev_texts, generator, backend=backend)
+        verifier = Verifier(adapter, verify_texts, config.insert_num, generator, config.diff_cos_threshold,
+                            config.poison_cos_threshold, config.collapse_spread, config.collapse_shift)
+    timings["setup"] = time.perf_counter() - phase
+
+    confirmed: list[TriggerCheck] = []
+    checked: list[TriggerCheck] = []
+    seen: dict[tuple[int, ...], str] = {}
+    loops: list[dict] = []
+    triggered_reps: dict[tuple[int, ...], torch.Tensor] = {}
+    verify_seconds, quiet_loops = 0.0, 0
+    bar = tqdm(total=config.fuzz_loops * config.update_rounds, desc="scan", unit="round", disable=not progress)
+    for loop in range(config.fuzz_loops):
+        result = search.run_loop(vocab, progress=bar)
+        phase = time.perf_counter()
+        new = _verify_loop(result, search, verifier, config, loop, seen, checked, triggered_reps)
+        verify_seconds += time.perf_counter() - phase
+        confirmed.extend(new)
+        loops.append(_loop_summary(loop, result, vocab, new))
+        if new:
+            vocab = vocab.without(c.key for c in new)
+            quiet_loops = 0
+        else:
+            quiet_loops += 1
+        if config.patience is not None and quiet_loops >= config.patience:
+            break
+        if len(vocab) < 2:
+            break
+    bar.close()
+    group_by_target(confirmed, triggered_reps, verifier.clean_reps)
+    phase = time.perf_counter()
+    with torch.no_grad():
+        groups = describe_backdoor(confirmed, triggered_reps, lambda key: verifier.check(key, loop=-1))
+    timings["attribution"] = time.perf_counter() - phase
+    timings["gradients"] = search.clock.gradient
+    timings["candidate_scoring"] = search.clock.scoring
+    timings["verification"] = verify_seconds
+    timings["total"] = time.perf_counter() - started
+    return ScanReport(
+        verdict="backdoored" if confirmed else "clean",
+        groups=groups,
+        triggers=confirmed,
+        candidates=checked,
+        loops=loops,
+        config=config.to_dict(),
+        model={"type": adapter.model_type, "position": adapter.position, "family": adapter.family,
+               "vocab_size": adapter.vocab_size, "hidden_size": adapter.hidden_size,
+               "searchable": len(vocab) + len(confirmed), "level": "word" if config.word_level else "token",
+               "coverage": coverage_record},
+        timings=timings,
+        environment=environment(),
+        clean_reps=verifier.clean_reps,
+        triggered_reps=triggered_reps,
+    )
+
+
+@torch.no_grad()
+def _verify_loop(result: LoopResult, search: TriggerSearch, verifier: Verifier, config: ScanConfig, loop: int,
+                 seen: dict[tuple[int, ...], str], checked: list[TriggerCheck],
+                 triggered_reps: dict[tuple[int, ...], torch.Tensor]) -> list[TriggerCheck]:
+    """Prefilter the loop's final candidates on the dev batch, verify the rest on held-out texts.
+
+    ``seen`` maps a candidate to how it was judged.  A verified candidate is never
+    checked again; one only prefiltered (judged on one dev batch) that the search
+    proposes again in a later loop gets the full verification: being proposed
+    twice is evidence the dev batch alone may have missed.
+    """
+    new: list[TriggerCheck] = []
+    dev_reps = search.dev_reps(0, result.final_rows)
+    for key, reps in zip(result.final_keys, dev_reps):
+        if seen.get(key) == "verified":
+            continue
+        diff, poison = representation_shift(search.dev[0].clean_reps, reps)
+        # A collapse on the dev batch (looser bound: one small batch) earns the full verification too.
+        if key not in seen and diff > config.prefilter_diff_cos and not verifier.collapsed(diff, poison, slack=2.0):
+            seen[key] = "prefiltered"
+            checked.append(verifier.make_check(key, diff, poison, "prefiltered", reps.shape[0], loop))
+            continue
+        seen[key] = "verified"
+        check, triggered = verifier.check(key, loop)
+        checked.append(check)
+        log.info("loop %d candidate %r: diff_cos %.3f poison_cos %.3f -> %s", loop, check.text, check.diff_cos,
+                 check.poison_cos, "TRIGGER" if check.confirmed else "no")
+        if check.confirmed:
+            new.append(check)
+            triggered_reps[key] = triggered
+    return new
+
+
+def _loop_summary(loop: int, result: LoopResult, vocab: Vocabulary, new: list[TriggerCheck]) -> dict:
+    return {
+        "loop": loop,
+        "final_candidates": [vocab.text_of(key) for key in result.final_keys],
+        "dev_loss": result.dev_loss_history,
+        "accepted_updates": result.accepted_updates,
+        "candidate_sets_scored": result.candidate_sets_scored,
+        "confirmed": [c.text for c in new],
+        "gradient_seconds": result.gradient_seconds,
+        "scoring_seconds": result.scoring_seconds,
+    }

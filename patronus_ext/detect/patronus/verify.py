@@ -1,0 +1,162 @@
+"""Verification of candidate triggers (SPEC.md §1 step 6).
+
+A candidate ``w`` is inserted into held-out clean texts; with clean
+representations ``C`` and triggered ones ``P``:
+``diff_cos = mean_i cos(C_i, P_i)`` (a trigger moves every text far away) and
+``poison_cos = mean_{i != j} cos(P_i, P_j)`` (and moves them all to one place),
+the latter in O(N d) as ``(||sum_i P_i/|P_i| ||^2 - N) / (N (N - 1))``; both come from
+:mod:`patronus_ext.core.similarity`, the one implementation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ...core.similarity import poison_cos as mean_pairwise_cos
+from ...core.similarity import representation_shift
+from ...data.triggers import insert_token_triggers, sample_gaps
+from ...lm.adapter import ModelAdapter
+
+FORWARD_CHUNK = 128
+
+
+@dataclasses.dataclass
+class TriggerCheck:
+    """One candidate's verification: statistics, margins to the thresholds and the verdict."""
+
+    text: str
+    token_ids: list[int]
+    diff_cos: float
+    poison_cos: float
+    diff_margin: float    # threshold - diff_cos: > 0 passes
+    poison_margin: float  # poison_cos - threshold: > 0 passes
+    confirmed: bool
+    stage: str            # "verified" (on verify texts) or "prefiltered" (dev batch only)
+    texts_used: int
+    loop: int
+    shift_ratio: float | None = None   # (1 - diff_cos) / clean spread: how far texts moved, in clean spreads
+    spread_ratio: float | None = None  # (1 - poison_cos) / clean spread: how tight the triggered texts are
+    rule: str | None = None         # which rule confirmed it: "paper" (absolute cosines) or "collapse"
+    group: int | None = None        # a confirmed trigger and its weaker variants share a group
+    target: int | None = None       # the target cluster (where it sends inputs; see detect.groups)
+    variant_of: str | None = None   # the stronger trigger this one echoes, if any
+
+    @property
+    def key(self) -> tuple[int, ...]:
+        """The candidate's identity: its token-id tuple (``text`` is for display)."""
+        return tuple(self.token_ids)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Verifier:
+    """Held-out clean texts with cached clean representations and fixed insertion gaps."""
+
+    def __init__(self, adapter: ModelAdapter, texts: Sequence[str], insert_num: int, generator: torch.Generator,
+                 diff_threshold: float, poison_threshold: float, collapse_spread: float | None = None,
+                 collapse_shift: float = 2.0):
+        if len(texts) < 2:
+            raise ValueError(f"verification needs at least 2 texts, got {len(texts)}")
+        self.adapter = adapter
+        self.insert_num = insert_num
+        self.diff_threshold = diff_threshold
+        self.poison_threshold = poison_threshold
+        self.batch = adapter.tokenize(list(texts))
+        self.gaps = sample_gaps(self.batch["attention_mask"], insert_num, adapter.special_prefix,
+                                adapter.special_suffix, generator)
+        self.clean_reps = self._represent(self.batch["input_ids"], self.batch["attention_mask"])
+        self.collapse_spread = collapse_spread
+        self.collapse_shift = collapse_shift
+        #: 1 - mean pairwise cosine of the clean representations: the scale the collapse rule measures in.
+        self.clean_spread = max(1.0 - mean_pairwise_cos(self.clean_reps), 1e-12)
+
+    @torch.no_grad()
+    def _represent(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        reps = [self.adapter.represent(input_ids[i:i + FORWARD_CHUNK], attention_mask[i:i + FORWARD_CHUNK]).float()
+                for i in range(0, input_ids.shape[0], FORWARD_CHUNK)]
+        return torch.cat(reps)
+
+    def triggered_reps(self, token_ids: Sequence[int]) -> torch.Tensor:
+        n = self.batch["input_ids"].shape[0]
+        rows = torch.tensor([list(token_ids)], dtype=torch.long).expand(n, -1)
+        tb = insert_token_triggers(self.batch["input_ids"], self.batch["attention_mask"], rows, self.insert_num,
+                                   prefix=self.adapter.special_prefix, suffix=self.adapter.special_suffix,
+                                   pad_id=int(self.adapter.tokenizer.pad_token_id), gaps=self.gaps)
+        return self._represent(tb.input_ids, tb.attention_mask)
+
+    def ratios(self, diff_cos: float, poison_cos: float) -> tuple[float, float]:
+        """``(shift_ratio, spread_ratio)``: ``1 - diff_cos`` and ``1 - poison_cos`` in units of the clean spread."""
+        return (1.0 - diff_cos) / self.clean_spread, (1.0 - poison_cos) / self.clean_spread
+
+    def collapsed(self, diff_cos: float, poison_cos: float, slack: float = 1.0) -> bool:
+        """The collapse rule (``slack`` > 1 loosens the spread bound, for the prefilter's one dev batch)."""
+        if self.collapse_spread is None:
+            return False
+        shift, spread = self.ratios(diff_cos, poison_cos)
+        return spread <= slack * self.collapse_spread and shift >= self.collapse_shift / slack
+
+    def rule(self, diff_cos: float, poison_cos: float) -> str | None:
+        """Which rule makes ``(diff_cos, poison_cos)`` a trigger: ``"paper"``, ``"collapse"`` or None."""
+        if diff_cos < self.diff_threshold and poison_cos > self.poison_threshold:
+            return "paper"
+        return "collapse" if self.collapsed(diff_cos, poison_cos) else None
+
+    def judge(self, diff_cos: float, poison_cos: float) -> bool:
+        return self.rule(diff_cos, poison_cos) is not None
+
+    def check(self, key: Sequence[int], loop: int, text: str | None = None) -> tuple[TriggerCheck, torch.Tensor]:
+        """Verify one candidate (its token ids) on all held-out texts; also returns its triggered representations."""
+        triggered = self.triggered_reps(key)
+        diff, poison = representation_shift(self.clean_reps, triggered)
+        return self.make_check(key, diff, poison, "verified", triggered.shape[0], loop, text), triggered
+
+    def make_check(self, key: Sequence[int], diff: float, poison: float, stage: str, texts_used: int, loop: int,
+                   text: str | None = None) -> TriggerCheck:
+        """A :class:`TriggerCheck`; ``text`` (display only) defaults to the decoded token ids."""
+        text = self.adapter.token_text(key) if text is None else text
+        rule = self.rule(diff, poison) if stage == "verified" else None
+        shift, spread = self.ratios(diff, poison)
+        return TriggerCheck(text, [int(t) for t in key], diff, poison, self.diff_threshold - diff,
+                            poison - self.poison_threshold, rule is not None, stage, texts_used, loop,
+                            shift_ratio=shift, spread_ratio=spread, rule=rule)
+
+
+#: Shift directions closer than this (cosine) count as one target.
+VARIANT_DIRECTION_COS = 0.85
+#: A variant moves texts clearly less far than the trigger it echoes (diff_cos this much higher).
+VARIANT_WEAKER_BY = 0.1
+
+
+def group_by_target(confirmed: list[TriggerCheck], triggered: dict[tuple[int, ...], torch.Tensor],
+                    clean: torch.Tensor, direction_cos: float = VARIANT_DIRECTION_COS,
+                    weaker_by: float = VARIANT_WEAKER_BY) -> None:
+    """Mark confirmed triggers that are weaker echoes of a stronger one.
+
+    A backdoor often also fires, more weakly, on near neighbours of its trigger
+    (``mn`` -> ``nm``).  Such a word is labelled ``variant_of`` the strongest
+    trigger whose shift (mean unit triggered representation minus mean unit
+    clean one) points the same way (cosine above ``direction_cos``) and whose
+    ``diff_cos`` is lower by at least ``weaker_by``.  Triggers of equal strength
+    stay separate even when they share a target (an adaptive attack pulls its
+    triggers together).  Variants are real triggers of the model and stay
+    confirmed; the label only tells them from distinct backdoors.
+    ``triggered`` maps each trigger's token-id tuple (:attr:`TriggerCheck.key`)
+    to its triggered representations.
+    """
+    clean_centre = F.normalize(clean.double(), dim=1).mean(0)
+    heads: list[tuple[TriggerCheck, torch.Tensor]] = []
+    for check in sorted(confirmed, key=lambda c: c.diff_cos):
+        shift = F.normalize(triggered[check.key].double(), dim=1).mean(0) - clean_centre
+        for head, head_shift in heads:
+            if (check.diff_cos - head.diff_cos >= weaker_by
+                    and float(F.cosine_similarity(shift, head_shift, dim=0)) > direction_cos):
+                check.group, check.variant_of = head.group, head.text
+                break
+        else:
+            check.group = len(heads)
+            heads.append((check, shift))
