@@ -44,15 +44,7 @@ template <> struct VecLoad<double, 2> {
 };
 template <> struct VecLoad<__nv_bfloat16, 8> {
   template <typename A>
-  __device__ __forceinline__ static void run(const __nv_bfloat16* p, A (&out)[8]) {
-    const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      out[2 * e] = __uint_as_float(w[e] << 16);
-      out[2 * e + 1] = __uint_as_float(w[e] & 0xffff0000u);
-    }
-  }
+  __device__ __forceinline__ static void run(const __nv_bfloat16* p, A (&out)[8]) { dev::ldg_bf16x8(p, out); }
 };
 
 template <typename T> struct WideVec { static constexpr int value = 16 / sizeof(T); };

@@ -174,13 +174,7 @@ __device__ __forceinline__ void load8<__nv_bfloat16>(const __nv_bfloat16* __rest
   }
   const __nv_bfloat16* src = fp + static_cast<int64_t>(g) * d + k0;
   if (vec) {  // d % 8 == 0, 16-byte aligned rows
-    const uint4 u = __ldg(reinterpret_cast<const uint4*>(src));
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      v[2 * e] = __uint_as_float(w[e] << 16);
-      v[2 * e + 1] = __uint_as_float(w[e] & 0xffff0000u);
-    }
+    dev::ldg_bf16x8(src, v);
   } else {
 #pragma unroll
     for (int e = 0; e < 8; ++e) v[e] = k0 + e < d ? __bfloat162float(src[e]) : 0.f;

@@ -89,27 +89,52 @@ Plan make_plan(DType dtype, TopkPrecision precision, int64_t n, int64_t w, int64
   return pl;
 }
 
+// One token_topk call: what every path's launch takes, less the types and the vector width.
+struct Call {
+  const void* queries;
+  const void* table;
+  const int64_t* rows;
+  int64_t n, t, d, w, k;
+  bool negate;
+  const Plan& pl;
+  void* part_key;
+  int* part_idx;
+  cudaStream_t stream;
+};
+
 template <typename In, typename A>
-topk::Args<In, A> make_args(const void* queries, const void* table, const int64_t* rows, int64_t n, int64_t t,
-                            int64_t d, int64_t w, int64_t k, bool negate, const Plan& pl, int vec_elems,
-                            void* part_key, int* part_idx) {
+topk::Args<In, A> make_args(const Call& c, int vec_elems) {
   topk::Args<In, A> a{};
-  a.q = static_cast<const In*>(queries);
-  a.table = static_cast<const In*>(table);
-  a.rows = rows;
-  a.n = static_cast<int>(n);
-  a.t = static_cast<int>(t);
-  a.d = static_cast<int>(d);
-  a.td = static_cast<int>(t * d);
-  a.w = static_cast<int>(w);
-  a.k = static_cast<int>(k);
-  a.num_tiles = pl.num_tiles;
-  a.tiles_per_split = pl.tiles_per_split;
-  a.negate = negate ? 1 : 0;
-  a.vec = (d % vec_elems == 0) && dev::aligned16(queries) && dev::aligned16(table) ? 1 : 0;
-  a.part_key = static_cast<A*>(part_key);
-  a.part_idx = part_idx;
+  a.q = static_cast<const In*>(c.queries);
+  a.table = static_cast<const In*>(c.table);
+  a.rows = c.rows;
+  a.n = static_cast<int>(c.n);
+  a.t = static_cast<int>(c.t);
+  a.d = static_cast<int>(c.d);
+  a.td = static_cast<int>(c.t * c.d);
+  a.w = static_cast<int>(c.w);
+  a.k = static_cast<int>(c.k);
+  a.num_tiles = c.pl.num_tiles;
+  a.tiles_per_split = c.pl.tiles_per_split;
+  a.negate = c.negate ? 1 : 0;
+  a.vec = (c.d % vec_elems == 0) && dev::aligned16(c.queries) && dev::aligned16(c.table) ? 1 : 0;
+  a.part_key = static_cast<A*>(c.part_key);
+  a.part_idx = c.part_idx;
   return a;
+}
+
+// Runs a path's launcher (In and A follow from it; vec_elems: elements per
+// 16-byte load).  The mma launchers take the planner's row tile, the simt ones
+// have a fixed one.
+template <typename In, typename A>
+cudaError_t run(cudaError_t (*launch)(const topk::Args<In, A>&, int, int, int, cudaStream_t), const Call& c,
+                int vec_elems) {
+  return launch(make_args<In, A>(c, vec_elems), c.pl.tile_m, c.pl.row_blocks, c.pl.splits, c.stream);
+}
+template <typename In, typename A>
+cudaError_t run(cudaError_t (*launch)(const topk::Args<In, A>&, int, int, cudaStream_t), const Call& c,
+                int vec_elems) {
+  return launch(make_args<In, A>(c, vec_elems), c.pl.row_blocks, c.pl.splits, c.stream);
 }
 
 template <typename A>
@@ -155,38 +180,15 @@ cudaError_t token_topk(DType dtype, TopkPrecision precision, const void* queries
   void* part_key = ws;
   int* part_idx = reinterpret_cast<int*>(ws + align_up(entries * pl.acc_size));
 
+  const Call call{queries, table, rows, n, t, d, w, k, negate, pl, part_key, part_idx, stream};
   cudaError_t err = cudaSuccess;
   switch (pl.path) {
-    case kPathTF32:
-      err = topk::launch_tf32(make_args<float, float>(queries, table, rows, n, t, d, w, k, negate, pl, 4, part_key,
-                                                      part_idx),
-                              pl.tile_m, pl.row_blocks, pl.splits, stream);
-      break;
-    case kPathBF16:
-      err = topk::launch_bf16(make_args<__nv_bfloat16, float>(queries, table, rows, n, t, d, w, k, negate, pl, 8,
-                                                              part_key, part_idx),
-                              pl.tile_m, pl.row_blocks, pl.splits, stream);
-      break;
-    case kPathBF16FromF32:
-      err = topk::launch_bf16_from_f32(make_args<float, float>(queries, table, rows, n, t, d, w, k, negate, pl, 8,
-                                                               part_key, part_idx),
-                                       pl.tile_m, pl.row_blocks, pl.splits, stream);
-      break;
-    case kPathExactF32:
-      err = topk::launch_exact_f32(make_args<float, float>(queries, table, rows, n, t, d, w, k, negate, pl, 4,
-                                                           part_key, part_idx),
-                                   pl.row_blocks, pl.splits, stream);
-      break;
-    case kPathExactF32Small:
-      err = topk::launch_exact_f32_small(make_args<float, float>(queries, table, rows, n, t, d, w, k, negate, pl, 4,
-                                                                 part_key, part_idx),
-                                         pl.row_blocks, pl.splits, stream);
-      break;
-    case kPathExactF64:
-      err = topk::launch_exact_f64(make_args<double, double>(queries, table, rows, n, t, d, w, k, negate, pl, 2,
-                                                             part_key, part_idx),
-                                   pl.row_blocks, pl.splits, stream);
-      break;
+    case kPathTF32: err = run(topk::launch_tf32, call, 4); break;
+    case kPathBF16: err = run(topk::launch_bf16, call, 8); break;
+    case kPathBF16FromF32: err = run(topk::launch_bf16_from_f32, call, 8); break;
+    case kPathExactF32: err = run(topk::launch_exact_f32, call, 4); break;
+    case kPathExactF32Small: err = run(topk::launch_exact_f32_small, call, 4); break;
+    case kPathExactF64: err = run(topk::launch_exact_f64, call, 2); break;
   }
   if (err != cudaSuccess) return err;
   if (dtype == DType::kFloat64) return merge_lists<double>(pl, n, k, ws, values, indices, stream);

@@ -65,6 +65,32 @@ __device__ __forceinline__ int64_t key_offset(const Args<In, A>& p, int gw, int 
   return id < 0 ? int64_t(-1) : id * p.d + e;
 }
 
+// A CTA's share of the work, the same for both GEMM cores: query rows
+// [m0, m0 + rows_valid), candidate tiles from tile0 on (its slice of the
+// candidate axis) walked as `total` k-slices of BK, `slices` per tile, and the
+// partial top-k lists it writes.
+template <typename A>
+struct CtaWork {
+  int m0, tile0, slices, total, rows_valid;
+  A* list_key;
+  int* list_idx;
+};
+
+template <int BM, int BK, typename In, typename A>
+__device__ __forceinline__ CtaWork<A> cta_work(const Args<In, A>& p) {
+  CtaWork<A> c;
+  const int split = blockIdx.y;
+  c.m0 = blockIdx.x * BM;
+  c.tile0 = split * p.tiles_per_split;
+  const int tile1 = min(p.num_tiles, c.tile0 + p.tiles_per_split);
+  c.slices = (p.td + BK - 1) / BK;
+  c.total = (tile1 - c.tile0) * c.slices;
+  c.rows_valid = min(BM, p.n - c.m0);
+  c.list_key = p.part_key + (static_cast<size_t>(split) * p.n + c.m0) * p.k;
+  c.list_idx = p.part_idx + (static_cast<size_t>(split) * p.n + c.m0) * p.k;
+  return c;
+}
+
 // ============================================================ tensor cores
 constexpr int kMmaTile = 128;             // BN, and the largest BM
 constexpr int kMmaStages = 3;
@@ -143,15 +169,7 @@ __global__ void __launch_bounds__(kThreads, 1) topk_mma_kernel(const Args<In, fl
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp >> 2, wn = warp & 3;  // warp tile: rows wm*WM, cols wn*32
-  const int m0 = blockIdx.x * BM;
-  const int split = blockIdx.y;
-  const int tile0 = split * p.tiles_per_split;
-  const int tile1 = min(p.num_tiles, tile0 + p.tiles_per_split);
-  const int slices = (p.td + BK - 1) / BK;
-  const int total = (tile1 - tile0) * slices;
-  const int rows_valid = min(BM, p.n - m0);
-  float* list_key = p.part_key + (static_cast<size_t>(split) * p.n + m0) * p.k;
-  int* list_idx = p.part_idx + (static_cast<size_t>(split) * p.n + m0) * p.k;
+  const CtaWork<float> cta = cta_work<BM, BK>(p);
 
   init(sm);
 
@@ -162,8 +180,8 @@ __global__ void __launch_bounds__(kThreads, 1) topk_mma_kernel(const Args<In, fl
   // kDirect + vec: cp.async; !kDirect + vec: into st_a/st_b (stored by store_staged);
   // otherwise: synchronous element-wise loads and stores.
   auto issue = [&](int it) {
-    const int tile = tile0 + it / slices;
-    const int kbase = (it % slices) * BK;
+    const int tile = cta.tile0 + it / cta.slices;
+    const int kbase = (it % cta.slices) * BK;
     unsigned char* buf = smem + (it % kMmaStages) * kStageBytes;
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) {  // chunk i: tile row (tid >> 3) + 32 i, so query rows for i < kChunksA
@@ -173,7 +191,7 @@ __global__ void __launch_bounds__(kThreads, 1) topk_mma_kernel(const Args<In, fl
       const bool has_a = i < kChunksA;
       unsigned char* da = buf + row * kPitch + ch * 16;
       unsigned char* db = buf + (BM + row) * kPitch + ch * 16;
-      const int gm = m0 + row, gw = tile * kMmaTile + row;
+      const int gm = cta.m0 + row, gw = tile * kMmaTile + row;
       if (p.vec) {
         const int64_t offa = (has_a && gm < p.n && k0 < p.td) ? static_cast<int64_t>(gm) * p.td + k0 : int64_t(-1);
         const int64_t offb = key_offset(p, gw, k0);
@@ -232,7 +250,7 @@ __global__ void __launch_bounds__(kThreads, 1) topk_mma_kernel(const Args<In, fl
 
 #pragma unroll 1
   for (int s = 0; s < kMmaStages - 1; ++s) {
-    if (s < total) {
+    if (s < cta.total) {
       issue(s);
       store_staged(s);
     }
@@ -240,11 +258,11 @@ __global__ void __launch_bounds__(kThreads, 1) topk_mma_kernel(const Args<In, fl
   }
 
 #pragma unroll 1
-  for (int it = 0; it < total; ++it) {
+  for (int it = 0; it < cta.total; ++it) {
     dev::cp_async_wait<kMmaStages - 2>();
     __syncthreads();
     const int nxt = it + kMmaStages - 1;
-    if (nxt < total) issue(nxt);
+    if (nxt < cta.total) issue(nxt);
     dev::cp_async_commit();
 
     const unsigned char* as = smem + (it % kMmaStages) * kStageBytes;
@@ -287,24 +305,24 @@ __global__ void __launch_bounds__(kThreads, 1) topk_mma_kernel(const Args<In, fl
         }
     }
 
-    if (nxt < total) store_staged(nxt);
+    if (nxt < cta.total) store_staged(nxt);
 
-    if (it % slices == slices - 1) {  // a candidate tile is complete
-      const int tile = tile0 + it / slices;
+    if (it % cta.slices == cta.slices - 1) {  // a candidate tile is complete
+      const int tile = cta.tile0 + it / cta.slices;
       const int col_base = tile * kMmaTile;
       auto pos = [&](int i, int& r, int& c) {
         const int mt = i >> 4, nt = (i >> 2) & 3, e = i & 3;
         r = wm * WM + mt * 16 + (lane >> 2) + (e >> 1) * 8;
         c = wn * 32 + nt * 8 + (lane & 3) * 2 + (e & 1);
       };
-      offer<float, BM, MT * 16>(sm, acc, pos, rows_valid, min(kMmaTile, p.w - col_base), col_base,
-                                p.negate != 0, list_key, list_idx, p.k);
+      offer<float, BM, MT * 16>(sm, acc, pos, cta.rows_valid, min(kMmaTile, p.w - col_base), col_base,
+                                p.negate != 0, cta.list_key, cta.list_idx, p.k);
 #pragma unroll
       for (int i = 0; i < MT * 16; ++i) acc[i] = 0.0f;
     }
   }
   dev::cp_async_wait<0>();
-  flush(sm, rows_valid, list_key, list_idx, p.k);
+  flush(sm, cta.rows_valid, cta.list_key, cta.list_idx, p.k);
 }
 
 // ============================================================ exact (FMA)
@@ -351,15 +369,7 @@ __global__ void __launch_bounds__(kThreads, 1) topk_simt_kernel(const Args<typen
 
   const int tid = threadIdx.x;
   const int tx = tid & 15, ty = tid >> 4;
-  const int m0 = blockIdx.x * BM;
-  const int split = blockIdx.y;
-  const int tile0 = split * p.tiles_per_split;
-  const int tile1 = min(p.num_tiles, tile0 + p.tiles_per_split);
-  const int slices = (p.td + BK - 1) / BK;
-  const int total = (tile1 - tile0) * slices;
-  const int rows_valid = min(BM, p.n - m0);
-  T* list_key = p.part_key + (static_cast<size_t>(split) * p.n + m0) * p.k;
-  int* list_idx = p.part_idx + (static_cast<size_t>(split) * p.n + m0) * p.k;
+  const CtaWork<T> cta = cta_work<BM, BK>(p);
 
   init(sm);
 
@@ -367,9 +377,9 @@ __global__ void __launch_bounds__(kThreads, 1) topk_simt_kernel(const Args<typen
   const int brow = tid / TPB, bk = (tid % TPB) * LB;
   T ra[LA], rb[LB];
   auto load = [&](int it) {
-    const int tile = tile0 + it / slices;
-    const int kbase = (it % slices) * BK;
-    const int gm = m0 + arow, gw = tile * BN + brow;
+    const int tile = cta.tile0 + it / cta.slices;
+    const int kbase = (it % cta.slices) * BK;
+    const int gm = cta.m0 + arow, gw = tile * BN + brow;
     const int ka = kbase + ak, kb = kbase + bk;
     if (p.vec) {  // d % LB == 0 (and LA divides LB) and 16-byte aligned bases
       const int64_t offa = (gm < p.n && ka < p.td) ? static_cast<int64_t>(gm) * p.td + ka : int64_t(-1);
@@ -404,16 +414,16 @@ __global__ void __launch_bounds__(kThreads, 1) topk_simt_kernel(const Args<typen
 #pragma unroll
   for (int i = 0; i < TM * TN; ++i) acc[i] = T(0);
 
-  if (total > 0) {
+  if (cta.total > 0) {
     load(0);
     store(0);
   }
   __syncthreads();
 
 #pragma unroll 1
-  for (int it = 0; it < total; ++it) {
+  for (int it = 0; it < cta.total; ++it) {
     const int buf = it & 1;
-    if (it + 1 < total) load(it + 1);
+    if (it + 1 < cta.total) load(it + 1);
     const T* a = as + buf * BK * LDA;
     const T* b = bs + buf * BK * LDB;
 #pragma unroll
@@ -436,24 +446,24 @@ __global__ void __launch_bounds__(kThreads, 1) topk_simt_kernel(const Args<typen
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i * TN + j] = fma(av[i], bv[j], acc[i * TN + j]);
     }
-    if (it + 1 < total) store(buf ^ 1);
+    if (it + 1 < cta.total) store(buf ^ 1);
     __syncthreads();
 
-    if (it % slices == slices - 1) {
-      const int tile = tile0 + it / slices;
+    if (it % cta.slices == cta.slices - 1) {
+      const int tile = cta.tile0 + it / cta.slices;
       const int col_base = tile * BN;
       auto pos = [&](int i, int& r, int& c) {
         const int ii = i / TN, jj = i % TN;
         r = (ii / RG) * GSM + ty * RG + (ii % RG);
         c = (jj / CG) * GSN + tx * CG + (jj % CG);
       };
-      offer<T, BM, TM * TN>(sm, acc, pos, rows_valid, min(BN, p.w - col_base), col_base, p.negate != 0, list_key,
-                            list_idx, p.k);
+      offer<T, BM, TM * TN>(sm, acc, pos, cta.rows_valid, min(BN, p.w - col_base), col_base, p.negate != 0,
+                            cta.list_key, cta.list_idx, p.k);
 #pragma unroll
       for (int i = 0; i < TM * TN; ++i) acc[i] = T(0);
     }
   }
-  flush(sm, rows_valid, list_key, list_idx, p.k);
+  flush(sm, cta.rows_valid, cta.list_key, cta.list_idx, p.k);
 }
 
 // ------------------------------------------------------------ launchers

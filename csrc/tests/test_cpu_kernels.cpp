@@ -18,6 +18,7 @@
 #include "patronus/cpu_kernels.h"
 #include "patronus/topk_merge.h"
 #include "patronus/topk_plan.h"
+#include "topk_reference.h"
 
 namespace {
 
@@ -137,18 +138,10 @@ void check_topk_case(const cpu::Runtime& rt, DType dtype, const TopkCase& c, std
   std::vector<double> scores(c.n * c.w), bound(c.n, 0.0);
   for (int64_t n = 0; n < c.n; ++n) {
     for (int64_t w = 0; w < c.w; ++w) {
-      double s = 0, magnitude = 0;
-      for (int64_t t = 0; t < c.t; ++t) {
-        const int64_t row = c.word_level ? rows[w * c.t + t] : w;
-        if (row < 0) continue;
-        for (int64_t e = 0; e < c.d; ++e) {
-          const double p = queries.exact[n * td + t * c.d + e] * table.exact[row * c.d + e];
-          s += p;
-          magnitude += std::fabs(p);
-        }
-      }
-      scores[n * c.w + w] = c.negate ? -s : s;
-      if (!std::isnan(magnitude)) bound[n] = std::max(bound[n], magnitude);
+      const patronus::test::TopkScore r = patronus::test::topk_score(
+          queries.exact.data() + n * td, table.exact.data(), c.word_level ? rows.data() : nullptr, c.t, c.d, w);
+      scores[n * c.w + w] = c.negate ? -r.score : r.score;
+      if (!std::isnan(r.abs_terms)) bound[n] = std::max(bound[n], r.abs_terms);
     }
     bound[n] = 4.0 * td * unit_roundoff(dtype) * bound[n] + 1e-12;
   }

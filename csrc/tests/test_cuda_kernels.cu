@@ -21,6 +21,7 @@
 
 #include "patronus/common.h"
 #include "patronus/cuda_kernels.h"
+#include "topk_reference.h"
 
 namespace pc = patronus::cuda;
 using patronus::BFloat16;
@@ -217,17 +218,10 @@ void run_topk(const TopkCase& c, std::mt19937_64& rng, cudaStream_t stream) {
     double qn = 0, kmax = 0;
     for (int64_t e = 0; e < td; ++e) qn += qv[r * td + e] * qv[r * td + e];
     for (int64_t w = 0; w < c.w; ++w) {
-      double s = 0, kn = 0;
-      for (int64_t t = 0; t < c.t; ++t) {
-        const int64_t row = c.word ? rows[w * c.t + t] : w;
-        if (row < 0) continue;
-        for (int64_t e = 0; e < c.d; ++e) {
-          s += qv[r * td + t * c.d + e] * tv[row * c.d + e];
-          kn += tv[row * c.d + e] * tv[row * c.d + e];
-        }
-      }
-      score[w] = c.negate ? -s : s;
-      kmax = std::max(kmax, kn);
+      const patronus::test::TopkScore s =
+          patronus::test::topk_score(qv.data() + r * td, tv.data(), c.word ? rows.data() : nullptr, c.t, c.d, w);
+      score[w] = c.negate ? -s.score : s.score;
+      kmax = std::max(kmax, s.key_sq);
     }
     const double tol = rtol * std::sqrt(qn * kmax) + 1e-30;
     std::vector<double> sorted;
