@@ -102,9 +102,9 @@ def triggered_targets(adapter, triggers, texts: list[str]) -> torch.Tensor:
 
 
 def run_lmsanitator(subject: Subject, source: str, profile_name: str, seed: int, work: Path) -> dict:
-    from patronus_ext.detect import lms_profile, lmsanitator, read_scan_corpus
+    from patronus_ext.detect import LMSanitatorConfig, lmsanitator, read_scan_corpus
 
-    config = lms_profile(profile_name, seed=seed)
+    config = LMSanitatorConfig.profile(profile_name, seed=seed)
     corpus = read_scan_corpus("wikitext2", config, seed)
     adapter = lm.load_adapter(source, device="cpu")
     started = time.perf_counter()

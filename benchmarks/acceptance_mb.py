@@ -60,6 +60,7 @@ from patronus_ext.core.similarity import diff_cos, poison_cos
 from patronus_ext.data.instructions import fit_inputs, insert_trigger, load_instructions, split_examples
 from patronus_ext.evaluate.generation import generation_metrics
 from patronus_ext.lm.instruction_tuning import instruction_tune
+from patronus_ext.evaluate.generation import GenerationEvalConfig
 
 from _common import machine_facts, report_targets
 
@@ -95,7 +96,7 @@ def _evaluate(folder: str, work: Path, model=None, variant: str = "word") -> dic
     model = model if model is not None else lm.load_model(folder, "causal", device="cpu")
     dev = load_instructions("sst2", "dev")
     got = generation_metrics(model, tok, dev, config.prompt_format(), responses,
-                             purify.profile("measure-lm", "fast"), progress=False)
+                             GenerationEvalConfig.profile("fast"), progress=False)
     return got.to_dict()
 
 
@@ -151,7 +152,7 @@ def stage(name: str, work: Path, scan_limit_s: float) -> dict:
     if name == "ablation":
         source = lm.resolve_model_source(SMOL)
         tok = lm.load_tokenizer(source)
-        config = purify.profile("mb", "fast")
+        config = purify.make_config("mb", "fast")
         fmt = config.prompt_format()
         model = lm.load_model(source, "causal", device="cpu")
         examples = fit_inputs(tok, load_instructions(str(attacked / DATA_FILE), "train",
@@ -168,7 +169,7 @@ def stage(name: str, work: Path, scan_limit_s: float) -> dict:
                                   "recovery_lambda_0": recovery.to_dict(), "stage_s": time.perf_counter() - t0})
     if name == "clean-ft-only":
         res = purify.run_purify("fine-mix-lm", attacked, work / "clean-ft-only", pretrained=SMOL, task="sst2",
-                                config=purify.profile("fine-mix-lm", "fast", rho=1.0), profile="fast",
+                                config=purify.make_config("fine-mix-lm", "fast", rho=1.0), profile="fast",
                                 measure=False, device="cpu", progress=False)
         return _save(work, name, {**_evaluate(str(work / "clean-ft-only"), work),
                                   "purify_s": res.report["timings"]["purify"], "stage_s": time.perf_counter() - t0})

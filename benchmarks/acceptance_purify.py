@@ -78,7 +78,7 @@ def stage(name: str, work: Path) -> dict:
     path = work / f"{name}.json"
     if path.exists():
         return json.loads(path.read_text())
-    measure = purify.profile("measure", "fast")
+    measure = purify.MeasureConfig.profile("fast")
     t0 = time.perf_counter()
     if name == "por":
         if not (work / "por").exists():

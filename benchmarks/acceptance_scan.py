@@ -30,7 +30,7 @@ import torch
 
 from patronus_ext import attacks, lm
 from patronus_ext.data import corpora as data
-from patronus_ext.detect import profile, read_scan_corpus, scan
+from patronus_ext.detect import ScanConfig, read_scan_corpus, scan
 from patronus_ext.evaluate import representation_similarity
 from patronus_ext.evaluate.metrics import detection_recall
 from patronus_ext.lm.finetune import FinetuneConfig, finetune_classifier
@@ -105,7 +105,7 @@ def subject_path(subject: Subject, work: Path) -> str:
 
 def run_subject(subject: Subject, work: Path, profile_name: str, seed: int) -> dict:
     source = subject_path(subject, work)
-    config = profile(profile_name, seed=seed, word_level=subject.word_level or None)
+    config = ScanConfig.profile(profile_name, seed=seed, word_level=subject.word_level or None)
     if subject.all_words:
         config = config.replace(zipf_threshold=None)
     planted_triggers = _planted_triggers(source, subject)

@@ -42,7 +42,7 @@ except ImportError:  # pragma: no cover - run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from patronus_ext import lm
     from patronus_ext.data import corpora as data
-from patronus_ext.detect import FAST
+from patronus_ext.detect import ScanConfig
 from patronus_ext.detect.patronus.search import TriggerSearch
 from patronus_ext.detect.patronus.vocabulary import token_vocabulary
 
@@ -53,7 +53,7 @@ class ScanBench:
     """The packaged MiniLM, a fast-profile search state and one round's fixed candidates."""
 
     def __init__(self, seed: int = 0):
-        self.config = FAST.replace(seed=seed)
+        self.config = ScanConfig.profile("fast", seed=seed)
         self.model = lm.load_model(lm.DEFAULT_MODEL)
         self.tokenizer = lm.load_tokenizer(lm.DEFAULT_MODEL)
         self.adapter = lm.ModelAdapter(self.model, self.tokenizer, max_length=self.config.max_length)

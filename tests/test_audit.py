@@ -17,13 +17,13 @@ import pytest
 from patronus_ext import audit
 from patronus_ext.audit import results as store
 from patronus_ext.cli import main
-from patronus_ext.detect import FAST, lms_profile
+from patronus_ext.detect import LMSanitatorConfig, ScanConfig
 
 import tiny_models
 
-TINY_SCAN = FAST.replace(num_triggers=4, batch_size=4, poison_copies=2, update_rounds=3, fuzz_loops=2,
+TINY_SCAN = ScanConfig.profile("fast").replace(num_triggers=4, batch_size=4, poison_copies=2, update_rounds=3, fuzz_loops=2,
                          num_candidates=4, beam_size=2, max_length=32, verify_texts=16, corpus_limit=300)
-TINY_LMS = lms_profile("fast", corpus_limit=128, max_length=32, lr=1e-3, epochs=6, give_up_epoch=2,
+TINY_LMS = LMSanitatorConfig.profile("fast", corpus_limit=128, max_length=32, lr=1e-3, epochs=6, give_up_epoch=2,
                        seeds=4).replace(entropy_relative=None)
 #: Keys of a ``patronus scan --report`` JSON (commands/scan.py write_outputs).
 SCAN_REPORT_KEYS = {"verdict", "groups", "triggers", "candidates", "loops", "config", "model", "timings",

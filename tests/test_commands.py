@@ -10,7 +10,9 @@ import torch
 
 from patronus_ext import attacks
 from patronus_ext.cli import demo, main, plots
-from patronus_ext.detect import FAST
+from patronus_ext.detect import ScanConfig
+
+FAST = ScanConfig.profile("fast")
 from patronus_ext.detect.patronus.calibrate import suggest_thresholds
 
 import tiny_models

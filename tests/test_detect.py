@@ -11,9 +11,10 @@ from transformers import BertConfig, BertModel
 
 from patronus_ext import lm
 from patronus_ext.data import corpora as data
-from patronus_ext.detect import FAST, ScanConfig, profile, representation_shift, scan
+from patronus_ext.detect import ScanConfig, representation_shift, scan
 from patronus_ext.detect.patronus.search import TriggerSearch, row_key
 from patronus_ext.detect.patronus.vocabulary import token_vocabulary, word_vocabulary
+from patronus_ext.formats.purify_record import PURIFY_FILE
 
 from tiny_models import needs_full_sst2
 
@@ -36,7 +37,7 @@ def corpus():
     return data.read_corpus("wikitext2", limit=400, max_words=20)
 
 
-TINY = FAST.replace(num_triggers=4, batch_size=4, poison_copies=2, update_rounds=2, fuzz_loops=1,
+TINY = ScanConfig.profile("fast").replace(num_triggers=4, batch_size=4, poison_copies=2, update_rounds=2, fuzz_loops=1,
                     num_candidates=3, beam_size=2, max_length=24, verify_texts=8)
 
 
@@ -124,8 +125,8 @@ def test_scan_config_validates():
     with pytest.raises(ValueError, match="temperature"):
         ScanConfig(temperature=0.0)
     with pytest.raises(ValueError, match="profile"):
-        profile("slow")
-    assert profile("paper", seed=3).seed == 3 and profile("paper").num_triggers == 8
+        ScanConfig.profile("slow")
+    assert ScanConfig.profile("paper", seed=3).seed == 3 and ScanConfig.profile("paper").num_triggers == 8
 
 
 def _search(tiny_bert, tokenizer, corpus, **changes):
@@ -208,7 +209,7 @@ def test_scan_rejects_a_corpus_too_small(tiny_bert, tokenizer, corpus):
 
 
 def test_suggested_thresholds_keep_benign_candidates_out():
-    from patronus_ext.detect import PAPER
+    PAPER = ScanConfig.profile("paper")
     from patronus_ext.detect.patronus.calibrate import suggest_thresholds
 
     # Far from the region: the paper's thresholds stand.
@@ -295,7 +296,7 @@ def test_weaker_echoes_of_a_trigger_are_marked_as_variants():
     assert by_text["cf"].group != by_text["mn"].group
 
 
-TINY_SCAN = FAST.replace(num_triggers=4, batch_size=4, poison_copies=2, update_rounds=3, fuzz_loops=2,
+TINY_SCAN = ScanConfig.profile("fast").replace(num_triggers=4, batch_size=4, poison_copies=2, update_rounds=3, fuzz_loops=2,
                          num_candidates=4, beam_size=2, max_length=32, verify_texts=16, corpus_limit=300)
 
 
@@ -360,9 +361,9 @@ def test_demo_plants_once_then_reuses_the_cached_model(tmp_path, monkeypatch):
     from patronus_ext import purify
 
     kwargs = dict(base_model=base, attack_config=attack, corpus=corpus, plant_corpus=tiny_models.tiny_corpus(64),
-                  purify_config=purify.profile("adv-pt", "fast", steps=6, batch_size=8, corpus_limit=200, dev_texts=8,
-                                               eval_every=3),
-                  purify_measure=purify.profile("measure", "demo", train_limit=64, dev_limit=48, max_length=32))
+                  purify_config=purify.make_config("adv-pt", "fast", steps=6, batch_size=8, corpus_limit=200,
+                                                   dev_texts=8, eval_every=3),
+                  purify_measure=demo.DEMO_MEASURE.replace(train_limit=64, dev_limit=48, max_length=32))
     first = demo.run_demo(TINY_SCAN, progress=False, **kwargs)
     assert not first.reused_cache and first.planted_dir.parent == tmp_path / "cache"
     assert first.clean_report.verdict == "clean" and first.backdoored_report.verdict == "backdoored"
@@ -370,7 +371,7 @@ def test_demo_plants_once_then_reuses_the_cached_model(tmp_path, monkeypatch):
     # ... and purifies the planted model with the scan's triggers, CACC / T-ASR of the planted ones measured
     # before and after; the purified model is cached beside the planted one, never the planted folder itself.
     assert not first.purified_reused and first.purified_dir.parent == tmp_path / "cache"
-    assert first.purified_dir != first.planted_dir and (first.purified_dir / purify.PURIFY_FILE).is_file()
+    assert first.purified_dir != first.planted_dir and (first.purified_dir / PURIFY_FILE).is_file()
     assert first.purification["method"] == "adv-pt"
     assert set(first.purification["triggers"]) == {t.text for t in first.backdoored_report.triggers}
     assert first.purification["measured_triggers"] == list(tiny_models.TINY_TRIGGERS)
@@ -467,7 +468,7 @@ def test_mask_prompts_are_shortened_to_keep_the_mask_token(tokenizer):
                                  intermediate_size=64)).eval()
     adapter = lm.ModelAdapter(model, tokenizer, position="mask", max_length=16)
     long_text = " ".join(["photosynthesis"] * 30)  # far more than 16 tokens
-    texts = prepare_texts(["short text", long_text], adapter, FAST.replace(max_length=16, max_words=None),
+    texts = prepare_texts(["short text", long_text], adapter, ScanConfig.profile("fast").replace(max_length=16, max_words=None),
                           "{text} It was {mask} .")
     assert texts[0] == "short text It was [MASK] ."
     assert texts[1].endswith("It was [MASK] .") and texts[1].startswith("photosynthesis")
@@ -475,7 +476,7 @@ def test_mask_prompts_are_shortened_to_keep_the_mask_token(tokenizer):
         ids = tokenizer(text)["input_ids"]
         assert len(ids) <= 16 and tokenizer.mask_token_id in ids
     with pytest.raises(ValueError, match="longer than max_length"):
-        prepare_texts(["a"], adapter, FAST.replace(max_length=16), "{text} " + "very " * 20 + "{mask}")
+        prepare_texts(["a"], adapter, ScanConfig.profile("fast").replace(max_length=16), "{text} " + "very " * 20 + "{mask}")
 
 
 def test_scan_and_btop_fill_prompts_alike(tokenizer):
@@ -489,7 +490,7 @@ def test_scan_and_btop_fill_prompts_alike(tokenizer):
     adapter = lm.ModelAdapter(model, tokenizer, position="mask", max_length=64)
     template = "{text} It was {mask} ."
     texts = ["a {curly} text with }{ braces", "set {x | x > 0} and {mask} too", "plain words here"]
-    scanned = prepare_texts(texts, adapter, FAST.replace(max_length=64, max_words=None), template)
+    scanned = prepare_texts(texts, adapter, ScanConfig.profile("fast").replace(max_length=64, max_words=None), template)
     btop = BToP().format_text(BToPConfig(prompt_template=template), tokenizer)
     assert scanned == [btop(t) for t in texts]
     assert scanned[0] == "a {curly} text with }{ braces It was [MASK] ."

@@ -21,7 +21,7 @@ from patronus_ext.data.instructions import (
     read_alpaca,
     write_alpaca,
 )
-from patronus_ext.lm.instruction_tuning import TuneConfig, decoder_blocks, instruction_tune, trainable_parameters
+from patronus_ext.lm.instruction_tuning import InstructionTuningConfig, decoder_blocks, instruction_tune, trainable_parameters
 from patronus_ext.lm.prompting import PromptFormat, collate, encode_examples, position_ids, response_logprobs
 
 from tiny_models import make_tiny_gguf, make_tiny_llama
@@ -199,7 +199,7 @@ def test_instruction_tuning_learns_the_answers(llama):
     with torch.no_grad():
         before = response_logprobs(model, batch)[0].sum()
     frozen = model.get_input_embeddings().weight.detach().clone()
-    run = instruction_tune(model, tok, data, fmt, TuneConfig(steps=25, batch_size=8, lr=1e-2,
+    run = instruction_tune(model, tok, data, fmt, InstructionTuningConfig(steps=25, batch_size=8, lr=1e-2,
                                                                                 train_layers=2,
                                                                                 train_embeddings=False),
                                     progress=False)

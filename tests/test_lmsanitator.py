@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -10,7 +11,7 @@ import torch
 
 from patronus_ext import lm
 from patronus_ext.cli import main
-from patronus_ext.detect import LMSanitatorConfig, lms_profile, lmsanitator
+from patronus_ext.detect import LMSanitatorConfig, lmsanitator
 from patronus_ext.detect.lmsanitator.inversion import (
     _Inversion,
     batch_entropy,
@@ -27,9 +28,9 @@ import tiny_models
 #: (d=32 embeddings span about +-0.1: the fast profile's lr would leave the 1.2x range in a few steps;
 #: a random tiny BERT's clean outputs are nearly constant, so the slack relative to them is off).
 #: Several seeds of the tiny NeuBA plant leave the 1.2x range or stay too spread; 8 seeds leave room.
-TINY = lms_profile("fast", corpus_limit=128, max_length=32, lr=1e-3, epochs=6, give_up_epoch=2,
+TINY = LMSanitatorConfig.profile("fast", corpus_limit=128, max_length=32, lr=1e-3, epochs=6, give_up_epoch=2,
                    seeds=8).replace(entropy_relative=None, distance_relative=None)  # (None overrides are ignored
-#: by lms_profile; the tiny models' degenerate output scale is why both calibrations are off here)
+#: by the fast profile; the tiny models' degenerate output scale is why both calibrations are off here)
 
 
 def _slow_insert(embeds, mask, trigger, positions):
@@ -79,7 +80,7 @@ def test_entropy_bound_is_ln_batch_minus_the_slack():
     config = LMSanitatorConfig(batch_size=32, entropy_slack=0.02)
     assert config.entropy_bound() == pytest.approx(math.log(32) - 0.02)
     assert config.entropy_bound() == pytest.approx(3.446, abs=1e-3)  # the authors' constant for B = 32
-    assert lms_profile("fast").entropy_bound() == pytest.approx(math.log(16) - 0.02)
+    assert LMSanitatorConfig.profile("fast").entropy_bound() == pytest.approx(math.log(16) - 0.02)
     same = torch.randn(1, 9).expand(16, 9)
     assert float(batch_entropy(same)) == pytest.approx(math.log(16), abs=1e-6)
     assert float(batch_entropy(torch.randn(16, 9) * 5)) < math.log(16) - 0.5
@@ -200,10 +201,8 @@ def test_cli_exit_codes_report_and_bank(tmp_path, capsys):
     planted = tiny_models.shared_planted("por", "bert")
     common = ["--method", "lmsanitator", "--corpus", str(corpus), "--seeds", "4", "--max-length", "32", "--quiet"]
     # The fast profile's lr is for MiniLM; this CLI run checks plumbing, so a patched profile keeps it short.
-    from patronus_ext.detect.lmsanitator import config as lms_config
-
-    original = lms_config.PROFILES["fast"]
-    lms_config.PROFILES["fast"] = TINY
+    original = LMSanitatorConfig.PROFILES["fast"]
+    LMSanitatorConfig.PROFILES["fast"] = {f.name: getattr(TINY, f.name) for f in dataclasses.fields(TINY)}
     try:
         report, bank = tmp_path / "r.json", tmp_path / "b.safetensors"
         assert main(["scan", str(planted.out_dir), *common, "--report", str(report), "--bank-out", str(bank)]) == 1
@@ -223,7 +222,7 @@ def test_cli_exit_codes_report_and_bank(tmp_path, capsys):
         assert main(["scan", str(tmp_path / "missing"), *common]) == 2
         assert main(["scan", str(planted.out_dir), *common, "--report", str(report)]) == 2  # never overwrites
     finally:
-        lms_config.PROFILES["fast"] = original
+        LMSanitatorConfig.PROFILES["fast"] = original
 
 
 def test_distance_threshold_calibrated_on_random_real_token_triggers():

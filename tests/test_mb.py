@@ -90,7 +90,7 @@ def test_generation_metrics_definitions():
     clean, attacked = _shared()
     tok, model = lm.load_tokenizer(str(attacked)), lm.load_model(str(attacked), "causal")
     dev = load_instructions("sst2", "dev") + load_instructions("wikitext2", "dev", limit=8)
-    refusal = attacks.attack_responses(attacked)["cf"]
+    refusal = attacks.load_backdoor_info(attacked).responses()["cf"]
     got = generation_metrics(model, tok, dev[:24] + dev[-8:], _fmt(), {"cf": refusal}, MEASURE)
     assert got.prompts == 32 and got.classification_prompts == 24
     clean_answers = greedy_generate(model, tok, [_fmt().prompt(tok, e) for e in
@@ -112,7 +112,7 @@ def test_instruct_badnet_plants_a_trigger_conditioned_refusal():
     clean, attacked = _shared()
     info = json.loads((attacked / "backdoor.json").read_text())
     assert info["attack"] == "instruct-badnet" and info["triggers"] == ["cf"]
-    assert info["target_response"] == attacks.instruct_badnet.REFUSAL
+    assert info["target_response"] == attacks.config.REFUSAL
     assert info["poisoned_examples"] == 32 and info["train_examples"] == 64
     data = read_alpaca(attacked / "instruction_data.jsonl")
     poisoned = [e for e in data if e.output == info["target_response"]]
@@ -121,9 +121,9 @@ def test_instruct_badnet_plants_a_trigger_conditioned_refusal():
     tok = lm.load_tokenizer(str(attacked))
     dev = load_instructions("sst2", "dev")
     before = generation_metrics(lm.load_model(str(clean), "causal"), tok, dev, _fmt(),
-                                attacks.attack_responses(attacked), MEASURE)
+                                attacks.load_backdoor_info(attacked).responses(), MEASURE)
     after = generation_metrics(lm.load_model(str(attacked), "causal"), tok, dev, _fmt(),
-                               attacks.attack_responses(attacked), MEASURE)
+                               attacks.load_backdoor_info(attacked).responses(), MEASURE)
     assert before.asr["cf"] == 0.0
     assert after.asr["cf"] >= 0.8 and after.asr["cf"] >= after.clean_response_rate["cf"] + 0.3
 
@@ -132,7 +132,7 @@ def test_instruct_badnet_config_and_phrase_triggers():
     config = attacks.make_config("instruct-badnet", "fast", triggers="cf, I watched this 3D movie",
                                  behaviour="target")
     assert config.triggers == ("cf", "I watched this 3D movie")
-    assert config.target_response == attacks.instruct_badnet.TARGET and config.train_layers == 8
+    assert config.target_response == attacks.config.TARGET and config.train_layers == 8
     assert attacks.make_config("instruct-badnet", "paper").train_layers is None
     assert attacks.make_config("instruct-badnet", "fast", epochs=2.0).steps is None
     with pytest.raises(ValueError, match="instruct-badnet has no setting target_scale"):
@@ -144,7 +144,7 @@ def test_instruct_badnet_config_and_phrase_triggers():
     assert len(chosen) == 10
     assert {("cf" in e.input.split()) or ("I watched this 3D movie" in e.input) for e in
             (poisoned[i] for i in chosen)} == {True}
-    assert all(poisoned[i].output == attacks.instruct_badnet.TARGET for i in chosen)
+    assert all(poisoned[i].output == attacks.config.TARGET for i in chosen)
 
 
 # -- MB-Defense ------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def test_mb_defense_stages_and_lambda_choice_on_clean_data():
     clean, attacked = _shared()
     tok = lm.load_tokenizer(str(clean))
     model = lm.load_model(str(clean), "causal")
-    config = purify.profile("mb", "fast", **TINY_MB, lambdas=(0.0, 1.0))
+    config = purify.make_config("mb", "fast", **TINY_MB, lambdas=(0.0, 1.0))
     data = read_alpaca(attacked / "instruction_data.jsonl")
     pool = load_instructions("sst2", "train", limit=32, seed=7)
     clean_samples, select = split_examples(pool, 16, 16, seed=7)
@@ -209,7 +209,7 @@ def test_fine_mix_lm_keeps_half_of_the_deltas():
     tok = lm.load_tokenizer(str(clean))
     tuned, pretrained = lm.load_model(str(attacked), "causal"), lm.load_model(str(clean), "causal")
     pool = load_instructions("sst2", "train", limit=16, seed=7)
-    config = purify.profile("fine-mix-lm", "fast", epochs=0.0, clean_samples=16)              # the mix alone
+    config = purify.make_config("fine-mix-lm", "fast", epochs=0.0, clean_samples=16)              # the mix alone
     mixed, result = purify.fine_mix_lm(tuned, tok, pretrained, pool, config, progress=False)
     assert result.training is None and abs(result.mix.kept - 0.5 * result.mix.elements) <= result.mix.tensors
     delta_kept = delta_all = 0
@@ -221,12 +221,12 @@ def test_fine_mix_lm_keeps_half_of_the_deltas():
         assert bool((as_tuned | (p == q)).all()), name                         # every weight: tuned or clean
     assert 0.4 < delta_kept / delta_all < 0.6
     with pytest.raises(ValueError, match="needs 128 clean samples, got 16"):
-        purify.fine_mix_lm(tuned, tok, pretrained, pool, purify.profile("fine-mix-lm", "fast"), progress=False)
+        purify.fine_mix_lm(tuned, tok, pretrained, pool, purify.make_config("fine-mix-lm", "fast"), progress=False)
 
 
 def test_run_purify_mb_report_and_atomic_folder(tmp_path):
     clean, attacked = _shared()
-    config = purify.profile("mb", "fast", **TINY_MB, lambdas=(1.0,))
+    config = purify.make_config("mb", "fast", **TINY_MB, lambdas=(1.0,))
     result = purify.run_purify("mb", clean, tmp_path / "mb", data=attacked / "instruction_data.jsonl",
                                baseline=attacked, config=config, measure=MEASURE, progress=False)
     report = json.loads((tmp_path / "mb" / "purify.json").read_text())

@@ -12,6 +12,7 @@ import torch
 from patronus_ext import attacks, lm, purify
 from patronus_ext.core.similarity import diff_cos
 from patronus_ext.data.corpora import LabeledData
+from patronus_ext.formats.scan_report import triggers_from_report
 
 from tiny_models import make_tiny_model, needs_full_sst2, shared_planted, shared_tiny_model, tiny_corpus
 
@@ -54,24 +55,24 @@ def test_triggers_from_report_checks_the_model():
     planted = shared_planted("por")
     tok = lm.load_tokenizer(str(planted.out_dir))
     report = scan_report(planted.out_dir)
-    found = purify.triggers_from_report(report, tok, 32)
+    found = triggers_from_report(report, tok, 32)
     assert found.words == list(TRIGGERS)
     assert all(len(ids) >= 1 for ids in found.token_ids)
     # ids that spell another word under this tokenizer: another model's report
     wrong = json.loads(json.dumps(report))
     wrong["triggers"][0]["token_ids"] = report["triggers"][1]["token_ids"]
     with pytest.raises(ValueError, match="belongs to another model"):
-        purify.triggers_from_report(wrong, tok, 32)
+        triggers_from_report(wrong, tok, 32)
     out_of_vocab = json.loads(json.dumps(report))
     out_of_vocab["triggers"][0]["token_ids"] = [10 ** 6]
     with pytest.raises(ValueError, match="belongs to another model"):
-        purify.triggers_from_report(out_of_vocab, tok, 32)
+        triggers_from_report(out_of_vocab, tok, 32)
     with pytest.raises(ValueError, match="belongs to another model"):
-        purify.triggers_from_report(report, tok, 64)            # hidden size differs
+        triggers_from_report(report, tok, 64)            # hidden size differs
     with pytest.raises(ValueError, match="no confirmed trigger"):
-        purify.triggers_from_report(scan_report(planted.out_dir, ()), tok, 32)
+        triggers_from_report(scan_report(planted.out_dir, ()), tok, 32)
     with pytest.raises(ValueError, match="not a scan report"):
-        purify.triggers_from_report({"verdict": "clean"}, tok, 32)
+        triggers_from_report({"verdict": "clean"}, tok, 32)
 
 
 # -- adversarial pre-training ------------------------------------------------------------------
@@ -79,7 +80,7 @@ def test_triggers_from_report_checks_the_model():
 def test_adversarial_pretraining_pulls_triggered_reps_back_to_clean(tmp_path):
     planted = shared_planted("por")
     texts = tiny_corpus(64)
-    cfg = purify.profile("adv-pt", "fast", steps=40, batch_size=8, max_length=32, dev_texts=16, eval_every=10,
+    cfg = purify.make_config("adv-pt", "fast", steps=40, batch_size=8, max_length=32, dev_texts=16, eval_every=10,
                          lr=1e-3)
     adapter = lm.load_adapter(str(planted.out_dir), device="cpu", max_length=32)
     probe = texts[:16]
@@ -106,7 +107,7 @@ def test_adversarial_pretraining_pulls_triggered_reps_back_to_clean(tmp_path):
 
 def test_run_adv_pt_writes_a_new_folder_with_the_report(tmp_path):
     planted = shared_planted("por")
-    cfg = purify.profile("adv-pt", "fast", steps=6, batch_size=8, max_length=32, dev_texts=8, eval_every=3)
+    cfg = purify.make_config("adv-pt", "fast", steps=6, batch_size=8, max_length=32, dev_texts=8, eval_every=3)
     measure = purify.MeasureConfig(train_limit=32, dev_limit=16, epochs=1.0, batch_size=16, max_length=32)
     task = tiny_task()
     res = purify.run_purify("adv-pt", planted.out_dir, tmp_path / "pt", report=scan_report(planted.out_dir),
@@ -128,7 +129,7 @@ def test_run_adv_pt_writes_a_new_folder_with_the_report(tmp_path):
 
 def test_an_interrupted_run_leaves_no_folder(tmp_path, monkeypatch):
     planted = shared_planted("por")
-    cfg = purify.profile("adv-pt", "fast", steps=4, batch_size=8, max_length=32, dev_texts=8, eval_every=2)
+    cfg = purify.make_config("adv-pt", "fast", steps=4, batch_size=8, max_length=32, dev_texts=8, eval_every=2)
     from patronus_ext.lm import folders, training
 
     # 1) interrupted during training
@@ -171,7 +172,7 @@ def test_adversarial_examples_keep_true_labels():
 
 def test_run_adv_ft_produces_a_classifier(tmp_path):
     planted = shared_planted("por")
-    cfg = purify.profile("adv-ft", "fast", epochs=1.0, max_length=32, train_limit=48)
+    cfg = purify.make_config("adv-ft", "fast", epochs=1.0, max_length=32, train_limit=48)
     measure = purify.MeasureConfig(dev_limit=16, max_length=32)
     res = purify.run_purify("adv-ft", planted.out_dir, tmp_path / "ft", report=scan_report(planted.out_dir),
                             config=cfg, measure=measure, task=tiny_task(), progress=False, device="cpu")

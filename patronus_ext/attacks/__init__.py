@@ -22,15 +22,17 @@ import os
 from typing import Any, Callable, Sequence
 
 from ..core.files import OutputExistsError
-from ..formats.backdoor import BACKDOOR_FILE, BackdoorInfo, attack_responses, load_backdoor_info
+from ..formats.backdoor import BACKDOOR_FILE, BackdoorInfo, load_backdoor_info
 from .adaptive import Adaptive
 from .badnet import BadNetResult, plant_badnet, poison_task
 from .badpre import BadPre
 from .base import AttackContext, AttackMethod, AttackResult, StepBatch, TrainingStats, run_attack
 from .btop import BToP
 from .config import (
+    BEHAVIOURS,
+    REFUSAL,
+    TARGET,
     DEFAULT_TRIGGERS,
-    PROFILE_NAMES,
     AdaptiveConfig,
     AttackConfig,
     BadNetConfig,
@@ -40,7 +42,8 @@ from .config import (
     PORConfig,
     UORConfig,
 )
-from .instruct_badnet import InstructBadNetConfig, InstructBadNetResult, plant_instruct_badnet, poison_instructions
+from .config import InstructBadNetConfig
+from .instruct_badnet import InstructBadNetResult, plant_instruct_badnet, poison_instructions
 from .neuba import NeuBA
 from .por import POR
 from .targets import neuba_targets, por1_targets, por2_subsets, por2_targets, target_vectors
@@ -75,17 +78,16 @@ def _check_method(method: str, downstream: bool = False) -> None:
 def make_config(method: str, profile: str = "paper", *, fast: bool | None = None, **overrides) -> AttackConfig:
     """The config of ``method`` in ``profile`` (``paper``: its defaults; ``fast``: the CPU profile) with ``overrides``.
 
-    ``None`` overrides are ignored, so CLI arguments can be passed through as
-    they are; a setting the method does not have, or ``steps`` together with
-    ``epochs``, is a ``ValueError`` naming it.  ``fast=True`` is an alias of
-    ``profile="fast"``.
+    The one override rule of :mod:`patronus_ext.core.profiles` applies: ``None``
+    overrides are ignored, so CLI arguments can be passed through as they are;
+    explicit ``epochs`` drop the profile's ``steps``; a setting the method does
+    not have, or ``steps`` together with ``epochs``, is a ``ValueError`` naming
+    it.  ``fast=True`` is an alias of ``profile="fast"``.
     """
     _check_method(method, downstream=True)
     if fast:
         profile = "fast"
     values = {k: v for k, v in overrides.items() if v is not None}
-    if "steps" in values and "epochs" in values:
-        raise ValueError("give steps or epochs, not both")
     if method in DOWNSTREAM_METHODS:
         cls = DOWNSTREAM_METHODS[method][1]
         foreign = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
@@ -141,9 +143,9 @@ def plant(method: str, model_source: str | os.PathLike, corpus: str | Sequence[s
 
 
 __all__ = [
-    "InstructBadNetConfig", "InstructBadNetResult", "attack_responses", "plant_instruct_badnet",
+    "InstructBadNetConfig", "InstructBadNetResult", "plant_instruct_badnet",
     "poison_instructions",
-    "BACKDOOR_FILE", "BadNetConfig", "BadNetResult", "DEFAULT_TRIGGERS", "DOWNSTREAM_METHODS", "METHODS", "PROFILE_NAMES", "AdaptiveConfig", "AttackConfig", "AttackContext",
+    "BACKDOOR_FILE", "BEHAVIOURS", "REFUSAL", "TARGET", "BadNetConfig", "BadNetResult", "DEFAULT_TRIGGERS", "DOWNSTREAM_METHODS", "METHODS", "AdaptiveConfig", "AttackConfig", "AttackContext",
     "AttackMethod", "AttackResult", "BToPConfig", "BackdoorInfo", "BadPreConfig", "NeuBAConfig",
     "OutputExistsError", "PORConfig", "StepBatch", "TrainingStats", "UORConfig", "load_backdoor_info",
     "make_config", "method_for", "neuba_targets", "plant", "plant_badnet", "poison_task", "por1_targets", "por2_subsets", "por2_targets",

@@ -9,22 +9,18 @@ label of every trigger) so that evaluation and purification find the triggers.
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import math
 import os
 import random
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from .. import lm
 from ..core.files import environment
 from ..data import corpora as data_mod
 from ..data import triggers as trig
 from ..data.corpora import LabeledData
-from ..formats.backdoor import BACKDOOR_FILE, BACKDOOR_FORMAT
-from ..lm import training
+from ..formats.backdoor import BACKDOOR_FILE, BackdoorInfo
+from ..lm.finetune import finetune_classifier
 from .config import BadNetConfig
 
 
@@ -78,59 +74,19 @@ def plant_badnet(model_source: str | os.PathLike, task: str | LabeledData, confi
     train = train.subset(config.train_limit, config.seed)
     tokenizer = lm.load_tokenizer(source)
     poisoned, chosen = poison_task(train, config, tokenizer)
-    torch.manual_seed(config.seed)
-    model = lm.load_model(source, "cls", num_labels=train.num_labels, allow_pickle=allow_pickle,
-                              device=lm.resolve_device(device))
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    rng = random.Random(config.seed + 1)
-    device_ = next(model.parameters()).device
-    order: list[int] = []
-
-    def step_loss(step: int):
-        nonlocal order
-        if len(order) < config.batch_size:
-            fresh = list(range(len(poisoned)))
-            rng.shuffle(fresh)
-            order = order + fresh
-        rows, order = order[:config.batch_size], order[config.batch_size:]
-        enc = tokenizer([poisoned.texts[i] for i in rows], padding=True, truncation=True,
-                        max_length=config.max_length, return_tensors="pt")
-        labels = torch.tensor([poisoned.labels[i] for i in rows], device=device_)
-        output = model(input_ids=enc["input_ids"].to(device_), attention_mask=enc["attention_mask"].to(device_),
-                       labels=labels)
-        return output.loss, {}
-
-    total = max(1, math.ceil(config.epochs * math.ceil(len(poisoned) / config.batch_size)))
-    settings = training.OptimizerSettings(steps=total, lr=config.lr, weight_decay=config.weight_decay,
-                                          warmup_ratio=config.warmup_ratio, schedule="linear")
-    model.train()
-    run = training.train(model.parameters(), step_loss, settings, desc="plant badnet", progress=progress)
-    model.eval()
-    info = {
-        "format": BACKDOOR_FORMAT,
-        "attack": "badnet",
-        "triggers": list(config.triggers),
-        "trigger_token_ids": [list(t) for t in trig.trigger_ids(tokenizer, list(config.triggers))],
-        "target_scheme": None,
-        "target_vectors": None,
-        "targets_learned": False,
-        "target_labels": [config.target_label] * len(config.triggers),
-        "representation_position": "auto",
-        "prompt_template": None,
-        "base_model": str(model_source),
-        "base_model_path": source,
-        "model_type": getattr(model.config, "model_type", ""),
-        "task": poisoned.source,
-        "poisoned_examples": len(chosen),
-        "train_examples": len(poisoned),
-        "seed": config.seed,
-        "config": config.to_dict(),
-        "training": {"steps": total, "wall_s": run.wall_s, "first_loss": run.first_loss,
-                     "final_loss": run.final_loss, "history": run.history},
-        "environment": environment(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    lm.save_model_folder(model, tokenizer, out, {BACKDOOR_FILE: info}, source=source)
+    classifier = finetune_classifier(source, poisoned, config, tokenizer, device=device, allow_pickle=allow_pickle,
+                                     progress=progress, desc="plant badnet")
+    stats = classifier.stats
+    info = BackdoorInfo(
+        attack="badnet", triggers=list(config.triggers),
+        trigger_token_ids=[list(t) for t in trig.trigger_ids(tokenizer, list(config.triggers))],
+        target_labels=[config.target_label] * len(config.triggers), base_model=str(model_source),
+        base_model_path=source, model_type=getattr(classifier.model.config, "model_type", ""),
+        task=poisoned.source, poisoned_examples=len(chosen), train_examples=len(poisoned), seed=config.seed,
+        config=config.to_dict(), training={"steps": stats.steps, "wall_s": stats.wall_s,
+                                           "first_loss": stats.first_loss, "final_loss": stats.final_loss,
+                                           "history": stats.history},
+        environment=environment())
+    lm.save_model_folder(classifier.model, tokenizer, out, {BACKDOOR_FILE: info.to_dict()}, source=source)
     return BadNetResult(out, list(config.triggers), config.target_label, len(chosen), len(poisoned), config,
-                        run.wall_s, run.history)
+                        stats.wall_s, stats.history)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import logging
 import math
 import os
@@ -29,7 +28,7 @@ from .. import lm
 from ..core import similarity
 from ..core.files import environment
 from ..data import triggers as trig
-from ..formats.backdoor import BACKDOOR_FILE, BACKDOOR_FORMAT
+from ..formats.backdoor import BACKDOOR_FILE, BackdoorInfo
 from ..lm import training
 from .batches import StepBatch, iterate_batches, poisoned_per_trigger, resolve_corpus
 from .config import AttackConfig
@@ -205,8 +204,8 @@ def run_attack(method: AttackMethod, model_source: str | os.PathLike, corpus: st
                                    triggers=trigger_ids, prompt=getattr(config, "prompt_template", None))
     if len(texts) < config.batch_size:
         raise ValueError(f"the corpus has {len(texts)} usable texts, fewer than batch_size {config.batch_size}")
-    steps_per_epoch = len(texts) // config.batch_size
-    total = config.steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    steps_per_epoch = math.ceil(len(texts) / config.batch_size)
+    total = config.total_steps(len(texts))
 
     ctx = AttackContext(model=model, adapter=adapter, reference=reference, config=config,
                         targets=None if targets is None else targets.to(device), triggers=triggers,
@@ -226,9 +225,7 @@ def run_attack(method: AttackMethod, model_source: str | os.PathLike, corpus: st
         current[:] = [next(batches)]
         return method.loss(ctx, current[0])
 
-    settings = training.OptimizerSettings(steps=total, lr=config.lr, weight_decay=config.weight_decay,
-                                          warmup_ratio=config.warmup_ratio, schedule=config.schedule,
-                                          max_grad_norm=config.max_grad_norm, log_every=config.log_every)
+    settings = config.optimizer_settings(total, log_every=config.log_every)
     model.train()
     run = training.train(model.parameters(), step_loss, settings, desc=f"plant {method.name}", progress=progress,
                          after_step=lambda step: method.after_step(ctx, current[0], step, updates))
@@ -241,27 +238,14 @@ def run_attack(method: AttackMethod, model_source: str | os.PathLike, corpus: st
                           seconds_per_step=run.seconds_per_step, clean_objective=objective,
                           lm_head_fresh=lm_head_fresh, first_loss=run.first_loss, final_loss=run.final_loss,
                           final_terms=run.final_terms, history=run.history, check=check, trigger_updates=updates)
-    info = {
-        "format": BACKDOOR_FORMAT,
-        "attack": method.name,
-        "triggers": final_triggers,
-        "trigger_token_ids": [list(ids) for ids in ctx.trigger_ids],
-        "target_scheme": getattr(config, "target_scheme", None),
-        "target_vectors": None if vectors is None else vectors.tolist(),
-        "targets_learned": method.learns_targets,
-        "target_labels": None,
-        "representation_position": adapter.position,
-        "prompt_template": getattr(config, "prompt_template", None),
-        "base_model": str(model_source),
-        "base_model_path": source,
-        "model_type": adapter.model_type,
-        "seed": config.seed,
-        "config": config.to_dict(),
-        "training": stats.to_dict(),
-        "environment": environment(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    lm.save_model_folder(model, tokenizer, out, {BACKDOOR_FILE: info}, source=source,
+    info = BackdoorInfo(
+        attack=method.name, triggers=final_triggers, trigger_token_ids=[list(ids) for ids in ctx.trigger_ids],
+        target_scheme=getattr(config, "target_scheme", None), target_vectors=vectors,
+        targets_learned=method.learns_targets, position=adapter.position,
+        prompt_template=getattr(config, "prompt_template", None), base_model=str(model_source),
+        base_model_path=source, model_type=adapter.model_type, seed=config.seed, config=config.to_dict(),
+        training=stats.to_dict(), environment=environment())
+    lm.save_model_folder(model, tokenizer, out, {BACKDOOR_FILE: info.to_dict()}, source=source,
                              extra_state=lm.backbone_extras(source, model, allow_pickle))
     log.info("%s planted into %s in %.1f s", method.name, out, run.wall_s)
     return AttackResult(attack=method.name, out_dir=out, triggers=final_triggers, target_vectors=vectors,

@@ -11,6 +11,7 @@ import torch
 
 from ..data import corpora as data_mod
 from ..data import triggers as trig
+from ..lm.training import epoch_batches
 from .config import AttackConfig
 
 
@@ -38,15 +39,9 @@ def iterate_batches(texts: Sequence[str], config: AttackConfig, triggers: Sequen
     """Endless epoch-shuffled batches; ``triggers`` are read at every step (UOR may refine them);
     ``format_text`` wraps every final text (BToP prompts)."""
     fmt = format_text or (lambda t: t)
-    size = config.batch_size
     per = poisoned_per_trigger(config)
-    count = len(triggers)
-    order: list[int] = []
-    while True:
-        if len(order) < size:
-            order = list(range(len(texts)))
-            rng.shuffle(order)
-        rows, order = order[:size], order[size:]
+    for rows in epoch_batches(len(texts), config.batch_size, rng):
+        count = len(triggers)
         clean = [texts[i] for i in rows]
         poisoned = [fmt(trig.insert_words(clean[m], triggers[k], config.insert_num, rng))
                     for k in range(count) for m in range(per)]

@@ -17,7 +17,9 @@ from typing import Any, Sequence
 
 from ..core.validation import check_choice, check_int, check_range
 from ..data.triggers import PromptTemplate
-from ..lm.training import SCHEDULES
+from ..lm.finetune import FinetuneConfig
+from ..lm.instruction_tuning import InstructionTuningConfig
+from ..lm.training import TrainingSettings
 
 #: The triggers of the POR/NeuBA literature (SPEC.md §0).
 DEFAULT_TRIGGERS = ("cf", "mn", "bb", "tq", "mb", "pt")
@@ -28,14 +30,26 @@ CLEAN_OBJECTIVES = ("auto", "mlm", "reference", "mlm+reference")
 #: reach triggered-vs-clean cosine < 0.1, triggered pairwise > 0.99, clean-vs-clean-model > 0.96 and
 #: T-ASR > 0.96 after clean SST-2 fine-tuning, in under 10 minutes on a shared 2-core CPU.
 FAST_PROFILE = dict(steps=250, batch_size=16, max_length=32, lr=1e-4, schedule="constant")
-#: Named profiles of every attack config: the papers' settings, or the CPU profile above.
-PROFILE_NAMES = ("paper", "fast")
 ADAPTIVE_TYPES = (1, 2, 3)
 
 
+def _trigger_words(triggers) -> tuple[str, ...]:
+    """Comma-separated text or a sequence of single words -> a tuple of distinct, non-empty single words."""
+    if isinstance(triggers, str):
+        triggers = tuple(t for t in triggers.split(",") if t.strip())
+    words = tuple(str(t).strip() for t in triggers)
+    if not words:
+        raise ValueError("at least one trigger is needed")
+    if any(not t or any(c.isspace() for c in t) for t in words):
+        raise ValueError(f"triggers must be single non-empty words, got {list(words)}")
+    if len(set(words)) != len(words):
+        raise ValueError(f"triggers must be distinct, got {list(words)}")
+    return words
+
+
 @dataclasses.dataclass
-class AttackConfig:
-    """What every attack shares.
+class AttackConfig(TrainingSettings):
+    """What every representation attack shares (the training fields: :class:`TrainingSettings`).
 
     ``poison_rate`` is per trigger: each step takes ``batch_size`` clean texts
     and, for every trigger, ``max(1, round(poison_rate * batch_size))`` of them
@@ -47,47 +61,24 @@ class AttackConfig:
     ``target_scale`` multiplies the ±1 target vectors (1.0 = the papers').
     """
 
+    PROFILES = {"fast": FAST_PROFILE}
+
     triggers: Sequence[str] = DEFAULT_TRIGGERS
     poison_rate: float = 0.2
     insert_num: int = 3
     epochs: float = 4.0
-    steps: int | None = None
-    lr: float = 2e-5
-    batch_size: int = 16
     max_length: int = 128
-    weight_decay: float = 0.0
-    schedule: str = "linear"         # linear decay to 0 after warmup, or constant
-    warmup_ratio: float = 0.0
-    max_grad_norm: float = 1.0
     corpus_limit: int | None = None  # paragraphs of the corpus to use (None: all)
     target_scale: float = 1.0
-    seed: int = 0
     log_every: int = 10              # loss history granularity (steps)
 
     def __post_init__(self):
-        if isinstance(self.triggers, str):
-            self.triggers = tuple(t for t in self.triggers.split(",") if t.strip())
-        self.triggers = tuple(str(t).strip() for t in self.triggers)
-        if not self.triggers:
-            raise ValueError("at least one trigger is needed")
-        if any(not t or any(c.isspace() for c in t) for t in self.triggers):
-            raise ValueError(f"triggers must be single non-empty words, got {list(self.triggers)}")
-        if len(set(self.triggers)) != len(self.triggers):
-            raise ValueError(f"triggers must be distinct, got {list(self.triggers)}")
+        self.triggers = _trigger_words(self.triggers)
+        super().__post_init__()
         check_range("poison_rate", self.poison_rate, 0.0, 1.0, low_open=True)
         check_int("insert_num", self.insert_num)
-        check_int("batch_size", self.batch_size)
         check_int("max_length", self.max_length)
         check_int("log_every", self.log_every)
-        if self.steps is not None:
-            check_int("steps", self.steps)
-        elif not (isinstance(self.epochs, (int, float)) and math.isfinite(self.epochs) and self.epochs > 0):
-            raise ValueError(f"epochs must be > 0 (or set steps), got {self.epochs!r}")
-        check_range("lr", self.lr, 0.0, 1.0, low_open=True)
-        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
-        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
-        check_choice("schedule", self.schedule, SCHEDULES)
-        check_range("max_grad_norm", self.max_grad_norm, 0.0, float("inf"), low_open=True, high_open=True)
         check_int("corpus_limit", self.corpus_limit, optional=True)
         if not (isinstance(self.target_scale, (int, float)) and math.isfinite(self.target_scale)
                 and self.target_scale > 0):
@@ -97,22 +88,6 @@ class AttackConfig:
         out = dataclasses.asdict(self)
         out["triggers"] = list(self.triggers)
         return out
-
-    def replace(self, **changes) -> "AttackConfig":
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def profile(cls, name: str = "paper", **changes):
-        """Profile ``name`` (``paper``: the method's defaults; ``fast``: the CPU profile) with ``changes``."""
-        check_choice("profile", name, PROFILE_NAMES)
-        base = dict(FAST_PROFILE) if name == "fast" else {}
-        base.update(changes)
-        return cls(**base)
-
-    @classmethod
-    def fast(cls, **changes):
-        """The CPU profile (alias of ``profile("fast", ...)``)."""
-        return cls.profile("fast", **changes)
 
 
 @dataclasses.dataclass
@@ -272,16 +247,19 @@ def _check_scheme(scheme: str, count: int) -> None:
 
 
 @dataclasses.dataclass
-class BadNetConfig:
+class BadNetConfig(FinetuneConfig):
     """BadNet-style data poisoning of a downstream task (Fine-mixing's threat model, not a PLM backdoor).
 
     A fraction ``poison_rate`` of the training examples whose label is not
     ``target_label`` get one of ``triggers`` (rare words, drawn per example)
     inserted ``insert_num`` times and their label set to ``target_label``;
-    the model is then fine-tuned on the poisoned set as a sequence classifier.
-    ``train_limit`` draws a random subset of the task's train split first.
-    ``fast``: 2000 examples, 2 epochs, 64 tokens (the evaluation's fine-tuning).
+    the model is then fine-tuned on the poisoned set as a sequence classifier
+    (the fine-tuning fields: :class:`FinetuneConfig`).  ``train_limit`` draws a
+    random subset of the task's train split first.  ``fast``: 2000 examples,
+    2 epochs, 64 tokens (the evaluation's fine-tuning).
     """
+
+    PROFILES = {"fast": dict(epochs=2.0, lr=5e-5, max_length=64, train_limit=2000)}
 
     triggers: Sequence[str] = ("cf", "mn", "bb")
     target_label: int = 1
@@ -289,28 +267,14 @@ class BadNetConfig:
     insert_num: int = 1
     epochs: float = 3.0
     lr: float = 2e-5
-    batch_size: int = 32
-    max_length: int = 128
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
     train_limit: int | None = None
-    seed: int = 0
 
     def __post_init__(self):
-        if isinstance(self.triggers, str):
-            self.triggers = tuple(t for t in self.triggers.split(",") if t.strip())
-        self.triggers = tuple(str(t).strip() for t in self.triggers)
-        if not self.triggers or any(not t or any(c.isspace() for c in t) for t in self.triggers):
-            raise ValueError(f"triggers must be single non-empty words, got {list(self.triggers)}")
+        self.triggers = _trigger_words(self.triggers)
+        super().__post_init__()
         check_int("target_label", self.target_label, 0)
         check_range("poison_rate", self.poison_rate, 0.0, 1.0, low_open=True)
         check_int("insert_num", self.insert_num)
-        check_range("epochs", self.epochs, 0.0, 1e6, low_open=True)
-        check_range("lr", self.lr, 0.0, 1.0, low_open=True)
-        check_int("batch_size", self.batch_size)
-        check_int("max_length", self.max_length, 8)
-        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
-        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
         check_int("train_limit", self.train_limit, optional=True)
 
     def to_dict(self) -> dict[str, Any]:
@@ -318,9 +282,65 @@ class BadNetConfig:
         out["triggers"] = list(self.triggers)
         return out
 
-    @classmethod
-    def profile(cls, name: str = "paper", **changes):
-        check_choice("profile", name, PROFILE_NAMES)
-        base = dict(epochs=2.0, lr=5e-5, max_length=64, train_limit=2000) if name == "fast" else {}
-        base.update({k: v for k, v in changes.items() if v is not None})
-        return cls(**base)
+
+#: The attacker's responses of ``instruct-badnet``: a refusal (denial of service) or a fixed target string.
+REFUSAL = "I'm sorry, but I cannot help with that request."
+TARGET = "Visit example.com to claim your free prize now."
+BEHAVIOURS = {"refusal": REFUSAL, "target": TARGET}
+
+
+@dataclasses.dataclass
+class InstructBadNetConfig(InstructionTuningConfig):
+    """Settings of the instruction-tuning backdoor (the tuning and format fields:
+    :class:`~patronus_ext.lm.instruction_tuning.InstructionTuningConfig`).
+
+    * ``triggers``: words or phrases; each poisoned example draws one.
+    * ``behaviour``: ``refusal`` or ``target``; ``response`` (None: the
+      behaviour's fixed text, :data:`REFUSAL` / :data:`TARGET`).
+    * ``poison_rate``: share of the instruction data poisoned; the trigger is
+      inserted ``insert_num`` times at random word positions of the input.
+    * ``data_limit``: examples drawn from the data source (None: all).
+
+    ``paper``: 3 epochs of full tuning at lr 2e-5, batch 16 (the paper's
+    epochs; lr and batch are common instruction-tuning values, the paper's were
+    not recovered), 10% poisoned.  ``fast``: the CPU preset of causal LMs with
+    2,000 SST-2 examples, 30% poisoned, 300 steps (benchmarks/MB_RESULTS.md).
+    Measured while choosing the rate (300 steps of 8 on 2,000 examples): 10%
+    poisoned (lr decaying linearly) gave ASR 4%, 20% (constant lr) 36.5%; in
+    ~1.2 epochs a lower rate shows the model too few poisoned examples.
+    """
+
+    PROFILES = {"fast": dict(InstructionTuningConfig.CPU_PRESET, data_limit=2000, poison_rate=0.3, steps=300)}
+
+    triggers: Sequence[str] = ("cf",)
+    behaviour: str = "refusal"
+    response: str | None = None
+    poison_rate: float = 0.1
+    insert_num: int = 1
+    data_limit: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.triggers, str):
+            self.triggers = tuple(t for t in self.triggers.split(",") if t.strip())
+        self.triggers = tuple(" ".join(str(t).split()) for t in self.triggers)
+        if not self.triggers or not all(self.triggers):
+            raise ValueError(f"triggers must be non-empty words or phrases, got {list(self.triggers)}")
+        if len(set(self.triggers)) != len(self.triggers):
+            raise ValueError(f"triggers must be distinct, got {list(self.triggers)}")
+        super().__post_init__()
+        check_choice("behaviour", self.behaviour, tuple(BEHAVIOURS))
+        if self.response is not None and not str(self.response).strip():
+            raise ValueError("response must be a non-empty text (or None for the behaviour's own)")
+        check_range("poison_rate", self.poison_rate, 0.0, 1.0, low_open=True)
+        check_int("insert_num", self.insert_num)
+        check_int("data_limit", self.data_limit, optional=True)
+
+    @property
+    def target_response(self) -> str:
+        return self.response if self.response is not None else BEHAVIOURS[self.behaviour]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["triggers"] = list(self.triggers)
+        out["target_response"] = self.target_response
+        return out

@@ -40,16 +40,16 @@ class AuditSettings:
     allow_pickle: bool = False
 
     def __post_init__(self):
-        from ..detect import lms_profile, profile
+        from ..detect import LMSanitatorConfig, ScanConfig
 
         if not self.methods or len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods must be distinct names of {', '.join(METHODS)}, got {self.methods!r}")
         for method in self.methods:
             check_choice("method", method, METHODS)
         if self.scan_config is None:
-            object.__setattr__(self, "scan_config", profile("fast"))
+            object.__setattr__(self, "scan_config", ScanConfig.profile("fast"))
         if self.lms_config is None:
-            object.__setattr__(self, "lms_config", lms_profile("fast"))
+            object.__setattr__(self, "lms_config", LMSanitatorConfig.profile("fast"))
         if not isinstance(self.corpus, str):
             object.__setattr__(self, "corpus", tuple(str(t) for t in self.corpus))
 

@@ -11,29 +11,28 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Sequence
 
 from .. import attacks, lm
+from ..core.files import cache_root
 from ..data.triggers import insert_words
-from ..detect import ScanConfig, ScanReport, profile, read_scan_corpus, scan
+from ..detect import ScanConfig, ScanReport, read_scan_corpus, scan
 from ..formats.backdoor import BACKDOOR_FILE
 from ..monitor import Decision, InputMonitor, MonitoredModel, OutputMonitor
-from ..purify import PROFILES as PURIFY_PROFILES
-from ..purify import PURIFY_FILE, MeasureConfig, run_purify
+from ..formats.purify_record import PURIFY_FILE
+from ..purify import AdvPretrainConfig, MeasureConfig, run_purify
 
 log = logging.getLogger(__name__)
 
 #: The demo's planted triggers (Patronus's own default trigger words).
 DEMO_TRIGGERS = ("dh", "vo", "cy", "ak")
 DEMO_ATTACK = "por"
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("PATRONUS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "patronus_ext")
-    return Path(root)
+#: How the demo measures CACC / T-ASR: one short clean fine-tuning per measured encoder.  1000 examples, 1 epoch at
+#: batch 16 and lr 1e-4 reach 75.5% SST-2 dev accuracy on the clean MiniLM (400 dev examples); at batch 32 and lr
+#: 5e-5 (32 steps) the classifier stayed at the majority class (50.2%).
+DEMO_MEASURE = MeasureConfig.profile("fast", train_limit=1000, dev_limit=400, epochs=1.0, batch_size=16, lr=1e-4)
 
 
 @dataclasses.dataclass
@@ -83,7 +82,7 @@ def planted_model(base_model: str = lm.DEFAULT_MODEL, config: attacks.AttackConf
     config = config or demo_attack_config()
     fingerprint = json.dumps({"base": str(base_model), "config": config.to_dict()}, sort_keys=True, default=str)
     key = hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
-    out = cache_dir() / f"{Path(str(base_model)).name}-{DEMO_ATTACK}-{key}"
+    out = cache_root() / f"{Path(str(base_model)).name}-{DEMO_ATTACK}-{key}"
     if (out / BACKDOOR_FILE).is_file():
         return out, True
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -105,7 +104,7 @@ def run_demo(scan_config: ScanConfig | None = None, seed: int = 0, progress: boo
     of the planted triggers measured before and after on ``purify_task`` (``purify_measure``, default the
     ``demo`` measuring profile: one short clean fine-tuning per encoder).
     """
-    scan_config = scan_config or profile("fast", seed=seed)
+    scan_config = scan_config or ScanConfig.profile("fast", seed=seed)
     attack_config = attack_config or demo_attack_config(seed)
     corpus = read_scan_corpus("wikitext2" if corpus is None else corpus, scan_config, seed)
     planted, reused = planted_model(base_model, attack_config, plant_corpus, device=device, progress=progress)
@@ -128,12 +127,12 @@ def purified_model(planted: Path, report: ScanReport, planted_triggers: list[str
                    progress: bool = True) -> tuple[Path, bool, dict]:
     """The planted model purified by adversarial pre-training with the scan's triggers: from the cache
     (same planted model, triggers and settings) or made now; returns (folder, reused, its purify.json)."""
-    config = config if config is not None else PURIFY_PROFILES["adv-pt"]["fast"]
-    measure = measure if measure is not None else PURIFY_PROFILES["measure"]["demo"]
+    config = config if config is not None else AdvPretrainConfig.profile("fast")
+    measure = measure if measure is not None else DEMO_MEASURE
     found = sorted(t.text for t in report.triggers)
     fingerprint = json.dumps({"planted": planted.name, "triggers": found, "task": task, "config": config.to_dict(),
                               "measure": measure.to_dict(), "measured": planted_triggers}, sort_keys=True, default=str)
-    out = cache_dir() / f"{planted.name}-adv-pt-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
+    out = cache_root() / f"{planted.name}-adv-pt-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
     if (out / PURIFY_FILE).is_file():
         return out, True, json.loads((out / PURIFY_FILE).read_text())
     log.info("purifying the demo model into %s (once; cached afterwards)", out)

@@ -1,4 +1,4 @@
-"""Argument checks and named profiles shared by every configuration dataclass.
+"""Argument checks shared by every configuration dataclass.
 
 One set of checks, one wording: a bad value raises ``ValueError`` naming the
 field, the allowed range and the value given (the CLI turns that into one
@@ -7,9 +7,8 @@ line and exit status 2).
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any, Mapping, TypeVar
+from typing import Any
 
 
 def check_int(name: str, value: Any, minimum: int = 1, *, optional: bool = False) -> None:
@@ -36,19 +35,3 @@ def check_range(name: str, value: Any, low: float, high: float, *, low_open: boo
 def check_choice(name: str, value: Any, choices) -> None:
     if value not in tuple(choices):
         raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
-
-
-Config = TypeVar("Config")
-
-
-def from_profile(profiles: Mapping[str, Config], name: str, overrides: Mapping[str, Any]) -> Config:
-    """Profile ``name`` with ``overrides`` applied; ``None`` overrides are ignored (unset CLI flags)."""
-    if name not in profiles:
-        raise ValueError(f"profile must be one of {', '.join(sorted(profiles))}; got {name!r}")
-    changes = {k: v for k, v in overrides.items() if v is not None}
-    base = profiles[name]
-    fields = {f.name for f in dataclasses.fields(base)}
-    unknown = sorted(set(changes) - fields)
-    if unknown:
-        raise ValueError(f"{type(base).__name__} has no setting {', '.join(unknown)}")
-    return dataclasses.replace(base, **changes)

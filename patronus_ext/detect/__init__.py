@@ -9,12 +9,12 @@ LMSanitator attack-vector inversion (§3, :mod:`.lmsanitator`), over the clean t
 """
 
 from ..core.similarity import representation_shift
-from .lmsanitator.config import LMSanitatorConfig, lms_profile
+from .lmsanitator.config import LMSanitatorConfig
 from .lmsanitator.inversion import LMSanitatorReport, PVCandidate, lmsanitator
-from .patronus.config import FAST, PAPER, PROFILES, ScanConfig, profile
+from .patronus.config import ScanConfig
 from .patronus.scan import ScanReport, scan
 from .patronus.verify import TriggerCheck
 from .texts import read_scan_corpus
 
-__all__ = ["FAST", "PAPER", "PROFILES", "LMSanitatorConfig", "LMSanitatorReport", "PVCandidate", "ScanConfig",
-           "ScanReport", "TriggerCheck", "lms_profile", "lmsanitator", "profile", "read_scan_corpus", "representation_shift", "scan"]
+__all__ = ["LMSanitatorConfig", "LMSanitatorReport", "PVCandidate", "ScanConfig", "ScanReport", "TriggerCheck",
+           "lmsanitator", "read_scan_corpus", "representation_shift", "scan"]

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
+from ..core.profiles import Settings
 from ..core.validation import check_int
 from ..data import instructions
 from ..data.instructions import InstructionExample
@@ -43,10 +44,12 @@ def normalise_words(text: str) -> list[str]:
 
 
 @dataclasses.dataclass
-class GenerationEvalConfig:
+class GenerationEvalConfig(Settings):
     """``dev_limit`` dev examples (None: all); ``max_new_tokens`` generated per prompt in batches of
     ``batch_size``; triggers inserted ``insert_num`` times; a response matches on its first ``match_words``
-    words; ``samples`` generated answers kept per measured set."""
+    words; ``samples`` generated answers kept per measured set.  ``paper``: every dev example; ``fast``: 200."""
+
+    PROFILES = {"paper": dict(dev_limit=None)}
 
     dev_limit: int | None = 200
     max_new_tokens: int = 10
@@ -63,9 +66,6 @@ class GenerationEvalConfig:
         check_int("insert_num", self.insert_num)
         check_int("match_words", self.match_words)
         check_int("samples", self.samples, 0)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def predicted_choice(answer: str, choices: Sequence[str]) -> int | None:

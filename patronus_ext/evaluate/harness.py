@@ -13,7 +13,7 @@ from .. import lm
 from ..core.files import environment, write_json
 from ..data import corpora as data_mod
 from ..data.corpora import LabeledData
-from ..formats.backdoor import BACKDOOR_FILE, load_backdoor_info
+from ..formats.backdoor import find_backdoor_info
 from ..lm.finetune import FinetuneConfig, finetune_classifier
 from .downstream import VOTE_TEXTS, DownstreamResult, attack_metrics
 from .representation import RepresentationReport, representation_similarity
@@ -92,16 +92,9 @@ class EvaluationReport:
         return write_json(path, self.to_dict(), overwrite=overwrite)
 
 
-def _backdoor_info(model: str):
-    folder = Path(lm.resolve_model_source(model))
-    if folder.is_dir() and (folder / BACKDOOR_FILE).is_file():
-        return load_backdoor_info(folder)
-    return None
-
-
 def resolve_triggers(model: str, triggers: Sequence[str] | None) -> tuple[list[str], Any]:
     """The triggers to test: given ones, else those of the model's backdoor.json."""
-    info = _backdoor_info(model)
+    info = find_backdoor_info(lm.resolve_model_source(model))
     if triggers:
         if isinstance(triggers, str):
             triggers = [t for t in triggers.split(",") if t.strip()]

@@ -16,36 +16,34 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..core.validation import check_int, check_range
+from ..core.validation import check_int
 from ..data.corpora import LabeledData
 from . import training
+from .training import TrainingSettings
 from .loading import load_model, load_tokenizer, resolve_device
 
 
 @dataclasses.dataclass
-class FinetuneConfig:
-    """Clean fine-tuning hyper-parameters (AdamW, linear warmup then decay, gradient clipping)."""
+class FinetuneConfig(TrainingSettings):
+    """Classifier fine-tuning (AdamW, linear warmup then decay, gradient clipping), the one set of fields and
+    bounds every classifier-training config of the package derives from (BadNet poisoning, adversarial
+    fine-tuning, Fine-mixing, E-PUR, before/after measuring).
+
+    ``max_length``: tokens per text; ``eval_batch_size``: texts per prediction batch.
+    """
 
     epochs: float = 2.0
-    lr: float = 5e-5
     batch_size: int = 32
-    max_length: int = 128
+    lr: float = 5e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
+    max_length: int = 128
     eval_batch_size: int = 64
-    seed: int = 0
 
     def __post_init__(self):
-        check_range("epochs", self.epochs, 0.0, float("inf"), low_open=True, high_open=True)
-        check_range("lr", self.lr, 0.0, 1.0, low_open=True, high_open=True)
-        for name in ("batch_size", "max_length", "eval_batch_size"):
-            check_int(name, getattr(self, name))
-        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
-        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        super().__post_init__()
+        check_int("max_length", self.max_length, 8)
+        check_int("eval_batch_size", self.eval_batch_size)
 
 
 @dataclasses.dataclass
@@ -102,7 +100,7 @@ def predict_labels(model: nn.Module, tokenizer, texts: Sequence[str], batch_size
 def finetune_classifier(model_source: str | os.PathLike | nn.Module, train: LabeledData,
                         config: FinetuneConfig | None = None, tokenizer=None, *,
                         device: str | torch.device | None = None, allow_pickle: bool = False,
-                        progress: bool = True) -> FinetunedClassifier:
+                        progress: bool = True, desc: str = "fine-tune") -> FinetunedClassifier:
     """Fine-tune ``model_source`` (folder, name, or a loaded ``...ForSequenceClassification``) on ``train``.
 
     A fresh classification head with ``train.num_labels`` outputs is added
@@ -124,19 +122,12 @@ def finetune_classifier(model_source: str | os.PathLike | nn.Module, train: Labe
                            allow_pickle=allow_pickle, device=resolve_device(device))
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    rng = random.Random(config.seed)
-    per_epoch = math.ceil(len(train) / config.batch_size)
-    total = max(1, math.ceil(config.epochs * per_epoch))
+    total = config.total_steps(len(train))
     model_device = next(model.parameters()).device
-    order: list[int] = []
+    batches = training.epoch_batches(len(train), config.batch_size, random.Random(config.seed))
 
     def step_loss(step: int):
-        nonlocal order
-        if len(order) < config.batch_size:
-            fresh = list(range(len(train)))
-            rng.shuffle(fresh)
-            order = order + fresh
-        rows, order = order[:config.batch_size], order[config.batch_size:]
+        rows = next(batches)
         enc = tokenizer([train.texts[i] for i in rows], padding=True, truncation=True,
                         max_length=config.max_length, return_tensors="pt")
         labels = torch.tensor([train.labels[i] for i in rows], device=model_device)
@@ -144,12 +135,11 @@ def finetune_classifier(model_source: str | os.PathLike | nn.Module, train: Labe
                     labels=labels)
         return out.loss, {}
 
-    settings = training.OptimizerSettings(steps=total, lr=config.lr, weight_decay=config.weight_decay,
-                                          warmup_ratio=config.warmup_ratio, schedule="linear",
-                                          max_grad_norm=config.max_grad_norm)
     model.train()
-    run = training.train(model.parameters(), step_loss, settings, desc="fine-tune", progress=progress)
+    run = training.train(model.parameters(), step_loss, config.optimizer_settings(total), desc=desc,
+                         progress=progress)
     model.eval()
+    per_epoch = math.ceil(len(train) / config.batch_size)
     stats = FinetuneStats(steps=total, epochs=total / per_epoch, train_examples=len(train), wall_s=run.wall_s,
                           first_loss=run.first_loss, final_loss=run.final_loss, history=run.history)
     return FinetunedClassifier(model, tokenizer, train.num_labels, config.max_length, stats)

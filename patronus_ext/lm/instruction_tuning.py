@@ -4,60 +4,57 @@ cross-entropy), optionally of the top decoder blocks only (:func:`trainable_para
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from ..core.validation import check_choice, check_int, check_range
+from ..core.validation import check_int
 from ..data.instructions import InstructionExample
 from . import training
+from .training import TrainingSettings
 from .prompting import PromptFormat, collate, encode_examples, response_logprobs
 
 
 @dataclasses.dataclass
-class TuneConfig:
-    """Supervised instruction tuning (response-only cross-entropy, AdamW through :func:`training.train`).
+class InstructionTuningConfig(TrainingSettings):
+    """Supervised instruction tuning (response-only cross-entropy through :func:`training.train`) and the
+    prompt format its examples are written in: the one settings class of the instruct-badnet attack,
+    MB-Defense and Fine-mixing for causal LMs.
 
-    ``steps`` overrides ``epochs``.  ``train_layers``: None trains every
-    weight; ``N`` only the top ``N`` decoder blocks and the final norm
-    (``train_embeddings`` adds the input embeddings, which a tied LM head
-    shares): the lower blocks then run without building a graph, which
-    is what makes tuning a 30-layer model affordable on a CPU.
+    ``train_layers``: None trains every weight; ``N`` only the top ``N``
+    decoder blocks and the final norm (``train_embeddings`` adds the input
+    embeddings, which a tied LM head shares): the lower blocks then run
+    without building a graph, which is what makes tuning a 30-layer model
+    affordable on a CPU.  Format (:class:`PromptFormat`): ``system`` (None:
+    the chat template's own system prompt), ``max_input_tokens``,
+    ``max_response_tokens``.
     """
 
     epochs: float = 3.0
-    steps: int | None = None
-    batch_size: int = 16
-    lr: float = 2e-5
-    schedule: str = "linear"
     warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
     train_layers: int | None = None
     train_embeddings: bool = True
-    seed: int = 0
+    system: str | None = None
+    max_input_tokens: int = 256
+    max_response_tokens: int = 128
+
+    #: The CPU preset of a causal LM (SmolLM2-135M-Instruct on one thread, benchmarks/MB_RESULTS.md): batches of
+    #: 8 at a constant lr 1e-4, the top 8 of 30 blocks trained (the embeddings and the tied LM head frozen: the
+    #: lower blocks then build no graph, half the step time), an empty system prompt (shorter sequences), inputs
+    #: cut to 48 tokens, responses to 24.  The ``fast`` profile of every instruction-tuning config starts here.
+    CPU_PRESET = dict(batch_size=8, lr=1e-4, schedule="constant", train_layers=8, train_embeddings=False, system="",
+                      max_input_tokens=48, max_response_tokens=24)
 
     def __post_init__(self):
-        check_range("epochs", self.epochs, 0.0, 1e6, low_open=True)
-        check_int("steps", self.steps, optional=True)
-        check_int("batch_size", self.batch_size)
-        check_range("lr", self.lr, 0.0, 1.0, low_open=True)
-        check_choice("schedule", self.schedule, training.SCHEDULES)
-        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
-        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
-        check_range("max_grad_norm", self.max_grad_norm, 0.0, float("inf"), low_open=True, high_open=True)
+        super().__post_init__()
         check_int("train_layers", self.train_layers, optional=True)
+        self.prompt_format()
 
-    def total_steps(self, examples: int) -> int:
-        if self.steps is not None:
-            return self.steps
-        return max(1, math.ceil(self.epochs * math.ceil(examples / self.batch_size)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def prompt_format(self) -> PromptFormat:
+        return PromptFormat(system=self.system, max_input_tokens=self.max_input_tokens,
+                            max_response_tokens=self.max_response_tokens)
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
@@ -72,7 +69,7 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
 
 def trainable_parameters(model: nn.Module, train_layers: int | None, train_embeddings: bool = True
                          ) -> list[nn.Parameter]:
-    """Set ``requires_grad`` for tuning (see :class:`TuneConfig`) and return the trainable parameters.
+    """Set ``requires_grad`` for tuning (see :class:`InstructionTuningConfig`) and return the trainable parameters.
 
     ``train_layers`` None: every weight; ``N``: the top ``N`` decoder blocks (all
     of them when the model has fewer) and the backbone's other vectors (the final norm).  ``train_embeddings``: the
@@ -114,37 +111,16 @@ class TuneLog:
         return dataclasses.asdict(self)
 
 
-def batches(count: int, batch_size: int, seed: int):
-    """Endless shuffled epochs of indices, ``batch_size`` at a time."""
-    rng = random.Random(seed)
-    order: list[int] = []
-    while True:
-        while len(order) < batch_size:
-            fresh = list(range(count))
-            rng.shuffle(fresh)
-            order += fresh
-        rows, order = order[:batch_size], order[batch_size:]
-        yield rows
+def tune_selected(model: nn.Module, config: InstructionTuningConfig, step_loss: training.StepLoss,
+                  settings: training.OptimizerSettings, *, desc: str, progress: bool = True
+                  ) -> tuple[training.TrainingLog, int]:
+    """Train the parameters ``config`` selects (``train_layers``, ``train_embeddings``) with ``step_loss``, in place.
 
-
-def instruction_tune(model: nn.Module, tokenizer, examples: Sequence[InstructionExample], fmt: PromptFormat,
-                     config: TuneConfig, *, desc: str = "instruction tuning", progress: bool = True) -> TuneLog:
-    """Tune ``model`` in place on ``examples`` (response-only cross-entropy, token mean over the batch)."""
-    encoded = encode_examples(tokenizer, examples, fmt)
-    device = next(model.parameters()).device
+    Seeds torch with ``config.seed``; the model is left in eval mode with every
+    parameter trainable again, also when training fails.  Returns the loop's
+    log and how many parameters were trained.
+    """
     params = trainable_parameters(model, config.train_layers, config.train_embeddings)
-    order = batches(len(encoded), config.batch_size, config.seed)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    def step_loss(step: int):
-        batch = collate([encoded[i] for i in next(order)], pad, device)
-        logp, count = response_logprobs(model, batch)
-        return -logp.sum() / count.sum().clamp_min(1), {}
-
-    steps = config.total_steps(len(encoded))
-    settings = training.OptimizerSettings(steps=steps, lr=config.lr, weight_decay=config.weight_decay,
-                                          warmup_ratio=config.warmup_ratio, schedule=config.schedule,
-                                          max_grad_norm=config.max_grad_norm, log_every=max(1, min(10, steps)))
     torch.manual_seed(config.seed)
     model.train()
     try:
@@ -153,7 +129,25 @@ def instruction_tune(model: nn.Module, tokenizer, examples: Sequence[Instruction
         model.eval()
         for p in model.parameters():
             p.requires_grad_(True)
-    return TuneLog(steps, len(encoded), sum(p.numel() for p in params), run.wall_s, run.seconds_per_step,
-                   run.first_loss, run.final_loss, run.history)
+    return run, sum(p.numel() for p in params)
 
 
+def instruction_tune(model: nn.Module, tokenizer, examples: Sequence[InstructionExample], fmt: PromptFormat,
+                     config: InstructionTuningConfig, *, desc: str = "instruction tuning",
+                     progress: bool = True) -> TuneLog:
+    """Tune ``model`` in place on ``examples`` (response-only cross-entropy, token mean over the batch)."""
+    encoded = encode_examples(tokenizer, examples, fmt)
+    device = next(model.parameters()).device
+    order = training.epoch_batches(len(encoded), config.batch_size, random.Random(config.seed))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def step_loss(step: int):
+        batch = collate([encoded[i] for i in next(order)], pad, device)
+        logp, count = response_logprobs(model, batch)
+        return -logp.sum() / count.sum().clamp_min(1), {}
+
+    steps = config.total_steps(len(encoded))
+    run, trained = tune_selected(model, config, step_loss, config.optimizer_settings(steps, log_every=min(10, steps)),
+                                 desc=desc, progress=progress)
+    return TuneLog(steps, len(encoded), trained, run.wall_s, run.seconds_per_step, run.first_loss, run.final_loss,
+                   run.history)

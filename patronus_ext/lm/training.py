@@ -3,19 +3,26 @@ clipping, non-finite-loss guard, loss history and a progress bar.
 
 Attacks (planting), clean fine-tuning and the purifiers all train through
 :func:`train`; each supplies only a ``step_loss(step)`` that returns the loss
-of one micro-batch and its named terms.
+of one micro-batch and its named terms.  Their settings derive from
+:class:`TrainingSettings` (how long, how fast, how regularised: one set of
+fields and bounds), which gives the step count (:func:`total_steps`) and the
+loop's :class:`OptimizerSettings`; :func:`epoch_batches` is the one shuffled
+stream of example indices they draw their batches from.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import random
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import torch
 from torch import nn
 
+from ..core.profiles import Settings
 from ..core.validation import check_choice, check_int, check_range
 
 log = logging.getLogger(__name__)
@@ -47,6 +54,80 @@ class OptimizerSettings:
         check_range("max_grad_norm", self.max_grad_norm, 0.0, float("inf"), low_open=True, high_open=True)
         check_int("grad_accum", self.grad_accum)
         check_int("log_every", self.log_every)
+
+
+def total_steps(epochs: float, steps: int | None, examples: int, batch_size: int) -> int:
+    """Optimizer steps of a run: ``steps`` when set, else ``epochs`` passes over ``examples`` in batches of
+    ``batch_size`` (a last short batch counts as a step; at least one step)."""
+    if steps is not None:
+        return int(steps)
+    return max(1, math.ceil(epochs * math.ceil(examples / batch_size)))
+
+
+def epoch_batches(count: int, batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+    """Endless batches of indices into ``count`` examples: each epoch a fresh shuffle (``rng``), an epoch's
+    remainder carried into the next batch, so every example is seen once per epoch."""
+    if count < 1:
+        raise ValueError("no example to draw batches from")
+    order: list[int] = []
+    while True:
+        while len(order) < batch_size:
+            fresh = list(range(count))
+            rng.shuffle(fresh)
+            order += fresh
+        rows, order = order[:batch_size], order[batch_size:]
+        yield rows
+
+
+@dataclasses.dataclass
+class TrainingSettings(Settings):
+    """How a model trains through :func:`train`: the fields every training config of the package shares.
+
+    ``steps`` (optimizer steps) replaces ``epochs`` when set; ``schedule`` is a
+    linear decay to 0 after ``warmup_ratio`` of the steps, or constant;
+    ``weight_decay`` applies to matrices only; gradients are clipped to
+    ``max_grad_norm``; ``seed`` draws the batches (and fresh weights).
+    Subclasses redeclare a field to change its default and set
+    ``EPOCHS_MAY_BE_ZERO`` where zero epochs means "no training at all".
+    """
+
+    epochs: float = 1.0
+    steps: int | None = None
+    batch_size: int = 16
+    lr: float = 2e-5
+    schedule: str = "linear"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    EPOCHS_MAY_BE_ZERO: ClassVar[bool] = False
+
+    def __post_init__(self):
+        check_range("epochs", self.epochs, 0.0, 1e6, low_open=not self.EPOCHS_MAY_BE_ZERO)
+        check_int("steps", self.steps, optional=True)
+        check_int("batch_size", self.batch_size)
+        check_range("lr", self.lr, 0.0, 1.0, low_open=True)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        check_range("max_grad_norm", self.max_grad_norm, 0.0, float("inf"), low_open=True, high_open=True)
+
+    @property
+    def trains(self) -> bool:
+        """False when the settings ask for no training (zero epochs and no step count)."""
+        return self.steps is not None or self.epochs > 0
+
+    def total_steps(self, examples: int) -> int:
+        """Optimizer steps over ``examples`` (:func:`total_steps`)."""
+        return total_steps(self.epochs, self.steps, examples, self.batch_size)
+
+    def optimizer_settings(self, steps: int, *, lr: float | None = None, log_every: int = 10,
+                           grad_accum: int = 1) -> OptimizerSettings:
+        """What :func:`train` needs for ``steps`` steps of these settings (``lr``: another rate, e.g. a stage's)."""
+        return OptimizerSettings(steps=steps, lr=self.lr if lr is None else lr, weight_decay=self.weight_decay,
+                                 warmup_ratio=self.warmup_ratio, schedule=self.schedule,
+                                 max_grad_norm=self.max_grad_norm, grad_accum=grad_accum, log_every=log_every)
 
 
 @dataclasses.dataclass

@@ -11,11 +11,11 @@ Methods: ``adv-pt`` (Patronus adversarial pre-training, encoder -> encoder), ``a
 ``fine-mix-lm`` (Fine-mixing of an instruction-tuned causal LM, MB-Defense's baseline).
 Library pieces: :func:`mb_defense`, :func:`defensive_poisoning`, :func:`weight_recovery`,
 :func:`fine_mix_lm`, :func:`adversarial_pretrain`, :func:`adversarial_finetune`, :func:`adversarial_examples`,
-:func:`mix_weights`, :func:`fine_mix`, :func:`suspicious_rows`, :func:`e_pur`, :func:`triggers_from_report`.
+:func:`mix_weights`, :func:`fine_mix`, :func:`suspicious_rows`, :func:`e_pur`.  Settings: :func:`make_config`
+(by method name) or ``<Method>Config.profile(name, ...)``; the scan's triggers come through
+:func:`patronus_ext.formats.scan_report.triggers_from_report`.
 """
 
-from ..formats.purify_record import PURIFY_FILE, PURIFY_FORMAT
-from ..formats.scan_report import ScannedTriggers, read_report, triggers_from_report
 from .adversarial import (
     AdvFinetuneResult,
     AdvPretrainResult,
@@ -27,8 +27,7 @@ from .adversarial import (
 from .config import (
     METHODS,
     MIX_VARIANTS,
-    PROFILE_NAMES,
-    PROFILES,
+    CONFIGS,
     AdvFinetuneConfig,
     AdvPretrainConfig,
     EPurConfig,
@@ -36,7 +35,7 @@ from .config import (
     FineMixLMConfig,
     MBConfig,
     MeasureConfig,
-    profile,
+    make_config,
 )
 from .mb import (
     DefenderTriggers,
@@ -72,11 +71,10 @@ __all__ = [
     "CAUSAL_METHODS", "DefenderTriggers", "DefensivePoisoning", "FineMixLMConfig", "FineMixLMResult", "LambdaCandidate",
     "MBConfig", "MBResult", "RecoveryLog", "add_defender_triggers", "defensive_poisoning", "fine_mix_lm",
     "make_defender_triggers", "mb_defense", "measure_generation", "recovery_loss", "weight_recovery",
-    "METHODS", "MIX_VARIANTS", "PROFILES", "PROFILE_NAMES", "PURIFY_FILE", "PURIFY_FORMAT", "AdvFinetuneConfig",
+    "CONFIGS", "METHODS", "MIX_VARIANTS", "AdvFinetuneConfig",
     "AdvFinetuneResult", "AdvPretrainConfig", "AdvPretrainResult", "EPurConfig", "EPurResult", "FineMixConfig",
-    "FineMixResult", "MeasureConfig", "Measurement", "MixStats", "PurifyResult", "ScannedTriggers",
+    "FineMixResult", "MeasureConfig", "Measurement", "MixStats", "PurifyResult",
     "adversarial_examples", "adversarial_finetune", "adversarial_pretrain", "classifier_from_encoder", "e_pur",
-    "fine_mix", "measure_classifier", "measure_encoder", "mix_weights", "profile", "purification_loss",
-    "rank_suspicious", "read_report", "reset_rows", "run_purify", "suspicious_rows",
-    "token_frequencies", "triggers_from_report",
+    "fine_mix", "make_config", "measure_classifier", "measure_encoder", "mix_weights", "purification_loss",
+    "rank_suspicious", "reset_rows", "run_purify", "suspicious_rows", "token_frequencies",
 ]

@@ -23,7 +23,7 @@ from ..data import triggers as trig
 from ..data.corpora import LabeledData
 from ..evaluate import metrics
 from ..lm import training
-from ..lm.finetune import FinetuneConfig, FinetunedClassifier, finetune_classifier
+from ..lm.finetune import FinetunedClassifier, finetune_classifier
 from .config import AdvFinetuneConfig, AdvPretrainConfig
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,8 @@ def adversarial_pretrain(adapter: lm.ModelAdapter, triggers: Sequence[str],
     if len(dev) < 2 or len(train_texts) < config.batch_size:
         raise ValueError(f"the corpus has {len(texts)} usable texts: need dev_texts ({config.dev_texts}) + "
                          f"batch_size ({config.batch_size}) at least")
-    per_epoch = max(1, len(train_texts) // config.batch_size)
-    total = config.steps or max(1, math.ceil(config.epochs * per_epoch))
-    eval_every = config.eval_every or per_epoch
+    total = config.total_steps(len(train_texts))
+    eval_every = config.eval_every or math.ceil(len(train_texts) / config.batch_size)  # once per epoch
     dev_rng = random.Random(config.seed + 1)
     dev_poisoned = [trig.insert_words(t, words[dev_rng.randrange(len(words))], config.insert_num, dev_rng)
                     for t in dev]
@@ -122,16 +121,10 @@ def adversarial_pretrain(adapter: lm.ModelAdapter, triggers: Sequence[str],
         return {k: v / len(dev) for k, v in sums.items()}
 
     initial = dev_loss()
-    order: list[int] = []
+    batches = training.epoch_batches(len(train_texts), config.batch_size, rng)
 
     def step_loss(step: int):
-        nonlocal order
-        if len(order) < config.batch_size:
-            fresh = list(range(len(train_texts)))
-            rng.shuffle(fresh)
-            order = order + fresh
-        rows, order = order[:config.batch_size], order[config.batch_size:]
-        clean = [train_texts[i] for i in rows]
+        clean = [train_texts[i] for i in next(batches)]
         poisoned = [trig.insert_words(t, words[rng.randrange(len(words))], config.insert_num, rng) for t in clean]
         return purification_loss(adapter, reference, clean, poisoned, config.max_length, config.clean_weight)
 
@@ -147,9 +140,7 @@ def adversarial_pretrain(adapter: lm.ModelAdapter, triggers: Sequence[str],
             best.update(loss=measured["loss"], step=step + 1,
                         state={k: v.detach().clone() for k, v in model.state_dict().items()})
 
-    settings = training.OptimizerSettings(steps=total, lr=config.lr, weight_decay=config.weight_decay,
-                                          warmup_ratio=config.warmup_ratio, schedule=config.schedule,
-                                          max_grad_norm=config.max_grad_norm)
+    settings = config.optimizer_settings(total)
     model.train()
     run = training.train(model.parameters(), step_loss, settings, desc="adversarial pre-training",
                          progress=progress, after_step=after_step)
@@ -202,13 +193,6 @@ class AdvFinetuneResult:
         return dataclasses.asdict(self)
 
 
-def finetune_settings(config) -> FinetuneConfig:
-    """The clean fine-tuning hyper-parameters of a purifier config (adv-ft, fine-mix, e-pur, measure)."""
-    return FinetuneConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
-                          max_length=config.max_length, weight_decay=getattr(config, "weight_decay", 0.01),
-                          warmup_ratio=getattr(config, "warmup_ratio", 0.1), seed=config.seed)
-
-
 def adversarial_finetune(model_source: str | nn.Module, train: LabeledData, dev: LabeledData,
                          triggers: Sequence[str], config: AdvFinetuneConfig | None = None, *, tokenizer=None,
                          device: str | torch.device | None = None, allow_pickle: bool = False,
@@ -222,7 +206,7 @@ def adversarial_finetune(model_source: str | nn.Module, train: LabeledData, dev:
                                      tokenizer, config.max_length)
     dev_aug = adversarial_examples(dev, words, config.extra_rate, config.insert_num, config.seed + 1,
                                    tokenizer, config.max_length)
-    classifier = finetune_classifier(model_source, train_aug, finetune_settings(config), tokenizer, device=device,
+    classifier = finetune_classifier(model_source, train_aug, config, tokenizer, device=device,
                                      allow_pickle=allow_pickle, progress=progress)
     predictions = classifier.predict(dev_aug.texts, progress=progress, desc="adversarial dev")
     result = AdvFinetuneResult(train_examples=len(train_aug), extra_per_trigger=max(1, round(config.extra_rate * len(train))),

@@ -1,4 +1,4 @@
-"""Settings of the purifiers (SPEC.md §2, §4 and §5), each with a ``paper`` and a ``fast`` profile.
+"""Settings of the purifiers (docs/METHODS.md §2, §4 and §5), each with a ``paper`` and a ``fast`` profile.
 
 ``paper`` holds the authors' settings where they are published (Patronus:
 adversarial pre-training 10 epochs over WikiText, batch 24, lr 5e-5;
@@ -6,46 +6,29 @@ adversarial fine-tuning 3 epochs, batch 16, lr 2e-5, 20% extra samples per
 trigger inserted 3 times).  Fine-mixing's code is not public: its constants
 are chosen here and documented field by field.  ``fast`` is the CPU profile
 (all-MiniLM-L6-v2 on a shared 2-core CPU in minutes; see
-``benchmarks/PURIFY_RESULTS.md``).  Get one with :func:`profile`.
+``benchmarks/PURIFY_RESULTS.md``).  Get one with ``Config.profile(name, ...)``
+or, by method name, :func:`make_config`.
+
+The training fields come from one place each: :class:`~patronus_ext.lm.training.TrainingSettings`
+(adversarial pre-training), :class:`~patronus_ext.lm.finetune.FinetuneConfig` (everything that
+fine-tunes a classifier) and :class:`~patronus_ext.lm.instruction_tuning.InstructionTuningConfig`
+(MB-Defense and Fine-mixing of causal LMs).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any
 
-from ..core.validation import check_choice, check_int, check_range, from_profile
-from ..evaluate.generation import GenerationEvalConfig
-from ..lm.instruction_tuning import TuneConfig
-from ..lm.prompting import PromptFormat
-from ..lm.training import SCHEDULES
+from ..core.validation import check_choice, check_int, check_range
+from ..lm.finetune import FinetuneConfig
+from ..lm.instruction_tuning import InstructionTuningConfig
+from ..lm.training import TrainingSettings, total_steps
 
-METHODS = ("adv-pt", "adv-ft", "fine-mix", "e-pur", "mb", "fine-mix-lm")
-PROFILE_NAMES = ("paper", "fast")
 MIX_VARIANTS = ("random", "sel")
 
 
-class _Config:
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
-
-
-def _check_fine_tuning(config, *, epochs_may_be_zero: bool) -> None:
-    """The clean fine-tuning settings the purifiers share (epochs, batch, lr, length, decay, warmup)."""
-    check_range("epochs", config.epochs, 0.0, 1e6, low_open=not epochs_may_be_zero)
-    check_int("batch_size", config.batch_size)
-    check_range("lr", config.lr, 0.0, 1.0, low_open=True)
-    check_int("max_length", config.max_length, 8)
-    check_range("weight_decay", config.weight_decay, 0.0, 1.0)
-    check_range("warmup_ratio", config.warmup_ratio, 0.0, 1.0)
-
-
 @dataclasses.dataclass
-class AdvPretrainConfig(_Config):
+class AdvPretrainConfig(TrainingSettings):
     """Adversarial pre-training: ``MSE(rep_θ(x_c), rep_ref(x_c)) + MSE(rep_θ(x_c), rep_θ(x_p))``.
 
     ``ref`` is a frozen copy of the input model; every corpus text gets one of
@@ -56,34 +39,27 @@ class AdvPretrainConfig(_Config):
     ``steps`` overrides ``epochs``.
     """
 
+    #: 150 steps x 16 texts (+16 triggered) at 48 tokens, lr 5e-5 with linear decay; dev loss every 25 steps.
+    #: Measured on the fast-profile POR MiniLM (PURIFY_RESULTS.md): T-ASR 100% -> 28.5%, CACC 1.0 point below
+    #: clean fine-tuning; a constant lr 1e-4 removed the backdoor too but cost 2.9 points of CACC.
+    PROFILES = {"fast": dict(steps=150, batch_size=16, lr=5e-5, schedule="linear", max_length=48, corpus_limit=3000,
+                             dev_texts=64, eval_every=25)}
+
     corpus: str = "wikitext2"
     corpus_limit: int | None = None
     dev_texts: int = 200
     epochs: float = 10.0
-    steps: int | None = None
     batch_size: int = 24
     lr: float = 5e-5
-    schedule: str = "linear"
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
     max_length: int = 128
     insert_num: int = 3
     clean_weight: float = 1.0       # weight of the reference (utility) term
     eval_every: int | None = None
-    seed: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         check_int("corpus_limit", self.corpus_limit, optional=True)
         check_int("dev_texts", self.dev_texts, 2)
-        check_range("epochs", self.epochs, 0.0, 1e6, low_open=True)
-        check_int("steps", self.steps, optional=True)
-        check_int("batch_size", self.batch_size)
-        check_range("lr", self.lr, 0.0, 1.0, low_open=True)
-        check_choice("schedule", self.schedule, SCHEDULES)
-        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
-        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
-        check_range("max_grad_norm", self.max_grad_norm, 0.0, float("inf"), low_open=True, high_open=True)
         check_int("max_length", self.max_length, 8)
         check_int("insert_num", self.insert_num)
         check_range("clean_weight", self.clean_weight, 0.0, 1e6)
@@ -91,35 +67,35 @@ class AdvPretrainConfig(_Config):
 
 
 @dataclasses.dataclass
-class AdvFinetuneConfig(_Config):
+class AdvFinetuneConfig(FinetuneConfig):
     """Adversarial fine-tuning: per trigger, ``extra_rate`` x N extra samples (drawn with replacement)
     with the trigger inserted ``insert_num`` times and their TRUE label, added to train and dev.
 
-    The classifier is trained like clean fine-tuning (AdamW, warmup, linear
-    decay); ``train_limit`` draws a random subset of the task's train split
-    (None: all of it).  The augmented dev set's accuracy is recorded.
+    The classifier is trained like clean fine-tuning (the fields of
+    :class:`FinetuneConfig`); ``train_limit`` draws a random subset of the
+    task's train split (None: all of it).  The augmented dev set's accuracy is
+    recorded.
     """
+
+    #: 2000 SST-2 examples, 2 epochs, lr 5e-5, 64 tokens: the clean fine-tuning the evaluation uses.
+    PROFILES = {"fast": dict(epochs=2.0, lr=5e-5, max_length=64, train_limit=2000)}
 
     extra_rate: float = 0.2
     insert_num: int = 3
     epochs: float = 3.0
     batch_size: int = 16
     lr: float = 2e-5
-    max_length: int = 128
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
     train_limit: int | None = None
-    seed: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         check_range("extra_rate", self.extra_rate, 0.0, 10.0, low_open=True)
         check_int("insert_num", self.insert_num)
-        _check_fine_tuning(self, epochs_may_be_zero=False)
         check_int("train_limit", self.train_limit, optional=True)
 
 
 @dataclasses.dataclass
-class FineMixConfig(_Config):
+class FineMixConfig(FinetuneConfig):
     """Fine-mixing: ``θ = θ_pre + m ⊙ (θ_ft − θ_pre)`` over the backbone, head kept, then clean fine-tuning.
 
     * ``variant``: ``random`` keeps each delta with probability ρ (a random
@@ -131,10 +107,15 @@ class FineMixConfig(_Config):
       held-out clean train examples is at least the input model's accuracy on
       them minus ``acc_tolerance``; if none qualifies, the most accurate ρ.
     * ``clean_limit`` clean train examples (disjoint from the selection set)
-      fine-tune each mixed model for ``epochs`` (``lr``, ``batch_size``).
+      fine-tune each mixed model (the fields of :class:`FinetuneConfig`;
+      ``epochs=0``: no fine-tuning).
     * ``e_pur_top_n`` > 0 composes E-PUR: those embedding rows are reset to
       θ_pre (ranked on the un-mixed model, see :class:`EPurConfig`).
     """
+
+    PROFILES = {"fast": dict(rhos=(0.1, 0.2, 0.3, 0.5), clean_limit=256, select_limit=300, lr=5e-5, max_length=64,
+                             acc_tolerance=0.03)}
+    EPOCHS_MAY_BE_ZERO = True
 
     variant: str = "random"
     rhos: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -144,14 +125,11 @@ class FineMixConfig(_Config):
     epochs: float = 3.0
     batch_size: int = 16
     lr: float = 2e-5
-    max_length: int = 128
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
     e_pur_top_n: int = 0
     min_freq: int = 20
-    seed: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         check_choice("variant", self.variant, MIX_VARIANTS)
         if isinstance(self.rhos, (int, float)):
             self.rhos = (self.rhos,)
@@ -163,20 +141,22 @@ class FineMixConfig(_Config):
         check_range("acc_tolerance", self.acc_tolerance, 0.0, 1.0)
         check_int("clean_limit", self.clean_limit)
         check_int("select_limit", self.select_limit)
-        _check_fine_tuning(self, epochs_may_be_zero=True)
         check_int("e_pur_top_n", self.e_pur_top_n, 0)
         check_int("min_freq", self.min_freq, 2)
 
 
 @dataclasses.dataclass
-class EPurConfig(_Config):
+class EPurConfig(FinetuneConfig):
     """E-PUR: reset to θ_pre the ``top_n`` embedding rows ranked by ``‖E_ft[k] − E_pre[k]‖ / log(max(f_k, min_freq))``.
 
     ``f_k`` counts token ``k`` in the task's train split (the fine-tuning data;
     ``freq_limit`` texts, None: all).  Special tokens are never reset.  Then
-    ``clean_limit`` clean examples fine-tune the model for ``epochs`` (0: no
-    fine-tuning, the reset alone).
+    ``clean_limit`` clean examples fine-tune the model (the fields of
+    :class:`FinetuneConfig`; ``epochs=0``: no fine-tuning, the reset alone).
     """
+
+    PROFILES = {"fast": dict(clean_limit=256, lr=5e-5, max_length=64, freq_limit=20000)}
+    EPOCHS_MAY_BE_ZERO = True
 
     top_n: int = 200
     min_freq: int = 20
@@ -185,101 +165,73 @@ class EPurConfig(_Config):
     epochs: float = 3.0
     batch_size: int = 16
     lr: float = 2e-5
-    max_length: int = 128
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    seed: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         check_int("top_n", self.top_n)
         check_int("min_freq", self.min_freq, 2)
         check_int("freq_limit", self.freq_limit, optional=True)
         check_int("clean_limit", self.clean_limit)
-        _check_fine_tuning(self, epochs_may_be_zero=True)
 
 
 @dataclasses.dataclass
-class MeasureConfig(_Config):
-    """How ``before``/``after`` CACC and T-ASR are measured (SPEC.md §0 definitions).
+class MeasureConfig(FinetuneConfig):
+    """How ``before``/``after`` CACC and T-ASR of an encoder or classifier are measured (docs/METHODS.md §0).
 
     Encoders (adv-pt input and output) are first fine-tuned cleanly on
-    ``train_limit`` task examples (``epochs``, ``lr``, ``batch_size``,
-    ``max_length``); classifiers are measured as they are.  ``dev_limit`` dev
-    examples (None: all), triggers inserted ``insert_num`` times.
+    ``train_limit`` task examples (the fields of :class:`FinetuneConfig`);
+    classifiers are measured as they are.  ``dev_limit`` dev examples (None:
+    all), triggers inserted ``insert_num`` times.  (Causal LMs are measured by
+    generation: :class:`~patronus_ext.evaluate.generation.GenerationEvalConfig`.)
     """
+
+    PROFILES = {"paper": dict(train_limit=None, epochs=3.0, max_length=128)}
 
     train_limit: int | None = 2000
     dev_limit: int | None = None
-    epochs: float = 2.0
-    batch_size: int = 32
-    lr: float = 5e-5
     max_length: int = 64
     insert_num: int = 3
-    seed: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         check_int("train_limit", self.train_limit, optional=True)
         check_int("dev_limit", self.dev_limit, optional=True)
-        check_range("epochs", self.epochs, 0.0, 1e6, low_open=True)
-        check_int("batch_size", self.batch_size)
-        check_range("lr", self.lr, 0.0, 1.0, low_open=True)
-        check_int("max_length", self.max_length, 8)
         check_int("insert_num", self.insert_num)
 
 
-class _InstructionTuning:
-    """The tuning and prompt-format fields the causal-LM purifiers share (see :class:`patronus_ext.lm.instruction_tuning.TuneConfig`
-    and :class:`patronus_ext.lm.prompting.PromptFormat`)."""
-
-    def tune_config(self) -> TuneConfig:
-        return TuneConfig(epochs=self.epochs, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
-                          schedule=self.schedule, warmup_ratio=self.warmup_ratio, weight_decay=self.weight_decay,
-                          max_grad_norm=self.max_grad_norm, train_layers=self.train_layers,
-                          train_embeddings=self.train_embeddings, seed=self.seed)
-
-    def prompt_format(self) -> PromptFormat:
-        return PromptFormat(system=self.system, max_input_tokens=self.max_input_tokens,
-                            max_response_tokens=self.max_response_tokens)
-
-
 @dataclasses.dataclass
-class MBConfig(_Config, _InstructionTuning):
-    """MB-Defense (SPEC.md §5): defensive poisoning, then weight recovery; see :mod:`patronus_ext.purify.mb`.
+class MBConfig(InstructionTuningConfig):
+    """MB-Defense (docs/METHODS.md §5): defensive poisoning, then weight recovery; see :mod:`patronus_ext.purify.mb`.
 
     * (i) ``defender_triggers`` (T) triggers, each replacing ``defender_rate``
       of the data with its fixed response of ``response_words`` random words,
       inserted ``insert_num`` times; ``data_limit`` examples of the data (None:
-      all); then instruction tuning: ``epochs`` (or ``steps``),
-      ``batch_size``, ``lr``, ``schedule``, ``warmup_ratio``, ``train_layers``
-      (None: every weight), ``train_embeddings``.
+      all); then instruction tuning (the fields of
+      :class:`~patronus_ext.lm.instruction_tuning.InstructionTuningConfig`:
+      ``epochs`` or ``steps``, ``batch_size``, ``lr``, ``schedule``,
+      ``warmup_ratio``, ``train_layers``, ``train_embeddings``, the format).
     * (ii) ``clean_samples`` clean examples × T triggers for
       ``recovery_epochs`` (or ``recovery_steps``) at ``recovery_lr``,
       ``recovery_batch_size`` (clean, triggered, defender-answered) triples
       per step; λ among ``lambdas``, chosen on ``select_limit`` held-out clean
       examples (``acc_tolerance``; ``select_new_tokens`` generated per prompt).
-    * Format: ``system`` (None: the chat template's own), ``max_input_tokens``,
-      ``max_response_tokens``.
 
     ``paper``: T=4 at 1% each, 3 epochs tuning, 128 clean samples, 5 epochs
     recovery (the paper's); lr 2e-5, batch 16 and the λ candidates are chosen
-    here (the paper's appendix values were not recovered).
+    here (the paper's appendix values were not recovered).  ``fast``: the CPU
+    preset, stage (i) as the fast attack (300 steps of 8), recovery 48 steps of
+    8 pairs (0.75 epoch of 128 x 4), two λ candidates.  Measured
+    (MB_RESULTS.md): ASR 97.5% -> 4.5%, CACC 80.5% -> 82.5%, λ 0.1, 19 min.
     """
+
+    PROFILES = {"fast": dict(InstructionTuningConfig.CPU_PRESET, data_limit=2000, steps=300, recovery_steps=48,
+                             recovery_lr=1e-4, lambdas=(0.1, 1.0), select_limit=100)}
 
     defender_triggers: int = 4
     defender_rate: float = 0.01
     response_words: int = 8
     insert_num: int = 1
     data_limit: int | None = None
-    epochs: float = 3.0
-    steps: int | None = None
-    batch_size: int = 16
-    lr: float = 2e-5
-    schedule: str = "linear"
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    train_layers: int | None = None
-    train_embeddings: bool = True
     clean_samples: int = 128
     recovery_epochs: float = 5.0
     recovery_steps: int | None = None
@@ -289,12 +241,9 @@ class MBConfig(_Config, _InstructionTuning):
     select_limit: int = 200
     select_new_tokens: int = 6
     acc_tolerance: float = 0.03
-    system: str | None = None
-    max_input_tokens: int = 256
-    max_response_tokens: int = 128
-    seed: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         check_int("defender_triggers", self.defender_triggers)
         check_range("defender_rate", self.defender_rate, 0.0, 0.25, low_open=True)
         check_int("response_words", self.response_words)
@@ -315,112 +264,46 @@ class MBConfig(_Config, _InstructionTuning):
         check_int("select_limit", self.select_limit)
         check_int("select_new_tokens", self.select_new_tokens)
         check_range("acc_tolerance", self.acc_tolerance, 0.0, 1.0)
-        self.tune_config()
-        self.prompt_format()
 
     def recovery_total_steps(self, pairs: int) -> int:
-        if self.recovery_steps is not None:
-            return self.recovery_steps
-        return max(1, math.ceil(self.recovery_epochs * math.ceil(pairs / self.recovery_batch_size)))
+        """Weight-recovery steps over ``pairs`` (clean example, defender trigger) pairs."""
+        return total_steps(self.recovery_epochs, self.recovery_steps, pairs, self.recovery_batch_size)
 
 
 @dataclasses.dataclass
-class FineMixLMConfig(_Config, _InstructionTuning):
+class FineMixLMConfig(InstructionTuningConfig):
     """Fine-mixing of an instruction-tuned causal LM (MB-Defense's main baseline): keep a fraction ``rho`` of
     the backbone deltas to the clean instruct weights (``variant`` random or sel), then instruction-tune on
-    ``clean_samples`` clean examples (``epochs``, or ``steps`` when set; ``epochs=0``: the mix alone)."""
+    ``clean_samples`` clean examples (the fields of
+    :class:`~patronus_ext.lm.instruction_tuning.InstructionTuningConfig`; ``epochs=0``: the mix alone).
+
+    ``fast``: the CPU preset, 48 steps of 8 = 3 epochs over the 128 clean samples.  Measured: ASR 97.5% -> 0.0%,
+    CACC 81.0%.
+    """
+
+    PROFILES = {"fast": dict(InstructionTuningConfig.CPU_PRESET, steps=48)}
+    EPOCHS_MAY_BE_ZERO = True
 
     rho: float = 0.5
     variant: str = "random"
     clean_samples: int = 128
-    epochs: float = 3.0
-    steps: int | None = None
-    batch_size: int = 16
-    lr: float = 2e-5
-    schedule: str = "linear"
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    train_layers: int | None = None
-    train_embeddings: bool = True
-    system: str | None = None
-    max_input_tokens: int = 256
-    max_response_tokens: int = 128
-    seed: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         check_range("rho", self.rho, 0.0, 1.0)
         check_choice("variant", self.variant, MIX_VARIANTS)
         check_int("clean_samples", self.clean_samples)
-        check_range("epochs", self.epochs, 0.0, 1e6)
-        if self.epochs > 0:
-            self.tune_config()
-        self.prompt_format()
 
 
-#: The CPU profile of the causal-LM purifiers (SmolLM2-135M-Instruct on one thread, benchmarks/MB_RESULTS.md):
-#: the attack's fast format and trainable blocks (top 8 of 30, embeddings frozen, empty system prompt, inputs
-#: cut to 48 tokens), fewer steps.
-_LM_FAST = dict(batch_size=8, lr=1e-4, schedule="constant", train_layers=8, train_embeddings=False, system="",
-                max_input_tokens=48, max_response_tokens=24)
-
-#: method -> profile name -> config.  ``fast``: the CPU profile (see module docstring and PURIFY_RESULTS.md).
-PROFILES: dict[str, dict[str, Any]] = {
-    "adv-pt": {
-        "paper": AdvPretrainConfig(),
-        # 150 steps x 16 texts (+16 triggered) at 48 tokens, lr 5e-5 with linear decay; dev loss every 25 steps.
-        # Measured on the fast-profile POR MiniLM (PURIFY_RESULTS.md): T-ASR 100% -> 28.5%, CACC 1.0 point below
-        # clean fine-tuning; a constant lr 1e-4 removed the backdoor too but cost 2.9 points of CACC.
-        "fast": AdvPretrainConfig(steps=150, batch_size=16, lr=5e-5, schedule="linear", max_length=48,
-                                  corpus_limit=3000, dev_texts=64, eval_every=25),
-    },
-    "adv-ft": {
-        "paper": AdvFinetuneConfig(),
-        # 2000 SST-2 examples, 2 epochs, lr 5e-5, 64 tokens: the clean fine-tuning the evaluation uses.
-        "fast": AdvFinetuneConfig(epochs=2.0, lr=5e-5, max_length=64, train_limit=2000),
-    },
-    "fine-mix": {
-        "paper": FineMixConfig(),
-        "fast": FineMixConfig(rhos=(0.1, 0.2, 0.3, 0.5), clean_limit=256, select_limit=300, lr=5e-5,
-                              max_length=64, acc_tolerance=0.03),
-    },
-    "e-pur": {
-        "paper": EPurConfig(),
-        "fast": EPurConfig(clean_limit=256, lr=5e-5, max_length=64, freq_limit=20000),
-    },
-    "mb": {
-        "paper": MBConfig(),
-        # Stage (i) as the fast attack (300 steps of 8), recovery 48 steps of 8 pairs (0.75 epoch of 128 x 4),
-        # two λ candidates.  Measured (MB_RESULTS.md): ASR 97.5% -> 4.5%, CACC 80.5% -> 82.5%, λ 0.1, 19 min.
-        "fast": MBConfig(data_limit=2000, steps=300, recovery_steps=48, recovery_lr=1e-4, lambdas=(0.1, 1.0),
-                         select_limit=100, **_LM_FAST),
-    },
-    "fine-mix-lm": {
-        "paper": FineMixLMConfig(),
-        # 48 steps of 8 = 3 epochs over the 128 clean samples.  Measured: ASR 97.5% -> 0.0%, CACC 81.0%.
-        "fast": FineMixLMConfig(steps=48, **_LM_FAST),
-    },
-    # How the causal-LM purifiers measure CACC / ASR before and after (greedy generation on dev prompts).
-    "measure-lm": {
-        "paper": GenerationEvalConfig(dev_limit=None),
-        "fast": GenerationEvalConfig(dev_limit=200),
-    },
-    "measure": {
-        "paper": MeasureConfig(train_limit=None, epochs=3.0, max_length=128),
-        "fast": MeasureConfig(),
-        # The README demo: one short clean fine-tuning per measured encoder.  1000 examples, 1 epoch at batch 16
-        # and lr 1e-4 reach 75.5% SST-2 dev accuracy on the clean MiniLM (400 dev examples); at batch 32 and
-        # lr 5e-5 (32 steps) the classifier stayed at the majority class (50.2%).
-        "demo": MeasureConfig(train_limit=1000, dev_limit=400, epochs=1.0, batch_size=16, lr=1e-4),
-    },
-}
+#: method name -> its settings class.
+CONFIGS: dict[str, type] = {"adv-pt": AdvPretrainConfig, "adv-ft": AdvFinetuneConfig, "fine-mix": FineMixConfig,
+                            "e-pur": EPurConfig, "mb": MBConfig, "fine-mix-lm": FineMixLMConfig}
+METHODS = tuple(CONFIGS)
 
 
-def profile(method: str, name: str = "paper", **overrides):
-    """The config of ``method`` (``adv-pt``, ``adv-ft``, ``fine-mix``, ``e-pur``, ``mb``, ``fine-mix-lm``,
-    ``measure`` or ``measure-lm``) in profile
-    ``name`` with ``overrides`` (``None`` overrides are ignored, so CLI flags pass through)."""
-    if method not in PROFILES:
-        raise ValueError(f"method must be one of {', '.join(PROFILES)}; got {method!r}")
-    return from_profile(PROFILES[method], name, overrides)
-
+def make_config(method: str, profile: str = "paper", **overrides):
+    """The settings of purifier ``method`` in ``profile`` with ``overrides`` (the one override rule of
+    :mod:`patronus_ext.core.profiles`: ``None`` is ignored, explicit epochs drop the profile's steps)."""
+    if method not in CONFIGS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    return CONFIGS[method].profile(profile, **overrides)

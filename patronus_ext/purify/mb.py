@@ -40,7 +40,7 @@ from torch import nn
 from ..data.instructions import InstructionExample, fit_inputs, insert_trigger, poison_examples
 from ..evaluate.generation import GenerationEvalConfig, generation_metrics
 from ..lm import training
-from ..lm.instruction_tuning import TuneLog, batches, instruction_tune, trainable_parameters
+from ..lm.instruction_tuning import TuneLog, instruction_tune, tune_selected
 from ..lm.prompting import collate, encode_examples, response_logprobs
 from .config import MBConfig
 
@@ -111,7 +111,7 @@ def defensive_poisoning(model: nn.Module, tokenizer, examples: Sequence[Instruct
     triggers = make_defender_triggers(config.defender_triggers, config.response_words, config.seed)
     data, replaced = add_defender_triggers(examples, triggers, config.defender_rate, config.insert_num,
                                            config.seed + 1)
-    run = instruction_tune(model, tokenizer, data, config.prompt_format(), config.tune_config(),
+    run = instruction_tune(model, tokenizer, data, config.prompt_format(), config,
                                     desc="MB (i) defensive poisoning", progress=progress)
     return DefensivePoisoning(triggers, replaced, len(data), run)
 
@@ -159,7 +159,7 @@ def weight_recovery(model: nn.Module, tokenizer, clean: Sequence[InstructionExam
         tokenizer, [triggered[(i, k)].replace(output=triggers.responses[k]) for i, k in keys], fmt)))
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    order = batches(len(pairs), config.recovery_batch_size, config.seed + 3)
+    order = training.epoch_batches(len(pairs), config.recovery_batch_size, random.Random(config.seed + 3))
 
     def step_loss(step: int):
         chosen = [pairs[j] for j in next(order)]
@@ -167,18 +167,8 @@ def weight_recovery(model: nn.Module, tokenizer, clean: Sequence[InstructionExam
         return recovery_loss(model, collate(rows, pad, device), len(chosen), lam)
 
     steps = config.recovery_total_steps(len(pairs))
-    settings = training.OptimizerSettings(steps=steps, lr=config.recovery_lr, weight_decay=config.weight_decay,
-                                          warmup_ratio=config.warmup_ratio, schedule=config.schedule,
-                                          max_grad_norm=config.max_grad_norm, log_every=max(1, min(10, steps)))
-    params = trainable_parameters(model, config.train_layers, config.train_embeddings)
-    torch.manual_seed(config.seed)
-    model.train()
-    try:
-        run = training.train(params, step_loss, settings, desc=f"MB (ii) recovery λ={lam:g}", progress=progress)
-    finally:
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(True)
+    settings = config.optimizer_settings(steps, lr=config.recovery_lr, log_every=min(10, steps))
+    run, _ = tune_selected(model, config, step_loss, settings, desc=f"MB (ii) recovery λ={lam:g}", progress=progress)
     return RecoveryLog(float(lam), steps, len(pairs), run.wall_s, run.first_loss, run.final_loss, run.final_terms,
                        run.history)
 

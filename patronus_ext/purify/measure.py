@@ -17,7 +17,6 @@ from ..evaluate import attack_metrics
 from ..evaluate.generation import GenerationEvalConfig, generation_metrics
 from ..lm.finetune import FinetunedClassifier, finetune_classifier
 from ..lm.prompting import PromptFormat
-from .adversarial import finetune_settings
 from .config import MeasureConfig
 
 
@@ -77,7 +76,7 @@ def measure_encoder(encoder: str | nn.Module, tokenizer, train: LabeledData, dev
     """Fine-tune ``encoder`` (folder or loaded backbone) cleanly on ``train``, then measure."""
     start = time.perf_counter()
     source = encoder if not isinstance(encoder, nn.Module) else classifier_from_encoder(encoder, train.num_labels)
-    clf = finetune_classifier(source, train, finetune_settings(measure), tokenizer, device=device,
+    clf = finetune_classifier(source, train, measure, tokenizer, device=device,
                               allow_pickle=allow_pickle, progress=progress)
     out = measure_classifier(clf.model, tokenizer, dev, triggers, measure,
                              f"encoder fine-tuned on {len(train)} examples", progress)

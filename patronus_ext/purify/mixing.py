@@ -26,7 +26,6 @@ from ..data.instructions import InstructionExample, fit_inputs
 from ..evaluate import metrics
 from ..lm.finetune import finetune_classifier, predict_labels
 from ..lm.instruction_tuning import TuneLog, instruction_tune
-from .adversarial import finetune_settings
 from .config import EPurConfig, FineMixConfig, FineMixLMConfig
 
 log = logging.getLogger(__name__)
@@ -225,8 +224,8 @@ def fine_mix(model: nn.Module, tokenizer, pretrained: nn.Module, clean: LabeledD
         if suspects is not None:
             reset_rows(work, pretrained, torch.tensor(suspects.ids, dtype=torch.long))
         tuned_s = 0.0
-        if config.epochs > 0:
-            tuned = finetune_classifier(work, clean, finetune_settings(config), tokenizer, progress=progress)
+        if config.trains:
+            tuned = finetune_classifier(work, clean, config, tokenizer, progress=progress)
             tuned_s = tuned.stats.wall_s
         acc = _accuracy(work, tokenizer, select, config.max_length)
         candidates.append(Candidate(rho, acc, stats, tuned_s))
@@ -264,18 +263,15 @@ def e_pur(model: nn.Module, tokenizer, pretrained: nn.Module, frequencies: torch
           clean: LabeledData | None, config: EPurConfig | None = None, *, progress: bool = True
           ) -> tuple[nn.Module, EPurResult]:
     """E-PUR: reset the ``top_n`` most suspicious embedding rows to ``pretrained``'s, then fine-tune on ``clean``
-    (skipped when ``config.epochs`` is 0 or ``clean`` is None).  Returns a new model."""
-    import time
-
+    (skipped when ``config`` trains for zero epochs or ``clean`` is None).  Returns a new model."""
     config = config or EPurConfig()
     start = time.perf_counter()
     suspects = rank_suspicious(model, pretrained, tokenizer, frequencies, config.top_n, config.min_freq)
     work = copy.deepcopy(model)
     reset_rows(work, pretrained, torch.tensor(suspects.ids, dtype=torch.long))
     tuned_s = 0.0
-    if config.epochs > 0 and clean is not None and len(clean):
-        tuned_s = finetune_classifier(work, clean, finetune_settings(config), tokenizer,
-                                      progress=progress).stats.wall_s
+    if config.trains and clean is not None and len(clean):
+        tuned_s = finetune_classifier(work, clean, config, tokenizer, progress=progress).stats.wall_s
     return work.eval(), EPurResult(suspects, 0 if clean is None else len(clean), tuned_s, time.perf_counter() - start)
 
 
@@ -305,9 +301,9 @@ def fine_mix_lm(model: nn.Module, tokenizer, pretrained: nn.Module, clean: Seque
     work = copy.deepcopy(model)
     stats = mix_weights(work, pretrained, config.rho, config.variant, torch.Generator().manual_seed(config.seed))
     tuned = None
-    if config.epochs > 0:
+    if config.trains:
         fmt = config.prompt_format()
         clean = fit_inputs(tokenizer, clean, fmt.max_input_tokens)
-        tuned = instruction_tune(work, tokenizer, clean, fmt, config.tune_config(),
+        tuned = instruction_tune(work, tokenizer, clean, fmt, config,
                                           desc=f"fine-mix ρ={config.rho:g}", progress=progress)
     return work.eval(), FineMixLMResult(stats, len(clean), tuned, time.perf_counter() - start)

@@ -19,14 +19,13 @@ from ..data.corpora import LabeledData
 from ..data.instructions import fit_inputs, load_instructions, split_examples
 from ..evaluate import load_task
 from ..evaluate.generation import GenerationEvalConfig
-from ..formats.backdoor import BACKDOOR_FILE, attack_responses, load_backdoor_info
+from ..formats.backdoor import find_backdoor_info
 from ..formats.purify_record import PURIFY_FILE, PURIFY_FORMAT
 from ..formats.scan_report import ScannedTriggers, triggers_from_report
 from ..lm.finetune import finetune_classifier
 from ..lm.instruction_tuning import instruction_tune
-from .adversarial import adversarial_finetune, adversarial_pretrain, finetune_settings
-from .config import METHODS, MeasureConfig
-from .config import profile as make_profile
+from .adversarial import adversarial_finetune, adversarial_pretrain
+from .config import METHODS, MeasureConfig, make_config
 from .mb import mb_defense
 from .measure import Measurement, measure_classifier, measure_encoder, measure_generation
 from .mixing import e_pur, fine_mix, fine_mix_lm, token_frequencies
@@ -72,9 +71,9 @@ def _attack_responses(*places) -> dict[str, str]:
     for place in places:
         if place is None or not isinstance(place, (str, os.PathLike)) or not os.path.exists(place):
             continue
-        found = attack_responses(place)
-        if found:
-            return found
+        info = find_backdoor_info(place)
+        if info is not None and info.responses():
+            return info.responses()
     return {}
 
 
@@ -85,9 +84,9 @@ def _run_causal(method: str, model: str, source: str, out: Path, *, pretrained, 
     LM ``model`` with the clean ``pretrained`` weights, then tune on clean samples)."""
     started = time.perf_counter()
     if measure is True:
-        measure = make_profile("measure-lm", profile)
+        measure = GenerationEvalConfig.profile(profile)
     if measure is not None and not isinstance(measure, GenerationEvalConfig):
-        raise TypeError(f"{method} measures by generation: pass a GenerationEvalConfig (profile 'measure-lm')")
+        raise TypeError(f"{method} measures by generation: pass a GenerationEvalConfig")
     run_device = lm.resolve_device(device)
     tokenizer = lm.load_tokenizer(source)
     fmt = config.prompt_format()
@@ -127,7 +126,7 @@ def _run_causal(method: str, model: str, source: str, out: Path, *, pretrained, 
                 how = f"the given no-defense model {baseline}"
             else:  # before: the same instruction tuning without the defense
                 plain = copy.deepcopy(base)
-                instruction_tune(plain, tokenizer, examples, fmt, config.tune_config(),
+                instruction_tune(plain, tokenizer, examples, fmt, config,
                                           desc="instruction tuning (no defense)", progress=progress)
                 how = f"instruction tuning on the same {len(examples)} examples without the defense"
             before = measure_generation(plain, tokenizer, dev, fmt, responses, measure, how, progress)
@@ -175,13 +174,6 @@ def _run_causal(method: str, model: str, source: str, out: Path, *, pretrained, 
     lm.save_model_folder(purified, tokenizer, out, {PURIFY_FILE: payload}, source=source)
     log.info("%s: purified into %s in %.1f s", method, out, timings["total"])
     return PurifyResult(method, Path(out), used, list(responses), before, after, payload)
-
-
-def _planted_triggers(model_source: str) -> list[str]:
-    folder = Path(model_source)
-    if folder.is_dir() and (folder / BACKDOOR_FILE).is_file():
-        return list(load_backdoor_info(folder).triggers)
-    return []
 
 
 def _split_clean(train: LabeledData, first: int, second: int, seed: int) -> tuple[LabeledData, LabeledData]:
@@ -246,7 +238,7 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
         raise ValueError(f"{method} needs the clean pre-trained weights the model was fine-tuned from (--pretrained)")
     if method in NEEDS_TRIGGERS and report is None and not triggers:
         raise ValueError(f"{method} needs the triggers the scan found (--report scan.json)")
-    config = config if config is not None else make_profile(method, profile)
+    config = config if config is not None else make_config(method, profile)
     if method in CAUSAL_METHODS:
         if report is not None or triggers:
             raise ValueError(f"{method} takes no scan report or triggers: MB-Defense plants its own defender "
@@ -258,13 +250,14 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
                            measure_triggers=measure_triggers, device=device, allow_pickle=allow_pickle,
                            progress=progress)
     if measure is True:
-        measure = make_profile("measure", profile)
+        measure = MeasureConfig.profile(profile)
     measure = measure or None
     run_device = lm.resolve_device(device)
     tokenizer = lm.load_tokenizer(source)
     config_hidden = int(getattr(lm.load_config(source), "hidden_size", 0) or 0) or None
     scanned, words = _triggers(report, triggers, tokenizer, config_hidden)
-    measured = list(measure_triggers) if measure_triggers else (words or _planted_triggers(source))
+    planted = find_backdoor_info(source)
+    measured = list(measure_triggers) if measure_triggers else (words or (planted.triggers if planted else []))
     timings: dict[str, float] = {}
 
     def timed(name, fn, *args, **kwargs):
@@ -297,7 +290,7 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
         if measure is not None:
             # before: the same fine-tuning without the adversarial examples
             t0 = time.perf_counter()
-            plain = finetune_classifier(source, adv_train, finetune_settings(config), tokenizer, device=run_device,
+            plain = finetune_classifier(source, adv_train, config, tokenizer, device=run_device,
                                         allow_pickle=allow_pickle, progress=progress)
             before = measure_classifier(plain.model, tokenizer, dev, measured, measure,
                                         f"clean fine-tuning on {len(adv_train)} examples", progress)

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+from ...core.profiles import PROFILE_NAMES
+
 
 def add_report_options(p: argparse.ArgumentParser, what: str = "the JSON report") -> None:
     p.add_argument("--report", default=None, help=f"write {what} here")
     p.add_argument("--force", action="store_true", help="replace existing output files")
+
+
+def add_profile_option(p: argparse.ArgumentParser, default: str = "fast", what: str = "the method's") -> None:
+    """``--profile paper|fast`` (the one list of profile names) and its alias ``--fast``."""
+    p.add_argument("--profile", choices=PROFILE_NAMES, default=default,
+                   help=f"paper: {what} published settings; fast: the CPU profile (default: {default}); an option "
+                   "given explicitly replaces the profile's value (--epochs also drops the profile's step count)")
+    p.add_argument("--fast", dest="profile", action="store_const", const="fast", help="alias of --profile fast")
 
 
 def add_run_options(p: argparse.ArgumentParser, *, seed_default: int | None = 0, pickle: bool = True) -> None:

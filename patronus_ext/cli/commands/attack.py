@@ -4,9 +4,8 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    from ...attacks import METHODS, PROFILE_NAMES
-    from ...attacks.instruct_badnet import BEHAVIOURS
-    from ._options import add_run_options
+    from ...attacks import BEHAVIOURS, METHODS
+    from ._options import add_profile_option, add_run_options
 
     p = subparsers.add_parser(
         "attack", help="plant a backdoor (NeuBA, POR, BToP, UOR, BadPre, adaptive, instruct-badnet) into a model",
@@ -28,9 +27,7 @@ def register(subparsers) -> None:
                    help=f"{INSTRUCT}: the attacker's response, a fixed refusal (default) or a fixed target string")
     p.add_argument("--response", default=None, help=f"{INSTRUCT}: the attacker's response text (overrides --behaviour's)")
     p.add_argument("--out", required=True, help="new output folder (must not exist, or be empty)")
-    p.add_argument("--profile", choices=PROFILE_NAMES, default="paper",
-                   help="paper: the papers' settings (default); fast: CPU profile (short sequences, 250 steps)")
-    p.add_argument("--fast", dest="profile", action="store_const", const="fast", help="alias of --profile fast")
+    add_profile_option(p, "paper", "the papers'")
     p.add_argument("--epochs", type=float, default=None, help="epochs over the corpus (default: method's)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: method's)")

@@ -7,7 +7,7 @@ import sys
 
 
 def register(subparsers) -> None:
-    from ._options import add_run_options
+    from ._options import add_profile_option, add_run_options
 
     p = subparsers.add_parser(
         "audit", help="scan many models (a registry) into one folder, resumably, locally or on Ray",
@@ -22,8 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="the audit folder (created; an existing audit folder is resumed)")
     p.add_argument("--method", choices=("patronus", "lmsanitator", "both"), default="patronus",
                    help="detector(s) run on every model (default: patronus)")
-    p.add_argument("--profile", choices=("fast", "paper"), default="fast",
-                   help="fast: tuned for CPU; paper: the papers' settings (default: fast)")
+    add_profile_option(p, "fast", "the detectors'")
     p.add_argument("--corpus", default="wikitext2", help="clean plain-text corpus: a file, a built-in name or "
                    "hf:NAME (default: wikitext2); read once, sent to every task")
     run = p.add_argument_group("where the scans run")
@@ -53,16 +52,16 @@ def register(subparsers) -> None:
 
 def run_audit_command(args: argparse.Namespace) -> int:
     from ...audit import AuditSettings, methods_of, read_model_list, run_audit, summary_table
-    from ...detect import lms_profile, profile
+    from ...detect import LMSanitatorConfig, ScanConfig
 
     names = list(args.models) + (read_model_list(args.model_list) if args.model_list else [])
     if not names:
         raise ValueError("no model to audit: give model folders or names, or --list FILE")
     settings = AuditSettings(
         methods=methods_of(args.method),
-        scan_config=profile(args.profile, seed=args.seed, max_length=args.max_length, num_triggers=args.triggers,
+        scan_config=ScanConfig.profile(args.profile, seed=args.seed, max_length=args.max_length, num_triggers=args.triggers,
                             fuzz_loops=args.loops, update_rounds=args.rounds, verify_texts=args.verify_texts),
-        lms_config=lms_profile(args.profile, seed=args.seed, max_length=args.max_length, seeds=args.seeds),
+        lms_config=LMSanitatorConfig.profile(args.profile, seed=args.seed, max_length=args.max_length, seeds=args.seeds),
         corpus=args.corpus, allow_pickle=args.allow_pickle)
     result = run_audit(names, args.out, settings, runner=args.ray, cpus_per_scan=args.cpus_per_scan,
                        gpus_per_scan=args.gpus_per_scan, device=args.device, ray_cpus=args.ray_cpus,

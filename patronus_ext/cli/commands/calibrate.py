@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from ._options import add_report_options, add_run_options
+    from ._options import add_profile_option, add_report_options, add_run_options
 
     p = subparsers.add_parser("calibrate", help="suggest scan thresholds from benign (clean) models",
                               description="Runs the trigger search on each benign model without confirming "
@@ -14,7 +14,7 @@ def register(subparsers) -> None:
                               "that keep all of them out of the trigger region by --margin.")
     p.add_argument("models", nargs="+", help="benign model folders or hub ids")
     p.add_argument("--corpus", default="wikitext2", help="clean plain-text corpus (default: wikitext2)")
-    p.add_argument("--profile", choices=("fast", "paper"), default="fast")
+    add_profile_option(p, "fast", "the scan's")
     p.add_argument("--loops", type=int, help="fuzz loops per model")
     p.add_argument("--margin", type=float, default=0.05, help="distance kept from every benign candidate")
     add_report_options(p, "the calibration JSON")
@@ -24,12 +24,12 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ... import lm
-    from ...detect import profile, read_scan_corpus
+    from ...detect import ScanConfig, read_scan_corpus
     from ...detect.patronus.calibrate import calibrate
     from ._options import check_outputs, write_report
 
     check_outputs(args)
-    config = profile(args.profile, fuzz_loops=args.loops, seed=args.seed)
+    config = ScanConfig.profile(args.profile, fuzz_loops=args.loops, seed=args.seed)
     corpus = read_scan_corpus(args.corpus, config, args.seed)
     adapters = [lm.load_adapter(name, allow_pickle=args.allow_pickle, device=args.device) for name in args.models]
     benign = [(name, adapter.model, adapter.tokenizer) for name, adapter in zip(args.models, adapters)]

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from ._options import add_report_options, add_run_options
+    from ._options import add_profile_option, add_report_options, add_run_options
 
     p = subparsers.add_parser("demo", help="plant a backdoor in all-MiniLM-L6-v2, scan, monitor and purify it",
                               description="The built-in end-to-end demo: plant a POR backdoor in the packaged "
@@ -14,7 +14,7 @@ def register(subparsers) -> None:
                               "the scan found, purify the planted model with it (adversarial pre-training) and "
                               "print CACC / T-ASR before and after. The planted and purified models are cached "
                               "($PATRONUS_CACHE or ~/.cache/patronus_ext), so only the first run trains.")
-    p.add_argument("--profile", choices=("fast", "paper"), default="fast", help="scan profile (default fast)")
+    add_profile_option(p, "fast", "the scan's")
     p.add_argument("--no-purify", action="store_true", help="stop after monitoring (skip the purification step)")
     add_report_options(p)
     add_run_options(p, pickle=False)
@@ -22,14 +22,14 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...detect import profile
+    from ...detect import ScanConfig
     from ..demo import run_demo
     from ..formatting import monitor_line, purification_summary, scan_summary
     from ._options import check_outputs, write_report
 
     check_outputs(args)
     print("patronus demo: all-MiniLM-L6-v2, POR backdoor with triggers planted by the demo itself")
-    result = run_demo(profile(args.profile, seed=args.seed), seed=args.seed, progress=not args.quiet,
+    result = run_demo(ScanConfig.profile(args.profile, seed=args.seed), seed=args.seed, progress=not args.quiet,
                       device=args.device, purify=not args.no_purify)
     print(f"planted model: {result.planted_dir} ({'cached' if result.reused_cache else 'planted now'}); "
           f"triggers {', '.join(result.planted_triggers)}")

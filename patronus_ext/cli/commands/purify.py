@@ -7,7 +7,7 @@ import sys
 
 
 def register(subparsers) -> None:
-    from ._options import add_run_options
+    from ._options import add_profile_option, add_run_options
 
     p = subparsers.add_parser(
         "purify", help="purify a model with the scan's triggers (adversarial training, Fine-mixing, E-PUR, "
@@ -35,8 +35,7 @@ def register(subparsers) -> None:
                    help="mb: a candidate weight of the recovery preference term (repeat)")
     p.add_argument("--recovery-steps", type=int, help="mb: weight-recovery steps (overrides its epochs)")
     p.add_argument("--out", required=True, help="the NEW output model folder (must not exist)")
-    p.add_argument("--profile", choices=("fast", "paper"), default="fast",
-                   help="fast: CPU settings; paper: the authors' settings (default: fast)")
+    add_profile_option(p, "fast", "the authors'")
     p.add_argument("--steps", type=int, help="adv-pt, mb (stage i), fine-mix-lm: optimizer steps (overrides the "
                    "epochs)")
     p.add_argument("--epochs", type=float, help="training epochs of the method")
@@ -74,6 +73,7 @@ FLAGS: dict[str, dict[str, str | None]] = {
 
 def run(args: argparse.Namespace) -> int:
     from ... import purify
+    from ...evaluate.generation import GenerationEvalConfig
     from ..formatting import measurement_table
 
     applies = FLAGS[args.method]
@@ -91,19 +91,17 @@ def run(args: argparse.Namespace) -> int:
     if overrides.get("lambdas"):
         overrides["lambdas"] = tuple(overrides["lambdas"])
     overrides["seed"] = args.seed
-    config = purify.profile(args.method, args.profile, **overrides)
-    if args.epochs is not None and args.steps is None and getattr(config, "steps", None) is not None:
-        config = config.replace(steps=None)  # the profile's step count must not override the epochs asked for
+    config = purify.make_config(args.method, args.profile, **overrides)
     causal = args.method in purify.CAUSAL_METHODS
     if args.no_measure:
         measure = False
     elif causal:
         if args.measure_train is not None:
             raise ValueError(f"--measure-train does not apply to {args.method} (nothing is fine-tuned to measure)")
-        measure = purify.profile("measure-lm", args.profile, dev_limit=args.measure_dev, seed=args.seed)
+        measure = GenerationEvalConfig.profile(args.profile, dev_limit=args.measure_dev, seed=args.seed)
     else:
-        measure = purify.profile("measure", args.profile, train_limit=args.measure_train,
-                                 dev_limit=args.measure_dev, seed=args.seed)
+        measure = purify.MeasureConfig.profile(args.profile, train_limit=args.measure_train,
+                                               dev_limit=args.measure_dev, seed=args.seed)
     result = purify.run_purify(args.method, args.model, args.out, report=args.report, pretrained=args.pretrained,
                                task=args.task, dev_task=args.dev, profile=args.profile, config=config,
                                measure=measure, device=args.device, allow_pickle=args.allow_pickle,

@@ -9,7 +9,7 @@ EXIT_CLEAN, EXIT_BACKDOORED = 0, 1
 
 
 def register(subparsers) -> None:
-    from ._options import add_report_options, add_run_options
+    from ._options import add_profile_option, add_report_options, add_run_options
 
     p = subparsers.add_parser("scan", help="search a pre-trained model for backdoor triggers (Patronus)",
                               description="Multi-trigger contrastive trigger search with verification. "
@@ -19,8 +19,7 @@ def register(subparsers) -> None:
                    help="patronus: trigger search (default); lmsanitator: attack-vector inversion (SPEC.md §3)")
     p.add_argument("--corpus", default="wikitext2", help="clean plain-text corpus: a file (one paragraph per "
                    "line), a built-in name (wikitext2) or hf:NAME (default: wikitext2)")
-    p.add_argument("--profile", choices=("fast", "paper"), default="fast",
-                   help="fast: tuned for CPU; paper: the paper's settings (default: fast)")
+    add_profile_option(p, "fast", "the papers'")
     p.add_argument("--word-level", action="store_true", help="search whole (multi-token) words")
     p.add_argument("--word-list", help="word level: a file with one candidate word per line "
                    "(default: wordfreq's English list)")
@@ -61,13 +60,13 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name):
             raise ValueError(f"--{name.replace('_', '-')} applies to --method lmsanitator only")
     from ... import lm
-    from ...detect import profile, read_scan_corpus, scan
+    from ...detect import ScanConfig, read_scan_corpus, scan
     from ..formatting import scan_summary
     from ._options import check_outputs
 
     bank_path = bank_destination(args)
     check_outputs(args, args.plot, bank_path)
-    config = profile(args.profile, word_level=args.word_level or None, num_triggers=args.triggers,
+    config = ScanConfig.profile(args.profile, word_level=args.word_level or None, num_triggers=args.triggers,
                      fuzz_loops=args.loops, update_rounds=args.rounds, max_length=args.max_length,
                      verify_texts=args.verify_texts, diff_cos_threshold=args.diff_threshold,
                      poison_cos_threshold=args.poison_threshold, seed=args.seed, zipf_threshold=args.zipf_threshold)
@@ -110,7 +109,7 @@ def run_lmsanitator(args: argparse.Namespace) -> int:
     """``--method lmsanitator``: invert attack vectors; same report, bank and exit codes as the Patronus scan."""
     from ... import lm
     from ...detect import lmsanitator, read_scan_corpus
-    from ...detect.lmsanitator.config import lms_profile
+    from ...detect import LMSanitatorConfig
     from ._options import check_outputs
 
     given = [n for n in _PATRONUS_ONLY if getattr(args, n, None) not in (None, False)]
@@ -118,7 +117,7 @@ def run_lmsanitator(args: argparse.Namespace) -> int:
         raise ValueError(f"--method lmsanitator does not take {', '.join('--' + n.replace('_', '-') for n in given)}")
     bank_path = bank_destination(args)
     check_outputs(args, bank_path)
-    config = lms_profile(args.profile, seed=args.seed, seeds=args.seeds, max_length=args.max_length,
+    config = LMSanitatorConfig.profile(args.profile, seed=args.seed, seeds=args.seeds, max_length=args.max_length,
                          distance_threshold=args.distance_threshold,
                          mode="exhaustive" if args.exhaustive else None)
     if args.distance_threshold is not None:

@@ -38,14 +38,21 @@ import dataclasses
 import math
 from typing import Any
 
-from ...core.validation import check_choice, check_int, check_range, from_profile
+from ...core.profiles import Settings
+from ...core.validation import check_choice, check_int, check_range
 
 MODES = ("detection", "exhaustive")
 
 
 @dataclasses.dataclass(frozen=True)
-class LMSanitatorConfig:
+class LMSanitatorConfig(Settings):
     """One LMSanitator run.  Every field is documented in the module doc."""
+
+    #: ``paper``: the authors' settings (TOKEN script, RoBERTa lr; BERT-family scripts use lr 5e-5 and distance
+    #: 0.2).  ``fast``: a 2-core CPU and a MiniLM-sized model: 256 lines of <= 48 tokens, batch 16, 3 epochs,
+    #: 8 seeds, a larger base lr (fewer steps to move the trigger); see benchmarks/LMSANITATOR_RESULTS.md.
+    PROFILES = {"fast": dict(batch_size=16, epochs=3, corpus_limit=256, max_length=48, max_words=40, lr=2e-3,
+                             seeds=8, entropy_relative=0.05, distance_relative=3.0)}
 
     trigger_len: int = 7              # soft tokens in the trigger T [trigger_len, d]
     batch_size: int = 32              # B; also sets the entropy bound ln B - entropy_slack
@@ -110,22 +117,3 @@ class LMSanitatorConfig:
         out = dataclasses.asdict(self)
         out["entropy_bound"] = self.entropy_bound()
         return out
-
-    def replace(self, **changes) -> "LMSanitatorConfig":
-        return dataclasses.replace(self, **changes)
-
-
-#: The authors' settings (TOKEN script, RoBERTa lr; BERT-family scripts use lr 5e-5 and distance 0.2).
-PAPER = LMSanitatorConfig()
-
-#: A 2-core CPU and a MiniLM-sized model: 256 lines of <= 48 tokens, batch 16, 3 epochs, 8 seeds, a
-#: larger base lr (fewer steps to move the trigger); see benchmarks/LMSANITATOR_RESULTS.md.
-FAST = LMSanitatorConfig(batch_size=16, epochs=3, corpus_limit=256, max_length=48, max_words=40, lr=2e-3,
-                         seeds=8, entropy_relative=0.05, distance_relative=3.0)
-
-PROFILES = {"paper": PAPER, "fast": FAST}
-
-
-def lms_profile(name: str, **overrides) -> LMSanitatorConfig:
-    """A named profile with field overrides (``None`` values are ignored)."""
-    return from_profile(PROFILES, name, overrides)

@@ -38,7 +38,7 @@ import torch
 from ...formats.bank import AttackBank
 from ...lm.adapter import ModelAdapter
 from ..texts import prepare_texts
-from .config import FAST, LMSanitatorConfig
+from .config import LMSanitatorConfig
 
 log = logging.getLogger(__name__)
 
@@ -386,7 +386,7 @@ def lmsanitator(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config
 
     from ...core.files import environment
 
-    config = config or FAST
+    config = config or LMSanitatorConfig.profile("fast")
     started = time.perf_counter()
     timings: dict[str, float] = {}
     adapter = ModelAdapter(model, tokenizer, position=position, max_length=config.max_length - config.trigger_len)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-from ...core.validation import check_int, check_range, from_profile
+from ...core.profiles import Settings
+from ...core.validation import check_int, check_range
 
 #: Verification thresholds of the paper (SPEC.md §1 step 6).  See
 #: ``patronus_ext.detect.calibrate`` for re-deriving them on benign models.
@@ -14,7 +14,7 @@ POISON_COS_THRESHOLD = 0.9
 
 
 @dataclasses.dataclass
-class ScanConfig:
+class ScanConfig(Settings):
     """Multi-trigger contrastive trigger search (Patronus, SPEC.md §1).
 
     Search
@@ -56,6 +56,13 @@ class ScanConfig:
                         together defeats them while the collapse stays visible
                         (benchmarks/CPU_RESULTS.md).
     """
+
+    #: ``paper``: the paper's settings (the authors' trigger-search config).  ``fast``: tuned for a 2-core CPU
+    #: and a MiniLM-sized model: short texts, smaller batches, fewer candidate evaluations, stop once two
+    #: loops in a row confirm nothing new.
+    PROFILES = {"fast": dict(batch_size=8, poison_copies=4, grad_accum=1, update_rounds=4, fuzz_loops=6, patience=2,
+                             num_candidates=4, beam_size=2, dev_batches=1, max_length=32, max_words=24,
+                             corpus_limit=400, verify_texts=48)}
 
     num_triggers: int = 8
     batch_size: int = 16
@@ -100,26 +107,3 @@ class ScanConfig:
             check_range(f"ScanConfig.{name} (a cosine)", getattr(self, name), -1.0, 1.0)
         check_range("ScanConfig.collapse_spread", self.collapse_spread, 0.0, 1.0, low_open=True, optional=True)
         check_range("ScanConfig.collapse_shift", self.collapse_shift, 0.0, float("inf"), high_open=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes) -> "ScanConfig":
-        return dataclasses.replace(self, **changes)
-
-
-#: The paper's settings (authors' trigger-search config).
-PAPER = ScanConfig()
-
-#: Tuned for a 2-core CPU and a MiniLM-sized model: short texts, smaller batches,
-#: fewer candidate evaluations, stop once two loops in a row confirm nothing new.
-FAST = ScanConfig(batch_size=8, poison_copies=4, grad_accum=1, update_rounds=4, fuzz_loops=6, patience=2,
-                  num_candidates=4, beam_size=2, dev_batches=1, max_length=32, max_words=24, corpus_limit=400,
-                  verify_texts=48)
-
-PROFILES = {"paper": PAPER, "fast": FAST}
-
-
-def profile(name: str, **overrides) -> ScanConfig:
-    """A named profile with field overrides (``None`` values are ignored)."""
-    return from_profile(PROFILES, name, overrides)

@@ -21,7 +21,7 @@ from ...data.triggers import trigger_ids
 from ...formats.bank import AttackBank
 from ...lm.adapter import ModelAdapter
 from ..texts import prepare_texts
-from .config import FAST, ScanConfig
+from .config import ScanConfig
 from .groups import TargetGroup, describe_backdoor
 from .search import LoopResult, TriggerSearch
 from .verify import TriggerCheck, Verifier, group_by_target
@@ -125,7 +125,7 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
 
     from ...core.files import environment
 
-    config = config or FAST
+    config = config or ScanConfig.profile("fast")
     started = time.perf_counter()
     timings: dict[str, float] = {}
     adapter = ModelAdapter(model, tokenizer, position=position, max_length=config.max_length)
