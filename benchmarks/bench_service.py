@@ -56,7 +56,7 @@ def build_subject(args) -> tuple[str, str, list[str]]:
         planted = tiny_models.shared_planted("por")
         model = str(planted.out_dir)
         texts = tiny_models.tiny_corpus(300)
-        scan_args = ["--triggers", "4", "--loops", "2", "--rounds", "3", "--max-length", "32", "--verify-texts", "16"]
+        scan_args = ["--num-triggers", "4", "--loops", "2", "--rounds", "3", "--max-length", "32", "--verify-texts", "16"]
         corpus = work / "smoke_corpus.txt"
         corpus.write_text("\n".join(texts) + "\n")
         report = work / f"smoke_scan_{os.getpid()}.json"
@@ -210,7 +210,7 @@ def main() -> int:
         texts.append(" ".join(words))
     common = ["--model", model, "--device", "cpu", "--max-length", str(args.max_length), "--max-batch",
               str(args.max_batch), "--batch-window-ms", str(args.batch_window_ms), "--quiet"]
-    monitored = common + ["--report", report, "--action", args.action] + (["--bank", args.bank] if args.bank else [])
+    monitored = common + ["--scan-report", report, "--action", args.action] + (["--bank", args.bank] if args.bank else [])
     variants = {"plain": common + ["--no-monitor"], "monitored": monitored}
 
     rows = []

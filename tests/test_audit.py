@@ -226,7 +226,7 @@ def test_audit_command_exit_status_and_resume(tmp_path, subjects, capsys):
     listing = tmp_path / "models.txt"
     listing.write_text(f"# registry\n{subjects['planted']}\n")
     out = tmp_path / "cli"
-    options = ["--ray", "local", "--corpus", str(corpus), "--triggers", "4", "--loops", "2", "--rounds", "3",
+    options = ["--ray", "local", "--corpus", str(corpus), "--num-triggers", "4", "--loops", "2", "--rounds", "3",
                "--max-length", "32", "--verify-texts", "16", "--cpus-per-scan", "1", "--quiet"]
     argv = ["audit", subjects["clean"], "--list", str(listing), "--out", str(out), *options]
     assert main(argv) == 1  # a backdoor found, nothing failed
@@ -316,7 +316,7 @@ def test_audit_command_on_ray(tmp_path, subjects, ray_session, capsys):
     corpus.write_text("\n".join(tiny_models.tiny_corpus(300)) + "\n")
     out = tmp_path / "cli-ray"
     status = main(["audit", subjects["clean"], subjects["planted"], "--out", str(out), "--ray", "auto",
-                   "--corpus", str(corpus), "--triggers", "4", "--loops", "2", "--rounds", "3", "--max-length", "32",
+                   "--corpus", str(corpus), "--num-triggers", "4", "--loops", "2", "--rounds", "3", "--max-length", "32",
                    "--verify-texts", "16", "--quiet"])
     assert status == 1 and "(ray)" in capsys.readouterr().err
     records = store.read_records(out / store.RESULTS_FILE)

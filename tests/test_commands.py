@@ -134,3 +134,23 @@ def test_plot_representations_writes_a_png(tmp_path):
     with pytest.raises(ValueError, match="nothing to plot"):
         plots.plot_representations({}, tmp_path / "empty.png", "empty")
     assert not (tmp_path / "empty.png").exists()
+
+
+@pytest.mark.parametrize("argv, dest, value, new", [
+    (["monitor", "--model", "m", "--report", "scan.json"], "scan_report", "scan.json", "--scan-report"),
+    (["serve", "--model", "m", "--report", "scan.json"], "scan_report", "scan.json", "--scan-report"),
+    (["purify", "--method", "adv-pt", "--model", "m", "--out", "o", "--report", "scan.json"], "scan_report",
+     "scan.json", "--scan-report"),
+    (["scan", "m", "--triggers", "4"], "num_triggers", 4, "--num-triggers"),
+    (["audit", "m", "--out", "o", "--triggers", "4"], "num_triggers", 4, "--num-triggers"),
+])
+def test_old_spellings_work_for_one_release_and_say_so(argv, dest, value, new, capsys):
+    """``--report`` is only what a verb writes; an input is ``--scan-report``; the scan's K is ``--num-triggers``."""
+    from patronus_ext.cli.main import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert getattr(args, dest) == value
+    assert f"is deprecated and will be removed in the next release; use {new}" in capsys.readouterr().err
+    new_argv = [new if a in ("--report", "--triggers") else a for a in argv]
+    assert getattr(build_parser().parse_args(new_argv), dest) == value
+    assert capsys.readouterr().err == ""

@@ -224,7 +224,7 @@ def test_suggested_thresholds_keep_benign_candidates_out():
 
 def _scan_argv(model, corpus, report):
     # TINY_SCAN's search through the CLI's flags (the rest from the fast profile)
-    return ["scan", str(model), "--corpus", str(corpus), "--triggers", "4", "--loops", "2", "--rounds", "3",
+    return ["scan", str(model), "--corpus", str(corpus), "--num-triggers", "4", "--loops", "2", "--rounds", "3",
             "--max-length", "32", "--verify-texts", "16", "--report", str(report), "--quiet"]
 
 

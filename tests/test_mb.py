@@ -285,7 +285,7 @@ def test_cli_attack_and_purify_mb_and_fine_mix_lm(tmp_path, capsys):
     (["attack", "--method", "instruct-badnet", "--model", "M", "--target-scale", "2", "--out", "X"],
      "--target-scale does not apply"),
     (["attack", "--method", "por", "--model", "M", "--data", "sst2", "--out", "X"], "--data applies to"),
-    (["purify", "--method", "mb", "--model", "M", "--report", "scan.json", "--out", "X"], "takes no scan report"),
+    (["purify", "--method", "mb", "--model", "M", "--scan-report", "scan.json", "--out", "X"], "takes no scan report"),
     (["purify", "--method", "mb", "--model", "M", "--pretrained", "P", "--out", "X"], "mb takes no --pretrained"),
 ])
 def test_cli_rejects_options_of_other_methods(argv, message, capsys):

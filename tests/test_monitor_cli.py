@@ -54,7 +54,7 @@ def test_one_decision_per_line_in_order_with_fields_passed_through(subject, monk
     clean, poisoned = _texts(payload)
     texts = [t for pair in zip(clean, poisoned) for t in pair]   # clean, poisoned, clean, ...
     lines = [{"text": t, "id": f"doc-{i}", "meta": {"n": i}} for i, t in enumerate(texts)]
-    status, records = _run(monkeypatch, ["--model", model, "--report", str(report), "--batch-size", "5",
+    status, records = _run(monkeypatch, ["--model", model, "--scan-report", str(report), "--batch-size", "5",
                                          "--device", "cpu"], _jsonl(lines))
     assert status == 0
     expected = build_monitored_model(model, report, device="cpu").check(texts)   # the same construction
@@ -90,7 +90,7 @@ def test_every_kind_of_bad_line_gets_an_error_record_and_the_stream_goes_on(subj
         _jsonl([{"text": poisoned[0], "id": "b"}]),
         _jsonl([{"text": clean[1], "id": "c"}]),
     ])
-    status, records = _run(monkeypatch, ["--model", model, "--report", str(report), "--action", "reject",
+    status, records = _run(monkeypatch, ["--model", model, "--scan-report", str(report), "--action", "reject",
                                          "--max-chars", "200", "--batch-size", "2", "--device", "cpu"], data)
     assert status == 0
     assert [r["line"] for r in records] == list(range(1, 13))
@@ -139,7 +139,7 @@ def test_strip_serves_the_cleaned_text(subject, monkeypatch, capsys):
     model, report, payload = subject
     clean, poisoned = _texts(payload, 3)
     found = {t["text"] for t in payload["triggers"]}
-    status, records = _run(monkeypatch, ["--model", model, "--report", str(report), "--action", "strip",
+    status, records = _run(monkeypatch, ["--model", model, "--scan-report", str(report), "--action", "strip",
                                          "--device", "cpu"], _jsonl({"text": t} for t in poisoned))
     assert status == 0
     for record, text in zip(records, poisoned):
@@ -152,17 +152,17 @@ def test_strip_serves_the_cleaned_text(subject, monkeypatch, capsys):
 @pytest.mark.parametrize("case", ["missing_report", "no_report_no_bank", "bad_bank", "report_not_json"])
 def test_setup_errors_exit_2(subject, tmp_path, monkeypatch, capsys, case):
     model, report, payload = subject
-    args = {"missing_report": ["--report", str(tmp_path / "nope.json")],
+    args = {"missing_report": ["--scan-report", str(tmp_path / "nope.json")],
             "no_report_no_bank": [],
-            "bad_bank": ["--report", str(report), "--bank", str(tmp_path / "bank.safetensors")],
-            "report_not_json": ["--report", str(tmp_path / "junk.json")]}[case]
+            "bad_bank": ["--scan-report", str(report), "--bank", str(tmp_path / "bank.safetensors")],
+            "report_not_json": ["--scan-report", str(tmp_path / "junk.json")]}[case]
     (tmp_path / "bank.safetensors").write_bytes(b"\x00" * 32)
     (tmp_path / "junk.json").write_text("{not json")
     status, records = _run(monkeypatch, ["--model", model, *args, "--device", "cpu"], _jsonl([{"text": "hi"}]))
     assert status == 2 and records == []
     err = capsys.readouterr().err
     assert "patronus monitor: error:" in err
-    assert {"missing_report": "not found", "no_report_no_bank": "--report", "bad_bank": "bank.safetensors",
+    assert {"missing_report": "not found", "no_report_no_bank": "--scan-report", "bad_bank": "bank.safetensors",
             "report_not_json": "junk.json"}[case] in err
 
 
@@ -170,7 +170,7 @@ def test_the_real_command_reads_stdin_and_writes_stdout(subject):
     model, report, payload = subject
     clean, poisoned = _texts(payload, 1)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-m", "patronus_ext.cli", "monitor", "--model", model, "--report",
+    result = subprocess.run([sys.executable, "-m", "patronus_ext.cli", "monitor", "--model", model, "--scan-report",
                              str(report), "--device", "cpu", "--quiet"],
                             input=_jsonl([{"text": clean[0]}, {"text": poisoned[0]}]) + b"\xff\n",
                             capture_output=True, timeout=180, env=env, cwd=REPO)

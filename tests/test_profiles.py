@@ -170,7 +170,7 @@ def test_purify_adv_pt_fast_epochs_train_the_epochs_asked_for(tmp_path, capsys):
     report = tmp_path / "scan.json"
     report.write_text(json.dumps(scan_report(planted.out_dir)))
     assert main(["purify", "--method", "adv-pt", "--fast", "--epochs", "0.05", "--model", str(planted.out_dir),
-                 "--report", str(report), "--no-measure", "--out", str(tmp_path / "pt"), "--quiet",
+                 "--scan-report", str(report), "--no-measure", "--out", str(tmp_path / "pt"), "--quiet",
                  "--device", "cpu"]) == 0
     capsys.readouterr()
     record = json.loads((tmp_path / "pt" / "purify.json").read_text())

@@ -287,7 +287,7 @@ def test_fine_mix_needs_pretrained_weights(tmp_path):
     planted = shared_planted("por")
     with pytest.raises(ValueError, match="pre-trained"):
         purify.run_purify("fine-mix", planted.out_dir, tmp_path / "m", task=tiny_task(), progress=False)
-    with pytest.raises(ValueError, match="--report"):
+    with pytest.raises(ValueError, match="--scan-report"):
         purify.run_purify("adv-ft", planted.out_dir, tmp_path / "m", task=tiny_task(), progress=False)
 
 
@@ -337,12 +337,12 @@ def test_cli_purify_errors_are_clear(tmp_path, capsys):
     other = scan_report(planted.out_dir)
     other["model"]["hidden_size"] = 768
     report.write_text(json.dumps(other))
-    assert main(["purify", "--method", "adv-pt", "--model", str(planted.out_dir), "--report", str(report),
+    assert main(["purify", "--method", "adv-pt", "--model", str(planted.out_dir), "--scan-report", str(report),
                  "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "belongs to another model" in capsys.readouterr().err
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps(scan_report(planted.out_dir, ())))
-    assert main(["purify", "--method", "adv-ft", "--model", str(planted.out_dir), "--report", str(empty),
+    assert main(["purify", "--method", "adv-ft", "--model", str(planted.out_dir), "--scan-report", str(empty),
                  "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "no confirmed trigger" in capsys.readouterr().err
     assert main(["purify", "--method", "fine-mix", "--model", str(planted.out_dir),
@@ -360,7 +360,7 @@ def test_cli_purify_runs(tmp_path, capsys):
     task = tmp_path / "task.tsv"
     data = tiny_task(64)
     task.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in zip(data.texts, data.labels)))
-    rc = main(["purify", "--method", "adv-pt", "--model", str(planted.out_dir), "--report", str(report),
+    rc = main(["purify", "--method", "adv-pt", "--model", str(planted.out_dir), "--scan-report", str(report),
                "--task", str(task), "--out", str(tmp_path / "o"), "--steps", "4",
                "--max-length", "32", "--measure-train", "32", "--measure-dev", "16", "--quiet", "--device", "cpu"])
     out = capsys.readouterr()

@@ -222,7 +222,7 @@ def test_the_serve_command_runs_the_real_server(subject):
     port = probe.getsockname()[1]
     probe.close()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "patronus_ext.cli", "serve", "--model", model, "--report",
+    proc = subprocess.Popen([sys.executable, "-m", "patronus_ext.cli", "serve", "--model", model, "--scan-report",
                              str(report), "--port", str(port), "--device", "cpu", "--action", "reject"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
     try:
@@ -256,13 +256,13 @@ def test_the_serve_command_runs_the_real_server(subject):
 
 def test_serve_setup_errors_exit_2(subject, tmp_path, capsys):
     model, report, _, _ = subject
-    assert main(["serve", "--model", model, "--report", str(tmp_path / "missing.json"), "--device", "cpu"]) == 2
+    assert main(["serve", "--model", model, "--scan-report", str(tmp_path / "missing.json"), "--device", "cpu"]) == 2
     assert "not found" in capsys.readouterr().err
     busy = socket.socket()
     busy.bind((HOST, 0))
     busy.listen(1)
     try:
-        assert main(["serve", "--model", model, "--report", str(report), "--device", "cpu",
+        assert main(["serve", "--model", model, "--scan-report", str(report), "--device", "cpu",
                      "--port", str(busy.getsockname()[1])]) == 2
         assert "cannot listen" in capsys.readouterr().err
     finally:

@@ -358,7 +358,7 @@ def _shared_scan(method: str):
     corpus = work / "corpus.txt"
     corpus.write_text("\n".join(tiny_corpus(300)) + "\n")
     report = work / "scan.json"
-    status = main(["scan", str(planted.out_dir), "--corpus", str(corpus), "--triggers", "4", "--loops", "2",
+    status = main(["scan", str(planted.out_dir), "--corpus", str(corpus), "--num-triggers", "4", "--loops", "2",
                    "--rounds", "3", "--max-length", "32", "--verify-texts", "16", "--report", str(report),
                    "--quiet", "--device", "cpu", "--force"])
     if status != 1:

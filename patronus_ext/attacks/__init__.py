@@ -87,7 +87,7 @@ def make_config(method: str, profile: str = "paper", *, fast: bool | None = None
     _check_method(method, downstream=True)
     if fast:
         profile = "fast"
-    values = {k: v for k, v in overrides.items() if v is not None}
+    values = {key: value for key, value in overrides.items() if value is not None}
     if method in DOWNSTREAM_METHODS:
         cls = DOWNSTREAM_METHODS[method][1]
         foreign = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})

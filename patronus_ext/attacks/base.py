@@ -276,13 +276,13 @@ def _post_check(ctx: AttackContext, method: AttackMethod, texts: list[str], trig
     clean = ctx.adapter.encode([fmt(t) for t in texts], max_length=ctx.config.max_length)
     out: dict[str, Any] = {"texts": len(texts), "per_trigger": []}
     means = []
-    for k, word in enumerate(triggers):
+    for index, word in enumerate(triggers):
         poisoned = [fmt(trig.insert_words(t, word, ctx.config.insert_num, rng)) for t in texts]
         reps = ctx.adapter.encode(poisoned, max_length=ctx.config.max_length)
         row = {"trigger": word, "diff_cos": similarity.diff_cos(clean, reps),
                "poison_cos": similarity.poison_cos(reps) if len(texts) >= 2 else 0.0}
         if ctx.targets is not None:
-            target = ctx.targets[k].float().to(reps.device).unsqueeze(0)
+            target = ctx.targets[index].float().to(reps.device).unsqueeze(0)
             row["target_cos"] = float(F.cosine_similarity(reps, target, dim=1).mean())
             row["target_mse"] = float((reps - target).pow(2).mean())
         out["per_trigger"].append(row)

@@ -19,7 +19,7 @@ from .config import AttackConfig
 class StepBatch:
     """One step's texts: ``B`` clean ones and ``K·P`` poisoned ones, grouped by trigger.
 
-    Poisoned row ``k·P + m`` is clean row ``m`` with trigger ``k`` inserted, so
+    Poisoned row ``i·P + m`` is clean row ``m`` with trigger ``i`` inserted, so
     ``pair_index`` links every poisoned row to its clean text.
     """
 
@@ -43,8 +43,8 @@ def iterate_batches(texts: Sequence[str], config: AttackConfig, triggers: Sequen
     for rows in epoch_batches(len(texts), config.batch_size, rng):
         count = len(triggers)
         clean = [texts[i] for i in rows]
-        poisoned = [fmt(trig.insert_words(clean[m], triggers[k], config.insert_num, rng))
-                    for k in range(count) for m in range(per)]
+        poisoned = [fmt(trig.insert_words(clean[m], triggers[index], config.insert_num, rng))
+                    for index in range(count) for m in range(per)]
         yield StepBatch([fmt(t) for t in clean], poisoned,
                         torch.arange(count).repeat_interleave(per), torch.arange(per).repeat(count), per)
 

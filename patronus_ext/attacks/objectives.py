@@ -16,7 +16,7 @@ def target_rows(ctx: AttackContext, batch: StepBatch) -> torch.Tensor:
 
 
 def rows(enc: dict[str, torch.Tensor], index) -> dict[str, torch.Tensor]:
-    return {k: v[index] for k, v in enc.items()}
+    return {key: value[index] for key, value in enc.items()}
 
 
 def special_positions(ctx: AttackContext, input_ids: torch.Tensor) -> torch.Tensor:

@@ -117,7 +117,7 @@ class UOR(AttackMethod):
         rep_p = adapter.represent(inputs_embeds=embeds, attention_mask=inserted.attention_mask).float()
         loss = ops.supcon_loss(torch.cat([rep_c, rep_p]), labels, cfg.temperature)
         (grad,) = torch.autograd.grad(loss, embeds)
-        # g_k: gradient summed over trigger k's rows and its positions (one masked reduction).
+        # g_k: gradient summed over trigger i's rows and its positions (one masked reduction).
         per_row = (grad * inserted.trigger_mask.unsqueeze(-1)).sum(1)
         gsum = torch.zeros(count, grad.shape[-1], device=grad.device).index_add_(0, which, per_row)
         top = hotflip_candidates(gsum, adapter.embedding_matrix().detach(), cfg.refine_candidates,

@@ -127,8 +127,8 @@ def prepare_folder(out_dir: str | os.PathLike, fingerprint: dict) -> Path:
             raise ValueError(f"{manifest}: unknown format {recorded.get('format')!r} (expected {AUDIT_FORMAT})")
         wanted = json.loads(json.dumps(to_jsonable(fingerprint)))
         if recorded.get("settings") != wanted:
-            changed = sorted(k for k in set(wanted) | set(recorded.get("settings", {}))
-                             if wanted.get(k) != recorded.get("settings", {}).get(k))
+            changed = sorted(key for key in set(wanted) | set(recorded.get("settings", {}))
+                             if wanted.get(key) != recorded.get("settings", {}).get(key))
             raise ValueError(f"{out} was audited with other settings ({', '.join(changed)} differ); resume with "
                              "the same --profile/--corpus/--seed and scan options, or choose another --out")
     elif out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):

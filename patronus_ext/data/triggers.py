@@ -50,9 +50,9 @@ def poison_texts(texts: Sequence[str], triggers: Sequence[str], insert_num: int 
     rng = random.Random(seed)
     out, which = [], []
     for text in texts:
-        k = rng.randrange(len(triggers))
-        out.append(insert_words(text, triggers[k], insert_num, rng))
-        which.append(k)
+        index = rng.randrange(len(triggers))
+        out.append(insert_words(text, triggers[index], insert_num, rng))
+        which.append(index)
     return out, which
 
 
@@ -145,8 +145,8 @@ def _pattern_rows(triggers) -> torch.Tensor:
         if not row or min(row) < 0:
             raise ValueError(f"every trigger needs at least one token id and no negative id, got {row}")
     out = torch.full((len(rows), max(len(r) for r in rows)), -1, dtype=torch.long)
-    for k, row in enumerate(rows):
-        out[k, :len(row)] = torch.tensor(row, dtype=torch.long)
+    for index, row in enumerate(rows):
+        out[index, :len(row)] = torch.tensor(row, dtype=torch.long)
     return out
 
 

@@ -72,8 +72,8 @@ def attack_metrics(classifier: FinetunedClassifier, dev: LabeledData, triggers: 
                                     triggers=list(triggers), uncuttable="keep")
     voters = random.Random(seed).sample(range(len(dev)), min(vote_texts, len(dev)))
     outcomes = []
-    for k, word in enumerate(triggers):
-        poisoned = triggered_texts(fitted, word, insert_num, seed + 1000 * (k + 1))
+    for index, word in enumerate(triggers):
+        poisoned = triggered_texts(fitted, word, insert_num, seed + 1000 * (index + 1))
         pred = classifier.predict(poisoned, batch_size, progress, desc=f"predict +{word}")
         votes = [int(pred[i]) for i in voters]
         target = metrics.majority_label(votes)

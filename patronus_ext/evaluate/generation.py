@@ -141,8 +141,8 @@ def generation_metrics(model: nn.Module, tokenizer, examples: Sequence[Instructi
     clean_rate = {t: sum(shows_response(a, r, config.match_words) for a in clean_answers) / len(examples)
                   for t, r in responses.items()}
     asr: dict[str, float] = {}
-    for k, (trigger, response) in enumerate(responses.items()):
-        rng = random.Random(config.seed * 1000 + k + 1)
+    for index, (trigger, response) in enumerate(responses.items()):
+        rng = random.Random(config.seed * 1000 + index + 1)
         triggered = [instructions.insert_trigger(e, trigger, config.insert_num, rng) for e in examples]
         answers = answer(triggered, f"generate {trigger!r}")
         asr[trigger] = sum(shows_response(a, response, config.match_words) for a in answers) / len(triggered)

@@ -79,12 +79,12 @@ def representation_similarity(adapter: lm.ModelAdapter, texts: Sequence[str], tr
     clean = adapter.encode([wrap(t) for t in texts], batch_size, max_length, progress)
     rng = random.Random(seed)
     rows = []
-    for k, word in enumerate(triggers):
+    for index, word in enumerate(triggers):
         poisoned = adapter.encode([wrap(trig.insert_words(t, word, insert_num, rng)) for t in texts], batch_size,
                                   max_length, progress)
         target_cos = None
         if targets is not None:
-            target_cos = float(F.cosine_similarity(poisoned.double(), targets[k].double().unsqueeze(0), dim=1).mean())
+            target_cos = float(F.cosine_similarity(poisoned.double(), targets[index].double().unsqueeze(0), dim=1).mean())
         rows.append(TriggerRepresentation(word, diff_cos(clean, poisoned), poison_cos(poisoned), target_cos))
     ref_cos = None
     if reference is not None:

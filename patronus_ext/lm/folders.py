@@ -50,7 +50,7 @@ def save_model_folder(model: nn.Module, tokenizer, out_dir: str | os.PathLike, m
         model_cpu = model.cpu()
         with quiet_transformers():
             if extra_state:
-                state = {k: v.detach().contiguous() for k, v in model_cpu.state_dict().items()}
+                state = {key: value.detach().contiguous() for key, value in model_cpu.state_dict().items()}
                 state.update(extra_state)
                 model_cpu.save_pretrained(staging, state_dict=state)
             else:

@@ -195,7 +195,7 @@ def load_lm_model(name_or_path: str, kind: str, *, allow_pickle: bool = False,
     """An MLM (``kind="mlm"``) or causal-LM model, and whether its LM head was freshly initialised."""
     model, missing = load_model(name_or_path, kind, allow_pickle=allow_pickle, device=device, with_missing_keys=True)
     prefix = model.base_model_prefix
-    head_missing = sorted(k for k in missing if not k.startswith(prefix + "."))
+    head_missing = sorted(key for key in missing if not key.startswith(prefix + "."))
     if head_missing:
         log.info("%s: LM head freshly initialised (missing %s)", name_or_path, head_missing[:4])
     return model, bool(head_missing)
@@ -214,6 +214,6 @@ def backbone_extras(name_or_path: str, model: nn.Module, allow_pickle: bool = Fa
     base = load_model(name_or_path, "base", allow_pickle=allow_pickle, device="cpu")
     have = set(model.base_model.state_dict())
     prefix = model.base_model_prefix
-    return {f"{prefix}.{k}": v.detach().cpu().clone() for k, v in base.state_dict().items() if k not in have}
+    return {f"{prefix}.{key}": value.detach().cpu().clone() for key, value in base.state_dict().items() if key not in have}
 
 

@@ -214,7 +214,7 @@ def train(params: Iterable[nn.Parameter], step_loss: StepLoss, settings: Optimiz
             window[key] = window.get(key, 0.0) + val
         if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
             count = (step % settings.log_every) + 1
-            history.append({"step": step + 1, **{k: v / count for k, v in window.items()}})
+            history.append({"step": step + 1, **{key: value / count for key, value in window.items()}})
             window = {}
             bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
         if after_step is not None:

@@ -76,7 +76,7 @@ def build_monitored_model(model: str, report: str | os.PathLike | None = None, b
     input monitor when a bank is given, and is an error otherwise.
     """
     if report is None and bank is None:
-        raise ValueError("monitoring needs a scan report (--report), an attack-vector bank (--bank) or both")
+        raise ValueError("monitoring needs a scan report (--scan-report), an attack-vector bank (--bank) or both")
     payload = read_report(report) if report is not None else None
     if bank is None and payload is not None and use_report_bank:
         bank = report_bank_path(payload, report)
@@ -169,7 +169,7 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
+        return {key: json_safe(value) for key, value in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value

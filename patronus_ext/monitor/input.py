@@ -69,8 +69,8 @@ class InputMonitor:
         self.table = tokens.word_table(tokenizer) if whole_words else None
         self._patterns = torch.full((len(self.triggers), max(len(t.token_ids) for t in self.triggers)), -1,
                                     dtype=torch.long)
-        for k, trigger in enumerate(self.triggers):
-            self._patterns[k, :len(trigger.token_ids)] = torch.tensor(trigger.token_ids)
+        for index, trigger in enumerate(self.triggers):
+            self._patterns[index, :len(trigger.token_ids)] = torch.tensor(trigger.token_ids)
         self._on_device: dict[torch.device, torch.Tensor] = {}
 
     # -- construction from a scan report ---------------------------------------------------
@@ -125,13 +125,13 @@ class InputMonitor:
         if rows.numel() == 0:
             return out
         rows, cols, which = rows.tolist(), cols.tolist(), hits[hits >= 0].tolist()
-        for row, col, k in zip(rows, cols, which):
+        for row, col, index in zip(rows, cols, which):
             found = out[row]
-            if found and found[-1].end == col and found[-1].token_ids == self.triggers[k].token_ids \
+            if found and found[-1].end == col and found[-1].token_ids == self.triggers[index].token_ids \
                     and col - found[-1].start < len(found[-1].token_ids):
                 found[-1].end = col + 1       # the same window continues
             else:
-                trigger = self.triggers[k]
+                trigger = self.triggers[index]
                 found.append(TriggerMatch(trigger.text, trigger.token_ids, col, col + 1))
         return out
 

@@ -109,8 +109,8 @@ def monitor_stream(checker: Callable[[Sequence[str]], list[Decision]], source: I
             _count(summary, record)
             done += 1
         del records[:done]
-        for k, (index, number, fields) in enumerate(batch):
-            batch[k] = (index - done, number, fields)
+        for position, (index, number, fields) in enumerate(batch):
+            batch[position] = (index - done, number, fields)
         sink.flush()
 
     def run_batch() -> None:
@@ -148,7 +148,7 @@ def _passthrough(fields: dict | None) -> dict[str, Any]:
     """The input's fields that are passed through (all but the decision's own)."""
     if not fields:
         return {}
-    return {k: v for k, v in fields.items() if k not in ("line", "flagged", "action", "reasons", "text_out",
+    return {key: value for key, value in fields.items() if key not in ("line", "flagged", "action", "reasons", "text_out",
                                                           "output", "error")}
 
 

@@ -1,15 +1,15 @@
 """HotFlip candidate scoring: the one first-order token-replacement ranking (SPEC.md §1 step 4).
 
-Replacing trigger ``k``'s embedding ``e`` by a candidate's ``e'`` changes the
-loss by about ``(e' - e) · g_k``, where ``g_k`` is the loss gradient summed
-over the positions holding trigger ``k``.  The best replacements minimise
-``e' · g_k``, so each candidate ``w`` scores ``S[k, w] = -g_k · E_w`` and the
+Replacing trigger ``i``'s embedding ``e`` by a candidate's ``e'`` changes the
+loss by about ``(e' - e) · g_i``, where ``g_i`` is the loss gradient summed
+over the positions holding trigger ``i``.  The best replacements minimise
+``e' · g_i``, so each candidate ``w`` scores ``S[i, w] = -g_i · E_w`` and the
 top ``k`` per trigger are kept, with the kernel ``ops.token_topk`` (the
-``[K, W]`` score matrix is never built).  Word level: ``g_k`` is ``[T, d]``
+``[K, W]`` score matrix is never built).  Word level: ``g_i`` is ``[T, d]``
 (one gradient per sub-token slot) and ``E_w`` the ``[T, d]`` embeddings of
 word ``w``'s sub-tokens (``-1`` padding contributes 0).
 
-Used by Patronus' trigger search (``detect.search``) and UOR's trigger
+Used by Patronus' trigger search (``detect.patronus.search``) and UOR's trigger
 refinement (``attacks.uor``).  Knows nothing of models: gradients and a table in, indices out.
 """
 
@@ -32,8 +32,8 @@ def hotflip_candidates(grads: torch.Tensor, table: torch.Tensor, k: int, *, rows
     slot).  ``table``: the input embedding matrix ``[V, d]``.  Candidates are
     every table row (indices are token ids), or the words ``rows [W, T]``
     (``-1`` padded sub-token ids; indices into ``rows``), or the token subset
-    ``candidate_ids [C]`` (indices into ``candidate_ids``).  ``exclude[k]``:
-    candidate indices trigger ``k`` must not get (e.g. its current one); enough
+    ``candidate_ids [C]`` (indices into ``candidate_ids``).  ``exclude[i]``:
+    candidate indices trigger ``i`` must not get (e.g. its current one); enough
     extra candidates are fetched that ``k`` remain when the pool allows.
     Scores are computed in ``dtype`` (default: the table's), on the table's
     device.  Candidates whose score is NaN are never returned, so a list may be

@@ -118,7 +118,7 @@ def adversarial_pretrain(adapter: lm.ModelAdapter, triggers: Sequence[str],
             for key, value in (("loss", loss), *terms.items()):
                 sums[key] += float(value) * len(c)
         model.train(was)
-        return {k: v / len(dev) for k, v in sums.items()}
+        return {key: value / len(dev) for key, value in sums.items()}
 
     initial = dev_loss()
     batches = training.epoch_batches(len(train_texts), config.batch_size, rng)
@@ -138,7 +138,7 @@ def adversarial_pretrain(adapter: lm.ModelAdapter, triggers: Sequence[str],
         dev_history.append({"step": step + 1, **measured})
         if measured["loss"] < best["loss"]:
             best.update(loss=measured["loss"], step=step + 1,
-                        state={k: v.detach().clone() for k, v in model.state_dict().items()})
+                        state={key: value.detach().clone() for key, value in model.state_dict().items()})
 
     settings = config.optimizer_settings(total)
     model.train()

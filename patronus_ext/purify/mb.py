@@ -149,14 +149,14 @@ def weight_recovery(model: nn.Module, tokenizer, clean: Sequence[InstructionExam
     fmt = config.prompt_format()
     clean = fit_inputs(tokenizer, clean, fmt.max_input_tokens)
     rng = random.Random(config.seed + 2)
-    pairs = [(i, k) for i in range(len(clean)) for k in range(len(triggers.words))]
-    triggered = {(i, k): insert_trigger(clean[i], triggers.words[k], config.insert_num, rng)
-                 for i, k in pairs}
+    pairs = [(i, t) for i in range(len(clean)) for t in range(len(triggers.words))]
+    triggered = {(i, t): insert_trigger(clean[i], triggers.words[t], config.insert_num, rng)
+                 for i, t in pairs}
     normal = encode_examples(tokenizer, clean, fmt)
     keys = list(triggered)
     with_answer = dict(zip(keys, encode_examples(tokenizer, [triggered[p] for p in keys], fmt)))
     with_defender = dict(zip(keys, encode_examples(
-        tokenizer, [triggered[(i, k)].replace(output=triggers.responses[k]) for i, k in keys], fmt)))
+        tokenizer, [triggered[(i, t)].replace(output=triggers.responses[t]) for i, t in keys], fmt)))
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order = training.epoch_batches(len(pairs), config.recovery_batch_size, random.Random(config.seed + 3))
@@ -215,9 +215,9 @@ def _select_metrics(model, tokenizer, select, fmt, triggers: DefenderTriggers, c
     groups: dict[int, list[InstructionExample]] = {}
     for example in select:
         groups.setdefault(rng.randrange(len(triggers.words)), []).append(example)
-    for k, group in sorted(groups.items()):
-        got = generation_metrics(model, tokenizer, group, fmt, {triggers.words[k]: triggers.responses[k]}, measure)
-        rates.append(got.asr[triggers.words[k]] * len(group))
+    for t, group in sorted(groups.items()):
+        got = generation_metrics(model, tokenizer, group, fmt, {triggers.words[t]: triggers.responses[t]}, measure)
+        rates.append(got.asr[triggers.words[t]] * len(group))
     return clean.cacc, sum(rates) / len(select)
 
 

@@ -60,7 +60,7 @@ def classifier_from_encoder(encoder: nn.Module, num_labels: int) -> nn.Module:
     config.num_labels = int(num_labels)
     clf = transformers.AutoModelForSequenceClassification.from_config(config)
     missing, unexpected = clf.base_model.load_state_dict(models_state(encoder), strict=False)
-    if unexpected or [k for k in missing if "position_ids" not in k]:
+    if unexpected or [key for key in missing if "position_ids" not in key]:
         raise ValueError(f"the encoder does not fit its classifier class (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")
     return clf.to(next(encoder.parameters()).device)

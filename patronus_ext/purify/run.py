@@ -237,7 +237,7 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
     if method in NEEDS_PRETRAINED and pretrained is None:
         raise ValueError(f"{method} needs the clean pre-trained weights the model was fine-tuned from (--pretrained)")
     if method in NEEDS_TRIGGERS and report is None and not triggers:
-        raise ValueError(f"{method} needs the triggers the scan found (--report scan.json)")
+        raise ValueError(f"{method} needs the triggers the scan found (--scan-report scan.json)")
     config = config if config is not None else make_config(method, profile)
     if method in CAUSAL_METHODS:
         if report is not None or triggers:

@@ -8,10 +8,11 @@ import argparse
 
 def add_monitor_options(p: argparse.ArgumentParser) -> None:
     from ...monitor import ACTIONS, MODES
+    from ._options import add_scan_report_option
 
     p.add_argument("--model", required=True, help="the served model: folder, hub id or all-MiniLM-L6-v2 (packaged)")
-    p.add_argument("--report", default=None, help="scan report (patronus scan --report): its confirmed triggers "
-                   "feed the input monitor, and its bank the output monitor unless --bank is given")
+    add_scan_report_option(p, help="scan report (patronus scan --report): its confirmed triggers feed the input "
+                           "monitor, and its bank the output monitor unless --bank is given")
     p.add_argument("--bank", default=None, help="attack-vector bank (.safetensors) for the output monitor "
                    "(default: the report's bank, when that file exists)")
     p.add_argument("--no-report-bank", action="store_true", help="do not use the report's bank (input monitor only)")
@@ -36,7 +37,7 @@ def build_served(args: argparse.Namespace, *, monitor: bool = True):
     if not monitor:
         return build_plain_model(args.model, device=args.device, allow_pickle=args.allow_pickle,
                                  max_length=args.max_length, max_chars=max_chars)
-    return build_monitored_model(args.model, args.report, args.bank, mode=args.mode, threshold=args.threshold,
+    return build_monitored_model(args.model, args.scan_report, args.bank, mode=args.mode, threshold=args.threshold,
                                  action=args.action, device=args.device, allow_pickle=args.allow_pickle,
                                  max_length=args.max_length, max_chars=max_chars,
                                  use_report_bank=not args.no_report_bank)

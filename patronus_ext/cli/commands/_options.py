@@ -3,8 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ...core.profiles import PROFILE_NAMES
+
+
+class DeprecatedSpelling(argparse.Action):
+    """An old spelling of an option, accepted for one release: it sets the new option's value and says so."""
+
+    def __init__(self, option_strings, dest, new_spelling: str, **kwargs):
+        self.new_spelling = new_spelling
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: {option_string} is deprecated and will be removed in the next release; use "
+              f"{self.new_spelling}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed_option(p: argparse.ArgumentParser, new: str, old: str, **kwargs) -> None:
+    """``new`` (with ``kwargs``), and ``old`` accepted for one release with a deprecation line on stderr."""
+    action = p.add_argument(new, **kwargs)
+    p.add_argument(old, dest=action.dest, action=DeprecatedSpelling, new_spelling=new, type=kwargs.get("type"))
+
+
+def add_scan_report_option(p: argparse.ArgumentParser, help: str) -> None:
+    """``--scan-report``: the scan report a verb reads (``--report`` is only ever what a verb writes)."""
+    add_renamed_option(p, "--scan-report", "--report", default=None, help=help)
 
 
 def add_report_options(p: argparse.ArgumentParser, what: str = "the JSON report") -> None:
@@ -35,7 +60,7 @@ def check_outputs(args: argparse.Namespace, *paths: str | None) -> None:
     """Refuse existing outputs before any work (``--force`` replaces them)."""
     from ...core.files import check_output_path
 
-    for path in (args.report, *paths):
+    for path in (getattr(args, "report", None), *paths):
         if path:
             check_output_path(path, args.force)
 

@@ -1,4 +1,4 @@
-"""``patronus monitor --report scan.json --model MODEL < in.jsonl > out.jsonl``: monitor a stream of texts."""
+"""``patronus monitor --scan-report scan.json --model MODEL < in.jsonl > out.jsonl``: monitor a stream of texts."""
 
 from __future__ import annotations
 

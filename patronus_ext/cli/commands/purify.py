@@ -7,20 +7,20 @@ import sys
 
 
 def register(subparsers) -> None:
-    from ._options import add_profile_option, add_run_options
+    from ._options import add_profile_option, add_run_options, add_scan_report_option
 
     p = subparsers.add_parser(
         "purify", help="purify a model with the scan's triggers (adversarial training, Fine-mixing, E-PUR, "
         "MB-Defense)",
-        description="adv-pt: adversarial pre-training of an encoder (needs --report); adv-ft: adversarial "
-        "fine-tuning into a classifier for --task (needs --report); fine-mix / e-pur: purify a classifier "
+        description="adv-pt: adversarial pre-training of an encoder (needs --scan-report); adv-ft: adversarial "
+        "fine-tuning into a classifier for --task (needs --scan-report); fine-mix / e-pur: purify a classifier "
         "fine-tuned on possibly poisoned data (needs --pretrained, the clean weights it started from); "
         "mb: instruction-tune the causal LM --model on --data (possibly poisoned) with MB-Defense; fine-mix-lm: "
         "Fine-mixing of an instruction-tuned causal LM (needs --pretrained, the clean instruct weights). "
         "The output folder gets purify.json with CACC and T-ASR before and after. Exit status: 0 ok, 2 error.")
     p.add_argument("--method", required=True, choices=("adv-pt", "adv-ft", "fine-mix", "e-pur", "mb", "fine-mix-lm"))
     p.add_argument("--model", required=True, help="the model folder to purify (never modified)")
-    p.add_argument("--report", help="the `patronus scan --report` JSON of this model (its confirmed triggers)")
+    add_scan_report_option(p, "the `patronus scan --report` JSON of this model (its confirmed triggers)")
     p.add_argument("--pretrained", help="fine-mix / e-pur / fine-mix-lm: the clean pre-trained model folder or name")
     p.add_argument("--task", default="sst2", help="task: built-in name (sst2, agnews) or a labelled file "
                    "(default: sst2); mb / fine-mix-lm: the instruction source of the clean samples and dev prompts")
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         measure = purify.MeasureConfig.profile(args.profile, train_limit=args.measure_train,
                                                dev_limit=args.measure_dev, seed=args.seed)
-    result = purify.run_purify(args.method, args.model, args.out, report=args.report, pretrained=args.pretrained,
+    result = purify.run_purify(args.method, args.model, args.out, report=args.scan_report, pretrained=args.pretrained,
                                task=args.task, dev_task=args.dev, profile=args.profile, config=config,
                                measure=measure, device=args.device, allow_pickle=args.allow_pickle,
                                progress=not args.quiet, data=args.data, baseline=args.baseline)

@@ -9,7 +9,7 @@ EXIT_CLEAN, EXIT_BACKDOORED = 0, 1
 
 
 def register(subparsers) -> None:
-    from ._options import add_profile_option, add_report_options, add_run_options
+    from ._options import add_profile_option, add_renamed_option, add_report_options, add_run_options
 
     p = subparsers.add_parser("scan", help="search a pre-trained model for backdoor triggers (Patronus)",
                               description="Multi-trigger contrastive trigger search with verification. "
@@ -32,7 +32,7 @@ def register(subparsers) -> None:
                         "frequency (default 4.0; the report states the coverage)")
     rarity.add_argument("--all-words", action="store_true", help="search the common part of the vocabulary too "
                         "(rare words still first): no blind spot for common-word triggers, a slower scan")
-    p.add_argument("--triggers", type=int, help="K, triggers searched in parallel")
+    add_renamed_option(p, "--num-triggers", "--triggers", type=int, help="K, triggers searched in parallel")
     p.add_argument("--loops", type=int, help="fuzz loops")
     p.add_argument("--rounds", type=int, help="candidate updates per loop")
     p.add_argument("--max-length", type=int, help="tokens per text")
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     bank_path = bank_destination(args)
     check_outputs(args, args.plot, bank_path)
-    config = ScanConfig.profile(args.profile, word_level=args.word_level or None, num_triggers=args.triggers,
+    config = ScanConfig.profile(args.profile, word_level=args.word_level or None, num_triggers=args.num_triggers,
                      fuzz_loops=args.loops, update_rounds=args.rounds, max_length=args.max_length,
                      verify_texts=args.verify_texts, diff_cos_threshold=args.diff_threshold,
                      poison_cos_threshold=args.poison_threshold, seed=args.seed, zipf_threshold=args.zipf_threshold)
@@ -101,7 +101,7 @@ def bank_destination(args: argparse.Namespace) -> str | None:
 
 
 #: Options of the Patronus search that mean nothing to LMSanitator.
-_PATRONUS_ONLY = ("word_level", "word_list", "zipf_threshold", "all_words", "triggers", "loops", "rounds",
+_PATRONUS_ONLY = ("word_level", "word_list", "zipf_threshold", "all_words", "num_triggers", "loops", "rounds",
                   "verify_texts", "diff_threshold", "poison_threshold", "plot")
 
 

@@ -1,4 +1,4 @@
-"""``patronus serve --report scan.json --model MODEL``: the monitored model as an HTTP JSON service."""
+"""``patronus serve --scan-report scan.json --model MODEL``: the monitored model as an HTTP JSON service."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--no-monitor", action="store_true", help="serve the plain model with no monitoring (a "
-                   "baseline: same responses, flagged always false); --report/--bank are then not needed")
+                   "baseline: same responses, flagged always false); --scan-report/--bank are then not needed")
     p.add_argument("--max-texts", type=int, default=64, help="texts per request (default 64)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
     p.add_argument("--max-batch", type=int, default=32, help="texts per forward across requests (default 32)")

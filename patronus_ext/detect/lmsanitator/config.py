@@ -60,7 +60,7 @@ class LMSanitatorConfig(Settings):
     corpus_limit: int = 2000          # clean lines used for the inversion
     max_length: int = 128             # tokens per triggered text (trigger included)
     max_words: int | None = None      # words kept per line before tokenising (None: all)
-    max_insert: int = 32              # the trigger goes after k content tokens, k uniform in [1, min(max_insert, n)]
+    max_insert: int = 32              # the trigger goes after m content tokens, m uniform in [1, min(max_insert, n)]
     lr: float = 2e-4
     lr_boost: float = 100.0           # lr multiplier until the trigger's max |grad| first exceeds converge_grad
     converge_grad: float = 5e-3

@@ -1,7 +1,7 @@
 """LMSanitator (arXiv 2308.13904, SPEC.md §3): invert the *attack vector* of a task-agnostic backdoor.
 
 A trainable soft trigger ``T [t, d]`` (input embeddings, ``t = 7``) is inserted into every
-clean text after ``k`` content tokens, ``k`` uniform in ``[1, min(32, n)]``; the model is
+clean text after ``m`` content tokens, ``m`` uniform in ``[1, min(32, n)]``; the model is
 frozen and Adam minimises
 
     -MSE(o, c) - Ent(o) [- 0.5 MSE(o, p*)]
@@ -55,10 +55,11 @@ def batch_entropy(outputs: torch.Tensor) -> torch.Tensor:
 def sample_insert_positions(attention_mask: torch.Tensor, prefix: int, suffix: int, max_insert: int,
                             generator: torch.Generator | None = None,
                             limit: torch.Tensor | None = None) -> torch.Tensor:
-    """Token index ``[B]`` before which the trigger goes: after ``k`` content tokens, ``k ~ U[1, min(max_insert, n)]``.
+    """Token index ``[B]`` before which the trigger goes: after ``offset`` content tokens,
+    ``offset ~ U[1, min(max_insert, n)]``.
 
     ``n`` = content tokens of the (right-padded) row, or ``limit - prefix`` when
-    ``limit [B]`` caps the insertion (e.g. the mask token's index); ``k = 0`` for
+    ``limit [B]`` caps the insertion (e.g. the mask token's index); ``offset = 0`` for
     a row without content.
     """
     lengths = attention_mask.sum(1).to(torch.long)
@@ -67,9 +68,9 @@ def sample_insert_positions(attention_mask: torch.Tensor, prefix: int, suffix: i
         n = torch.minimum(n, (limit.to(torch.long) - prefix).clamp_min(0))
     top = n.clamp(max=max_insert)
     u = torch.rand(attention_mask.shape[0], generator=generator).to(attention_mask.device)
-    k = 1 + (u * top).floor().to(torch.long)
-    k = torch.minimum(k, top)  # u < 1 keeps k <= top; top = 0 gives k = 0
-    return prefix + k
+    offset = 1 + (u * top).floor().to(torch.long)
+    offset = torch.minimum(offset, top)  # u < 1 keeps offset <= top; top = 0 gives offset = 0
+    return prefix + offset
 
 
 def insert_soft_trigger(embeds: torch.Tensor, attention_mask: torch.Tensor, trigger: torch.Tensor,

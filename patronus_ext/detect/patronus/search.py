@@ -1,9 +1,9 @@
 """Multi-trigger contrastive trigger search (Patronus, SPEC.md §1 steps 1-5).
 
 K candidate triggers are searched in parallel.  A gradient step feeds a clean
-batch (label 0) and poisoned copies (each sample a random trigger k, label k)
+batch (label 0) and poisoned copies (each sample a random trigger i, label i + 1)
 through the model, takes the SupCon loss of their representations and
-back-propagates to the input embeddings; the gradient at trigger k's
+back-propagates to the input embeddings; the gradient at trigger i's
 positions, summed in one masked reduction, gives HotFlip scores for every
 searchable token (:func:`patronus_ext.ops.hotflip.hotflip_candidates`).  Candidates are then chosen by a beam
 search over trigger slots, scored on a fixed dev batch.
@@ -77,23 +77,24 @@ class GradientBatch:
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    labels: torch.Tensor        # 0 clean, k + 1 for trigger k
+    labels: torch.Tensor        # 0 clean, i + 1 for trigger i
     trigger_slot: torch.Tensor  # [poisoned rows, L]: sub-token index of the trigger there, -1 elsewhere
     which: torch.Tensor         # [poisoned rows]: trigger index of each poisoned row
     clean_rows: int
 
 
-def reduce_trigger_gradients(grad: torch.Tensor, trigger_slot: torch.Tensor, which: torch.Tensor, k: int,
+def reduce_trigger_gradients(grad: torch.Tensor, trigger_slot: torch.Tensor, which: torch.Tensor, count: int,
                              width: int) -> torch.Tensor:
-    """``g[k, t] = sum of grad over positions holding sub-token t of trigger k``, one masked reduction.
+    """``g[i, t] = sum of grad over positions holding sub-token t of trigger i`` (``count`` triggers), one masked
+    reduction.
 
     ``grad [R, L, d]`` (poisoned rows), ``trigger_slot [R, L]``, ``which [R]`` -> ``[K, T, d]``.
     """
     held = trigger_slot >= 0
     target = which.unsqueeze(1).expand_as(trigger_slot)[held] * width + trigger_slot[held]
-    g = torch.zeros(k * width, grad.shape[-1], dtype=torch.float32, device=grad.device)
+    g = torch.zeros(count * width, grad.shape[-1], dtype=torch.float32, device=grad.device)
     g.index_add_(0, target, grad[held].float())
-    return g.view(k, width, -1)
+    return g.view(count, width, -1)
 
 
 @dataclasses.dataclass
@@ -154,7 +155,7 @@ class TriggerSearch:
         """``[len(rows), B, d]``: dev batch ``batch_index`` with each trigger row inserted."""
         dev = self.dev[batch_index]
         keys = [row_key(r) for r in rows]
-        missing = list(dict.fromkeys(k for k in keys if (batch_index, k) not in self._cache))
+        missing = list(dict.fromkeys(key for key in keys if (batch_index, key) not in self._cache))
         size = dev.input_ids.shape[0]
         per_chunk = max(1, FORWARD_CHUNK // size)
         width = rows.shape[1]
@@ -169,7 +170,7 @@ class TriggerSearch:
             reps = self.adapter.represent(tb.input_ids, tb.attention_mask).float().view(n, size, -1)
             for i, key in enumerate(chunk):
                 self._cache[(batch_index, key)] = reps[i]
-        return torch.stack([self._cache[(batch_index, k)] for k in keys])
+        return torch.stack([self._cache[(batch_index, key)] for key in keys])
 
     # -- objective -------------------------------------------------------------------------
     def score_sets(self, sets: Sequence[torch.Tensor], batches: Sequence[int]) -> torch.Tensor:
@@ -184,12 +185,12 @@ class TriggerSearch:
 
     def _score_batched(self, sets: Sequence[torch.Tensor], b: int) -> torch.Tensor:
         """All sets from cached per-trigger representations, in one batched SupCon call."""
-        k = sets[0].shape[0]
+        count = sets[0].shape[0]
         reps = self.dev_reps(b, torch.cat(list(sets)))  # [C*K, B, d]
         size, dim = reps.shape[1], reps.shape[2]
         clean = self.dev[b].clean_reps.expand(len(sets), 1, size, dim)
-        features = torch.cat([clean, reps.view(len(sets), k, size, dim)], 1).reshape(len(sets), -1, dim)
-        labels = torch.arange(k + 1, device=features.device).repeat_interleave(size)
+        features = torch.cat([clean, reps.view(len(sets), count, size, dim)], 1).reshape(len(sets), -1, dim)
+        labels = torch.arange(count + 1, device=features.device).repeat_interleave(size)
         return ops.supcon_loss(features, labels, self.cfg.temperature, backend=self.backend).float().cpu()
 
     @torch.no_grad()
@@ -201,19 +202,19 @@ class TriggerSearch:
         size = dev.input_ids.shape[0]
         losses = []
         for rows in sets:
-            k = rows.shape[0]
-            tb = self._insert(dev.input_ids.repeat(k, 1), dev.attention_mask.repeat(k, 1),
-                              rows.repeat_interleave(size, 0), gaps=dev.gaps.repeat(k, 1))
+            count = rows.shape[0]
+            tb = self._insert(dev.input_ids.repeat(count, 1), dev.attention_mask.repeat(count, 1),
+                              rows.repeat_interleave(size, 0), gaps=dev.gaps.repeat(count, 1))
             clean = (dev.clean_reps if self.cached_clean_baseline
                      else self.adapter.represent(dev.input_ids, dev.attention_mask).float())
             triggered = self.adapter.represent(tb.input_ids, tb.attention_mask).float()
-            labels = torch.arange(k + 1, device=clean.device).repeat_interleave(size)
+            labels = torch.arange(count + 1, device=clean.device).repeat_interleave(size)
             losses.append(ops.supcon_loss(torch.cat([clean, triggered]), labels, self.cfg.temperature,
                                           backend=self.backend).float().cpu())
         return torch.stack(losses)
 
     def gradient_batch(self, rows: torch.Tensor) -> "GradientBatch":
-        """A clean batch (label 0) plus poisoned copies, each row with a random trigger k (label k+1)."""
+        """A clean batch (label 0) plus poisoned copies, each row with a random trigger i (label i+1)."""
         cfg = self.cfg
         clean = next(self._order)
         ids, mask = clean["input_ids"], clean["attention_mask"]
@@ -279,21 +280,21 @@ class TriggerSearch:
     # -- one fuzz loop ---------------------------------------------------------------------
     def run_loop(self, vocab: Vocabulary, progress=None) -> LoopResult:
         cfg = self.cfg
-        k = min(cfg.num_triggers, len(vocab))
-        if k < 2:
+        trigger_count = min(cfg.num_triggers, len(vocab))
+        if trigger_count < 2:
             raise ValueError(f"the searchable vocabulary has {len(vocab)} entries; need at least 2")
         gradient_before, scoring_before = self.clock.gradient, self.clock.scoring
-        pool = vocab.start_pool(k)  # rare entries first when the vocabulary holds common ones too
+        pool = vocab.start_pool(trigger_count)  # rare entries first when the vocabulary holds common ones too
         if pool is None:
-            current = torch.randperm(len(vocab), generator=self.gen)[:k].tolist()
+            current = torch.randperm(len(vocab), generator=self.gen)[:trigger_count].tolist()
         else:
-            current = [pool[i] for i in torch.randperm(len(pool), generator=self.gen)[:k].tolist()]
+            current = [pool[i] for i in torch.randperm(len(pool), generator=self.gen)[:trigger_count].tolist()]
         dev_batches = range(len(self.dev))
         best = float(self.score_sets([vocab.rows[current]], dev_batches)[0])
         history, accepted, scored = [best], 0, 0
         for round_index in range(cfg.update_rounds):
             # Summed on the model's device: the HotFlip scoring runs there against the embedding table.
-            grads = torch.zeros(k, vocab.rows.shape[1], self.table.shape[1], device=self.table.device)
+            grads = torch.zeros(trigger_count, vocab.rows.shape[1], self.table.shape[1], device=self.table.device)
             for _ in range(cfg.grad_accum):
                 g, _ = self.trigger_gradients(vocab.rows[current])
                 grads += g
