@@ -26,7 +26,7 @@ TINY_SCAN = ScanConfig.profile("fast").replace(num_triggers=4, batch_size=4, poi
 TINY_LMS = LMSanitatorConfig.profile("fast", corpus_limit=128, max_length=32, lr=1e-3, epochs=6, give_up_epoch=2,
                        seeds=4).replace(entropy_relative=None)
 #: Keys of a ``patronus scan --report`` JSON (commands/scan.py write_outputs).
-SCAN_REPORT_KEYS = {"verdict", "groups", "triggers", "candidates", "loops", "config", "model", "timings",
+SCAN_REPORT_KEYS = {"format", "method", "verdict", "groups", "triggers", "candidates", "loops", "config", "model", "timings",
                     "environment", "bank"}
 
 

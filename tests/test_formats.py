@@ -90,3 +90,59 @@ def test_the_instruction_backdoor_keeps_its_target_response():
     assert info.attack == "instruct-badnet" and info.target_response and info.data_file == "instruction_data.jsonl"
     assert info.responses() == {trigger: info.target_response for trigger in info.triggers}
     assert info.to_dict() == json.loads((attacked / BACKDOOR_FILE).read_text())
+
+
+# -- the scan report -------------------------------------------------------------------------------------
+def test_both_detectors_lay_their_reports_out_the_same_way(tmp_path):
+    from patronus_ext.formats.bank import AttackBank, load_bank
+    from patronus_ext.formats.scan_report import SCAN_REPORT_FORMAT, read_report, scan_record, write_scan_outputs
+
+    common = dict(model={"hidden_size": 4}, config={"seed": 0}, timings={"total": 1.0}, environment={"torch": "x"})
+    patronus = scan_record("patronus", "backdoored", groups=[{"target": 0}], triggers=[{"text": "cf"}],
+                           candidates=[], loops=[], **common)
+    lms = scan_record("lmsanitator", "clean", vectors=[{"seed": 1}], **common)
+    assert list(patronus)[:3] == ["verdict", "groups", "triggers"] and list(lms)[:2] == ["verdict", "triggers"]
+    for payload in (patronus, lms):
+        assert payload["format"] == SCAN_REPORT_FORMAT and payload["bank"] is None
+        assert set(common) <= set(payload) and "method" in payload
+    assert lms["triggers"] == []                                   # nothing for the input monitor to match
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        scan_record("patronus", "maybe", **common)
+
+    bank = AttackBank(torch.ones(1, 4), "m", "first", "patronus")
+    written = write_scan_outputs(patronus, "my-model", bank, report_path=tmp_path / "r.json",
+                                 bank_path=tmp_path / "r.bank.safetensors")
+    assert written["model"] == {"hidden_size": 4, "source": "my-model"} and patronus["model"] == {"hidden_size": 4}
+    assert written["bank"] == str(tmp_path / "r.bank.safetensors") and len(load_bank(written["bank"])) == 1
+    assert read_report(tmp_path / "r.json")[0] == written
+    with pytest.raises(FileExistsError):                           # never overwrites without consent
+        write_scan_outputs(patronus, "my-model", None, report_path=tmp_path / "r.json", bank_path=None)
+    (tmp_path / "other.json").write_text(json.dumps({**written, "format": "patronus_ext.scan/9"}))
+    with pytest.raises(ValueError, match="unknown scan report format 'patronus_ext.scan/9'"):
+        read_report(tmp_path / "other.json")
+    legacy = {k: v for k, v in written.items() if k != "format"}  # reports from before the format key
+    assert read_report(legacy)[0] == legacy
+
+
+# -- purify.json -----------------------------------------------------------------------------------------
+def test_the_purify_record_round_trips_and_refuses_what_it_is_not(tmp_path):
+    from patronus_ext.formats.purify_record import (PURIFY_FILE, PURIFY_FORMAT, PurifyRecord,
+                                                    read_purify_record)
+
+    encoder = PurifyRecord(method="adv-pt", model="out/por", task="sst2", profile="fast", settings={"steps": 3},
+                           details={"best_step": 2}, timings={"total": 1.0}, triggers=["cf"],
+                           trigger_token_ids=[[5]], triggers_source="scan.json", measured_triggers=["cf"],
+                           before={"cacc": 0.8}, after={"cacc": 0.81})
+    payload = encoder.to_dict()
+    assert payload["format"] == PURIFY_FORMAT and not {"data", "baseline", "attack_responses"} & set(payload)
+    (tmp_path / PURIFY_FILE).write_text(json.dumps(payload))
+    assert read_purify_record(tmp_path).to_dict() == payload
+    causal = PurifyRecord(method="mb", model="SmolLM2", task="sst2", profile="fast", settings={}, details={},
+                          timings={}, data="data.jsonl", baseline=None, attack_responses={"cf": "I refuse."})
+    assert causal.to_dict()["attack_responses"] == {"cf": "I refuse."} and "baseline" not in causal.to_dict()
+    (tmp_path / PURIFY_FILE).write_text(json.dumps({"format": PURIFY_FORMAT, "method": "mb"}))
+    with pytest.raises(ValueError, match="needs"):
+        read_purify_record(tmp_path)
+    (tmp_path / PURIFY_FILE).write_text(json.dumps({**payload, "format": "x"}))
+    with pytest.raises(ValueError, match="unknown format 'x'"):
+        read_purify_record(tmp_path)

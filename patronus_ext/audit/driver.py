@@ -206,8 +206,7 @@ def _run_jobs(jobs: list[ScanJob], copies: dict, settings: AuditSettings, runner
               run: AuditRun, out: Path, runner_options: dict, progress: bool, task) -> None:
     from tqdm.auto import tqdm
 
-    from ..core.files import write_json
-    from ..formats.bank import save_bank
+    from ..formats.scan_report import write_scan_outputs
 
     context = open_runner(runner, **runner_options) if isinstance(runner, str) else runner
     with context as active:
@@ -223,14 +222,11 @@ def _run_jobs(jobs: list[ScanJob], copies: dict, settings: AuditSettings, runner
             job = outcome.job
             report = None
             if outcome.report is not None:
-                payload = outcome.report
-                payload["bank"] = None
-                if outcome.bank is not None:
-                    bank_path = out / store.REPORTS_DIR / store.bank_name(job.content_hash, job.method)
-                    save_bank(outcome.bank, bank_path, overwrite=True)
-                    payload["bank"] = str(bank_path)
                 report = f"{store.REPORTS_DIR}/{store.report_name(job.content_hash, job.method)}"
-                write_json(out / report, payload, overwrite=True)  # before its line: a line always has its report
+                # Before its line: a line always has its report.
+                write_scan_outputs(outcome.report, job.model, outcome.bank, report_path=out / report,
+                                   bank_path=out / store.REPORTS_DIR / store.bank_name(job.content_hash, job.method),
+                                   overwrite=True)
             record = record_of(outcome, active.name, report)
             results.append(record)
             run.written.append(record)

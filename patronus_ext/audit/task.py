@@ -120,7 +120,6 @@ def _scan(job: ScanJob, inputs: TaskInputs, here: dict) -> JobOutcome:
         triggers = []
         vectors = len(report.accepted)
     payload = report.to_dict()
-    payload["model"]["source"] = job.model
     bank = report.attack_bank(job.model) if report.backdoored else None  # its vectors are on the CPU
     return JobOutcome(job, report.verdict, payload, bank, triggers, vectors,
                       timings={"load": load_seconds, "scan": float(report.timings.get("total", 0.0))},

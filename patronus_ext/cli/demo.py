@@ -21,7 +21,7 @@ from ..data.triggers import insert_words
 from ..detect import ScanConfig, ScanReport, read_scan_corpus, scan
 from ..formats.backdoor import BACKDOOR_FILE
 from ..monitor import Decision, InputMonitor, MonitoredModel, OutputMonitor
-from ..formats.purify_record import PURIFY_FILE
+from ..formats.purify_record import PURIFY_FILE, read_purify_record
 from ..purify import AdvPretrainConfig, MeasureConfig, run_purify
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def purified_model(planted: Path, report: ScanReport, planted_triggers: list[str
                               "measure": measure.to_dict(), "measured": planted_triggers}, sort_keys=True, default=str)
     out = cache_root() / f"{planted.name}-adv-pt-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
     if (out / PURIFY_FILE).is_file():
-        return out, True, json.loads((out / PURIFY_FILE).read_text())
+        return out, True, read_purify_record(out).to_dict()
     log.info("purifying the demo model into %s (once; cached afterwards)", out)
     result = run_purify("adv-pt", planted, out, report=report.to_dict(), task=task, config=config, measure=measure,
                         measure_triggers=planted_triggers, device=device, progress=progress)

@@ -60,13 +60,29 @@ class LabeledData:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def take(self, rows: Sequence[int]) -> "LabeledData":
+        """The examples at ``rows``, in that order."""
+        return LabeledData([self.texts[i] for i in rows], [self.labels[i] for i in rows], self.num_labels,
+                           self.source)
+
     def subset(self, limit: int | None, seed: int = 0) -> "LabeledData":
         """A random subset of at most ``limit`` examples (all when ``limit`` is None)."""
         if limit is None or limit >= len(self):
             return self
-        order = random.Random(seed).sample(range(len(self)), limit)
-        return LabeledData([self.texts[i] for i in order], [self.labels[i] for i in order],
-                           self.num_labels, self.source)
+        return self.take(random.Random(seed).sample(range(len(self)), limit))
+
+    def split(self, first: int, second: int = 0, seed: int = 0) -> tuple["LabeledData", "LabeledData"]:
+        """Two disjoint random subsets of sizes ``first`` and ``second`` (:func:`disjoint_samples`)."""
+        rows, other = disjoint_samples(len(self), first, second, seed)
+        return self.take(rows), self.take(other)
+
+
+def disjoint_samples(count: int, first: int, second: int, seed: int) -> tuple[list[int], list[int]]:
+    """Two disjoint random samples of ``range(count)``, of sizes ``first`` and ``second``."""
+    if first + second > count:
+        raise ValueError(f"{count} examples, fewer than the {first} + {second} asked for")
+    order = random.Random(seed).sample(range(count), first + second)
+    return order[:first], order[first:]
 
 
 def shared_candidates() -> list[Path]:

@@ -217,10 +217,8 @@ def load_instructions(source: str, split: str = "train", limit: int | None = Non
 def split_examples(examples: Sequence[InstructionExample], first: int, second: int = 0, seed: int = 0
                    ) -> tuple[list[InstructionExample], list[InstructionExample]]:
     """Two disjoint random subsets of ``examples`` of sizes ``first`` and ``second``."""
-    if first + second > len(examples):
-        raise ValueError(f"{len(examples)} examples, fewer than the {first} + {second} asked for")
-    order = random.Random(seed).sample(range(len(examples)), first + second)
-    return [examples[i] for i in order[:first]], [examples[i] for i in order[first:]]
+    rows, other = corpora.disjoint_samples(len(examples), first, second, seed)
+    return [examples[i] for i in rows], [examples[i] for i in other]
 
 
 def insert_trigger(example: InstructionExample, trigger: str, insert_num: int = 1,

@@ -1,9 +1,14 @@
-"""The triggers a ``patronus scan`` report confirmed, checked against the model they are used on.
+"""The scan report (``patronus scan --report``): one layout for both detectors, one writer, one reader.
 
-The monitor and the purifiers take what the scan found.  A report is accepted
-only if it belongs to the model: every trigger's token ids must decode to its
-text under the model's tokenizer, and the report's ``model.hidden_size`` (when
-present) must match.  One module below the defenses, so they share the check.
+* :func:`scan_record` lays a detector's findings out (both Patronus'
+  :class:`~patronus_ext.detect.ScanReport` and LMSanitator's report build their
+  JSON with it); :func:`write_scan_outputs` writes the report and, for a
+  backdoored verdict, the attack-vector bank beside it (the ``scan`` command
+  and the audit both write through it).
+* :func:`triggers_from_report`: the monitor and the purifiers take what the
+  scan found.  A report is accepted only if it belongs to the model: every
+  trigger's token ids must decode to its text under the model's tokenizer, and
+  the report's ``model.hidden_size`` (when present) must match.
 """
 
 from __future__ import annotations
@@ -12,7 +17,48 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+from ..core.files import write_json
+from .bank import AttackBank, save_bank
+
+SCAN_REPORT_FORMAT = "patronus_ext.scan/1"
+VERDICTS = ("clean", "backdoored")
+
+
+def scan_record(method: str, verdict: str, *, model: Mapping[str, Any], config: Mapping[str, Any],
+                timings: Mapping[str, float], environment: Mapping[str, Any], groups: list[dict] | None = None,
+                triggers: list[dict] | None = None, **findings: Any) -> dict[str, Any]:
+    """A scan report's JSON.  It leads with what a reader wants first: the ``verdict``, the backdoor's target
+    ``groups`` (Patronus) and the confirmed ``triggers`` (``[]`` for a detector that inverts vectors); then the
+    detector's other ``findings`` (Patronus: candidates, loops; LMSanitator: vectors), ``method``, ``config``,
+    ``model``, ``timings``, ``environment``, ``bank`` (the bank's path once written, else None) and
+    ``format``."""
+    if verdict not in VERDICTS:
+        raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
+    out: dict[str, Any] = {"verdict": verdict}
+    if groups is not None:
+        out["groups"] = list(groups)
+    out["triggers"] = list(triggers or [])
+    out.update(findings)
+    out.update(method=method, config=dict(config), model=dict(model), timings=dict(timings),
+               environment=dict(environment), bank=None, format=SCAN_REPORT_FORMAT)
+    return out
+
+
+def write_scan_outputs(payload: dict[str, Any], model_name: str, bank: AttackBank | None, *,
+                       report_path: str | os.PathLike | None, bank_path: str | os.PathLike | None,
+                       overwrite: bool = False) -> dict[str, Any]:
+    """Name the model in ``payload`` as the user gave it, write ``bank`` (a backdoored verdict's vectors) to
+    ``bank_path`` and the report to ``report_path`` (each when given, atomically; the bank first, so a report
+    never names a bank that is not there).  Returns the payload as written."""
+    payload = dict(payload, model=dict(payload.get("model") or {}, source=str(model_name)), bank=None)
+    if bank is not None and bank_path:
+        save_bank(bank, bank_path, overwrite=overwrite)
+        payload["bank"] = str(bank_path)
+    if report_path:
+        write_json(report_path, payload, overwrite=overwrite)
+    return payload
 
 
 @dataclasses.dataclass
@@ -31,19 +77,24 @@ class ScannedTriggers:
 
 def read_report(report: dict | str | os.PathLike) -> tuple[dict, str]:
     """The report as a dict and a name for messages (a dict passes through); a missing file, one that is
-    not JSON or not a JSON object is an error naming it."""
+    not JSON, not a JSON object or of another format is an error naming it.  A report without a
+    ``format`` key (written before there was one) is read as this format."""
     if isinstance(report, dict):
-        return report, "scan report"
-    path = Path(report)
-    if not path.is_file():
-        raise FileNotFoundError(f"scan report {path} not found")
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a JSON scan report ({exc})") from exc
-    if not isinstance(payload, dict):
-        raise ValueError(f"{path}: not a scan report (a JSON object is expected)")
-    return payload, str(path)
+        payload, where = report, "scan report"
+    else:
+        path = Path(report)
+        if not path.is_file():
+            raise FileNotFoundError(f"scan report {path} not found")
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not a JSON scan report ({exc})") from exc
+        if not isinstance(payload, dict):
+            raise ValueError(f"{path}: not a scan report (a JSON object is expected)")
+        where = str(path)
+    if payload.get("format", SCAN_REPORT_FORMAT) != SCAN_REPORT_FORMAT:
+        raise ValueError(f"{where}: unknown scan report format {payload['format']!r} (expected {SCAN_REPORT_FORMAT})")
+    return payload, where
 
 
 def _norm(text: str) -> str:

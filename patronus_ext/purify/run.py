@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import logging
 import os
-import random
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +18,7 @@ from ..data.instructions import fit_inputs, load_instructions, split_examples
 from ..evaluate import load_task
 from ..evaluate.generation import GenerationEvalConfig
 from ..formats.backdoor import find_backdoor_info
-from ..formats.purify_record import PURIFY_FILE, PURIFY_FORMAT
+from ..formats.purify_record import PURIFY_FILE, PurifyRecord
 from ..formats.scan_report import ScannedTriggers, triggers_from_report
 from ..lm.finetune import finetune_classifier
 from ..lm.instruction_tuning import instruction_tune
@@ -35,7 +33,7 @@ log = logging.getLogger(__name__)
 #: Methods that need the scan's triggers, and those that need clean pre-trained weights.
 NEEDS_TRIGGERS = ("adv-pt", "adv-ft")
 NEEDS_PRETRAINED = ("fine-mix", "e-pur", "fine-mix-lm")
-#: The purifiers of instruction-tuned causal LMs (SPEC.md §5), measured by greedy generation.
+#: The purifiers of instruction-tuned causal LMs (docs/METHODS.md §5), measured by greedy generation.
 CAUSAL_METHODS = ("mb", "fine-mix-lm")
 
 
@@ -77,122 +75,202 @@ def _attack_responses(*places) -> dict[str, str]:
     return {}
 
 
-def _run_causal(method: str, model: str, source: str, out: Path, *, pretrained, task, dev_task, data, baseline,
-                profile: str, config, measure, measure_triggers, device, allow_pickle: bool,
-                progress: bool) -> PurifyResult:
-    """``mb`` (instruction-tune ``model`` on ``data`` with MB-Defense) and ``fine-mix-lm`` (mix the tuned causal
-    LM ``model`` with the clean ``pretrained`` weights, then tune on clean samples)."""
-    started = time.perf_counter()
-    if measure is True:
-        measure = GenerationEvalConfig.profile(profile)
+@dataclasses.dataclass
+class _Run:
+    """One purification in progress: what is purified, where the work runs, and the clock."""
+
+    method: str
+    model: str                 # as given
+    source: str                # resolved folder or hub id
+    device: Any
+    allow_pickle: bool
+    progress: bool
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def timed(self, name: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    def load(self, name: str, head: str):
+        return lm.load_model(name, head, allow_pickle=self.allow_pickle, device=self.device)
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """What one method returns: the purified model, the measurements around it and its own details."""
+
+    model: Any
+    before: Measurement | None
+    after: Measurement | None
+    details: dict[str, Any]
+
+
+# -- encoders and classifiers (measured by CACC / T-ASR after fine-tuning) -------------------------
+def _adv_pt(run: _Run, tokenizer, words, config, measure, train, dev, measured) -> _Outcome:
+    """Adversarial pre-training of the encoder; an encoder is measured after a clean fine-tuning."""
+    adapter = lm.load_adapter(run.source, "base", allow_pickle=run.allow_pickle, device=run.device)
+    measure_train = None if measure is None else train.subset(measure.train_limit, measure.seed)
+
+    def measured_encoder(encoder, timing: str):
+        if measure is None:
+            return None
+        return run.timed(timing, measure_encoder, encoder, tokenizer, measure_train, dev, measured, measure,
+                         device=run.device, allow_pickle=run.allow_pickle, progress=run.progress)
+
+    before = measured_encoder(run.source, "measure_before")
+    result = run.timed("purify", adversarial_pretrain, adapter, words, config, progress=run.progress)
+    return _Outcome(adapter.model, before, measured_encoder(adapter.model, "measure_after"), result.to_dict())
+
+
+def _adv_ft(run: _Run, tokenizer, words, config, measure, train, dev, measured) -> _Outcome:
+    """Adversarial fine-tuning into a classifier; "before" is the same fine-tuning without the extra samples."""
+    adv_train = train.subset(config.train_limit, config.seed)
+    before = after = None
+    if measure is not None:
+        plain = run.timed("measure_before", finetune_classifier, run.source, adv_train, config, tokenizer,
+                          device=run.device, allow_pickle=run.allow_pickle, progress=run.progress)
+        before = run.timed("measure_before", measure_classifier, plain.model, tokenizer, dev, measured, measure,
+                           f"clean fine-tuning on {len(adv_train)} examples", run.progress)
+        del plain
+    clf, result = run.timed("purify", adversarial_finetune, run.source, adv_train, dev, words, config,
+                            tokenizer=tokenizer, device=run.device, allow_pickle=run.allow_pickle,
+                            progress=run.progress)
+    if measure is not None:
+        after = run.timed("measure_after", measure_classifier, clf.model, tokenizer, dev, measured, measure,
+                          "classifier", run.progress)
+    return _Outcome(clf.model, before, after, result.to_dict())
+
+
+def _mix(run: _Run, tokenizer, pretrained, config, measure, train, dev, measured) -> _Outcome:
+    """Fine-mixing or E-PUR of a classifier with its clean pre-trained weights."""
+    classifier = run.load(run.source, "cls")
+    if int(classifier.config.num_labels) != train.num_labels:
+        raise ValueError(f"{run.model} classifies into {classifier.config.num_labels} labels but the task has "
+                         f"{train.num_labels}: pass the task it was fine-tuned on (--task)")
+    clean_model = run.load(str(pretrained), "base")
+
+    def measured_classifier(model, timing: str):
+        if measure is None:
+            return None
+        return run.timed(timing, measure_classifier, model, tokenizer, dev, measured, measure, "classifier",
+                         run.progress)
+
+    before = measured_classifier(classifier, "measure_before")
+    frequencies = None
+    if run.method == "e-pur" or config.e_pur_top_n:
+        freq_texts = train.subset(getattr(config, "freq_limit", None), config.seed).texts
+        frequencies = token_frequencies(tokenizer, freq_texts, classifier.get_input_embeddings().weight.shape[0])
+    if run.method == "fine-mix":
+        clean, select = train.split(config.clean_limit, config.select_limit, config.seed + 7)
+        purified, result = run.timed("purify", fine_mix, classifier, tokenizer, clean_model, clean, select, config,
+                                     frequencies=frequencies, progress=run.progress)
+    else:
+        clean, _ = train.split(config.clean_limit, 0, config.seed + 7)
+        purified, result = run.timed("purify", e_pur, classifier, tokenizer, clean_model, frequencies, clean, config,
+                                     progress=run.progress)
+    return _Outcome(purified, before, measured_classifier(purified, "measure_after"), result.to_dict())
+
+
+def _purify_encoder(run: _Run, *, report, triggers, pretrained, task, dev_task, config, measure,
+                    measure_triggers) -> tuple[Any, _Outcome, dict[str, Any]]:
+    """``adv-pt``, ``adv-ft``, ``fine-mix`` and ``e-pur``: the tokenizer, the outcome, the record's trigger fields."""
+    tokenizer = lm.load_tokenizer(run.source)
+    hidden = int(getattr(lm.load_config(run.source), "hidden_size", 0) or 0) or None
+    scanned, words = _triggers(report, triggers, tokenizer, hidden)
+    planted = find_backdoor_info(run.source)
+    measured = list(measure_triggers) if measure_triggers else (words or (planted.triggers if planted else []))
+    train = dev = None
+    if run.method != "adv-pt" or measure is not None:
+        train = load_task(task, "train", None, 0)
+        dev = load_task(dev_task if dev_task is not None else task, "dev",
+                        None if measure is None else measure.dev_limit, 0)
+    if run.method == "adv-pt":
+        outcome = _adv_pt(run, tokenizer, words, config, measure, train, dev, measured)
+    elif run.method == "adv-ft":
+        outcome = _adv_ft(run, tokenizer, words, config, measure, train, dev, measured)
+    else:
+        outcome = _mix(run, tokenizer, pretrained, config, measure, train, dev, measured)
+    fields = {"task": task.source if isinstance(task, LabeledData) else str(task), "triggers": list(words),
+              "trigger_token_ids": None if scanned is None else [list(t) for t in scanned.token_ids],
+              "triggers_source": scanned.source if scanned is not None else ("given" if words else None),
+              "measured_triggers": measured}
+    return tokenizer, outcome, fields
+
+
+# -- instruction-tuned causal LMs (measured by greedy generation) ----------------------------------
+def _purify_causal(run: _Run, *, pretrained, task, dev_task, data, baseline, config, measure,
+                   measure_triggers) -> tuple[Any, _Outcome, dict[str, Any]]:
+    """``mb`` (instruction-tune the model on ``data`` with MB-Defense) and ``fine-mix-lm`` (mix the tuned causal
+    LM with the clean ``pretrained`` weights, then tune on clean samples)."""
     if measure is not None and not isinstance(measure, GenerationEvalConfig):
-        raise TypeError(f"{method} measures by generation: pass a GenerationEvalConfig")
-    run_device = lm.resolve_device(device)
-    tokenizer = lm.load_tokenizer(source)
-    fmt = config.prompt_format()
+        raise TypeError(f"{run.method} measures by generation: pass a GenerationEvalConfig")
     if isinstance(task, LabeledData):
-        raise TypeError(f"{method} takes a task name or an instruction file (instructions, not labelled texts)")
+        raise TypeError(f"{run.method} takes a task name or an instruction file (instructions, not labelled texts)")
+    tokenizer = lm.load_tokenizer(run.source)
+    fmt = config.prompt_format()
     data_source = task if data is None else data
     if measure_triggers:
         responses = dict(measure_triggers) if isinstance(measure_triggers, dict) else {}
         if not responses:
             raise ValueError("for causal LMs, measure_triggers maps each trigger to the attacker's response")
     else:
-        responses = _attack_responses(data if isinstance(data, (str, os.PathLike)) else None, baseline, source)
-    timings: dict[str, float] = {}
-
-    def timed(name, fn, *args, **kwargs):
-        t0 = time.perf_counter()
-        value = fn(*args, **kwargs)
-        timings[name] = time.perf_counter() - t0
-        return value
-
+        responses = _attack_responses(data if isinstance(data, (str, os.PathLike)) else None, baseline, run.source)
     dev = None
     if measure is not None:
         dev = load_instructions(str(dev_task if dev_task is not None else task), "dev", None, 0)
     select_limit = getattr(config, "select_limit", 0)
     pool = load_instructions(str(task), "train", config.clean_samples + select_limit, config.seed + 7)
     clean, select = split_examples(pool, config.clean_samples, select_limit, config.seed + 7)
-    before = after = None
-    if method == "mb":
+
+    def measured(model, how: str, timing: str):
+        if measure is None:
+            return None
+        return run.timed(timing, measure_generation, model, tokenizer, dev, fmt, responses, measure, how,
+                         run.progress)
+
+    used: list[str] = []
+    if run.method == "mb":
         examples = list(data_source) if not isinstance(data_source, (str, os.PathLike)) else \
             load_instructions(str(data_source), "train", config.data_limit, config.seed)
         examples = fit_inputs(tokenizer, examples, fmt.max_input_tokens)
-        base = lm.load_model(source, "causal", allow_pickle=allow_pickle, device=run_device)
+        base = run.load(run.source, "causal")
+        before = None
         if measure is not None:
-            t0 = time.perf_counter()
             if baseline is not None:
-                plain = lm.load_model(str(baseline), "causal", allow_pickle=allow_pickle, device=run_device)
-                how = f"the given no-defense model {baseline}"
+                plain, how = run.load(str(baseline), "causal"), f"the given no-defense model {baseline}"
             else:  # before: the same instruction tuning without the defense
                 plain = copy.deepcopy(base)
-                instruction_tune(plain, tokenizer, examples, fmt, config,
-                                          desc="instruction tuning (no defense)", progress=progress)
+                run.timed("measure_before", instruction_tune, plain, tokenizer, examples, fmt, config,
+                          desc="instruction tuning (no defense)", progress=run.progress)
                 how = f"instruction tuning on the same {len(examples)} examples without the defense"
-            before = measure_generation(plain, tokenizer, dev, fmt, responses, measure, how, progress)
+            before = measured(plain, how, "measure_before")
             del plain
-            timings["measure_before"] = time.perf_counter() - t0
-        purified, result = timed("purify", mb_defense, base, tokenizer, examples, clean, select, config,
-                                 progress=progress)
+        purified, result = run.timed("purify", mb_defense, base, tokenizer, examples, clean, select, config,
+                                     progress=run.progress)
         used = list(result.poisoning.triggers.words)
     else:
-        tuned = lm.load_model(source, "causal", allow_pickle=allow_pickle, device=run_device)
-        clean_model = lm.load_model(str(pretrained), "causal", allow_pickle=allow_pickle, device=run_device)
-        if measure is not None:
-            before = timed("measure_before", measure_generation, tuned, tokenizer, dev, fmt, responses, measure,
-                           "the input model", progress)
-        purified, result = timed("purify", fine_mix_lm, tuned, tokenizer, clean_model, clean, config,
-                                 progress=progress)
-        used = []
-    if measure is not None:
-        after = timed("measure_after", measure_generation, purified, tokenizer, dev, fmt, responses, measure,
-                      "the purified model", progress)
-    timings["total"] = time.perf_counter() - started
-    payload = {
-        "format": PURIFY_FORMAT,
-        "method": method,
-        "model": str(model),
-        "pretrained": None if pretrained is None else str(pretrained),
-        "task": str(task),
-        "data": str(data_source) if isinstance(data_source, (str, os.PathLike)) else "examples",
-        "baseline": None if baseline is None else str(baseline),
-        "profile": profile,
-        "triggers": used,
-        "trigger_token_ids": None,
-        "triggers_source": "defender" if used else None,
-        "measured_triggers": list(responses),
-        "attack_responses": responses,
-        "before": None if before is None else before.to_dict(),
-        "after": None if after is None else after.to_dict(),
-        "settings": config.to_dict(),
-        "measure": None if measure is None else measure.to_dict(),
-        "details": result.to_dict(),
-        "timings": timings,
-        "environment": environment(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    lm.save_model_folder(purified, tokenizer, out, {PURIFY_FILE: payload}, source=source)
-    log.info("%s: purified into %s in %.1f s", method, out, timings["total"])
-    return PurifyResult(method, Path(out), used, list(responses), before, after, payload)
-
-
-def _split_clean(train: LabeledData, first: int, second: int, seed: int) -> tuple[LabeledData, LabeledData]:
-    """Two disjoint random subsets of ``train`` (the defender's small clean set and the ρ-selection set)."""
-    if first + second > len(train):
-        raise ValueError(f"the task's train split has {len(train)} examples, fewer than clean_limit + "
-                         f"select_limit = {first + second}")
-    order = random.Random(seed).sample(range(len(train)), first + second)
-
-    def take(rows):
-        return LabeledData([train.texts[i] for i in rows], [train.labels[i] for i in rows], train.num_labels,
-                           train.source)
-    return take(order[:first]), take(order[first:])
+        tuned = run.load(run.source, "causal")
+        clean_model = run.load(str(pretrained), "causal")
+        before = measured(tuned, "the input model", "measure_before")
+        purified, result = run.timed("purify", fine_mix_lm, tuned, tokenizer, clean_model, clean, config,
+                                     progress=run.progress)
+    outcome = _Outcome(purified, before, measured(purified, "the purified model", "measure_after"), result.to_dict())
+    fields = {"task": str(task), "data": str(data_source) if isinstance(data_source, (str, os.PathLike)) else "examples",
+              "baseline": None if baseline is None else str(baseline), "triggers": used, "trigger_token_ids": None,
+              "triggers_source": "defender" if used else None, "measured_triggers": list(responses),
+              "attack_responses": responses}
+    return tokenizer, outcome, fields
 
 
 def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike, *,
                report: dict | str | os.PathLike | None = None, triggers: Sequence[str] | None = None,
                pretrained: str | os.PathLike | None = None, task: str | LabeledData = "sst2",
-               dev_task: str | LabeledData | None = None, profile: str = "fast", config=None, measure: MeasureConfig | bool | None = True,
+               dev_task: str | LabeledData | None = None, profile: str = "fast", config=None,
+               measure: MeasureConfig | GenerationEvalConfig | bool | None = True,
                measure_triggers: Sequence[str] | dict[str, str] | None = None, device: str | None = None,
                allow_pickle: bool = False, progress: bool = True, data=None,
                baseline: str | os.PathLike | None = None) -> PurifyResult:
@@ -208,7 +286,7 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
     * ``mb`` (an instruct causal LM + instruction ``data`` that may be
       poisoned -> the LM tuned on it with MB-Defense) and ``fine-mix-lm`` (a
       tuned causal LM + the clean ``pretrained`` instruct weights -> the mixed
-      model tuned on clean samples): instruction data (SPEC.md §5).  ``data``:
+      model tuned on clean samples): instruction data (docs/METHODS.md §5).  ``data``:
       a built-in source, an Alpaca JSONL file (e.g. the ``instruction_data.jsonl``
       of ``patronus attack --method instruct-badnet``) or examples (None: ``task``);
       ``task`` gives the clean samples (train split) and the dev prompts;
@@ -221,15 +299,15 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
     train and dev splits); ``dev_task``: another source for the dev split.
 
     ``config`` None: the method's ``profile``.  ``measure``: True (the
-    ``measure`` config of ``profile``), a :class:`MeasureConfig`, or False (no
-    before/after).  T-ASR is measured with ``measure_triggers``, else the
-    report's triggers, else the model's ``backdoor.json`` triggers.  The output
-    folder is checked before any work and written atomically: an interrupted
-    run leaves nothing.
+    ``profile`` of :class:`MeasureConfig`, or of :class:`GenerationEvalConfig`
+    for causal LMs), such a config, or False (no before/after).  T-ASR is
+    measured with ``measure_triggers``, else the report's triggers, else the
+    model's ``backdoor.json`` triggers.  The output folder is checked before
+    any work and written atomically (``purify.json`` inside: the record of
+    :mod:`patronus_ext.formats.purify_record`): an interrupted run leaves nothing.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    started = time.perf_counter()
     source = lm.resolve_model_source(str(model))
     out = lm.check_new_model_folder(out_dir, source)
     if pretrained is not None and Path(out).resolve() == Path(lm.resolve_model_source(str(pretrained))).resolve():
@@ -238,118 +316,32 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
         raise ValueError(f"{method} needs the clean pre-trained weights the model was fine-tuned from (--pretrained)")
     if method in NEEDS_TRIGGERS and report is None and not triggers:
         raise ValueError(f"{method} needs the triggers the scan found (--scan-report scan.json)")
+    causal = method in CAUSAL_METHODS
+    if causal and (report is not None or triggers):
+        raise ValueError(f"{method} takes no scan report or triggers: MB-Defense plants its own defender "
+                         "triggers, Fine-mixing needs none")
+    if method == "mb" and pretrained is not None:
+        raise ValueError("mb takes no --pretrained: it instruction-tunes --model itself")
     config = config if config is not None else make_config(method, profile)
-    if method in CAUSAL_METHODS:
-        if report is not None or triggers:
-            raise ValueError(f"{method} takes no scan report or triggers: MB-Defense plants its own defender "
-                             "triggers, Fine-mixing needs none")
-        if method == "mb" and pretrained is not None:
-            raise ValueError("mb takes no --pretrained: it instruction-tunes --model itself")
-        return _run_causal(method, str(model), source, out, pretrained=pretrained, task=task, dev_task=dev_task,
-                           data=data, baseline=baseline, profile=profile, config=config, measure=measure or None,
-                           measure_triggers=measure_triggers, device=device, allow_pickle=allow_pickle,
-                           progress=progress)
     if measure is True:
-        measure = MeasureConfig.profile(profile)
-    measure = measure or None
-    run_device = lm.resolve_device(device)
-    tokenizer = lm.load_tokenizer(source)
-    config_hidden = int(getattr(lm.load_config(source), "hidden_size", 0) or 0) or None
-    scanned, words = _triggers(report, triggers, tokenizer, config_hidden)
-    planted = find_backdoor_info(source)
-    measured = list(measure_triggers) if measure_triggers else (words or (planted.triggers if planted else []))
-    timings: dict[str, float] = {}
-
-    def timed(name, fn, *args, **kwargs):
-        t0 = time.perf_counter()
-        value = fn(*args, **kwargs)
-        timings[name] = time.perf_counter() - t0
-        return value
-
-    train = dev = None
-    if method != "adv-pt" or measure is not None:
-        train = load_task(task, "train", None, 0)
-        dev = load_task(dev_task if dev_task is not None else task, "dev",
-                        None if measure is None else measure.dev_limit, 0)
-    before = after = None
-    details: dict[str, Any]
-    if method == "adv-pt":
-        adapter = lm.load_adapter(source, "base", allow_pickle=allow_pickle, device=run_device)
-        measure_train = None if measure is None else train.subset(measure.train_limit, measure.seed)
-        if measure is not None:
-            before = timed("measure_before", measure_encoder, source, tokenizer, measure_train, dev, measured,
-                           measure, device=run_device, allow_pickle=allow_pickle, progress=progress)
-        result = timed("purify", adversarial_pretrain, adapter, words, config, progress=progress)
-        purified = adapter.model
-        if measure is not None:
-            after = timed("measure_after", measure_encoder, purified, tokenizer, measure_train, dev, measured,
-                          measure, device=run_device, progress=progress)
-        details = result.to_dict()
-    elif method == "adv-ft":
-        adv_train = train.subset(config.train_limit, config.seed)
-        if measure is not None:
-            # before: the same fine-tuning without the adversarial examples
-            t0 = time.perf_counter()
-            plain = finetune_classifier(source, adv_train, config, tokenizer, device=run_device,
-                                        allow_pickle=allow_pickle, progress=progress)
-            before = measure_classifier(plain.model, tokenizer, dev, measured, measure,
-                                        f"clean fine-tuning on {len(adv_train)} examples", progress)
-            del plain
-            timings["measure_before"] = time.perf_counter() - t0
-        clf, result = timed("purify", adversarial_finetune, source, adv_train, dev, words, config,
-                            tokenizer=tokenizer, device=run_device, allow_pickle=allow_pickle, progress=progress)
-        purified = clf.model
-        if measure is not None:
-            after = timed("measure_after", measure_classifier, purified, tokenizer, dev, measured, measure,
-                          "classifier", progress)
-        details = result.to_dict()
+        measure = (GenerationEvalConfig if causal else MeasureConfig).profile(profile)
+    run = _Run(method, str(model), source, lm.resolve_device(device), allow_pickle, progress)
+    if causal:
+        tokenizer, outcome, fields = _purify_causal(run, pretrained=pretrained, task=task, dev_task=dev_task,
+                                                    data=data, baseline=baseline, config=config,
+                                                    measure=measure or None, measure_triggers=measure_triggers)
     else:
-        classifier = lm.load_model(source, "cls", allow_pickle=allow_pickle, device=run_device)
-        if int(classifier.config.num_labels) != train.num_labels:
-            raise ValueError(f"{model} classifies into {classifier.config.num_labels} labels but the task has "
-                             f"{train.num_labels}: pass the task it was fine-tuned on (--task)")
-        clean_model = lm.load_model(str(pretrained), "base", allow_pickle=allow_pickle, device=run_device)
-        if measure is not None:
-            before = timed("measure_before", measure_classifier, classifier, tokenizer, dev, measured, measure,
-                           "classifier", progress)
-        freq_texts = train.subset(getattr(config, "freq_limit", None), config.seed).texts
-        needs_freq = method == "e-pur" or config.e_pur_top_n
-        frequencies = token_frequencies(tokenizer, freq_texts, classifier.get_input_embeddings().weight.shape[0]) \
-            if needs_freq else None
-        if method == "fine-mix":
-            clean, select = _split_clean(train, config.clean_limit, config.select_limit, config.seed + 7)
-            purified, result = timed("purify", fine_mix, classifier, tokenizer, clean_model, clean, select, config,
-                                     frequencies=frequencies, progress=progress)
-        else:
-            clean, _ = _split_clean(train, config.clean_limit, 0, config.seed + 7)
-            purified, result = timed("purify", e_pur, classifier, tokenizer, clean_model, frequencies, clean, config,
-                                     progress=progress)
-        if measure is not None:
-            after = timed("measure_after", measure_classifier, purified, tokenizer, dev, measured, measure,
-                          "classifier", progress)
-        details = result.to_dict()
-    timings["total"] = time.perf_counter() - started
-    payload = {
-        "format": PURIFY_FORMAT,
-        "method": method,
-        "model": str(model),
-        "pretrained": None if pretrained is None else str(pretrained),
-        "task": task.source if isinstance(task, LabeledData) else str(task),
-        "profile": profile,
-        "triggers": scanned.to_dict()["words"] if scanned is not None else list(words),
-        "trigger_token_ids": None if scanned is None else [list(t) for t in scanned.token_ids],
-        "triggers_source": scanned.source if scanned is not None else ("given" if words else None),
-        "measured_triggers": measured,
-        "before": None if before is None else before.to_dict(),
-        "after": None if after is None else after.to_dict(),
-        "settings": config.to_dict(),
-        "measure": None if measure is None else measure.to_dict(),
-        "details": details,
-        "timings": timings,
-        "environment": environment(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    lm.save_model_folder(purified, tokenizer, out, {PURIFY_FILE: payload}, source=source)
-    log.info("%s: purified into %s in %.1f s", method, out, timings["total"])
-    return PurifyResult(method, Path(out), list(words), measured, before, after, payload)
-
+        tokenizer, outcome, fields = _purify_encoder(run, report=report, triggers=triggers, pretrained=pretrained,
+                                                     task=task, dev_task=dev_task, config=config,
+                                                     measure=measure or None, measure_triggers=measure_triggers)
+    run.timings["total"] = time.perf_counter() - run.started
+    record = PurifyRecord(
+        method=method, model=str(model), profile=profile, settings=config.to_dict(), details=outcome.details,
+        timings=run.timings, pretrained=None if pretrained is None else str(pretrained),
+        before=None if outcome.before is None else outcome.before.to_dict(),
+        after=None if outcome.after is None else outcome.after.to_dict(),
+        measure=measure.to_dict() if measure else None, environment=environment(), **fields)
+    lm.save_model_folder(outcome.model, tokenizer, out, {PURIFY_FILE: record.to_dict()}, source=source)
+    log.info("%s: purified into %s in %.1f s", method, out, run.timings["total"])
+    return PurifyResult(method, Path(out), list(record.triggers), list(record.measured_triggers), outcome.before,
+                        outcome.after, record.to_dict())

@@ -133,14 +133,12 @@ def run_lmsanitator(args: argparse.Namespace) -> int:
 
 def write_outputs(args: argparse.Namespace, report, bank_path: str | None) -> None:
     """The report (naming the model as given) and, for a backdoored verdict, the attack-vector bank."""
-    from ...formats.bank import save_bank
-    from ._options import write_report
+    from ...formats.scan_report import write_scan_outputs
 
-    payload = report.to_dict()
-    payload["model"]["source"] = args.model
-    payload["bank"] = None
-    if bank_path and report.backdoored:
-        save_bank(report.attack_bank(args.model), bank_path, overwrite=args.force)
-        payload["bank"] = str(bank_path)
-        print(f"bank: {bank_path}", file=sys.stderr)
-    write_report(args, payload)
+    bank = report.attack_bank(args.model) if report.backdoored and bank_path else None
+    payload = write_scan_outputs(report.to_dict(), args.model, bank, report_path=args.report, bank_path=bank_path,
+                                 overwrite=args.force)
+    if payload["bank"]:
+        print(f"bank: {payload['bank']}", file=sys.stderr)
+    if args.report:
+        print(f"report: {args.report}", file=sys.stderr)

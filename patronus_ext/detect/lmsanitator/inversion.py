@@ -36,6 +36,7 @@ from typing import Sequence
 import torch
 
 from ...formats.bank import AttackBank
+from ...formats.scan_report import scan_record
 from ...lm.adapter import ModelAdapter
 from ..texts import prepare_texts
 from .config import LMSanitatorConfig
@@ -184,9 +185,8 @@ class LMSanitatorReport:
                            "distance": [v.distance for v in found]})
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "verdict": self.verdict, "vectors": [v.to_dict() for v in self.vectors],
-                "config": self.config, "model": self.model, "timings": self.timings,
-                "environment": self.environment}
+        return scan_record(self.method, self.verdict, vectors=[v.to_dict() for v in self.vectors], config=self.config,
+                           model=self.model, timings=self.timings, environment=self.environment)
 
     def summary(self, name: str) -> str:
         """Readable lines: verdict, accepted vectors, or the closest rejected seed."""

@@ -19,6 +19,7 @@ import torch
 from ...core.similarity import representation_shift
 from ...data.triggers import trigger_ids
 from ...formats.bank import AttackBank
+from ...formats.scan_report import scan_record
 from ...lm.adapter import ModelAdapter
 from ..texts import prepare_texts
 from .config import ScanConfig
@@ -74,17 +75,10 @@ class ScanReport:
                           {"members": [g.members for g in self.groups]})
 
     def to_dict(self) -> dict:
-        return {
-            "verdict": self.verdict,
-            "groups": [g.to_dict() for g in self.groups],
-            "triggers": [t.to_dict() for t in self.triggers],
-            "candidates": [c.to_dict() for c in self.candidates],
-            "loops": self.loops,
-            "config": self.config,
-            "model": self.model,
-            "timings": self.timings,
-            "environment": self.environment,
-        }
+        return scan_record("patronus", self.verdict, triggers=[t.to_dict() for t in self.triggers],
+                           groups=[g.to_dict() for g in self.groups],
+                           candidates=[c.to_dict() for c in self.candidates], loops=self.loops, config=self.config,
+                           model=self.model, timings=self.timings, environment=self.environment)
 
 
 def split_texts(texts: list[str], config: ScanConfig, seed: int) -> tuple[list[str], list[str], list[str]]:
