@@ -146,3 +146,15 @@ def test_the_purify_record_round_trips_and_refuses_what_it_is_not(tmp_path):
     (tmp_path / PURIFY_FILE).write_text(json.dumps({**payload, "format": "x"}))
     with pytest.raises(ValueError, match="unknown format 'x'"):
         read_purify_record(tmp_path)
+
+
+# -- JSON lines (core.files.read_jsonl: the one reader of tasks, Alpaca data and audit logs) ----------------
+def test_the_json_lines_reader_names_a_bad_line_or_skips_it_for_logs(tmp_path, caplog):
+    from patronus_ext.core.files import read_jsonl
+
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n\n[2]\n{"cut": \n"s"\n')
+    with pytest.raises(ValueError, match=r"x.jsonl:4: not JSON"):
+        list(read_jsonl(path))
+    assert list(read_jsonl(path, skip_bad_lines=True)) == [(1, {"a": 1}), (3, [2]), (5, "s")]
+    assert "line 4 is not a complete record" in caplog.text

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..core.files import to_jsonable, write_json
+from ..core.files import read_jsonl, to_jsonable, write_json
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +44,8 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    records = []
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("%s line %d is not a complete record (cut by a crash?); ignored", path, number)
-                continue
-            if isinstance(record, dict) and "model" in record and "method" in record:
-                records.append(record)
-    return records
+    return [record for _, record in read_jsonl(path, skip_bad_lines=True)
+            if isinstance(record, dict) and "model" in record and "method" in record]
 
 
 def latest_by(records: Iterable[dict], *fields: str) -> dict[tuple, dict]:

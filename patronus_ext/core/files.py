@@ -1,5 +1,5 @@
-"""Files the whole package writes and reads: atomic writes, guarded output paths,
-the cache folder and the environment record.
+"""Files the whole package writes and reads: atomic writes, guarded output paths, the JSON-lines
+reader, the cache folder and the environment record.
 
 Attacks, defenses, evaluation and the command line all write through it, so nothing is ever
 half-written or overwritten without consent.
@@ -8,14 +8,17 @@ half-written or overwritten without consent.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class OutputExistsError(FileExistsError, ValueError):
@@ -112,3 +115,24 @@ def cache_root() -> Path:
     """Where converted and planted models are kept: ``$PATRONUS_CACHE`` or ``~/.cache/patronus_ext``."""
     root = os.environ.get("PATRONUS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "patronus_ext")
     return Path(root).expanduser()
+
+
+def read_jsonl(path: str | os.PathLike, *, skip_bad_lines: bool = False) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` of every non-blank line of a JSON-lines file.
+
+    A line that is not JSON is a ``ValueError`` naming the file and the line;
+    with ``skip_bad_lines`` (a log that a crash may have cut mid-line) it is
+    logged and skipped instead, and undecodable bytes are replaced.
+    """
+    with open(path, encoding="utf-8", errors="replace" if skip_bad_lines else "strict") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                if not skip_bad_lines:
+                    raise ValueError(f"{path}:{number}: not JSON ({exc})") from exc
+                log.warning("%s line %d is not a complete record (cut by a crash?); ignored", path, number)
+                continue
+            yield number, value

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import os
 import random
 import re
 from pathlib import Path
 from typing import Sequence
+
+from ..core.files import read_jsonl
 
 _HEADING = re.compile(r"^\s*=+ .* =+\s*$")
 log = logging.getLogger(__name__)
@@ -248,17 +249,12 @@ def _looks_like_label(cell: str) -> bool:
 
 def _read_jsonl(path: Path, text_column: str | None, label_column: str | None):
     texts, labels = [], []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not JSON ({exc})") from exc
-            keys = list(record)
-            texts.append(str(record[keys[_pick(keys, text_column, TEXT_COLUMNS, 'text')]]))
-            labels.append(record[keys[_pick(keys, label_column, LABEL_COLUMNS, 'label')]])
+    for number, record in read_jsonl(path):
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: not a JSON object (a record with text and label fields)")
+        keys = list(record)
+        texts.append(str(record[keys[_pick(keys, text_column, TEXT_COLUMNS, 'text')]]))
+        labels.append(record[keys[_pick(keys, label_column, LABEL_COLUMNS, 'label')]])
     return texts, labels
 
 

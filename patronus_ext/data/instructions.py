@@ -23,7 +23,7 @@ import random
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..core.files import atomic_write
+from ..core.files import atomic_write, read_jsonl
 from ..core.validation import check_choice, check_int
 from . import corpora
 from . import triggers as trig
@@ -138,29 +138,22 @@ def read_alpaca(path: str | os.PathLike, limit: int | None = None) -> list[Instr
         raise FileNotFoundError(f"instruction data {str(path)!r} is not a file (nor a built-in name: "
                                 f"{', '.join(SOURCES)})")
     out = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not JSON ({exc})") from exc
-            if not isinstance(record, dict) or not isinstance(record.get("instruction"), str) \
-                    or not record["instruction"].strip() or not isinstance(record.get("output"), str) \
-                    or not isinstance(record.get("input", ""), str):
-                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise ValueError(f"{path}:{number}: not an Alpaca-format record (needs a non-empty string "
-                                 f"\"instruction\", a string \"output\" and optionally \"input\"; has {keys})")
-            choices = tuple(str(c) for c in record.get("choices") or ())
-            label = record.get("label") if choices else None
-            if label is not None and (isinstance(label, bool) or not isinstance(label, int)
-                                      or not 0 <= label < len(choices)):
-                raise ValueError(f"{path}:{number}: label {label!r} is not an index into choices {list(choices)}")
-            out.append(InstructionExample(record["instruction"], record.get("input", ""), record["output"], label,
-                                          choices, str(record.get("source", ""))))
-            if limit is not None and len(out) >= limit:
-                break
+    for number, record in read_jsonl(path):
+        if not isinstance(record, dict) or not isinstance(record.get("instruction"), str) \
+                or not record["instruction"].strip() or not isinstance(record.get("output"), str) \
+                or not isinstance(record.get("input", ""), str):
+            keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise ValueError(f"{path}:{number}: not an Alpaca-format record (needs a non-empty string "
+                             f"\"instruction\", a string \"output\" and optionally \"input\"; has {keys})")
+        choices = tuple(str(c) for c in record.get("choices") or ())
+        label = record.get("label") if choices else None
+        if label is not None and (isinstance(label, bool) or not isinstance(label, int)
+                                  or not 0 <= label < len(choices)):
+            raise ValueError(f"{path}:{number}: label {label!r} is not an index into choices {list(choices)}")
+        out.append(InstructionExample(record["instruction"], record.get("input", ""), record["output"], label,
+                                      choices, str(record.get("source", ""))))
+        if limit is not None and len(out) >= limit:
+            break
     if not out:
         raise ValueError(f"{path} holds no instruction record")
     return out
