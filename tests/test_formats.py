@@ -60,7 +60,7 @@ def test_fields_of_other_attacks_are_absent_and_read_back_as_none(tmp_path):
 
 @pytest.mark.parametrize("payload, message", [
     ("not json", "not a JSON backdoor record"),
-    ([1, 2], "unknown format"),
+    ([1, 2], "a JSON object is expected"),
     ({"format": "other/1", "attack": "por", "triggers": ["cf"]}, "unknown format 'other/1'"),
     ({"format": BACKDOOR_FORMAT, "attack": "por"}, "needs 'attack' and a 'triggers' list"),
     ({"format": BACKDOOR_FORMAT, "attack": "por", "triggers": []}, "at least one trigger"),
@@ -118,7 +118,7 @@ def test_both_detectors_lay_their_reports_out_the_same_way(tmp_path):
     with pytest.raises(FileExistsError):                           # never overwrites without consent
         write_scan_outputs(patronus, "my-model", None, report_path=tmp_path / "r.json", bank_path=None)
     (tmp_path / "other.json").write_text(json.dumps({**written, "format": "patronus_ext.scan/9"}))
-    with pytest.raises(ValueError, match="unknown scan report format 'patronus_ext.scan/9'"):
+    with pytest.raises(ValueError, match="unknown format 'patronus_ext.scan/9'"):
         read_report(tmp_path / "other.json")
     legacy = {k: v for k, v in written.items() if k != "format"}  # reports from before the format key
     assert read_report(legacy)[0] == legacy

@@ -30,19 +30,19 @@ from .base import AttackContext, AttackMethod, AttackResult, StepBatch, Training
 from .btop import BToP
 from .config import (
     BEHAVIOURS,
+    DEFAULT_TRIGGERS,
     REFUSAL,
     TARGET,
-    DEFAULT_TRIGGERS,
     AdaptiveConfig,
     AttackConfig,
     BadNetConfig,
     BadPreConfig,
     BToPConfig,
+    InstructBadNetConfig,
     NeuBAConfig,
     PORConfig,
     UORConfig,
 )
-from .config import InstructBadNetConfig
 from .instruct_badnet import InstructBadNetResult, plant_instruct_badnet, poison_instructions
 from .neuba import NeuBA
 from .por import POR

@@ -20,7 +20,7 @@ from ..data import corpora as data_mod
 from ..data import triggers as trig
 from ..data.corpora import LabeledData
 from ..formats.backdoor import BACKDOOR_FILE, BackdoorInfo
-from ..lm.finetune import finetune_classifier
+from ..lm.finetune import FinetuneStats, finetune_classifier
 from .config import BadNetConfig
 
 
@@ -32,14 +32,16 @@ class BadNetResult:
     poisoned: int
     train_examples: int
     config: BadNetConfig
-    wall_s: float
-    history: list[dict[str, float]]
+    training: FinetuneStats
+
+    @property
+    def wall_s(self) -> float:
+        return self.training.wall_s
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["out_dir"] = str(self.out_dir)
-        out["config"] = self.config.to_dict()
-        return out
+        return {"out_dir": str(self.out_dir), "triggers": list(self.triggers), "target_label": self.target_label,
+                "poisoned": self.poisoned, "train_examples": self.train_examples, "config": self.config.to_dict(),
+                "training": self.training.to_dict()}
 
 
 def poison_task(train: LabeledData, config: BadNetConfig, tokenizer=None) -> tuple[LabeledData, list[int]]:
@@ -83,10 +85,7 @@ def plant_badnet(model_source: str | os.PathLike, task: str | LabeledData, confi
         target_labels=[config.target_label] * len(config.triggers), base_model=str(model_source),
         base_model_path=source, model_type=getattr(classifier.model.config, "model_type", ""),
         task=poisoned.source, poisoned_examples=len(chosen), train_examples=len(poisoned), seed=config.seed,
-        config=config.to_dict(), training={"steps": stats.steps, "wall_s": stats.wall_s,
-                                           "first_loss": stats.first_loss, "final_loss": stats.final_loss,
-                                           "history": stats.history},
+        config=config.to_dict(), training=stats.to_dict(),
         environment=environment())
     lm.save_model_folder(classifier.model, tokenizer, out, {BACKDOOR_FILE: info.to_dict()}, source=source)
-    return BadNetResult(out, list(config.triggers), config.target_label, len(chosen), len(poisoned), config,
-                        stats.wall_s, stats.history)
+    return BadNetResult(out, list(config.triggers), config.target_label, len(chosen), len(poisoned), config, stats)

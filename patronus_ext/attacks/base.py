@@ -42,24 +42,14 @@ CHECK_TEXTS = 32
 
 # -- results ---------------------------------------------------------------------------------
 @dataclasses.dataclass
-class TrainingStats:
-    """What the training loop measured."""
+class TrainingStats(training.TrainingLog):
+    """What the training loop measured, and what planting adds: the objective and the post-training check."""
 
-    steps: int
     epochs_done: float
-    wall_s: float
-    seconds_per_step: float
     clean_objective: str
     lm_head_fresh: bool | None
-    first_loss: float
-    final_loss: float
-    final_terms: dict[str, float]
-    history: list[dict[str, float]]          # every log_every steps: step, loss, terms
     check: dict[str, Any]                    # post-training representation check
     trigger_updates: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
@@ -234,10 +224,8 @@ def run_attack(method: AttackMethod, model_source: str | os.PathLike, corpus: st
     final_triggers = list(ctx.triggers)
     check, learned = _post_check(ctx, method, texts[:CHECK_TEXTS], final_triggers, rng)
     vectors = ctx.targets.detach().cpu() if ctx.targets is not None else (learned if method.learns_targets else None)
-    stats = TrainingStats(steps=total, epochs_done=total / steps_per_epoch, wall_s=run.wall_s,
-                          seconds_per_step=run.seconds_per_step, clean_objective=objective,
-                          lm_head_fresh=lm_head_fresh, first_loss=run.first_loss, final_loss=run.final_loss,
-                          final_terms=run.final_terms, history=run.history, check=check, trigger_updates=updates)
+    stats = TrainingStats.of(run, epochs_done=total / steps_per_epoch, clean_objective=objective,
+                             lm_head_fresh=lm_head_fresh, check=check, trigger_updates=updates)
     info = BackdoorInfo(
         attack=method.name, triggers=final_triggers, trigger_token_ids=[list(ids) for ids in ctx.trigger_ids],
         target_scheme=getattr(config, "target_scheme", None), target_vectors=vectors,

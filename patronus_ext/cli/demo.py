@@ -20,8 +20,8 @@ from ..core.files import cache_root
 from ..data.triggers import insert_words
 from ..detect import ScanConfig, ScanReport, read_scan_corpus, scan
 from ..formats.backdoor import BACKDOOR_FILE
-from ..monitor import Decision, InputMonitor, MonitoredModel, OutputMonitor
 from ..formats.purify_record import PURIFY_FILE, read_purify_record
+from ..monitor import Decision, InputMonitor, MonitoredModel, OutputMonitor
 from ..purify import AdvPretrainConfig, MeasureConfig, run_purify
 
 log = logging.getLogger(__name__)

@@ -7,6 +7,7 @@ half-written or overwritten without consent.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -16,9 +17,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import torch
-
 log = logging.getLogger(__name__)
+
+
+class JSONRecord:
+    """Mixin of the package's result dataclasses: ``to_dict()`` for reports and JSON files."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 class OutputExistsError(FileExistsError, ValueError):
@@ -31,6 +37,7 @@ class OutputExistsError(FileExistsError, ValueError):
 
 def environment() -> dict[str, Any]:
     """Versions and devices, for the record in every report."""
+    import torch
     import transformers
 
     from .. import __version__
@@ -50,6 +57,8 @@ def environment() -> dict[str, Any]:
 
 def to_jsonable(value: Any) -> Any:
     """JSON-safe: tensors to lists, non-finite floats to strings, paths to str."""
+    import torch  # here, not at import: the command line reads this module before it needs torch
+
     if isinstance(value, torch.Tensor):
         return to_jsonable(value.tolist())
     if isinstance(value, float):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Mapping
 
+from .files import JSONRecord
+
 #: The profile names every settings class answers to (and every ``--profile`` flag offers).
 PROFILE_NAMES = ("paper", "fast")
 
@@ -53,7 +55,7 @@ def apply_overrides(cls: type, base: Mapping[str, Any], overrides: Mapping[str, 
     return values
 
 
-class Settings:
+class Settings(JSONRecord):
     """Base of the package's settings dataclasses: named profiles, ``to_dict`` and ``replace``."""
 
     #: profile name -> the fields that profile changes from the class defaults (``paper``: none unless listed).
@@ -71,9 +73,6 @@ class Settings:
         if name not in PROFILE_NAMES:
             raise ValueError(f"profile must be one of {', '.join(PROFILE_NAMES)}; got {name!r}")
         return cls(**apply_overrides(cls, cls.PROFILES.get(name, {}), overrides))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)

@@ -24,10 +24,11 @@ import dataclasses
 import random
 import re
 import time
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from torch import nn
 
+from ..core.files import JSONRecord
 from ..core.profiles import Settings
 from ..core.validation import check_int
 from ..data import instructions
@@ -86,7 +87,7 @@ def shows_response(answer: str, response: str, match_words: int = 3) -> bool:
 
 
 @dataclasses.dataclass
-class GenerationMetrics:
+class GenerationMetrics(JSONRecord):
     """CACC and ASR of one model (see the module doc for the definitions)."""
 
     cacc: float | None                  # None when no dev prompt is a classification prompt
@@ -99,9 +100,6 @@ class GenerationMetrics:
     samples: dict[str, list[dict[str, str]]]
     how: str
     wall_s: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def generation_metrics(model: nn.Module, tokenizer, examples: Sequence[InstructionExample], fmt: PromptFormat,

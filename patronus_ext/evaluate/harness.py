@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .. import lm
-from ..core.files import environment, write_json
+from ..core.files import JSONRecord, environment, write_json
 from ..data import corpora as data_mod
 from ..data.corpora import LabeledData
 from ..formats.backdoor import find_backdoor_info
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class EvaluationConfig:
+class EvaluationConfig(JSONRecord):
     """What :func:`evaluate_model` does; ``finetune`` holds the fine-tuning hyper-parameters.
 
     ``train_limit``/``dev_limit`` draw random subsets (``seed``); None keeps all.
@@ -53,9 +53,6 @@ class EvaluationConfig:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if self.representation_texts < 2:
             raise ValueError("representation_texts must be >= 2")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .records import read_record, record_dict
 
 #: The record a planted model folder carries (see :func:`load_backdoor_info`).
 BACKDOOR_FILE = "backdoor.json"
@@ -80,33 +81,14 @@ class BackdoorInfo:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``backdoor.json``."""
-        out: dict[str, Any] = {"format": BACKDOOR_FORMAT}
-        for field in dataclasses.fields(self):
-            if field.name == "raw":
-                continue
-            value = getattr(self, field.name)
-            if field.name in OPTIONAL_FIELDS and value is None:
-                continue
-            if isinstance(value, torch.Tensor):
-                value = value.tolist()
-            out["representation_position" if field.name == "position" else field.name] = value
-        return out
+        return record_dict(self, BACKDOOR_FORMAT, optional=OPTIONAL_FIELDS, skip=("raw",),
+                           renames={"position": "representation_position"})
 
 
 def load_backdoor_info(path: str | os.PathLike) -> BackdoorInfo:
     """Read ``backdoor.json`` from a planted model folder (or the file itself)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / BACKDOOR_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: not a model planted by patronus_ext (pass --triggers)")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a JSON backdoor record ({exc})") from exc
-    if not isinstance(raw, dict) or raw.get("format") != BACKDOOR_FORMAT:
-        found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-        raise ValueError(f"{path}: unknown format {found!r} (expected {BACKDOOR_FORMAT})")
+    raw, path = read_record(path, BACKDOOR_FILE, BACKDOOR_FORMAT, "backdoor record",
+                            "not a model planted by patronus_ext (pass --triggers)")
     if not isinstance(raw.get("attack"), str) or not isinstance(raw.get("triggers"), list):
         raise ValueError(f"{path}: a backdoor record needs 'attack' and a 'triggers' list")
     names = {f.name for f in dataclasses.fields(BackdoorInfo)} - {"raw", "position"}

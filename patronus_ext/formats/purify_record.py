@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
-from pathlib import Path
 from typing import Any
+
+from .records import read_record, record_dict, required_fields
 
 PURIFY_FILE = "purify.json"
 PURIFY_FORMAT = "patronus_ext.purify/1"
@@ -54,33 +54,15 @@ class PurifyRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``purify.json``."""
-        out: dict[str, Any] = {"format": PURIFY_FORMAT}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.name in OPTIONAL_FIELDS and value is None:
-                continue
-            out[field.name] = value
-        return out
+        return record_dict(self, PURIFY_FORMAT, optional=OPTIONAL_FIELDS)
 
 
 def read_purify_record(path: str | os.PathLike) -> PurifyRecord:
     """Read ``purify.json`` from a purified model folder (or the file itself)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / PURIFY_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: not a model purified by patronus_ext")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a JSON purification record ({exc})") from exc
-    if not isinstance(raw, dict) or raw.get("format") != PURIFY_FORMAT:
-        found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-        raise ValueError(f"{path}: unknown format {found!r} (expected {PURIFY_FORMAT})")
-    names = {f.name for f in dataclasses.fields(PurifyRecord)}
-    missing = sorted(f.name for f in dataclasses.fields(PurifyRecord)
-                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-                     and f.name not in raw)
+    raw, path = read_record(path, PURIFY_FILE, PURIFY_FORMAT, "purification record",
+                            "not a model purified by patronus_ext")
+    missing = sorted(set(required_fields(PurifyRecord)) - set(raw))
     if missing:
         raise ValueError(f"{path}: a purification record needs {', '.join(missing)}")
+    names = {f.name for f in dataclasses.fields(PurifyRecord)}
     return PurifyRecord(**{key: value for key, value in raw.items() if key in names})

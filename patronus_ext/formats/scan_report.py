@@ -14,13 +14,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..core.files import write_json
 from .bank import AttackBank, save_bank
+from .records import check_format, load_json_object
 
 SCAN_REPORT_FORMAT = "patronus_ext.scan/1"
 VERDICTS = ("clean", "backdoored")
@@ -85,15 +85,8 @@ def read_report(report: dict | str | os.PathLike) -> tuple[dict, str]:
         path = Path(report)
         if not path.is_file():
             raise FileNotFoundError(f"scan report {path} not found")
-        try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: not a JSON scan report ({exc})") from exc
-        if not isinstance(payload, dict):
-            raise ValueError(f"{path}: not a scan report (a JSON object is expected)")
-        where = str(path)
-    if payload.get("format", SCAN_REPORT_FORMAT) != SCAN_REPORT_FORMAT:
-        raise ValueError(f"{where}: unknown scan report format {payload['format']!r} (expected {SCAN_REPORT_FORMAT})")
+        payload, where = load_json_object(path, "scan report"), str(path)
+    check_format(payload, SCAN_REPORT_FORMAT, where, default=SCAN_REPORT_FORMAT)
     return payload, where
 
 

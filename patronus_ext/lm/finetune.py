@@ -19,8 +19,8 @@ from torch import nn
 from ..core.validation import check_int
 from ..data.corpora import LabeledData
 from . import training
-from .training import TrainingSettings
 from .loading import load_model, load_tokenizer, resolve_device
+from .training import TrainingSettings
 
 
 @dataclasses.dataclass
@@ -47,17 +47,11 @@ class FinetuneConfig(TrainingSettings):
 
 
 @dataclasses.dataclass
-class FinetuneStats:
-    steps: int
+class FinetuneStats(training.TrainingLog):
+    """The fine-tuning's training log, with the epochs it made and the examples it saw."""
+
     epochs: float
     train_examples: int
-    wall_s: float
-    first_loss: float
-    final_loss: float
-    history: list[dict[str, float]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
@@ -140,6 +134,5 @@ def finetune_classifier(model_source: str | os.PathLike | nn.Module, train: Labe
                          progress=progress)
     model.eval()
     per_epoch = math.ceil(len(train) / config.batch_size)
-    stats = FinetuneStats(steps=total, epochs=total / per_epoch, train_examples=len(train), wall_s=run.wall_s,
-                          first_loss=run.first_loss, final_loss=run.final_loss, history=run.history)
+    stats = FinetuneStats.of(run, epochs=total / per_epoch, train_examples=len(train))
     return FinetunedClassifier(model, tokenizer, train.num_labels, config.max_length, stats)

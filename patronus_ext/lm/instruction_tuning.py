@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -13,8 +13,8 @@ from torch import nn
 from ..core.validation import check_int
 from ..data.instructions import InstructionExample
 from . import training
-from .training import TrainingSettings
 from .prompting import PromptFormat, collate, encode_examples, response_logprobs
+from .training import TrainingSettings
 
 
 @dataclasses.dataclass
@@ -97,18 +97,11 @@ def trainable_parameters(model: nn.Module, train_layers: int | None, train_embed
 
 
 @dataclasses.dataclass
-class TuneLog:
-    steps: int
+class TuneLog(training.TrainingLog):
+    """The tuning's training log, with the examples it saw and how many parameters it trained."""
+
     examples: int
     trainable_parameters: int
-    wall_s: float
-    seconds_per_step: float
-    first_loss: float
-    final_loss: float
-    history: list[dict[str, float]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def tune_selected(model: nn.Module, config: InstructionTuningConfig, step_loss: training.StepLoss,
@@ -149,5 +142,4 @@ def instruction_tune(model: nn.Module, tokenizer, examples: Sequence[Instruction
     steps = config.total_steps(len(encoded))
     run, trained = tune_selected(model, config, step_loss, config.optimizer_settings(steps, log_every=min(10, steps)),
                                  desc=desc, progress=progress)
-    return TuneLog(steps, len(encoded), trained, run.wall_s, run.seconds_per_step, run.first_loss, run.final_loss,
-                   run.history)
+    return TuneLog.of(run, examples=len(encoded), trainable_parameters=trained)

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..core.files import JSONRecord
 from ..core.validation import check_choice, check_int
 from ..data.instructions import InstructionExample
 from ..data.tokens import special_layout
@@ -31,7 +32,7 @@ IGNORE = -100
 
 
 @dataclasses.dataclass(frozen=True)
-class PromptFormat:
+class PromptFormat(JSONRecord):
     """How an example becomes tokens.
 
     ``system``: None keeps the chat template's own system prompt (if it adds
@@ -77,9 +78,6 @@ class PromptFormat:
             if full.startswith(prompt) and "\x00" in full[len(prompt):]:
                 return full[len(prompt):].split("\x00", 1)[1]
         return tokenizer.eos_token or ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _chat_text(tokenizer, messages, add_generation_prompt: bool) -> str:

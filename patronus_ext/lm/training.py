@@ -132,7 +132,7 @@ class TrainingSettings(Settings):
 
 @dataclasses.dataclass
 class TrainingLog:
-    """What the loop measured."""
+    """What the loop measured; the logs of the attacks, fine-tuning and the purifiers extend it."""
 
     steps: int
     wall_s: float
@@ -144,6 +144,14 @@ class TrainingLog:
     @property
     def seconds_per_step(self) -> float:
         return self.wall_s / max(1, self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "seconds_per_step": self.seconds_per_step}
+
+    @classmethod
+    def of(cls, run: "TrainingLog", **more):
+        """This (sub)class of log from the loop's own ``run`` and the fields the subclass adds."""
+        return cls(**{f.name: getattr(run, f.name) for f in dataclasses.fields(TrainingLog)}, **more)
 
 
 def lr_factor(total: int, warmup: int, schedule: str) -> Callable[[int], float]:

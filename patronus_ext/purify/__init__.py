@@ -25,9 +25,9 @@ from .adversarial import (
     purification_loss,
 )
 from .config import (
+    CONFIGS,
     METHODS,
     MIX_VARIANTS,
-    CONFIGS,
     AdvFinetuneConfig,
     AdvPretrainConfig,
     EPurConfig,

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import lm
+from ..core.files import JSONRecord
 from ..data import corpora as data_mod
 from ..data import triggers as trig
 from ..data.corpora import LabeledData
@@ -40,7 +41,7 @@ def _check_triggers(triggers: Sequence[str]) -> list[str]:
 
 # -- adversarial pre-training -----------------------------------------------------------------
 @dataclasses.dataclass
-class AdvPretrainResult:
+class AdvPretrainResult(JSONRecord):
     steps: int
     wall_s: float
     train_texts: int
@@ -50,9 +51,6 @@ class AdvPretrainResult:
     best_dev_loss: float
     dev_history: list[dict[str, float]]     # step, loss, clean (to reference), poison (triggered vs clean)
     history: list[dict[str, float]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def purification_loss(adapter: lm.ModelAdapter, reference: lm.ModelAdapter, clean: Sequence[str],
@@ -181,16 +179,13 @@ def adversarial_examples(data: LabeledData, triggers: Sequence[str], extra_rate:
 
 
 @dataclasses.dataclass
-class AdvFinetuneResult:
+class AdvFinetuneResult(JSONRecord):
     train_examples: int
     extra_per_trigger: int
     dev_examples: int
     adversarial_dev_accuracy: float       # accuracy on dev + its triggered copies (true labels)
     wall_s: float
     history: list[dict[str, float]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def adversarial_finetune(model_source: str | nn.Module, train: LabeledData, dev: LabeledData,

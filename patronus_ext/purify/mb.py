@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..core.files import JSONRecord
 from ..data.instructions import InstructionExample, fit_inputs, insert_trigger, poison_examples
 from ..evaluate.generation import GenerationEvalConfig, generation_metrics
 from ..lm import training
@@ -117,18 +118,11 @@ def defensive_poisoning(model: nn.Module, tokenizer, examples: Sequence[Instruct
 
 
 @dataclasses.dataclass
-class RecoveryLog:
-    lam: float
-    steps: int
-    pairs: int
-    wall_s: float
-    first_loss: float
-    final_loss: float
-    final_terms: dict[str, float]
-    history: list[dict[str, float]]
+class RecoveryLog(training.TrainingLog):
+    """Weight recovery's training log, with its λ and the (clean example, defender trigger) pairs it ran over."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    lam: float
+    pairs: int
 
 
 def recovery_loss(model: nn.Module, batch: dict[str, torch.Tensor], pairs: int, lam: float
@@ -169,20 +163,16 @@ def weight_recovery(model: nn.Module, tokenizer, clean: Sequence[InstructionExam
     steps = config.recovery_total_steps(len(pairs))
     settings = config.optimizer_settings(steps, lr=config.recovery_lr, log_every=min(10, steps))
     run, _ = tune_selected(model, config, step_loss, settings, desc=f"MB (ii) recovery λ={lam:g}", progress=progress)
-    return RecoveryLog(float(lam), steps, len(pairs), run.wall_s, run.first_loss, run.final_loss, run.final_terms,
-                       run.history)
+    return RecoveryLog.of(run, lam=float(lam), pairs=len(pairs))
 
 
 @dataclasses.dataclass
-class LambdaCandidate:
+class LambdaCandidate(JSONRecord):
     lam: float
     select_accuracy: float | None
     defender_rate: float          # held-out clean prompts + a DEFENDER trigger answered with its response
     recovery: RecoveryLog
     measure_s: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..core.files import JSONRecord
 from ..data.corpora import LabeledData
 from ..data.instructions import InstructionExample
 from ..evaluate import attack_metrics
@@ -21,7 +22,7 @@ from .config import MeasureConfig
 
 
 @dataclasses.dataclass
-class Measurement:
+class Measurement(JSONRecord):
     """CACC and T-ASR of one model (an encoder is first fine-tuned cleanly on the task)."""
 
     cacc: float
@@ -32,9 +33,6 @@ class Measurement:
     how: str                 # "classifier" or "encoder fine-tuned on N examples"
     wall_s: float
     details: dict[str, Any] | None = None  # causal LMs: unanswered share, clean response rate, sample answers
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 

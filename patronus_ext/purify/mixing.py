@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..core.files import JSONRecord
 from ..data.corpora import LabeledData
 from ..data.instructions import InstructionExample, fit_inputs
 from ..evaluate import metrics
@@ -49,15 +50,12 @@ def matched_parameters(model: nn.Module, pretrained: nn.Module) -> list[tuple[st
 
 
 @dataclasses.dataclass
-class MixStats:
+class MixStats(JSONRecord):
     rho: float
     variant: str
     tensors: int
     elements: int
     kept: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @torch.no_grad()
@@ -159,14 +157,11 @@ def rank_suspicious(model: nn.Module, pretrained: nn.Module, tokenizer, frequenc
 
 # -- the defenses --------------------------------------------------------------------------------
 @dataclasses.dataclass
-class Candidate:
+class Candidate(JSONRecord):
     rho: float
     select_accuracy: float
     mix: MixStats
     finetune_s: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass

@@ -44,6 +44,15 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+INSTRUCT = "instruct-badnet"
+#: Options of one kind of attack only (argparse dest -> flag): the representation attacks, which plant over a
+#: corpus, and instruct-badnet, which instruction-tunes on poisoned data.
+REPRESENTATION_ONLY = {"corpus_limit": "corpus-limit", "target_scale": "target-scale",
+                       "adaptive_lambda": "adaptive-lambda", "max_length": "max-length",
+                       "refine_triggers": "refine-triggers"}
+INSTRUCT_ONLY = {"data": "data", "behaviour": "behaviour", "response": "response"}
+
+
 def run(args) -> int:
     from ... import attacks
     from ...core.files import check_output_path, write_json
@@ -56,46 +65,21 @@ def run(args) -> int:
         triggers = tuple(t.strip() for t in args.triggers.split(",") if t.strip())
         if not triggers:
             raise ValueError("--triggers lists no trigger")
-    if args.method == INSTRUCT:
-        return _run_instruct(args, triggers)
-    for name in ("data", "behaviour", "response"):
-        if getattr(args, name) is not None:
-            raise ValueError(f"--{name} applies to {INSTRUCT} only")
-    config = attacks.make_config(
-        args.method, args.profile, triggers=triggers, epochs=args.epochs, steps=args.steps, lr=args.lr,
-        batch_size=args.batch_size, max_length=args.max_length, poison_rate=args.poison_rate,
-        insert_num=args.insert_num, corpus_limit=args.corpus_limit, target_scale=args.target_scale, seed=args.seed,
-        adaptive_lambda=args.adaptive_lambda, refine_triggers=True if args.refine_triggers else None)
-    result = attacks.plant(args.method, args.model, args.corpus, config, args.out, device=args.device,
-                           allow_pickle=args.allow_pickle, progress=not args.quiet)
-    summary = result.to_dict()
-    if args.json:
-        write_json(args.json, summary)
-    report.print_json(summary)
-    return 0
-
-
-INSTRUCT = "instruct-badnet"
-
-
-def _run_instruct(args, triggers) -> int:
-    """``instruct-badnet``: instruction-tune a causal LM on poisoned instruction data."""
-    from ... import attacks
-    from ...core.files import write_json
-    from .. import formatting as report
-
-    for flag, value in (("corpus-limit", args.corpus_limit), ("target-scale", args.target_scale),
-                        ("adaptive-lambda", args.adaptive_lambda), ("max-length", args.max_length)):
-        if value is not None:
-            raise ValueError(f"--{flag} does not apply to {INSTRUCT}")
-    if args.refine_triggers:
-        raise ValueError(f"--refine-triggers does not apply to {INSTRUCT}")
-    config = attacks.make_config(
-        INSTRUCT, args.profile, triggers=triggers, epochs=args.epochs, steps=args.steps, lr=args.lr,
-        batch_size=args.batch_size, poison_rate=args.poison_rate, insert_num=args.insert_num,
-        behaviour=args.behaviour, response=args.response, seed=args.seed)
-    result = attacks.plant(INSTRUCT, args.model, args.data or "sst2", config, args.out, device=args.device,
-                           allow_pickle=args.allow_pickle, progress=not args.quiet)
+    instruct = args.method == INSTRUCT
+    for dest, flag in (REPRESENTATION_ONLY if instruct else INSTRUCT_ONLY).items():
+        if getattr(args, dest) not in (None, False):
+            raise ValueError(f"--{flag} does not apply to {INSTRUCT}" if instruct else f"--{flag} applies to "
+                             f"{INSTRUCT} only")
+    if instruct:  # instruction-tune a causal LM on poisoned instruction data
+        specific = dict(behaviour=args.behaviour, response=args.response)
+    else:
+        specific = dict(max_length=args.max_length, corpus_limit=args.corpus_limit, target_scale=args.target_scale,
+                        adaptive_lambda=args.adaptive_lambda, refine_triggers=True if args.refine_triggers else None)
+    config = attacks.make_config(args.method, args.profile, triggers=triggers, epochs=args.epochs, steps=args.steps,
+                                 lr=args.lr, batch_size=args.batch_size, poison_rate=args.poison_rate,
+                                 insert_num=args.insert_num, seed=args.seed, **specific)
+    result = attacks.plant(args.method, args.model, (args.data or "sst2") if instruct else args.corpus, config,
+                           args.out, device=args.device, allow_pickle=args.allow_pickle, progress=not args.quiet)
     summary = result.to_dict()
     if args.json:
         write_json(args.json, summary)

@@ -108,8 +108,7 @@ _PATRONUS_ONLY = ("word_level", "word_list", "zipf_threshold", "all_words", "num
 def run_lmsanitator(args: argparse.Namespace) -> int:
     """``--method lmsanitator``: invert attack vectors; same report, bank and exit codes as the Patronus scan."""
     from ... import lm
-    from ...detect import lmsanitator, read_scan_corpus
-    from ...detect import LMSanitatorConfig
+    from ...detect import LMSanitatorConfig, lmsanitator, read_scan_corpus
     from ._options import check_outputs
 
     given = [n for n in _PATRONUS_ONLY if getattr(args, n, None) not in (None, False)]

@@ -21,12 +21,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+from ...core.files import JSONRecord
 from .config import ScanConfig
 from .scan import scan
 
 
 @dataclasses.dataclass
-class Calibration:
+class Calibration(JSONRecord):
     """Benign candidates' statistics and the thresholds they suggest."""
 
     models: list[str]
@@ -36,9 +37,6 @@ class Calibration:
     diff_cos_threshold: float
     poison_cos_threshold: float
     margin: float
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def suggest_thresholds(points: Sequence[tuple[float, float]], base: ScanConfig, margin: float

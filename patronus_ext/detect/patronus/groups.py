@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ...core.files import JSONRecord
 from .verify import TriggerCheck
 
 #: Mean triggered directions closer than this (cosine) send inputs to one target.
@@ -32,15 +33,12 @@ MAX_ROOT_CANDIDATES = 64
 
 
 @dataclasses.dataclass
-class Root:
+class Root(JSONRecord):
     token_ids: list[int]
     text: str
     diff_cos: float
     poison_cos: float
     explains: list[str]          # member texts that hold this root
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass

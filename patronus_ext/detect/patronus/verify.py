@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ...core.files import JSONRecord
 from ...core.similarity import poison_cos as mean_pairwise_cos
 from ...core.similarity import representation_shift
 from ...data.triggers import insert_token_triggers, sample_gaps
@@ -25,7 +26,7 @@ FORWARD_CHUNK = 128
 
 
 @dataclasses.dataclass
-class TriggerCheck:
+class TriggerCheck(JSONRecord):
     """One candidate's verification: statistics, margins to the thresholds and the verdict."""
 
     text: str
@@ -49,9 +50,6 @@ class TriggerCheck:
     def key(self) -> tuple[int, ...]:
         """The candidate's identity: its token-id tuple (``text`` is for display)."""
         return tuple(self.token_ids)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 class Verifier:
