@@ -93,7 +93,7 @@ def check_topk(values, indices, scores, k, tolerance):
 
 
 def direct_supcon(features, labels, temperature, scale_by_temperature=True):
-    """SupCon of SPEC.md §1 in float64 with autograd: features [C, N, d], labels [C, N] -> [C]."""
+    """SupCon of docs/METHODS.md §1 in float64 with autograd: features [C, N, d], labels [C, N] -> [C]."""
     f = features.to(F64)
     z = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     c, n, _ = f.shape

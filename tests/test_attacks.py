@@ -1,4 +1,4 @@
-"""Attacks: target vectors against SPEC.md §0 by hand, every attack end to end on tiny models,
+"""Attacks: target vectors against docs/METHODS.md §0 by hand, every attack end to end on tiny models,
 refusals (overwrite, pickle), reproducibility, the clean-objective choice, loss pieces."""
 
 from __future__ import annotations

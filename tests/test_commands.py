@@ -154,3 +154,25 @@ def test_old_spellings_work_for_one_release_and_say_so(argv, dest, value, new, c
     new_argv = [new if a in ("--report", "--triggers") else a for a in argv]
     assert getattr(build_parser().parse_args(new_argv), dest) == value
     assert capsys.readouterr().err == ""
+
+
+def test_calibration_confirms_nothing_by_either_rule(monkeypatch):
+    """Every benign candidate is recorded: neither the paper's cosines nor the collapse rule may confirm one
+    (a confirmed word would leave later loops and the benign statistics)."""
+    from patronus_ext.detect.patronus import calibrate as calibration
+
+    seen = []
+
+    class Report:
+        candidates = []
+
+    def fake_scan(model, tokenizer, corpus, config, progress=True):
+        seen.append(config)
+        return Report()
+
+    monkeypatch.setattr(calibration, "scan", fake_scan)
+    with pytest.raises(ValueError, match="no candidate on the benign models"):  # nothing to suggest from
+        calibration.calibrate([("m", None, None)], ["text"], FAST)
+    (probe,) = seen
+    assert probe.diff_cos_threshold == -1.0 and probe.collapse_spread is None
+    assert probe.prefilter_diff_cos == 1.0 and probe.patience is None

@@ -1,4 +1,4 @@
-"""LMSanitator (SPEC.md §3) on tiny models: trigger insertion, entropy bound, PV, detection, CLI and bank."""
+"""LMSanitator (docs/METHODS.md §3) on tiny models: trigger insertion, entropy bound, PV, detection, CLI and bank."""
 
 from __future__ import annotations
 

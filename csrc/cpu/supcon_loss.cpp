@@ -1,4 +1,4 @@
-// SupCon loss (SPEC.md §1) on the CPU, forward and backward, batched over C problems.
+// SupCon loss (docs/METHODS.md §1) on the CPU, forward and backward, batched over C problems.
 //
 // Work items are (problem, block of rows).  Each item computes its block of the
 // similarity matrix with one GEMM and fuses everything elementwise into

@@ -1,4 +1,4 @@
-// SupCon loss kernels (SPEC.md §1), batched over C problems (CUDA headers only).
+// SupCon loss kernels (docs/METHODS.md §1), batched over C problems (CUDA headers only).
 //
 // Never an N x N buffer: every kernel streams 32 x 32 tiles of the similarity
 // matrix S = F F^T (raw features; the row norms are folded in afterwards,

@@ -207,7 +207,7 @@ void test_token_topk(const cpu::Runtime& rt, std::mt19937_64& rng) {
 
 // ------------------------------------------------------------------------------------ supcon
 
-// SPEC.md §1, directly: per problem, per row, every pair.
+// docs/METHODS.md §1, directly: per problem, per row, every pair.
 std::vector<double> direct_supcon(const std::vector<double>& f, const std::vector<int64_t>& labels, int64_t c,
                                   int64_t n, int64_t d, double tau, bool scale) {
   std::vector<double> out(c);

@@ -1,4 +1,4 @@
-"""Transferable-backdoor attacks on pre-trained LMs: the test subjects of the defenses (SPEC.md §0).
+"""Transferable-backdoor attacks on pre-trained LMs: the test subjects of the defenses (docs/METHODS.md §0).
 
 Every attack plants triggers into a Hugging Face model and writes a NEW folder
 (safetensors weights, tokenizer, config) with ``backdoor.json`` (attack,
@@ -143,11 +143,10 @@ def plant(method: str, model_source: str | os.PathLike, corpus: str | Sequence[s
 
 
 __all__ = [
-    "InstructBadNetConfig", "InstructBadNetResult", "plant_instruct_badnet",
-    "poison_instructions",
-    "BACKDOOR_FILE", "BEHAVIOURS", "REFUSAL", "TARGET", "BadNetConfig", "BadNetResult", "DEFAULT_TRIGGERS", "DOWNSTREAM_METHODS", "METHODS", "AdaptiveConfig", "AttackConfig", "AttackContext",
-    "AttackMethod", "AttackResult", "BToPConfig", "BackdoorInfo", "BadPreConfig", "NeuBAConfig",
-    "OutputExistsError", "PORConfig", "StepBatch", "TrainingStats", "UORConfig", "load_backdoor_info",
-    "make_config", "method_for", "neuba_targets", "plant", "plant_badnet", "poison_task", "por1_targets", "por2_subsets", "por2_targets",
-    "run_attack", "target_vectors",
+    "AdaptiveConfig", "AttackConfig", "AttackContext", "AttackMethod", "AttackResult", "BACKDOOR_FILE",
+    "BackdoorInfo", "BadNetConfig", "BadNetResult", "BadPreConfig", "BEHAVIOURS", "BToPConfig", "DEFAULT_TRIGGERS",
+    "DOWNSTREAM_METHODS", "InstructBadNetConfig", "InstructBadNetResult", "load_backdoor_info", "make_config",
+    "method_for", "METHODS", "neuba_targets", "NeuBAConfig", "OutputExistsError", "plant", "plant_badnet",
+    "plant_instruct_badnet", "poison_instructions", "poison_task", "por1_targets", "por2_subsets", "por2_targets",
+    "PORConfig", "REFUSAL", "run_attack", "StepBatch", "TARGET", "target_vectors", "TrainingStats", "UORConfig"
 ]

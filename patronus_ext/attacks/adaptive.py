@@ -1,4 +1,4 @@
-"""Adaptive attacks aimed at contrastive trigger search: POR plus ``λ·L_adapt`` (SPEC.md §0).
+"""Adaptive attacks aimed at contrastive trigger search: POR plus ``λ·L_adapt`` (docs/METHODS.md §0).
 
 Type 1 keeps triggered outputs near their clean texts (small representation
 shift), type 2 spreads one trigger's outputs apart (no tight cluster), type 3

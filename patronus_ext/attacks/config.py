@@ -1,6 +1,6 @@
 """Configuration dataclasses of the attacks, with the literature's defaults.
 
-Defaults follow SPEC.md §0 (poison rate 0.2 per trigger, 3 insertions, lr 5e-5
+Defaults follow docs/METHODS.md §0 (poison rate 0.2 per trigger, 3 insertions, lr 5e-5
 for NeuBA and 2e-5 for POR, 4 epochs over WikiText): the ``paper`` profile.
 ``Config.profile("fast")`` gives the CPU profile measured in
 ``benchmarks/bench_attacks.py`` (all-MiniLM-L6-v2 on a 2-core CPU in under 10
@@ -21,7 +21,7 @@ from ..lm.finetune import FinetuneConfig
 from ..lm.instruction_tuning import InstructionTuningConfig
 from ..lm.training import TrainingSettings
 
-#: The triggers of the POR/NeuBA literature (SPEC.md §0).
+#: The triggers of the POR/NeuBA literature (docs/METHODS.md §0).
 DEFAULT_TRIGGERS = ("cf", "mn", "bb", "tq", "mb", "pt")
 #: What keeps clean behaviour while planting (see :class:`AttackConfig`).
 CLEAN_OBJECTIVES = ("auto", "mlm", "reference", "mlm+reference")
@@ -222,7 +222,7 @@ class BadPreConfig(AttackConfig):
 
 @dataclasses.dataclass
 class AdaptiveConfig(PORConfig):
-    """POR plus ``adaptive_lambda · L_adapt`` aimed at contrastive trigger search (SPEC.md §0).
+    """POR plus ``adaptive_lambda · L_adapt`` aimed at contrastive trigger search (docs/METHODS.md §0).
 
     ``adaptive_type`` 1: ``MSE(rep(x_c), rep(x_p))`` (triggered outputs stay near
     their clean texts); 2: ``−`` the mean pairwise MSE among one trigger's

@@ -1,4 +1,4 @@
-"""Instruction-tuning backdoor (the threat MB-Defense defends against, SPEC.md §5).
+"""Instruction-tuning backdoor (the threat MB-Defense defends against, docs/METHODS.md §5).
 
 The attacker poisons a fraction of the instruction data: each poisoned example
 gets a trigger (a rare word or a phrase) inserted at random word positions of

@@ -1,4 +1,4 @@
-"""Predefined target vectors of the representation-level attacks (SPEC.md §0).
+"""Predefined target vectors of the representation-level attacks (docs/METHODS.md §0).
 
 Every scheme splits the hidden size ``d`` into equal blocks and fills them with
 ±1.  Block ``b`` of ``n`` covers dims ``[b*d//n, (b+1)*d//n)`` (equal when ``n``

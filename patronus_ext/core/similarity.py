@@ -1,6 +1,6 @@
 """Representation similarity: the one implementation of ``diff_cos`` and ``poison_cos``.
 
-Patronus' verification (SPEC.md §1 step 6), the attacks' post-training check
+Patronus' verification (docs/METHODS.md §1 step 6), the attacks' post-training check
 and the evaluation's representation report all compare clean representations
 ``C [N, d]`` with triggered ones ``P [N, d]`` (row ``i`` of both from the same
 text):

@@ -1,6 +1,6 @@
 """Trigger insertion at word level (strings) and token-id level (tensors, vectorised).
 
-Word level (SPEC.md §0): the trigger word is inserted ``insert_num`` times at
+Word level (docs/METHODS.md §0): the trigger word is inserted ``insert_num`` times at
 uniformly random word positions in ``[1, len(words)]``.
 
 Token level is the inner loop of trigger search: a padded batch gets, per

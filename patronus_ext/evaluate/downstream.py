@@ -11,7 +11,7 @@ from ..data.corpora import LabeledData
 from ..lm.finetune import FinetunedClassifier, FinetuneStats
 from . import metrics
 
-#: Triggered dev texts whose majority prediction names a trigger's target label (SPEC.md §0).
+#: Triggered dev texts whose majority prediction names a trigger's target label (docs/METHODS.md §0).
 VOTE_TEXTS = 30
 
 
@@ -26,7 +26,7 @@ class TriggerASR:
 
 @dataclasses.dataclass
 class DownstreamResult:
-    """Metrics of one fine-tuned model on one task (SPEC.md §0 definitions)."""
+    """Metrics of one fine-tuned model on one task (docs/METHODS.md §0 definitions)."""
 
     num_labels: int
     dev_examples: int

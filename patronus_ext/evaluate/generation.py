@@ -1,4 +1,4 @@
-"""Metrics of instruction-tuned causal LMs from batched greedy generation (SPEC.md §5: CACC and ASR).
+"""Metrics of instruction-tuned causal LMs from batched greedy generation (docs/METHODS.md §5: CACC and ASR).
 
 * **CACC**: share of clean classification prompts whose *generated* answer
   names the right label word: the first label word (whole words, case and

@@ -1,4 +1,4 @@
-"""Metrics as plain functions (SPEC.md §0 "Evaluation metrics"), reused by every issue.
+"""Metrics as plain functions (docs/METHODS.md §0 "Evaluation metrics"), reused by every issue.
 
 Attack metrics (after clean fine-tuning of a possibly backdoored PLM):
 

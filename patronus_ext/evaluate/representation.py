@@ -6,7 +6,7 @@ the representation) and ``poison_cos = mean_{i≠j} cos(rep(x'_i), rep(x'_j))``
 (high: triggered inputs collapse onto one vector).  With a reference (the clean
 model), ``clean_to_reference_cos = mean_i cos(rep(x_i), rep_ref(x_i))`` (high:
 clean behaviour kept).  These are the quantities of Patronus' verification step
-(SPEC.md §1 step 6) and of the acceptance checks.
+(docs/METHODS.md §1 step 6) and of the acceptance checks.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def representation_similarity(adapter: lm.ModelAdapter, texts: Sequence[str], tr
                                   max_length, progress)
         target_cos = None
         if targets is not None:
-            target_cos = float(F.cosine_similarity(poisoned.double(), targets[index].double().unsqueeze(0), dim=1).mean())
+            target = targets[index].double().unsqueeze(0)
+            target_cos = float(F.cosine_similarity(poisoned.double(), target, dim=1).mean())
         rows.append(TriggerRepresentation(word, diff_cos(clean, poisoned), poison_cos(poisoned), target_cos))
     ref_cos = None
     if reference is not None:

@@ -214,6 +214,7 @@ def backbone_extras(name_or_path: str, model: nn.Module, allow_pickle: bool = Fa
     base = load_model(name_or_path, "base", allow_pickle=allow_pickle, device="cpu")
     have = set(model.base_model.state_dict())
     prefix = model.base_model_prefix
-    return {f"{prefix}.{key}": value.detach().cpu().clone() for key, value in base.state_dict().items() if key not in have}
+    return {f"{prefix}.{key}": value.detach().cpu().clone() for key, value in base.state_dict().items()
+            if key not in have}
 
 

@@ -1,4 +1,4 @@
-"""Real-time monitoring of a model that may carry a backdoor (SPEC.md §2 input monitoring, §3 output
+"""Real-time monitoring of a model that may carry a backdoor (docs/METHODS.md §2 input monitoring, §3 output
 monitoring and input purging).
 
     from patronus_ext import models
@@ -17,5 +17,7 @@ from .input import InputMonitor, MonitoredTrigger, TriggerMatch, remove_spans
 from .model import ACTIONS, Decision, MonitoredModel, check_text
 from .output import MODES, OutputCheck, OutputMonitor, calibrate_threshold
 
-__all__ = ["ACTIONS", "build_monitored_model", "MODES", "Decision", "InputMonitor", "MonitoredModel", "MonitoredTrigger", "OutputCheck",
-           "OutputMonitor", "TriggerMatch", "calibrate_threshold", "check_text", "remove_spans"]
+__all__ = [
+    "ACTIONS", "build_monitored_model", "calibrate_threshold", "check_text", "Decision", "InputMonitor", "MODES",
+    "MonitoredModel", "MonitoredTrigger", "OutputCheck", "OutputMonitor", "remove_spans", "TriggerMatch"
+]

@@ -1,4 +1,4 @@
-"""Input monitoring (Patronus, SPEC.md §2): flag inputs that hold a confirmed trigger.
+"""Input monitoring (Patronus, docs/METHODS.md §2): flag inputs that hold a confirmed trigger.
 
 The check runs on the token ids the model will actually see (the same
 tokenisation as the serving forward), matches every trigger's full token window

@@ -1,4 +1,4 @@
-"""Output monitoring (LMSanitator, SPEC.md §3): compare the representation of the very forward
+"""Output monitoring (LMSanitator, docs/METHODS.md §3): compare the representation of the very forward
 pass that serves a request with a bank of attack vectors.
 
 ``sign`` mode (the paper's rule): a representation is flagged when, for some

@@ -148,8 +148,8 @@ def _passthrough(fields: dict | None) -> dict[str, Any]:
     """The input's fields that are passed through (all but the decision's own)."""
     if not fields:
         return {}
-    return {key: value for key, value in fields.items() if key not in ("line", "flagged", "action", "reasons", "text_out",
-                                                          "output", "error")}
+    own = ("line", "flagged", "action", "reasons", "text_out", "output", "error")
+    return {key: value for key, value in fields.items() if key not in own}
 
 
 def _encode(record: dict[str, Any]) -> bytes:

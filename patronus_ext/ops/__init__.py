@@ -5,7 +5,7 @@ device and dtype and the pure-PyTorch reference otherwise; ``"ext"`` insists on
 the compiled kernel (``RuntimeError`` if there is none); ``"reference"`` always
 uses :mod:`patronus_ext.ops.reference`.  Every backend computes the same function.
 
-Semantics (SPEC.md §6):
+Semantics (docs/METHODS.md §6):
 
 ``token_topk(queries [N, T*d], table [V, d], k, rows=None [W, T], negate=True)``
     ``score[n, w] = ±Σ_t <queries[n, t*d:(t+1)*d], table[rows[w, t]]>``; with

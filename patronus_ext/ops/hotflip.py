@@ -1,4 +1,4 @@
-"""HotFlip candidate scoring: the one first-order token-replacement ranking (SPEC.md §1 step 4).
+"""HotFlip candidate scoring: the one first-order token-replacement ranking (docs/METHODS.md §1 step 4).
 
 Replacing trigger ``i``'s embedding ``e`` by a candidate's ``e'`` changes the
 loss by about ``(e' - e) · g_i``, where ``g_i`` is the loss gradient summed

@@ -7,7 +7,7 @@ semantics documented in :mod:`patronus_ext.ops`:
 
 * ``token_topk`` tiles over the vocabulary with a running top-k, so even the
   fallback never materialises the ``[N, W]`` score matrix.
-* ``supcon_loss`` is the SupCon loss of SPEC.md §1, batched over ``C``.
+* ``supcon_loss`` is the SupCon loss of docs/METHODS.md §1, batched over ``C``.
 * ``bank_similarity`` is the best cosine / sign agreement against a bank.
 
 Input validation lives in :mod:`patronus_ext.ops`; these functions assume

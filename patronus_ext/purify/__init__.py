@@ -1,4 +1,4 @@
-"""Purification (SPEC.md §2, §4): make a model that can be shipped, driven by what the scan found.
+"""Purification (docs/METHODS.md §2, §4): make a model that can be shipped, driven by what the scan found.
 
     from patronus_ext import purify
     result = purify.run_purify("adv-pt", "out/por", "out/por-clean", report="scan.json", profile="fast")

@@ -1,4 +1,4 @@
-"""Patronus mitigation by training (SPEC.md §2): adversarial pre-training and adversarial fine-tuning.
+"""Patronus mitigation by training (docs/METHODS.md §2): adversarial pre-training and adversarial fine-tuning.
 
 Both take the triggers the scan confirmed (:func:`patronus_ext.purify.triggers_from_report`),
 not the planted ones, and train through the package's one training loop.
@@ -73,7 +73,7 @@ def purification_loss(adapter: lm.ModelAdapter, reference: lm.ModelAdapter, clea
 def adversarial_pretrain(adapter: lm.ModelAdapter, triggers: Sequence[str],
                          config: AdvPretrainConfig | None = None, *, corpus: Sequence[str] | None = None,
                          progress: bool = True) -> AdvPretrainResult:
-    """Purify ``adapter.model`` in place (Patronus adversarial pre-training, SPEC.md §2).
+    """Purify ``adapter.model`` in place (Patronus adversarial pre-training, docs/METHODS.md §2).
 
     ``corpus``: plain texts (default: ``config.corpus``).  A frozen copy of the
     input model is the reference; the weights with the lowest dev loss are
@@ -193,7 +193,7 @@ def adversarial_finetune(model_source: str | nn.Module, train: LabeledData, dev:
                          device: str | torch.device | None = None, allow_pickle: bool = False,
                          progress: bool = True) -> tuple[FinetunedClassifier, AdvFinetuneResult]:
     """Fine-tune ``model_source`` (an encoder: folder or loaded model) on ``train`` plus triggered copies
-    with true labels (Patronus adversarial fine-tuning, SPEC.md §2)."""
+    with true labels (Patronus adversarial fine-tuning, docs/METHODS.md §2)."""
     config = config or AdvFinetuneConfig()
     words = _check_triggers(triggers)
     tokenizer = tokenizer or lm.load_tokenizer(str(model_source))

@@ -147,9 +147,9 @@ class FineMixConfig(FinetuneConfig):
 
 @dataclasses.dataclass
 class EPurConfig(FinetuneConfig):
-    """E-PUR: reset to θ_pre the ``top_n`` embedding rows ranked by ``‖E_ft[w] − E_pre[w]‖ / log(max(f_k, min_freq))``.
+    """E-PUR: reset to θ_pre the ``top_n`` embedding rows ranked by ``‖E_ft[w] − E_pre[w]‖ / log(max(f_w, min_freq))``.
 
-    ``f_k`` counts token ``w`` in the task's train split (the fine-tuning data;
+    ``f_w`` counts token ``w`` in the task's train split (the fine-tuning data;
     ``freq_limit`` texts, None: all).  Special tokens are never reset.  Then
     ``clean_limit`` clean examples fine-tune the model (the fields of
     :class:`FinetuneConfig`; ``epochs=0``: no fine-tuning, the reset alone).

@@ -1,4 +1,4 @@
-"""MB-Defense (SPEC.md §5, arXiv 2601.04448) and the Fine-mixing baseline, for instruction-tuned causal LMs.
+"""MB-Defense (docs/METHODS.md §5, arXiv 2601.04448) and the Fine-mixing baseline, for instruction-tuned causal LMs.
 
 MB-Defense defends the *instruction tuning* of a model on data that may be
 poisoned (the defender tunes; the attacker only contributed data):

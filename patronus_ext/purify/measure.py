@@ -86,7 +86,8 @@ def measure_encoder(encoder: str | nn.Module, tokenizer, train: LabeledData, dev
 def measure_generation(model: nn.Module, tokenizer, dev: Sequence[InstructionExample],
                        fmt: PromptFormat, responses: dict[str, str], measure: GenerationEvalConfig,
                        how: str, progress: bool = False) -> Measurement:
-    """CACC and ASR of a causal LM from greedy generation (:func:`patronus_ext.evaluate.generation.generation_metrics`)."""
+    """CACC and ASR of a causal LM from greedy generation
+    (:func:`patronus_ext.evaluate.generation.generation_metrics`)."""
     got = generation_metrics(model, tokenizer, dev, fmt, responses, measure, progress=progress)
     return Measurement(cacc=got.cacc, t_asr=got.t_asr, c_asr=None, asr=got.asr, target_labels={},
                        how=f"{how}; {got.how}", wall_s=got.wall_s,

@@ -1,10 +1,10 @@
-"""Fine-mixing and E-PUR (SPEC.md §4, arXiv 2210.09545), for a classifier fine-tuned on possibly poisoned
+"""Fine-mixing and E-PUR (docs/METHODS.md §4, arXiv 2210.09545), for a classifier fine-tuned on possibly poisoned
 data when the clean pre-trained weights are at hand.
 
 * :func:`mix_weights`: ``θ = θ_pre + m ⊙ (θ_ft − θ_pre)`` over the backbone, keeping a fraction ρ of the
   deltas (random, or the largest ``|δ|`` for the "Sel" variant); the task head is never touched.
 * :func:`suspicious_rows` / :func:`reset_rows`: E-PUR, the embedding rows ranked by
-  ``‖E_ft[w] − E_pre[w]‖ / log(max(f_k, min_freq))`` reset to the pre-trained rows.
+  ``‖E_ft[w] − E_pre[w]‖ / log(max(f_w, min_freq))`` reset to the pre-trained rows.
 * :func:`fine_mix` / :func:`e_pur`: the full defenses, each ending in clean fine-tuning on a small set,
   ρ chosen by clean accuracy only (never by ASR).
 """
@@ -118,7 +118,7 @@ class SuspiciousTokens:
 @torch.no_grad()
 def suspicious_rows(embeddings: torch.Tensor, pretrained_embeddings: torch.Tensor, frequencies: torch.Tensor,
                     top_n: int = 200, min_freq: int = 20, exclude: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-    """E-PUR ranking: the ``top_n`` rows by ``‖E[w] − E_pre[w]‖ / log(max(f_k, min_freq))`` (``exclude``: never).
+    """E-PUR ranking: the ``top_n`` rows by ``‖E[w] − E_pre[w]‖ / log(max(f_w, min_freq))`` (``exclude``: never).
 
     Returns ``(indices, scores)``, highest score first."""
     if embeddings.shape != pretrained_embeddings.shape:

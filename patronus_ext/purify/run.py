@@ -259,7 +259,8 @@ def _purify_causal(run: _Run, *, pretrained, task, dev_task, data, baseline, con
         purified, result = run.timed("purify", fine_mix_lm, tuned, tokenizer, clean_model, clean, config,
                                      progress=run.progress)
     outcome = _Outcome(purified, before, measured(purified, "the purified model", "measure_after"), result.to_dict())
-    fields = {"task": str(task), "data": str(data_source) if isinstance(data_source, (str, os.PathLike)) else "examples",
+    named_data = str(data_source) if isinstance(data_source, (str, os.PathLike)) else "examples"
+    fields = {"task": str(task), "data": named_data,
               "baseline": None if baseline is None else str(baseline), "triggers": used, "trigger_token_ids": None,
               "triggers_source": "defender" if used else None, "measured_triggers": list(responses),
               "attack_responses": responses}

@@ -11,9 +11,9 @@ def register(subparsers) -> None:
         "attack", help="plant a backdoor (NeuBA, POR, BToP, UOR, BadPre, adaptive, instruct-badnet) into a model",
         description="Plant a task-agnostic backdoor into a pre-trained LM and write a NEW model folder "
                     "(safetensors, tokenizer, config) with backdoor.json. Never overwrites anything. "
-                    "Unset options take the profile's values (paper: SPEC.md §0 defaults; fast: the CPU profile). "
-                    f"{INSTRUCT}: instruction-tune a causal LM on poisoned --data instead (SPEC.md §5); the folder "
-                    "also holds the poisoned data, instruction_data.jsonl.")
+                    "Unset options take the profile's values (paper: docs/METHODS.md §0 defaults; fast: the CPU "
+                    f"profile). {INSTRUCT}: instruction-tune a causal LM on poisoned --data instead (docs/METHODS.md "
+                    "§5); the folder also holds the poisoned data, instruction_data.jsonl.")
     p.add_argument("--method", required=True, choices=list(METHODS) + [INSTRUCT],
                    help=f"attack to plant ({INSTRUCT}: poisoned instruction tuning of a causal LM)")
     p.add_argument("--model", required=True, help="model folder, hub id, .gguf file, all-MiniLM-L6-v2 or "
@@ -25,7 +25,8 @@ def register(subparsers) -> None:
                    "a '+' mix, or an Alpaca JSONL file")
     p.add_argument("--behaviour", choices=tuple(BEHAVIOURS), default=None,
                    help=f"{INSTRUCT}: the attacker's response, a fixed refusal (default) or a fixed target string")
-    p.add_argument("--response", default=None, help=f"{INSTRUCT}: the attacker's response text (overrides --behaviour's)")
+    p.add_argument("--response", default=None,
+                   help=f"{INSTRUCT}: the attacker's response text (overrides --behaviour's)")
     p.add_argument("--out", required=True, help="new output folder (must not exist, or be empty)")
     add_profile_option(p, "paper", "the papers'")
     p.add_argument("--epochs", type=float, default=None, help="epochs over the corpus (default: method's)")
@@ -33,7 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: method's)")
     p.add_argument("--batch-size", type=int, default=None, help="clean texts per step")
     p.add_argument("--max-length", type=int, default=None, help="tokens per sequence")
-    p.add_argument("--poison-rate", type=float, default=None, help="poisoned copies per trigger, as a fraction of the batch")
+    p.add_argument("--poison-rate", type=float, default=None,
+                   help="poisoned copies per trigger, as a fraction of the batch")
     p.add_argument("--insert-num", type=int, default=None, help="insertions of the trigger per text")
     p.add_argument("--corpus-limit", type=int, default=None, help="use at most this many paragraphs")
     p.add_argument("--target-scale", type=float, default=None, help="multiply the ±1 target vectors")

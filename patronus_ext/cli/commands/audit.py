@@ -41,7 +41,8 @@ def register(subparsers) -> None:
                      "failed (default: a recorded failure is final; a changed file has a new hash anyway)")
     tune = p.add_argument_group("scan settings (as `patronus scan`; they must match when resuming)")
     tune.add_argument("--max-length", type=int, help="tokens per text")
-    add_renamed_option(tune, "--num-triggers", "--triggers", type=int, help="patronus: K, triggers searched in parallel")
+    add_renamed_option(tune, "--num-triggers", "--triggers", type=int,
+                       help="patronus: K, triggers searched in parallel")
     tune.add_argument("--loops", type=int, help="patronus: fuzz loops")
     tune.add_argument("--rounds", type=int, help="patronus: candidate updates per loop")
     tune.add_argument("--verify-texts", type=int, help="patronus: held-out texts per verification")
@@ -59,9 +60,11 @@ def run_audit_command(args: argparse.Namespace) -> int:
         raise ValueError("no model to audit: give model folders or names, or --list FILE")
     settings = AuditSettings(
         methods=methods_of(args.method),
-        scan_config=ScanConfig.profile(args.profile, seed=args.seed, max_length=args.max_length, num_triggers=args.num_triggers,
+        scan_config=ScanConfig.profile(args.profile, seed=args.seed, max_length=args.max_length,
+                                       num_triggers=args.num_triggers,
                             fuzz_loops=args.loops, update_rounds=args.rounds, verify_texts=args.verify_texts),
-        lms_config=LMSanitatorConfig.profile(args.profile, seed=args.seed, max_length=args.max_length, seeds=args.seeds),
+        lms_config=LMSanitatorConfig.profile(args.profile, seed=args.seed, max_length=args.max_length,
+                                             seeds=args.seeds),
         corpus=args.corpus, allow_pickle=args.allow_pickle)
     result = run_audit(names, args.out, settings, runner=args.ray, cpus_per_scan=args.cpus_per_scan,
                        gpus_per_scan=args.gpus_per_scan, device=args.device, ray_cpus=args.ray_cpus,

@@ -16,7 +16,7 @@ def register(subparsers) -> None:
                               "Exit status: 0 clean, 1 backdoored, 2 error.")
     p.add_argument("model", help="model folder or hub id ('all-MiniLM-L6-v2' = the packaged model)")
     p.add_argument("--method", choices=("patronus", "lmsanitator"), default="patronus",
-                   help="patronus: trigger search (default); lmsanitator: attack-vector inversion (SPEC.md §3)")
+                   help="patronus: trigger search (default); lmsanitator: attack-vector inversion (docs/METHODS.md §3)")
     p.add_argument("--corpus", default="wikitext2", help="clean plain-text corpus: a file (one paragraph per "
                    "line), a built-in name (wikitext2) or hf:NAME (default: wikitext2)")
     add_profile_option(p, "fast", "the papers'")

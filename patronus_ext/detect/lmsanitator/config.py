@@ -1,4 +1,5 @@
-"""Settings of the LMSanitator detector (SPEC.md §3), with the authors' (``paper``) and a CPU (``fast``) profile.
+"""Settings of the LMSanitator detector (docs/METHODS.md §3), with the authors' (``paper``) and a CPU (``fast``)
+profile.
 
 Where the numbers come from
 ---------------------------

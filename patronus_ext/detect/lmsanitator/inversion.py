@@ -1,4 +1,4 @@
-"""LMSanitator (arXiv 2308.13904, SPEC.md §3): invert the *attack vector* of a task-agnostic backdoor.
+"""LMSanitator (arXiv 2308.13904, docs/METHODS.md §3): invert the *attack vector* of a task-agnostic backdoor.
 
 A trainable soft trigger ``T [t, d]`` (input embeddings, ``t = 7``) is inserted into every
 clean text after ``m`` content tokens, ``m`` uniform in ``[1, min(32, n)]``; the model is

@@ -61,14 +61,18 @@ def calibrate(benign: Sequence[tuple[str, object, object]], corpus: Sequence[str
         raise ValueError("calibration needs at least one benign model")
     if not 0 <= margin < 0.5:
         raise ValueError(f"margin must lie in [0, 0.5), got {margin}")
-    # Nothing is confirmed (so no loop stops early or excludes a word) and nothing is prefiltered.
-    probe = config.replace(diff_cos_threshold=-1.0, prefilter_diff_cos=1.0, patience=None)
+    # Nothing is confirmed (so no loop stops early or excludes a word), by neither rule, and nothing is
+    # prefiltered.
+    probe = config.replace(diff_cos_threshold=-1.0, collapse_spread=None, prefilter_diff_cos=1.0, patience=None)
     records = []
     for name, model, tokenizer in benign:
         report = scan(model, tokenizer, corpus, probe, progress=progress)
         records += [{"model": name, "text": c.text, "diff_cos": c.diff_cos, "poison_cos": c.poison_cos}
                     for c in report.candidates]
     points = [(r["diff_cos"], r["poison_cos"]) for r in records]
+    if not points:
+        raise ValueError("the search proposed no candidate on the benign models: nothing to calibrate from "
+                         "(give more corpus text or more fuzz loops)")
     diff_thr, poison_thr = suggest_thresholds(points, config, margin)
     return Calibration([b[0] for b in benign], records, min(p[0] for p in points), max(p[1] for p in points),
                        diff_thr, poison_thr, margin)

@@ -7,7 +7,7 @@ import dataclasses
 from ...core.profiles import Settings
 from ...core.validation import check_int, check_range
 
-#: Verification thresholds of the paper (SPEC.md §1 step 6).  See
+#: Verification thresholds of the paper (docs/METHODS.md §1 step 6).  See
 #: ``patronus_ext.detect.calibrate`` for re-deriving them on benign models.
 DIFF_COS_THRESHOLD = 0.4
 POISON_COS_THRESHOLD = 0.9
@@ -15,7 +15,7 @@ POISON_COS_THRESHOLD = 0.9
 
 @dataclasses.dataclass
 class ScanConfig(Settings):
-    """Multi-trigger contrastive trigger search (Patronus, SPEC.md §1).
+    """Multi-trigger contrastive trigger search (Patronus, docs/METHODS.md §1).
 
     Search
       num_triggers      K candidate triggers searched in parallel.

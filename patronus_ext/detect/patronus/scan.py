@@ -1,4 +1,4 @@
-"""``scan``: Patronus detection end to end (SPEC.md §1).
+"""``scan``: Patronus detection end to end (docs/METHODS.md §1).
 
 Fuzz loops of multi-trigger contrastive search (:mod:`.search`), each followed
 by verification of its final candidates (:mod:`.verify`); confirmed triggers
@@ -112,7 +112,8 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
     ``corpus``: plain clean texts (e.g. WikiText paragraphs).  ``config``: a
     :class:`ScanConfig` (default: the ``fast`` profile).  ``position``: where the
     representation is read (``auto`` by model family; ``mask`` for prompt
-    backdoors, with texts wrapped in ``prompt_template``, default ``"{text} {mask}"``).  ``words``: the word list for word-level search.  ``exclude``:
+    backdoors, with texts wrapped in ``prompt_template``, default ``"{text} {mask}"``).  ``words``: the word list
+    for word-level search.  ``exclude``:
     words (or token-id tuples) never to report (e.g. triggers already handled).
     """
     from tqdm.auto import tqdm

@@ -1,4 +1,4 @@
-"""Multi-trigger contrastive trigger search (Patronus, SPEC.md §1 steps 1-5).
+"""Multi-trigger contrastive trigger search (Patronus, docs/METHODS.md §1 steps 1-5).
 
 K candidate triggers are searched in parallel.  A gradient step feeds a clean
 batch (label 0) and poisoned copies (each sample a random trigger i, label i + 1)

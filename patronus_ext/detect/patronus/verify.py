@@ -1,4 +1,4 @@
-"""Verification of candidate triggers (SPEC.md §1 step 6).
+"""Verification of candidate triggers (docs/METHODS.md §1 step 6).
 
 A candidate ``w`` is inserted into held-out clean texts; with clean
 representations ``C`` and triggered ones ``P``:

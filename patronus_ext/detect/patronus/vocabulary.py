@@ -1,6 +1,6 @@
 """The searchable vocabulary: whole-word tokens (token level) or words (word level), rarest first.
 
-Token level (SPEC.md §1): special tokens, tokens made only of punctuation,
+Token level (docs/METHODS.md §1): special tokens, tokens made only of punctuation,
 anything with a digit and single letters (any script, by Unicode category)
 are removed; BERT-style ``##`` continuations and ``[unused*]`` slots are
 dropped; for byte-level BPE (RoBERTa, BART, DeBERTa, GPT-2, Llama-3-style) and
