@@ -56,6 +56,7 @@ import torch
 
 from patronus_ext import attacks, lm, purify
 from patronus_ext.attacks.instruct_badnet import DATA_FILE
+from patronus_ext.core.files import cache_root
 from patronus_ext.core.similarity import diff_cos, poison_cos
 from patronus_ext.data.instructions import fit_inputs, insert_trigger, load_instructions, split_examples
 from patronus_ext.evaluate.generation import generation_metrics
@@ -128,7 +129,7 @@ def stage(name: str, work: Path, scan_limit_s: float) -> dict:
     t0 = time.perf_counter()
     attacked = work / "attacked"
     if name == "convert":
-        cached = (lm.cache_root() / "gguf").is_dir() and any((lm.cache_root() / "gguf").iterdir())
+        cached = (cache_root() / "gguf").is_dir() and any((cache_root() / "gguf").iterdir())
         folder = lm.resolve_model_source(SMOL)
         return _save(work, name, {"folder": folder, "gguf": str(lm.packaged_smollm2_path()),
                                   "was_cached": cached, "wall_s": time.perf_counter() - t0})
@@ -180,7 +181,7 @@ def stage(name: str, work: Path, scan_limit_s: float) -> dict:
         model = lm.load_model(source, "causal", device="cpu")
         examples = fit_inputs(tok, load_instructions("sst2", "train", config.data_limit,
                                                                        config.seed), config.max_input_tokens)
-        run = instruction_tune(model, tok, examples, config.prompt_format(), config.tune_config(),
+        run = instruction_tune(model, tok, examples, config.prompt_format(), config,
                                         progress=False)
         lm.save_model_folder(model, tok, work / "clean-tuned", {"tuning.json": run.to_dict()})
         tuned_s = time.perf_counter() - t0

@@ -35,7 +35,6 @@ import torch
 from patronus_ext import attacks, lm, purify
 from patronus_ext.data import corpora as data
 from patronus_ext.lm.finetune import finetune_classifier
-from patronus_ext.purify.adversarial import finetune_settings
 
 from _common import machine_facts, report_targets
 
@@ -90,7 +89,7 @@ def stage(name: str, work: Path) -> dict:
     if name == "clean":
         train = data.read_task("sst2", "train").subset(measure.train_limit, measure.seed)
         dev = data.read_task("sst2", "dev")
-        clf = finetune_classifier(CLEAN, train, finetune_settings(measure), device="cpu", progress=False)
+        clf = finetune_classifier(CLEAN, train, measure, device="cpu", progress=False)
         m = purify.measure_classifier(clf.model, clf.tokenizer, dev, list(POR_TRIGGERS) + list(BADNET_TRIGGERS),
                                       measure)
         asr_por = sum(m.asr[t] for t in POR_TRIGGERS) / len(POR_TRIGGERS)
@@ -112,7 +111,7 @@ def stage(name: str, work: Path) -> dict:
         return _save(work, name, {"poisoned": res.poisoned, "train_examples": res.train_examples, "wall_s": res.wall_s})
     if name == "por-sst2":
         train = data.read_task("sst2", "train").subset(measure.train_limit, measure.seed)
-        clf = finetune_classifier(str(work / "por"), train, finetune_settings(measure), device="cpu", progress=False)
+        clf = finetune_classifier(str(work / "por"), train, measure, device="cpu", progress=False)
         tok = lm.load_tokenizer(str(work / "por"))
         lm.save_model_folder(clf.model, tok, work / "por-sst2",
                                  {"backdoor.json": json.loads((work / "por" / "backdoor.json").read_text())})
