@@ -249,6 +249,27 @@ def test_saved_stages_are_read_back_instead_of_run_again(tmp_path):
     assert runner.main(["--work-dir", str(tmp_path), "--stages", "", "--threads", THREADS]) == 1
 
 
+def test_lmsanitator_main_runs_each_chosen_detector_per_subject(tmp_path, monkeypatch):
+    import acceptance_lmsanitator as lms
+
+    def fake_lmsanitator(subject, source, profile, seed, work):
+        return {"detector": "lmsanitator", "subject": subject.name, "backdoored": subject.backdoored,
+                "verdict": "clean", "seconds": 1.0, "best_cosine": None, "recall": None}
+
+    def fake_patronus(subject, source, work):
+        return {"detector": "patronus", "subject": subject.name, "backdoored": subject.backdoored,
+                "verdict": "clean", "seconds": 1.0, "recall": None}
+
+    monkeypatch.setattr(lms, "run_lmsanitator", fake_lmsanitator)
+    monkeypatch.setattr(lms, "run_patronus", fake_patronus)
+    out = tmp_path / "rows.json"
+    assert lms.main(["--work-dir", str(tmp_path), "--subjects", "clean", "--detectors", "patronus,lmsanitator",
+                     "--threads", THREADS, "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert [r["detector"] for r in saved["rows"]] == ["patronus", "lmsanitator"]
+    assert saved["profile"] == "fast" and saved["missed_targets"] == []
+
+
 # -- bench_attacks -----------------------------------------------------------------------------
 def _attack_entry(diff=(0.0, 0.1), poison=(0.99, 0.98), clean=0.97, t_asr=0.96, cacc=0.80, drop=1.0):
     per = [{"trigger": t, "diff_cos": d, "poison_cos": p} for t, d, p in zip(("cf", "mn"), diff, poison)]
