@@ -270,6 +270,22 @@ def test_lmsanitator_main_runs_each_chosen_detector_per_subject(tmp_path, monkey
     assert saved["profile"] == "fast" and saved["missed_targets"] == []
 
 
+@pytest.mark.parametrize("runner,missed", [
+    ("acceptance_purify", ["adv-pt: not run", "adv-ft: not run", "fm-por: not run", "ep-por: not run",
+                           "fm-badnet: not run", "ep-badnet: not run", "adv-pt re-scan verdict: None (want clean)"]),
+    ("acceptance_mb", ["clean / attack-eval not run", "mb-eval not run"]),
+])
+def test_stage_runners_report_the_stages_not_run_as_missed(tmp_path, capsys, runner, missed):
+    import importlib
+
+    module = importlib.import_module(runner)
+    out = tmp_path / "results.json"
+    assert module.main(["--work-dir", str(tmp_path), "--stages", "", "--threads", THREADS, "--json", str(out)]) == 1
+    saved = json.loads(out.read_text())
+    assert saved["missed"] == missed and "machine" in saved
+    assert "not run" in capsys.readouterr().out   # the table lists them
+
+
 # -- bench_attacks -----------------------------------------------------------------------------
 def _attack_entry(diff=(0.0, 0.1), poison=(0.99, 0.98), clean=0.97, t_asr=0.96, cacc=0.80, drop=1.0):
     per = [{"trigger": t, "diff_cos": d, "poison_cos": p} for t, d, p in zip(("cf", "mn"), diff, poison)]
