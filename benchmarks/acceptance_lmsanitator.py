@@ -22,11 +22,8 @@ Exit 1 listing the missed targets, 0 when all are met.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,57 +31,22 @@ from pathlib import Path
 
 import torch
 
-from patronus_ext import attacks, lm
+from patronus_ext import lm
 from patronus_ext.data import corpora as data
+
+from _acceptance import Runner, Stage, Subject, Subjects, cli_scan
 
 #: This runner's triggers: single WordPiece tokens of MiniLM, rare (Zipf < 2.4), used by no other suite.
 TRIGGERS = ("nrhp", "qur", "bwv", "zev")
 
-
-@dataclasses.dataclass
-class Subject:
-    name: str
-    kind: str                     # "attack", "finetune" or "packaged"
-    method: str | None = None
-    triggers: tuple[str, ...] = ()
-    seed: int = 2
-    base: str | None = None
-    task: str | None = None
-
-    @property
-    def backdoored(self) -> bool:
-        return bool(self.triggers)
-
-
-SUBJECTS = {s.name: s for s in [
-    Subject("por", "attack", "por", TRIGGERS),
-    Subject("neuba", "attack", "neuba", TRIGGERS),
+SUBJECTS = Subjects([
+    Subject("por", "attack", "por", TRIGGERS, seed=2),
+    Subject("neuba", "attack", "neuba", TRIGGERS, seed=2),
     Subject("clean", "packaged"),
     Subject("clean_sst2_s0", "finetune", base="clean", task="sst2", seed=0),
     Subject("clean_sst2_s1", "finetune", base="clean", task="sst2", seed=1),
     Subject("por_sst2", "finetune", triggers=TRIGGERS, base="por", task="sst2", seed=0),
-]}
-
-
-def subject_path(subject: Subject, work: Path) -> str:
-    """Build the subject if needed; return the folder (or name) to scan."""
-    if subject.kind == "packaged":
-        return lm.DEFAULT_MODEL
-    out = work / subject.name
-    if (out / "config.json").is_file():
-        return str(out)
-    if subject.kind == "attack":
-        config = attacks.make_config(subject.method, "fast", triggers=subject.triggers, seed=subject.seed)
-        attacks.plant(subject.method, lm.DEFAULT_MODEL, "wikitext2", config, out, device="cpu", progress=False)
-        return str(out)
-    from patronus_ext.lm.finetune import FinetuneConfig, finetune_classifier
-
-    base = subject_path(SUBJECTS[subject.base], work)
-    train = data.read_task(subject.task, "train", limit=2000, seed=subject.seed)
-    classifier = finetune_classifier(base, train, FinetuneConfig(epochs=1, batch_size=32, max_length=64,
-                                                                 seed=subject.seed), device="cpu")
-    lm.save_model_folder(classifier.model, classifier.tokenizer, out, source=base)
-    return str(out)
+])
 
 
 COSINE_TARGET = 0.9
@@ -157,10 +119,7 @@ def run_patronus(subject: Subject, source: str, work: Path) -> dict:
     from patronus_ext.evaluate.metrics import detection_recall
 
     report = Path(tempfile.mkdtemp(prefix="lms-acc-", dir=work)) / "scan.json"
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "patronus_ext.cli", "scan", source, "--report", str(report),
-                           "--device", "cpu", "--quiet"], capture_output=True, text=True)
-    wall = time.perf_counter() - started
+    proc, wall = cli_scan(source, report)
     row = {"detector": "patronus", "subject": subject.name, "backdoored": subject.backdoored, "seconds": wall,
            "exit": proc.returncode}
     if proc.returncode not in (0, 1):
@@ -201,49 +160,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work-dir", required=True, type=Path)
-    parser.add_argument("--subjects", default=",".join(SUBJECTS))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--build-only", action="store_true")
-    parser.add_argument("--detectors", default="lmsanitator,patronus")
-    parser.add_argument("--profile", default="fast", choices=("fast", "paper"), help="LMSanitator profile")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, help="write rows and machine facts here")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    names = [n.strip() for n in args.subjects.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SUBJECTS]
-    if unknown:
-        parser.error(f"unknown subjects {unknown}; choose from {', '.join(SUBJECTS)}")
-    if args.build_only:
-        for name in names:
-            print(name, subject_path(SUBJECTS[name], args.work_dir), flush=True)
-        return 0
-    from _common import machine_facts, report_targets
-
-    detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
-    rows = []
-    for name in names:
-        subject = SUBJECTS[name]
-        source = subject_path(subject, args.work_dir)
-        for detector in detectors:
-            if detector == "lmsanitator":
-                rows.append(run_lmsanitator(subject, source, args.profile, args.seed, args.work_dir))
-            else:
-                rows.append(run_patronus(subject, source, args.work_dir))
-            print(table(rows[-1:]).splitlines()[1], flush=True)
-            if args.json:
-                args.json.write_text(json.dumps({"machine": machine_facts(), "threads": args.threads,
-                                                 "profile": args.profile, "rows": rows}, indent=2, default=str))
-    print(table(rows))
-    missed = check_targets(rows)
-    if args.json:
-        args.json.write_text(json.dumps({"machine": machine_facts(), "threads": args.threads, "profile": args.profile,
-                                         "rows": rows, "missed_targets": missed}, indent=2, default=str))
-    return report_targets("acceptance_lmsanitator", missed)
+RUNNER = Runner(
+    "acceptance_lmsanitator", __doc__,
+    stages=[Stage("lmsanitator", lambda run, subject: run_lmsanitator(subject, run.source(subject), run.args.profile,
+                                                                      run.args.seed, run.work)),
+            Stage("patronus", lambda run, subject: run_patronus(subject, run.source(subject), run.work))],
+    check_targets=lambda run: check_targets(run.rows),
+    subjects=SUBJECTS, per_subject=True, stage_option="--detectors",
+    profile_help="LMSanitator profile", seed_help="LMSanitator seed",
+    row_text=lambda row: table([row]).splitlines()[1],
+    summary=lambda run: table(run.rows),
+    document=lambda run: {"threads": run.args.threads, "profile": run.args.profile, "rows": run.rows},
+)
+main = RUNNER.main
 
 
 if __name__ == "__main__":

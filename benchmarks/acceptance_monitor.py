@@ -53,26 +53,25 @@ target, 0 when all are met; the JSON (``--json``, default
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from patronus_ext import attacks, lm
+from patronus_ext import lm
 from patronus_ext.data import corpora as data
 from patronus_ext.data.triggers import insert_words
 from patronus_ext.formats.bank import load_bank
-from patronus_ext.lm.finetune import FinetuneConfig, finetune_classifier
 from patronus_ext.monitor import InputMonitor, MonitoredModel, OutputMonitor, calibrate_threshold
 from patronus_ext.monitor.output import PAPER_SIGN_THRESHOLD
 
-from _common import machine_facts, medians, report_targets, results_path
+from _acceptance import Run, Runner, Stage, Subject, Subjects, cli_scan
+from _common import medians, results_path
 from bench_monitor import timed
 from strip_baseline import Strip
 
@@ -88,37 +87,33 @@ BATCH = 64
 
 
 # -- subjects ---------------------------------------------------------------------------------
-def build(work: Path, train_size: int = TRAIN_SIZE, finetune: bool = True, log=print) -> dict[str, Path]:
+SUBJECTS = Subjects([
+    Subject("por", "attack", "por", TRIGGERS, seed=PLANT_SEED),
+    Subject("por_sst2", "finetune", triggers=TRIGGERS, base="por", task="sst2", seed=0, train_limit=TRAIN_SIZE),
+])
+
+
+def build(run: Run, finetune: bool = True) -> dict:
     """Plant, scan and fine-tune (each only when its output is missing; fine-tune only with ``finetune``)."""
-    work.mkdir(parents=True, exist_ok=True)
+    work = run.work
     planted, report, classifier = work / "por", work / "scan.json", work / "por_sst2"
     bank = work / "scan.bank.safetensors"
     timings = {}
-    if not (planted / "config.json").is_file():
-        log(f"planting POR {TRIGGERS} into {lm.DEFAULT_MODEL} -> {planted}")
-        started = time.perf_counter()
-        config = attacks.make_config("por", "fast", triggers=TRIGGERS, seed=PLANT_SEED)
-        attacks.plant("por", lm.DEFAULT_MODEL, "wikitext2", config, planted, device="cpu", progress=False)
-        timings["plant_s"] = time.perf_counter() - started
+    run.source("por")
+    if "por" in run.made:
+        timings["plant_s"] = run.made["por"]
     if not report.is_file() or not bank.is_file():
-        log(f"scanning {planted} -> {report}")
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "patronus_ext.cli", "scan", str(planted), "--report", str(report),
-                               "--device", "cpu", "--quiet", "--force"], capture_output=True, text=True)
-        timings["scan_s"] = time.perf_counter() - started
+        print(f"scanning {planted} -> {report}", flush=True)
+        done, timings["scan_s"] = cli_scan(planted, report, "--force")
         if done.returncode not in (0, 1) or not report.is_file():
             raise RuntimeError(f"scan failed ({done.returncode}): {done.stderr[-2000:]}")
-        log(done.stdout.strip())
+        print(done.stdout.strip(), flush=True)
         if not bank.is_file():
             raise RuntimeError(f"the scan wrote no bank ({bank}): verdict clean? {done.stdout[-500:]}")
-    if finetune and not (classifier / "config.json").is_file():
-        log(f"fine-tuning {planted} on {train_size} SST-2 examples -> {classifier}")
-        started = time.perf_counter()
-        train = data.read_task("sst2", "train", limit=train_size, seed=0)
-        tuned = finetune_classifier(str(planted), train, FinetuneConfig(epochs=1, batch_size=32, max_length=64,
-                                                                        seed=0), device="cpu", progress=False)
-        lm.save_model_folder(tuned.model, tuned.tokenizer, classifier, source=str(planted))
-        timings["finetune_s"] = time.perf_counter() - started
+    if finetune:
+        run.source(dataclasses.replace(SUBJECTS["por_sst2"], train_limit=run.args.train_size))
+        if "por_sst2" in run.made:
+            timings["finetune_s"] = run.made["por_sst2"]
     return {"planted": planted, "report": report, "bank": bank, "classifier": classifier, "build_timings": timings}
 
 
@@ -352,53 +347,57 @@ def table(stage: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work-dir", required=True, type=Path)
-    parser.add_argument("--seed", type=int, default=0, help="trigger insertion, dev split and STRIP draws")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--train-size", type=int, default=TRAIN_SIZE)
-    parser.add_argument("--latency-rounds-1", type=int, default=15, help="samples of 10 calls")
-    parser.add_argument("--latency-rounds-64", type=int, default=6)
-    parser.add_argument("--stages", default="pretrained,finetuned")
-    parser.add_argument("--build-only", action="store_true")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    stage_names = [s.strip() for s in args.stages.split(",") if s.strip()]
-    paths = build(args.work_dir, args.train_size, finetune=args.build_only or "finetuned" in stage_names)
-    if args.build_only:
-        print({k: str(v) for k, v in paths.items()})
-        return 0
+# -- the runner -------------------------------------------------------------------------------
+def prepare(run: Run) -> None:
+    """Build what the chosen stages need, then the inputs every stage is measured on."""
+    paths = build(run, finetune="finetuned" in [stage.name for stage in run.stages])
     report = json.loads(paths["report"].read_text())
     found = [t["text"] for t in report["triggers"]]
     print(f"scan verdict {report.get('verdict')}: confirmed {found}; planted {list(TRIGGERS)}")
-    inputs = make_inputs(args.seed)
-    rounds = {1: args.latency_rounds_1, 64: args.latency_rounds_64}
-    sources = {"pretrained": (paths["planted"], "base"), "finetuned": (paths["classifier"], "cls")}
-    stages = []
-    for name in stage_names:
-        source, head = sources[name]
-        stages.append(run_stage(name, source, head, paths, inputs, args.seed, rounds))
-        print(table(stages[-1]), flush=True)
-    missed = check_targets(stages)
+    run.state.update(paths=paths, report=report, inputs=make_inputs(run.args.seed),
+                     rounds={1: run.args.latency_rounds_1, 64: run.args.latency_rounds_64})
+
+
+def monitor_stage(name: str, model: str, head: str) -> Stage:
+    """The stage measuring the monitors on ``paths[model]`` loaded with ``head``."""
+    return Stage(name, lambda run: run_stage(name, run.state["paths"][model], head, run.state["paths"],
+                                             run.state["inputs"], run.args.seed, run.state["rounds"]))
+
+
+def document(run: Run) -> dict:
+    paths, report, inputs = run.state["paths"], run.state["report"], run.state["inputs"]
     bank = load_bank(paths["bank"])
-    path = args.json or results_path("acceptance_monitor")
-    path.write_text(json.dumps({
-        "machine": machine_facts(), "threads": args.threads, "seed": args.seed,
+    return {
+        "threads": run.args.threads, "seed": run.args.seed,
         "subject": {"model": lm.DEFAULT_MODEL, "attack": "por", "profile": "fast", "triggers": TRIGGERS,
-                    "plant_seed": PLANT_SEED, "finetune": {"task": "sst2", "train": args.train_size, "epochs": 1,
+                    "plant_seed": PLANT_SEED, "finetune": {"task": "sst2", "train": run.args.train_size, "epochs": 1,
                                                            "batch_size": 32, "max_length": 64, "seed": 0}},
-        "scan": {"verdict": report.get("verdict"), "confirmed": found,
+        "scan": {"verdict": report.get("verdict"), "confirmed": [t["text"] for t in report["triggers"]],
                  "token_ids": {t["text"]: t.get("token_ids") for t in report["triggers"]},
                  "bank": {"vectors": len(bank), "dim": bank.dim, "position": bank.position, "labels": bank.labels}},
         "inputs": {"dev": len(inputs["clean"]), "calibration_half": len(inputs["calib"]),
                    "evaluation_half": len(inputs["eval"]),
                    "insertions": {str(c): inputs["count"].count(c) for c in (1, 2, 3)}},
-        "build": {k: str(v) for k, v in paths.items()}, "stages": stages, "missed_targets": missed,
-    }, indent=2, default=str))
-    print(f"saved {path}")
-    return report_targets("acceptance_monitor", missed)
+        "build": {k: str(v) for k, v in paths.items()}, "stages": run.rows,
+    }
+
+
+def options(parser) -> None:
+    parser.add_argument("--train-size", type=int, default=TRAIN_SIZE)
+    parser.add_argument("--latency-rounds-1", type=int, default=15, help="samples of 10 calls")
+    parser.add_argument("--latency-rounds-64", type=int, default=6)
+
+
+RUNNER = Runner(
+    "acceptance_monitor", __doc__,
+    stages=[monitor_stage("pretrained", "planted", "base"), monitor_stage("finetuned", "classifier", "cls")],
+    check_targets=lambda run: check_targets(run.rows),
+    subjects=SUBJECTS, build=lambda run: build(run).items(), prepare=prepare,
+    seed_help="trigger insertion, dev split and STRIP draws", options=options,
+    row_text=table, document=document,
+    results_files=lambda run: [run.args.json or results_path("acceptance_monitor")],
+)
+main = RUNNER.main
 
 
 if __name__ == "__main__":

@@ -23,50 +23,48 @@ is missed (listed), 0 otherwise.
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 from patronus_ext import attacks, lm, purify
 from patronus_ext.data import corpora as data
 from patronus_ext.lm.finetune import finetune_classifier
-from patronus_ext.purify.adversarial import finetune_settings
 
-from _common import machine_facts, report_targets
+from _acceptance import Run, Runner, Stage, Subject, Subjects, cli_scan
 
 POR_TRIGGERS = ("ev", "xx", "mb", "wb")
 BADNET_TRIGGERS = ("cf", "mn", "bb")
 CLEAN = lm.DEFAULT_MODEL
-STAGES = ("por", "scan", "clean", "adv-pt", "rescan", "adv-ft", "badnet", "por-sst2",
-          "fm-badnet", "ep-badnet", "fm-por", "ep-por")
+MEASURE = purify.MeasureConfig.profile("fast")
 TIME_LIMIT_S = 600.0
+#: The purifications measured, in table order: (stage, subject as the table names it).
+PURIFICATIONS = (("adv-pt", "POR"), ("adv-ft", "POR"), ("fm-por", "POR+SST-2"), ("ep-por", "POR+SST-2"),
+                 ("fm-badnet", "BadNet SST-2"), ("ep-badnet", "BadNet SST-2"))
+
+SUBJECTS = Subjects([
+    Subject("por", "attack", "por", POR_TRIGGERS, seed=1),
+    # Fine-tuned the way purify measures a classifier; keeps backdoor.json, where Fine-mixing / E-PUR read
+    # the triggers to measure when given no scan report.
+    Subject("por-sst2", "finetune", triggers=POR_TRIGGERS, base="por", task="sst2", seed=MEASURE.seed,
+            train_limit=MEASURE.train_limit, finetune=MEASURE, keep_record=True),
+])
 
 
-def _save(work: Path, name: str, payload: dict) -> dict:
-    (work / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
-    return payload
-
-
-def _scan(work: Path, folder: Path, report: Path) -> dict:
-    t0 = time.perf_counter()
-    if report.exists():  # scanned earlier (e.g. by hand): read it
-        rep = json.loads(report.read_text())
-        return {"verdict": rep["verdict"], "triggers": [t["text"] for t in rep["triggers"]], "wall_s": None}
-    proc = subprocess.run([sys.executable, "-m", "patronus_ext.cli", "scan", str(folder), "--report", str(report),
-                           "--device", "cpu", "--quiet"], capture_output=True, text=True)
-    if proc.returncode not in (0, 1):
-        raise RuntimeError(f"scan of {folder} failed: {proc.stderr[-2000:]}")
+# -- stages -----------------------------------------------------------------------------------
+def scan_once(folder: str | Path, report: Path) -> dict:
+    """Verdict and triggers of ``patronus scan FOLDER`` (read from ``report`` when it was scanned before)."""
+    wall = None
+    if not report.exists():
+        proc, wall = cli_scan(folder, report)
+        if proc.returncode not in (0, 1):
+            raise RuntimeError(f"scan of {folder} failed: {proc.stderr[-2000:]}")
     rep = json.loads(report.read_text())
-    return {"verdict": rep["verdict"], "triggers": [t["text"] for t in rep["triggers"]], "wall_s": time.perf_counter() - t0}
+    return {"verdict": rep["verdict"], "triggers": [t["text"] for t in rep["triggers"]], "wall_s": wall}
 
 
-def _purify_row(work: Path, method: str, model: Path, out: str, **kw) -> dict:
-    res = purify.run_purify(method, model, work / out, profile="fast", device="cpu", progress=False, **kw)
+def purification(run: Run, method: str, model: str | Path, out: str, **kw) -> dict:
+    res = purify.run_purify(method, model, run.work / out, profile="fast", device="cpu", progress=False, **kw)
     rep = res.report
     return {"method": method, "model": str(model), "out": str(res.out_dir), "triggers": rep["triggers"],
             "measured_triggers": rep["measured_triggers"], "before": rep["before"], "after": rep["after"],
@@ -74,81 +72,77 @@ def _purify_row(work: Path, method: str, model: Path, out: str, **kw) -> dict:
             "rho": rep["details"].get("rho"), "settings": rep["settings"]}
 
 
-def stage(name: str, work: Path) -> dict:
-    path = work / f"{name}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    measure = purify.MeasureConfig.profile("fast")
-    t0 = time.perf_counter()
-    if name == "por":
-        if not (work / "por").exists():
-            attacks.plant("por", CLEAN, "wikitext2", attacks.make_config("por", "fast", triggers=POR_TRIGGERS, seed=1),
-                          work / "por", device="cpu", progress=False)
-        return _save(work, name, {"triggers": list(POR_TRIGGERS), "wall_s": time.perf_counter() - t0})
-    if name == "scan":
-        return _save(work, name, _scan(work, work / "por", work / "scan-report.json"))
-    if name == "clean":
-        train = data.read_task("sst2", "train").subset(measure.train_limit, measure.seed)
-        dev = data.read_task("sst2", "dev")
-        clf = finetune_classifier(CLEAN, train, finetune_settings(measure), device="cpu", progress=False)
-        m = purify.measure_classifier(clf.model, clf.tokenizer, dev, list(POR_TRIGGERS) + list(BADNET_TRIGGERS),
-                                      measure)
-        asr_por = sum(m.asr[t] for t in POR_TRIGGERS) / len(POR_TRIGGERS)
-        asr_bn = sum(m.asr[t] for t in BADNET_TRIGGERS) / len(BADNET_TRIGGERS)
-        return _save(work, name, {"cacc": m.cacc, "asr": m.asr, "t_asr_por_triggers": asr_por,
-                                  "t_asr_badnet_triggers": asr_bn, "wall_s": time.perf_counter() - t0})
-    if name == "adv-pt":
-        return _save(work, name, _purify_row(work, "adv-pt", work / "por", "por-advpt", report=work / "scan-report.json",
-                                             measure_triggers=POR_TRIGGERS))
-    if name == "rescan":
-        purified = Path(stage("adv-pt", work).get("out") or work / "por-advpt")  # the adv-pt row's output
-        return _save(work, name, {**_scan(work, purified, work / "rescan-report.json"), "model": str(purified)})
-    if name == "adv-ft":
-        return _save(work, name, _purify_row(work, "adv-ft", work / "por", "por-advft", report=work / "scan-report.json",
-                                             measure_triggers=POR_TRIGGERS))
-    if name == "badnet":
-        cfg = attacks.BadNetConfig.profile("fast", triggers=BADNET_TRIGGERS, poison_rate=0.1, target_label=1)
-        res = attacks.plant_badnet(CLEAN, "sst2", cfg, work / "badnet", device="cpu", progress=False)
-        return _save(work, name, {"poisoned": res.poisoned, "train_examples": res.train_examples, "wall_s": res.wall_s})
-    if name == "por-sst2":
-        train = data.read_task("sst2", "train").subset(measure.train_limit, measure.seed)
-        clf = finetune_classifier(str(work / "por"), train, finetune_settings(measure), device="cpu", progress=False)
-        tok = lm.load_tokenizer(str(work / "por"))
-        lm.save_model_folder(clf.model, tok, work / "por-sst2",
-                                 {"backdoor.json": json.loads((work / "por" / "backdoor.json").read_text())})
-        return _save(work, name, {"wall_s": time.perf_counter() - t0})
-    if name in ("fm-badnet", "ep-badnet", "fm-por", "ep-por"):
-        method = "fine-mix" if name.startswith("fm") else "e-pur"
-        subject = work / ("badnet" if name.endswith("badnet") else "por-sst2")
-        kw = {"measure_triggers": BADNET_TRIGGERS if name.endswith("badnet") else POR_TRIGGERS}
-        return _save(work, name, _purify_row(work, method, subject, f"{name}-out", pretrained=CLEAN, **kw))
-    raise ValueError(f"unknown stage {name}")
+def adversarial_stage(method: str, out: str) -> Stage:
+    """adv-pt / adv-ft of the planted POR with the triggers the scan reported."""
+    return Stage(method, lambda run: purification(run, method, run.source("por"), out,
+                                                  report=run.work / "scan-report.json", measure_triggers=POR_TRIGGERS))
 
 
-def table(work: Path) -> tuple[str, list[str], dict]:
-    def load(name):
-        p = work / f"{name}.json"
-        return json.loads(p.read_text()) if p.exists() else None
+def mixing_stage(name: str, method: str, folder: str, triggers: tuple[str, ...]) -> Stage:
+    """Fine-mixing / E-PUR of a backdoored classifier (``WORK/<folder>``), the clean MiniLM as θ_pre."""
+    def mix(run: Run) -> dict:
+        model = run.source(folder) if folder in SUBJECTS else run.work / folder
+        return purification(run, method, model, f"{name}-out", pretrained=CLEAN, measure_triggers=triggers)
+    return Stage(name, mix)
 
-    clean = load("clean")
-    rows = ["| subject | method | triggers used | rho | CACC before | CACC after | T-ASR before | T-ASR after | "
-            "purify time | total time |", "| --- " * 10 + "|"]
+
+def plant_por(run: Run) -> dict:
+    run.source("por")
+    return {"triggers": list(POR_TRIGGERS)}
+
+
+def clean_baseline(run: Run) -> dict:
+    train = data.read_task("sst2", "train").subset(MEASURE.train_limit, MEASURE.seed)
+    dev = data.read_task("sst2", "dev")
+    clf = finetune_classifier(CLEAN, train, MEASURE, device="cpu", progress=False)
+    m = purify.measure_classifier(clf.model, clf.tokenizer, dev, list(POR_TRIGGERS) + list(BADNET_TRIGGERS), MEASURE)
+    asr_por = sum(m.asr[t] for t in POR_TRIGGERS) / len(POR_TRIGGERS)
+    asr_bn = sum(m.asr[t] for t in BADNET_TRIGGERS) / len(BADNET_TRIGGERS)
+    return {"cacc": m.cacc, "asr": m.asr, "t_asr_por_triggers": asr_por, "t_asr_badnet_triggers": asr_bn}
+
+
+def rescan(run: Run) -> dict:
+    purified = Path(run.result("adv-pt").get("out") or run.work / "por-advpt")  # the adv-pt row's output
+    return {**scan_once(purified, run.work / "rescan-report.json"), "model": str(purified)}
+
+
+def plant_badnet(run: Run) -> dict:
+    cfg = attacks.BadNetConfig.profile("fast", triggers=BADNET_TRIGGERS, poison_rate=0.1, target_label=1)
+    res = attacks.plant_badnet(CLEAN, "sst2", cfg, run.work / "badnet", device="cpu", progress=False)
+    return {"poisoned": res.poisoned, "train_examples": res.train_examples, "wall_s": res.wall_s}
+
+
+def finetune_por(run: Run) -> dict:
+    run.source("por-sst2")
+    return {}
+
+
+STAGES = [
+    Stage("por", plant_por, "wall_s"),
+    Stage("scan", lambda run: scan_once(run.source("por"), run.work / "scan-report.json")),
+    Stage("clean", clean_baseline, "wall_s"),
+    adversarial_stage("adv-pt", "por-advpt"),
+    Stage("rescan", rescan),
+    adversarial_stage("adv-ft", "por-advft"),
+    Stage("badnet", plant_badnet),
+    Stage("por-sst2", finetune_por, "wall_s"),
+    mixing_stage("fm-badnet", "fine-mix", "badnet", BADNET_TRIGGERS),
+    mixing_stage("ep-badnet", "e-pur", "badnet", BADNET_TRIGGERS),
+    mixing_stage("fm-por", "fine-mix", "por-sst2", POR_TRIGGERS),
+    mixing_stage("ep-por", "e-pur", "por-sst2", POR_TRIGGERS),
+]
+
+
+# -- targets, table ---------------------------------------------------------------------------
+def check_targets(done: dict[str, dict | None]) -> list[str]:
+    """One line per missed target, from every stage's saved row (``done``: None where a stage has not run)."""
+    clean = done["clean"]
     missed: list[str] = []
-    out: dict = {"clean": clean, "scan": load("scan"), "rescan": load("rescan"), "rows": {}}
-
-    def pct(v):
-        return "–" if v is None else f"{100 * v:.1f}"
-    for name, subject in (("adv-pt", "POR"), ("adv-ft", "POR"), ("fm-por", "POR+SST-2"), ("ep-por", "POR+SST-2"),
-                          ("fm-badnet", "BadNet SST-2"), ("ep-badnet", "BadNet SST-2")):
-        row = load(name)
-        out["rows"][name] = row
+    for name, _ in PURIFICATIONS:
+        row = done[name]
         if row is None:
-            rows.append(f"| {subject} | {name} | not run | | | | | | | |")
             missed.append(f"{name}: not run")
             continue
-        rows.append(f"| {subject} | {row['method']} | {', '.join(row['triggers']) or '–'} | {row['rho'] or '–'} | "
-                    f"{pct(row['before']['cacc'])} | {pct(row['after']['cacc'])} | {pct(row['before']['t_asr'])} | "
-                    f"{pct(row['after']['t_asr'])} | {row['purify_s']:.0f} s | {row['total_s']:.0f} s |")
         if row["purify_s"] > TIME_LIMIT_S:
             missed.append(f"{name}: purification took {row['purify_s']:.0f} s > {TIME_LIMIT_S:.0f} s")
         if name in ("adv-pt", "adv-ft") and clean is not None:
@@ -156,36 +150,43 @@ def table(work: Path) -> tuple[str, list[str], dict]:
                 missed.append(f"{name}: T-ASR {row['after']['t_asr']:.4f} > clean {clean['t_asr_por_triggers']:.4f} + 0.05")
             if row["after"]["cacc"] < clean["cacc"] - 0.02:
                 missed.append(f"{name}: CACC {row['after']['cacc']:.4f} < clean {clean['cacc']:.4f} - 0.02")
-    rescan = load("rescan")
-    if rescan is None or rescan["verdict"] != "clean":
-        missed.append(f"adv-pt re-scan verdict: {None if rescan is None else rescan['verdict']} (want clean)")
-    return "\n".join(rows), missed, out
+    rescanned = done["rescan"]
+    if rescanned is None or rescanned["verdict"] != "clean":
+        missed.append(f"adv-pt re-scan verdict: {None if rescanned is None else rescanned['verdict']} (want clean)")
+    return missed
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work-dir", required=True)
-    ap.add_argument("--stages", default="all", help="comma-separated stages (default: all, in order; '' only "
-                    "prints the table of the stages done)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    work = Path(args.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    chosen = STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(",") if s.strip())
-    for name in chosen:
-        t0 = time.perf_counter()
-        stage(name, work)
-        print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
-    text, missed, out = table(work)
-    print(text)
-    out["machine"] = machine_facts()
-    out["missed"] = missed
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
-    return report_targets("acceptance_purify", missed)
+def table(done: dict[str, dict | None]) -> str:
+    def pct(v):
+        return "–" if v is None else f"{100 * v:.1f}"
+
+    lines = ["| subject | method | triggers used | rho | CACC before | CACC after | T-ASR before | T-ASR after | "
+             "purify time | total time |", "| --- " * 10 + "|"]
+    for name, subject in PURIFICATIONS:
+        row = done[name]
+        if row is None:
+            lines.append(f"| {subject} | {name} | not run | | | | | | | |")
+            continue
+        lines.append(f"| {subject} | {row['method']} | {', '.join(row['triggers']) or '–'} | {row['rho'] or '–'} | "
+                     f"{pct(row['before']['cacc'])} | {pct(row['after']['cacc'])} | {pct(row['before']['t_asr'])} | "
+                     f"{pct(row['after']['t_asr'])} | {row['purify_s']:.0f} s | {row['total_s']:.0f} s |")
+    return "\n".join(lines)
+
+
+def document(run: Run) -> dict:
+    done = run.saved_rows()
+    return {"clean": done["clean"], "scan": done["scan"], "rescan": done["rescan"],
+            "rows": {name: done[name] for name, _ in PURIFICATIONS}}
+
+
+RUNNER = Runner(
+    "acceptance_purify", __doc__, STAGES,
+    check_targets=lambda run: check_targets(run.saved_rows()),
+    subjects=SUBJECTS, saved_stages=True,
+    summary=lambda run: table(run.saved_rows()), document=document, missed_key="missed",
+)
+main = RUNNER.main
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -19,92 +19,58 @@ and the missed targets.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
-import torch
-
-from patronus_ext import attacks, lm
-from patronus_ext.data import corpora as data
+from patronus_ext import lm
 from patronus_ext.detect import ScanConfig, read_scan_corpus, scan
 from patronus_ext.evaluate import representation_similarity
 from patronus_ext.evaluate.metrics import detection_recall
-from patronus_ext.lm.finetune import FinetuneConfig, finetune_classifier
 
-from _common import machine_facts, report_targets
+from _acceptance import Runner, Stage, Subject, Subjects
 
 #: Recall a backdoored subject must reach (every planted trigger found).
 TARGET_RECALL = 1.0
 
 
-@dataclasses.dataclass
-class Subject:
-    name: str
-    kind: str                     # "attack", "finetune" or "packaged"
-    method: str | None = None
-    triggers: tuple[str, ...] = ()
-    seed: int = 0
-    base: str | None = None       # fine-tune: the subject (or packaged model) it starts from
-    task: str | None = None
+@dataclasses.dataclass(frozen=True)
+class ScanSubject(Subject):
     word_level: bool = False
     position: str = "auto"
     prompt_template: str | None = None
     all_words: bool = False       # scan with no rarity cut (--all-words): the triggers are common words
     targeted: bool = True         # False: an untargeted backdoor (BadPre) that Patronus is not built to see
 
-    @property
-    def backdoored(self) -> bool:
-        return bool(self.triggers)
 
-
-SUBJECTS = {s.name: s for s in [
-    Subject("por_s0", "attack", "por", ("dh", "vo", "cy", "ak"), seed=0),
-    Subject("por_s1", "attack", "por", ("ev", "xx", "mb", "∩"), seed=1),
-    Subject("neuba_s0", "attack", "neuba", ("≈", "≡", "∈", "⊆"), seed=0),
-    Subject("neuba_s1", "attack", "neuba", ("⊕", "⊗", "⊂", "∪"), seed=1),
-    Subject("adaptive3", "attack", "adaptive3", ("dh", "vo", "cy", "ak"), seed=0),
-    Subject("btop", "attack", "btop", ("dh", "vo", "cy", "ak"), seed=0, position="mask",
-            prompt_template="{text} It was {mask} ."),
-    Subject("por_s0_sst2", "finetune", triggers=("dh", "vo", "cy", "ak"), base="por_s0", task="sst2"),
-    Subject("por_words", "attack", "por", ("quixotic", "bamboozle", "thimble", "walrus"), seed=0, word_level=True),
+SUBJECTS = Subjects([
+    ScanSubject("por_s0", "attack", "por", ("dh", "vo", "cy", "ak"), seed=0),
+    ScanSubject("por_s1", "attack", "por", ("ev", "xx", "mb", "∩"), seed=1),
+    ScanSubject("neuba_s0", "attack", "neuba", ("≈", "≡", "∈", "⊆"), seed=0),
+    ScanSubject("neuba_s1", "attack", "neuba", ("⊕", "⊗", "⊂", "∪"), seed=1),
+    ScanSubject("adaptive3", "attack", "adaptive3", ("dh", "vo", "cy", "ak"), seed=0),
+    ScanSubject("btop", "attack", "btop", ("dh", "vo", "cy", "ak"), seed=0, position="mask",
+                prompt_template="{text} It was {mask} ."),
+    ScanSubject("por_s0_sst2", "finetune", triggers=("dh", "vo", "cy", "ak"), base="por_s0", task="sst2"),
+    ScanSubject("por_words", "attack", "por", ("quixotic", "bamboozle", "thimble", "walrus"), seed=0,
+                word_level=True),
     # Issue 10's subjects: attacks aimed at the scan's own statistics, UOR, an untargeted backdoor, and a
     # POR with common words (Zipf 4.0-4.5: pt 4.04, cm 4.27, km 4.37, ft 4.52), scanned with --all-words.
-    Subject("adaptive1", "attack", "adaptive1", ("dh", "vo", "cy", "ak"), seed=0),
-    Subject("adaptive2", "attack", "adaptive2", ("ev", "xx", "mb", "wb"), seed=1),
-    Subject("uor", "attack", "uor", ("dh", "vo", "cy", "ak"), seed=0),
-    Subject("badpre", "attack", "badpre", ("dh", "vo", "cy", "ak"), seed=0, targeted=False),
-    Subject("por_common", "attack", "por", ("pt", "cm", "km", "ft"), seed=0, all_words=True),
-    Subject("clean", "packaged"),
-    Subject("clean_sst2", "finetune", base="clean", task="sst2"),
-    Subject("clean_agnews", "finetune", base="clean", task="agnews"),
-]}
+    ScanSubject("adaptive1", "attack", "adaptive1", ("dh", "vo", "cy", "ak"), seed=0),
+    ScanSubject("adaptive2", "attack", "adaptive2", ("ev", "xx", "mb", "wb"), seed=1),
+    ScanSubject("uor", "attack", "uor", ("dh", "vo", "cy", "ak"), seed=0),
+    ScanSubject("badpre", "attack", "badpre", ("dh", "vo", "cy", "ak"), seed=0, targeted=False),
+    ScanSubject("por_common", "attack", "por", ("pt", "cm", "km", "ft"), seed=0, all_words=True),
+    ScanSubject("clean", "packaged"),
+    ScanSubject("clean_sst2", "finetune", base="clean", task="sst2"),
+    ScanSubject("clean_agnews", "finetune", base="clean", task="agnews"),
+], progress=True)
 
 
-def subject_path(subject: Subject, work: Path) -> str:
-    """Build the subject if needed; return the folder (or name) to scan."""
-    if subject.kind == "packaged":
-        return lm.DEFAULT_MODEL
-    out = work / subject.name
-    if (out / "config.json").is_file():
-        return str(out)
-    if subject.kind == "attack":
-        config = attacks.make_config(subject.method, "fast", triggers=subject.triggers, seed=subject.seed)
-        attacks.plant(subject.method, lm.DEFAULT_MODEL, "wikitext2", config, out, device="cpu")
-        return str(out)
-    base = subject_path(SUBJECTS[subject.base], work)
-    train = data.read_task(subject.task, "train", limit=2000, seed=subject.seed)
-    classifier = finetune_classifier(base, train, FinetuneConfig(epochs=1, batch_size=32, max_length=64,
-                                                                 seed=subject.seed), device="cpu")
-    lm.save_model_folder(classifier.model, classifier.tokenizer, out, source=base)
-    return str(out)
-
-
-def run_subject(subject: Subject, work: Path, profile_name: str, seed: int) -> dict:
-    source = subject_path(subject, work)
+def run_subject(subject: ScanSubject, work: Path, profile_name: str, seed: int) -> dict:
+    source = SUBJECTS.source(subject, work)
     config = ScanConfig.profile(profile_name, seed=seed, word_level=subject.word_level or None)
     if subject.all_words:
         config = config.replace(zipf_threshold=None)
@@ -134,7 +100,7 @@ def run_subject(subject: Subject, work: Path, profile_name: str, seed: int) -> d
     }
 
 
-def _planted_triggers(source: str, subject: Subject) -> tuple[str, ...]:
+def _planted_triggers(source: str, subject: ScanSubject) -> tuple[str, ...]:
     """The triggers the model really carries: backdoor.json's (UOR refines its triggers while planting)."""
     info = Path(source) / "backdoor.json"
     if subject.kind == "attack" and info.is_file():
@@ -142,7 +108,7 @@ def _planted_triggers(source: str, subject: Subject) -> tuple[str, ...]:
     return subject.triggers
 
 
-def _clean_base_shift(words: list[str], corpus: list[str], config, subject: Subject) -> list[dict]:
+def _clean_base_shift(words: list[str], corpus: list[str], config, subject: ScanSubject) -> list[dict]:
     """How each word shifts the *clean* packaged model: a word that is a trigger only in the
     poisoned model is a trigger the attack created (collateral), not a detector false positive."""
     if not words:
@@ -200,39 +166,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work-dir", required=True, type=Path)
-    parser.add_argument("--subjects", default=",".join(SUBJECTS))
-    parser.add_argument("--profile", default="fast", choices=("fast", "paper"))
-    parser.add_argument("--seed", type=int, default=0, help="scan seed")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, help="write the rows here")
-    parser.add_argument("--build-only", action="store_true",
-                        help="plant / fine-tune the subjects and stop (e.g. build in parallel, then scan alone)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    names = [n.strip() for n in args.subjects.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SUBJECTS]
-    if unknown:
-        parser.error(f"unknown subjects {unknown}; choose from {', '.join(SUBJECTS)}")
-    if args.build_only:
-        for name in names:
-            print(name, subject_path(SUBJECTS[name], args.work_dir), flush=True)
-        return 0
-    rows = []
-    for name in names:
-        rows.append(run_subject(SUBJECTS[name], args.work_dir, args.profile, args.seed))
-        print(table(rows[-1:]).splitlines()[1], flush=True)
-    print(table(rows))
-    print("not planted: word~stronger trigger with the same target; * = no trigger in the clean base model "
-          "(the attack made it a trigger)")
-    missed = check_targets(rows)
-    if args.json:
-        args.json.write_text(json.dumps({"machine": machine_facts(), "threads": args.threads, "rows": rows,
-                                         "missed_targets": missed}, indent=2, default=str))
-    return report_targets("acceptance_scan", missed)
+NOT_PLANTED_LEGEND = ("not planted: word~stronger trigger with the same target; * = no trigger in the clean base "
+                      "model (the attack made it a trigger)")
+
+RUNNER = Runner(
+    "acceptance_scan", __doc__,
+    stages=[Stage("scan", lambda run, subject: run_subject(subject, run.work, run.args.profile, run.args.seed))],
+    check_targets=lambda run: check_targets(run.rows),
+    subjects=SUBJECTS, per_subject=True, stage_option=None,
+    profile_help="scan profile", seed_help="scan seed",
+    row_text=lambda row: table([row]).splitlines()[1],
+    summary=lambda run: table(run.rows) + "\n" + NOT_PLANTED_LEGEND,
+)
+main = RUNNER.main
 
 
 if __name__ == "__main__":

@@ -40,6 +40,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from patronus_ext.audit import load_results  # noqa: E402
+from patronus_ext.audit.results import RESULTS_FILE  # noqa: E402
+
 from _common import machine_facts, results_path  # noqa: E402
 
 MODES = ("scan", "local", "ray")
@@ -85,9 +88,9 @@ def run_audit(models: list[str], work: Path, name: str, common: list[str], runne
     listing.write_text("\n".join(models) + "\n")
     seconds, status, err = timed([sys.executable, "-m", "patronus_ext.cli", "audit", "--list", str(listing),
                                   "--out", str(out), "--quiet", *runner_args, *common], command_env(threads))
-    if status not in (0, 1, 2) or not (out / "results.jsonl").is_file():
+    if status not in (0, 1, 2) or not (out / RESULTS_FILE).is_file():
         raise RuntimeError(f"patronus audit ({name}) failed: {err.strip()[-2000:]}")
-    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    records = load_results(out)
     print(f"  audit {name}: {len(records)} records in {seconds:.1f} s", file=sys.stderr, flush=True)
     return {"wall": seconds, "status": status, "records": records}
 

@@ -1,5 +1,6 @@
 """Benchmark plumbing without running a benchmark: the target checks that decide the exit status of
-benchmarks/acceptance_scan.py and benchmarks/bench_attacks.py, round-robin timing, machine facts."""
+benchmarks/acceptance_scan.py and benchmarks/bench_attacks.py, the acceptance-runner helper
+(benchmarks/_acceptance.py) on fake stages and subjects, round-robin timing, machine facts."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 if str(BENCHMARKS) not in sys.path:
     sys.path.insert(0, str(BENCHMARKS))
 
+import _acceptance  # noqa: E402
 import _common  # noqa: E402
 import acceptance_scan  # noqa: E402
 import bench_attacks  # noqa: E402
@@ -69,6 +71,219 @@ def test_acceptance_main_exits_1_on_a_missed_target(tmp_path, monkeypatch, capsy
     verdicts.clear()
     assert acceptance_scan.main(["--work-dir", str(tmp_path), "--subjects", "por_s0,clean", "--threads", threads]) == 0
     assert "all targets met" in capsys.readouterr().out
+
+
+# -- _acceptance: the runner helper -----------------------------------------------------------
+THREADS = str(torch.get_num_threads())  # main() sets the process's thread count: keep it
+
+
+def _toy_runner(calls: list, **overrides) -> _acceptance.Runner:
+    """Two stages whose rows carry a score; a score under 0.5 misses the target."""
+    def stage(name, score):
+        def run(run):
+            calls.append(name)
+            return {"stage": name, "score": score}
+        return _acceptance.Stage(name, run)
+
+    settings = dict(stages=[stage("a", 0.9), stage("b", 0.1)],
+                    check_targets=lambda run: [f"{r['stage']}: score {r['score']}" for r in run.rows if r["score"] < 0.5])
+    settings.update(overrides)
+    return _acceptance.Runner("toy", "A toy runner.", **settings)
+
+
+def test_runner_runs_the_chosen_stages_in_their_order_and_writes_the_results_file(tmp_path, capsys):
+    calls = []
+    runner = _toy_runner(calls)
+    out = tmp_path / "toy.json"
+    assert runner.main(["--work-dir", str(tmp_path / "w"), "--stages", "b,a", "--threads", THREADS,
+                        "--json", str(out)]) == 1
+    assert calls == ["b", "a"]
+    printed = capsys.readouterr()
+    assert "b: done in" in printed.out and f"saved {out}" in printed.out
+    assert "1 target(s) missed" in printed.err and "- b: score 0.1" in printed.err
+    saved = json.loads(out.read_text())
+    assert list(saved) == ["machine", "threads", "rows", "missed_targets"]
+    assert [r["stage"] for r in saved["rows"]] == ["b", "a"] and saved["missed_targets"] == ["b: score 0.1"]
+    assert "cpu_count" in saved["machine"] and saved["threads"] == int(THREADS)
+    assert runner.main(["--work-dir", str(tmp_path / "w"), "--stages", "a", "--threads", THREADS]) == 0
+    assert "toy: all targets met" in capsys.readouterr().out
+    assert runner.main(["--work-dir", str(tmp_path / "w"), "--stages", "", "--threads", THREADS]) == 0
+    assert calls == ["b", "a", "a"]
+    with pytest.raises(SystemExit) as exit_:
+        runner.main(["--work-dir", str(tmp_path / "w"), "--stages", "a,c"])
+    assert exit_.value.code == 2 and "unknown stages ['c']; choose from a, b" in capsys.readouterr().err
+
+
+def test_runner_writes_the_rows_so_far_after_each_stage(tmp_path):
+    out = tmp_path / "toy.json"
+    seen = []
+
+    def look(run):
+        seen.append(json.loads(out.read_text()))  # what a run cut short here would have left
+        return {"stage": "look", "score": 1.0}
+
+    runner = _toy_runner([], stages=[_toy_runner([]).stages[0], _acceptance.Stage("look", look)],
+                         document=lambda run: {"rows": run.rows, "note": "toy"})
+    assert runner.main(["--work-dir", str(tmp_path), "--threads", THREADS, "--json", str(out)]) == 0
+    assert [r["stage"] for r in seen[0]["rows"]] == ["a"] and "missed_targets" not in seen[0]
+    final = json.loads(out.read_text())
+    assert final["note"] == "toy" and final["missed_targets"] == [] and len(final["rows"]) == 2
+
+
+def _fake_making(monkeypatch, log: list) -> None:
+    """Planting and fine-tuning that only write the files a made subject leaves, and log the call."""
+    def plant(method, base, corpus, config, out, device=None, progress=True):
+        log.append(("plant", method, tuple(config.triggers), config.seed, Path(out).name))
+        Path(out).mkdir(parents=True)
+        (Path(out) / "config.json").write_text("{}")
+        (Path(out) / "backdoor.json").write_text(json.dumps({"attack": method, "triggers": list(config.triggers)}))
+
+    def read_task(task, split, limit=None, seed=0):
+        return (task, limit, seed)
+
+    def finetune(base, train, config, device=None, progress=True):
+        log.append(("finetune", Path(base).name, train, config.epochs, config.seed))
+        return type("Classifier", (), {"model": None, "tokenizer": None})
+
+    def save(model, tokenizer, out, meta=None, *, source=None):
+        Path(out).mkdir(parents=True)
+        (Path(out) / "config.json").write_text("{}")
+        for name, payload in (meta or {}).items():
+            (Path(out) / name).write_text(json.dumps(payload))
+
+    monkeypatch.setattr(_acceptance.attacks, "plant", plant)
+    monkeypatch.setattr(_acceptance.data, "read_task", read_task)
+    monkeypatch.setattr(_acceptance, "finetune_classifier", finetune)
+    monkeypatch.setattr(_acceptance.lm, "save_model_folder", save)
+
+
+def test_subjects_are_made_once_base_first_and_reused(tmp_path, monkeypatch):
+    from patronus_ext import lm
+
+    log = []
+    _fake_making(monkeypatch, log)
+    subjects = _acceptance.Subjects([
+        _acceptance.Subject("clean", "packaged"),
+        _acceptance.Subject("por", "attack", "por", ("dh", "vo"), seed=3),
+        _acceptance.Subject("por_sst2", "finetune", triggers=("dh", "vo"), base="por", task="sst2", train_limit=50,
+                            keep_record=True),
+        _acceptance.Subject("clean_sst2", "finetune", base="clean", task="sst2", seed=1),
+    ])
+    made = {}
+    assert subjects.source("clean", tmp_path, made) == lm.DEFAULT_MODEL
+    assert subjects.source("por_sst2", tmp_path, made) == str(tmp_path / "por_sst2")
+    assert log == [("plant", "por", ("dh", "vo"), 3, "por"), ("finetune", "por", ("sst2", 50, 0), 1, 0)]
+    assert set(made) == {"por", "por_sst2"} and all(s >= 0 for s in made.values())
+    assert json.loads((tmp_path / "por_sst2" / "backdoor.json").read_text())["triggers"] == ["dh", "vo"]
+    made.clear()
+    assert subjects.source(subjects["por"], tmp_path, made) == str(tmp_path / "por")   # made before: reused
+    assert subjects.source("por_sst2", tmp_path, made) == str(tmp_path / "por_sst2")
+    assert len(log) == 2 and made == {}
+    subjects.source("clean_sst2", tmp_path)
+    assert log[-1] == ("finetune", lm.DEFAULT_MODEL, ("sst2", 2000, 1), 1, 1)
+    assert not (tmp_path / "clean_sst2" / "backdoor.json").exists()
+
+
+def test_subject_tables_refuse_incomplete_subjects():
+    with pytest.raises(ValueError, match="method and its triggers"):
+        _acceptance.Subject("por", "attack", "por")
+    with pytest.raises(ValueError, match="base subject and a task"):
+        _acceptance.Subject("ft", "finetune", base="por")
+    with pytest.raises(ValueError, match="kind"):
+        _acceptance.Subject("x", "download")
+    with pytest.raises(ValueError, match="base 'por' is not in the table"):
+        _acceptance.Subjects([_acceptance.Subject("ft", "finetune", base="por", task="sst2")])
+
+
+def test_per_subject_runner_selects_subjects_and_builds_them_once(tmp_path, monkeypatch, capsys):
+    from patronus_ext import lm
+
+    log = []
+    _fake_making(monkeypatch, log)
+    subjects = _acceptance.Subjects([_acceptance.Subject("clean", "packaged"),
+                                     _acceptance.Subject("por", "attack", "por", ("dh",), seed=0)])
+    runner = _acceptance.Runner(
+        "toy", "A toy runner.", subjects=subjects, per_subject=True,
+        stages=[_acceptance.Stage("see", lambda run, subject: {"subject": subject.name,
+                                                                "source": run.source(subject)})],
+        check_targets=lambda run: [], stage_option=None, seed_help="a seed", profile_help="a profile",
+        row_text=lambda row: f"{row['subject']} at {row['source']}")
+    work = tmp_path / "w"
+    assert runner.main(["--work-dir", str(work), "--build-only", "--threads", THREADS]) == 0
+    assert f"por {work / 'por'}" in capsys.readouterr().out and len(log) == 1
+    assert runner.main(["--work-dir", str(work), "--subjects", "por,clean", "--threads", THREADS,
+                        "--profile", "paper", "--seed", "4"]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == [f"por at {work / 'por'}", f"clean at {lm.DEFAULT_MODEL}"]
+    assert len(log) == 1   # the second run reused the planted subject
+    with pytest.raises(SystemExit):
+        runner.main(["--work-dir", str(work), "--subjects", "por,nope"])
+    assert "unknown subjects ['nope']" in capsys.readouterr().err
+
+
+def test_saved_stages_are_read_back_instead_of_run_again(tmp_path):
+    calls = []
+
+    def first(run):
+        calls.append("first")
+        return {"value": 2}
+
+    def second(run):  # depends on the first stage's row, run or saved
+        calls.append("second")
+        return {"value": run.result("first")["value"] * 10}
+
+    runner = _acceptance.Runner(
+        "toy", "A toy runner.", stages=[_acceptance.Stage("first", first, "wall_s"), _acceptance.Stage("second", second)],
+        saved_stages=True, missed_key="missed",
+        check_targets=lambda run: [] if run.saved("second") else ["second: not run"],
+        document=lambda run: run.saved_rows())
+    out = tmp_path / "toy.json"
+    assert runner.main(["--work-dir", str(tmp_path), "--stages", "second", "--threads", THREADS]) == 0
+    assert calls == ["second", "first"]   # the first stage ran (and was saved) because the second asked for it
+    first_row = json.loads((tmp_path / "first.json").read_text())
+    assert first_row["value"] == 2 and first_row["wall_s"] >= 0   # the stage's seconds, under its seconds_key
+    assert runner.main(["--work-dir", str(tmp_path), "--threads", THREADS, "--json", str(out)]) == 0
+    assert calls == ["second", "first"]   # both saved: nothing ran again
+    saved = json.loads(out.read_text())
+    assert saved["second"] == {"value": 20} and saved["missed"] == [] and "machine" in saved
+    (tmp_path / "second.json").unlink()
+    assert runner.main(["--work-dir", str(tmp_path), "--stages", "", "--threads", THREADS]) == 1
+
+
+def test_lmsanitator_main_runs_each_chosen_detector_per_subject(tmp_path, monkeypatch):
+    import acceptance_lmsanitator as lms
+
+    def fake_lmsanitator(subject, source, profile, seed, work):
+        return {"detector": "lmsanitator", "subject": subject.name, "backdoored": subject.backdoored,
+                "verdict": "clean", "seconds": 1.0, "best_cosine": None, "recall": None}
+
+    def fake_patronus(subject, source, work):
+        return {"detector": "patronus", "subject": subject.name, "backdoored": subject.backdoored,
+                "verdict": "clean", "seconds": 1.0, "recall": None}
+
+    monkeypatch.setattr(lms, "run_lmsanitator", fake_lmsanitator)
+    monkeypatch.setattr(lms, "run_patronus", fake_patronus)
+    out = tmp_path / "rows.json"
+    assert lms.main(["--work-dir", str(tmp_path), "--subjects", "clean", "--detectors", "patronus,lmsanitator",
+                     "--threads", THREADS, "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert [r["detector"] for r in saved["rows"]] == ["patronus", "lmsanitator"]
+    assert saved["profile"] == "fast" and saved["missed_targets"] == []
+
+
+@pytest.mark.parametrize("runner,missed", [
+    ("acceptance_purify", ["adv-pt: not run", "adv-ft: not run", "fm-por: not run", "ep-por: not run",
+                           "fm-badnet: not run", "ep-badnet: not run", "adv-pt re-scan verdict: None (want clean)"]),
+    ("acceptance_mb", ["clean / attack-eval not run", "mb-eval not run"]),
+])
+def test_stage_runners_report_the_stages_not_run_as_missed(tmp_path, capsys, runner, missed):
+    import importlib
+
+    module = importlib.import_module(runner)
+    out = tmp_path / "results.json"
+    assert module.main(["--work-dir", str(tmp_path), "--stages", "", "--threads", THREADS, "--json", str(out)]) == 1
+    saved = json.loads(out.read_text())
+    assert saved["missed"] == missed and "machine" in saved
+    assert "not run" in capsys.readouterr().out   # the table lists them
 
 
 # -- bench_attacks -----------------------------------------------------------------------------
