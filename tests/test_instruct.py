@@ -22,7 +22,8 @@ from patronus_ext.data.instructions import (
     write_alpaca,
 )
 from patronus_ext.lm.instruction_tuning import InstructionTuningConfig, decoder_blocks, instruction_tune, trainable_parameters
-from patronus_ext.lm.prompting import PromptFormat, collate, encode_examples, position_ids, response_logprobs
+from patronus_ext.lm.adapter import position_ids
+from patronus_ext.lm.prompting import PromptFormat, collate, encode_examples, response_logprobs
 
 from tiny_models import make_tiny_gguf, make_tiny_llama
 

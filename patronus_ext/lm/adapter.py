@@ -11,6 +11,7 @@ hides those differences from the attacks and defenses.
 
 from __future__ import annotations
 
+import inspect
 from typing import Iterable, Sequence
 
 import torch
@@ -39,6 +40,19 @@ def default_position(model_type: str, is_decoder: bool) -> str:
     if model_type in LAST_TOKEN_HINT_TYPES or is_decoder:
         return "last"
     return "first"
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only (left padding must not shift absolute positions)."""
+    return (attention_mask.long().cumsum(1) - 1).clamp_min(0)
+
+
+def accepts_argument(module: nn.Module, name: str) -> bool:
+    """Whether ``module.forward`` takes ``name`` (model classes differ, e.g. ``position_ids``, ``logits_to_keep``)."""
+    try:
+        return name in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -128,22 +142,14 @@ class ModelAdapter:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         extra = {}
-        if (self.family == "decoder" and attention_mask is not None and self._takes_position_ids()
+        if (self.family == "decoder" and attention_mask is not None and accepts_argument(self.backbone, "position_ids")
                 and bool((attention_mask[:, 0] == 0).any())):
             # Left padding: decoders with absolute positions (GPT-2) would otherwise number the
             # pads and shift every real token's position; count positions over real tokens only.
-            extra["position_ids"] = (attention_mask.long().cumsum(1) - 1).clamp_min(0)
+            extra["position_ids"] = position_ids(attention_mask)
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                             return_dict=True, **extra)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-
-    def _takes_position_ids(self) -> bool:
-        import inspect
-
-        try:
-            return "position_ids" in inspect.signature(self.backbone.forward).parameters
-        except (TypeError, ValueError):
-            return False
 
     def represent(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                   inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ..core.validation import check_int
-from .prompting import accepts_argument, left_pad, position_ids, prompt_token_ids
+from .adapter import accepts_argument, position_ids
+from .prompting import left_pad, prompt_token_ids
 
 
 def stop_token_ids(model: nn.Module, tokenizer) -> set[int]:

@@ -14,7 +14,6 @@ response tokens' log-probabilities.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import Any, Sequence
 
 import torch
@@ -24,6 +23,7 @@ from ..core.files import JSONRecord
 from ..core.validation import check_choice, check_int
 from ..data.instructions import InstructionExample
 from ..data.tokens import special_layout
+from .adapter import accepts_argument, position_ids
 
 #: The plain layout for tokenizers without a chat template (Alpaca-style section headers).
 PLAIN_PROMPT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
@@ -140,11 +140,6 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only (left padding must not shift absolute positions)."""
-    return (attention_mask.long().cumsum(1) - 1).clamp_min(0)
-
-
 def collate(encoded: Sequence[EncodedExample], pad_id: int, device: torch.device | str = "cpu"
             ) -> dict[str, torch.Tensor]:
     """A left-padded batch of prompt + response with ``labels`` on the response tokens only."""
@@ -156,13 +151,6 @@ def collate(encoded: Sequence[EncodedExample], pad_id: int, device: torch.device
         if e.response_ids:
             labels[i, width - len(e.response_ids):] = torch.tensor(e.response_ids, dtype=torch.long)
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
-
-
-def accepts_argument(model: nn.Module, name: str) -> bool:
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def response_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
