@@ -233,12 +233,15 @@ def test_gguf_paths_that_do_not_exist_or_are_ambiguous(tmp_path):
         lm.resolve_model_source(str(tmp_path))
 
 
-def test_missing_gguf_reader_names_the_packages(tmp_path, monkeypatch):
+@pytest.mark.parametrize("hidden", [("gguf",), ("accelerate",), ("gguf", "accelerate")])
+def test_missing_gguf_reader_names_the_packages(tmp_path, monkeypatch, hidden):
+    """The message names exactly the readers that are missing: those hidden here and any this machine lacks."""
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
     monkeypatch.setenv("PATRONUS_CACHE", str(tmp_path / "cache"))
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
-    with pytest.raises(lm.ModelLoadError, match=r"needs gguf: pip install gguf accelerate"):
+    absent = [name for name in ("gguf", "accelerate") if name in hidden or real(name) is None]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a))
+    with pytest.raises(lm.ModelLoadError, match=rf"needs {', '.join(absent)}: pip install gguf accelerate"):
         lm.resolve_model_source(str(tmp_path / "model.gguf"))
 
 
