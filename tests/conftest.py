@@ -18,6 +18,18 @@ settings.register_profile("ci", parent=settings.get_profile("default"), derandom
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 
+def require_test_extra(module: str):
+    """Import ``module``, one of the packages the test extra installs: a test that needs it fails (not skips)
+    where it is missing, so a package the extra forgot can never turn into a silent skip."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        pytest.fail(f"{module} is part of the test extra but is not installed ({exc}): "
+                    "pip install --no-build-isolation -e '.[test]'", pytrace=False)
+
+
 def extension_loaded() -> bool:
     return _extension.state().loaded
 

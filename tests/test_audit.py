@@ -18,6 +18,7 @@ from patronus_ext import audit
 from patronus_ext.audit import results as store
 from patronus_ext.cli import main
 from patronus_ext.detect import LMSanitatorConfig, ScanConfig
+from conftest import require_test_extra
 
 import tiny_models
 
@@ -251,7 +252,7 @@ def test_audit_command_exit_status_and_resume(tmp_path, subjects, capsys):
 # -- Ray -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ray_session():
-    ray = pytest.importorskip("ray")
+    ray = require_test_extra("ray")
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024, log_to_driver=False,
                  logging_level="warning")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from patronus_ext.data import corpora as data
+from conftest import require_test_extra
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -253,7 +254,7 @@ def test_single_label_is_refused(tmp_path):
 
 # -- Hugging Face datasets on local files ------------------------------------------------------
 def test_hf_csv_and_json(tmp_path, monkeypatch):
-    pytest.importorskip("datasets")
+    require_test_extra("datasets")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     csv_path = tmp_path / "t.csv"
     csv_path.write_text("sentence,label\nnice,1\nawful,0\nfine,1\n")

@@ -26,6 +26,7 @@ from patronus_ext.lm.adapter import position_ids
 from patronus_ext.lm.prompting import PromptFormat, collate, encode_examples, response_logprobs
 
 from tiny_models import make_tiny_gguf, make_tiny_llama
+from conftest import require_test_extra
 
 
 @pytest.fixture(scope="module")
@@ -246,8 +247,8 @@ def test_missing_gguf_reader_names_the_packages(tmp_path, monkeypatch, hidden):
 
 
 def test_a_corrupt_gguf_is_one_clear_error(tmp_path, monkeypatch):
-    pytest.importorskip("gguf")
-    pytest.importorskip("accelerate")
+    require_test_extra("gguf")
+    require_test_extra("accelerate")
     monkeypatch.setenv("PATRONUS_CACHE", str(tmp_path / "cache"))
     (tmp_path / "model.gguf").write_bytes(b"not a gguf file at all")
     with pytest.raises(lm.ModelLoadError, match="model.gguf: cannot read the GGUF checkpoint"):
@@ -256,8 +257,8 @@ def test_a_corrupt_gguf_is_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_tiny_gguf_converts_once_into_the_same_model(tmp_path, monkeypatch):
-    pytest.importorskip("gguf")
-    pytest.importorskip("accelerate")
+    require_test_extra("gguf")
+    require_test_extra("accelerate")
     monkeypatch.setenv("PATRONUS_CACHE", str(tmp_path / "cache"))
     path, folder = make_tiny_gguf(tmp_path)
     converted = lm.resolve_model_source(str(path))

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
+from conftest import require_test_extra
+
+require_test_extra("fastapi")
+uvicorn = require_test_extra("uvicorn")
 
 from patronus_ext.cli import main
 from patronus_ext.monitor.build import build_monitored_model, build_plain_model
