@@ -123,7 +123,7 @@ def monitor_stream(checker: Callable[[Sequence[str]], list[Decision]], source: I
         sink.flush()
 
     def run_batch() -> None:
-        outcomes = decide_isolated(checker, [fields["text"] for _, _, fields in batch])
+        outcomes = decisions_or_errors(checker, [fields["text"] for _, _, fields in batch])
         for (index, number, fields), outcome in zip(batch, outcomes):
             try:
                 if isinstance(outcome, Exception):
@@ -168,7 +168,7 @@ def monitor_stream(checker: Callable[[Sequence[str]], list[Decision]], source: I
     return summary
 
 
-def decide(checker: Callable[[Sequence[str]], list[Decision]], texts: list[str]) -> list[Decision]:
+def decisions_for(checker: Callable[[Sequence[str]], list[Decision]], texts: list[str]) -> list[Decision]:
     """``checker(texts)``, refused unless it gives one decision per text."""
     decisions = list(checker(texts))
     if len(decisions) != len(texts):
@@ -177,16 +177,16 @@ def decide(checker: Callable[[Sequence[str]], list[Decision]], texts: list[str])
     return decisions
 
 
-def decide_isolated(checker: Callable[[Sequence[str]], list[Decision]],
+def decisions_or_errors(checker: Callable[[Sequence[str]], list[Decision]],
                     texts: list[str]) -> list[Decision | Exception]:
     """Per text, its decision or the exception checking it raised: one call for the whole batch, and only
     when that fails, one call per text, so a text the model fails on fails alone."""
     try:
-        return list(decide(checker, texts))
+        return decisions_for(checker, texts)
     except Exception as exc:  # noqa: BLE001 - returned to the caller, per text
         if len(texts) == 1:
             return [exc]
-    return [decide_isolated(checker, [text])[0] for text in texts]
+    return [decisions_or_errors(checker, [text])[0] for text in texts]
 
 
 def _passthrough(fields: dict | None) -> dict[str, Any]:
