@@ -571,3 +571,18 @@ def test_serve_warns_when_listening_on_all_interfaces(subject, monkeypatch, caps
         True, True, True, True, False, False, False]
     assert main(["serve", "--model", model, "--scan-report", str(report), "--cors", "*"]) == 2
     assert "no wildcard" in capsys.readouterr().err
+
+
+def test_keep_alive_answers_are_not_held_back(cheap_server):
+    """Without TCP_NODELAY each answer's body waited for the client's delayed ACK (~40 ms per request)."""
+    conn = http.client.HTTPConnection(HOST, cheap_server.port, timeout=10)
+    try:
+        conn.request("GET", "/health")
+        conn.getresponse().read()
+        start = time.monotonic()
+        for _ in range(20):
+            conn.request("POST", "/check", b'{"text": "hi"}', {"Content-Type": "application/json"})
+            assert conn.getresponse().read()
+        assert (time.monotonic() - start) / 20 < 0.02
+    finally:
+        conn.close()
