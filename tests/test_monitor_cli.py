@@ -262,3 +262,17 @@ def test_a_text_the_real_model_fails_on_fails_alone(subject):
         (1, "pass", False), (2, "error", False), (3, "flag", True), (4, "pass", False)]
     assert "IndexError" in records[1]["error"]
     assert (summary.passed, summary.flagged, summary.errors) == (2, 1, 1)
+
+
+def test_when_reading_the_stream_fails_the_lines_already_read_are_answered_first():
+    class Failing(io.BytesIO):
+        def readline(self, size=-1):
+            line = super().readline(size)
+            if not line:
+                raise OSError("input/output error")
+            return line
+
+    sink = io.BytesIO()
+    with pytest.raises(OSError, match="input/output error"):
+        monitor_stream(_passing, Failing(b'{"text": "one"}\n{"text": "two"}\n'), sink, batch_size=8)
+    assert [json.loads(line)["text_out"] for line in sink.getvalue().splitlines()] == ["one", "two"]
