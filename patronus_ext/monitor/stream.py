@@ -25,7 +25,7 @@ import time
 from typing import IO, Any, Callable, Sequence
 
 from ..core.validation import check_int
-from .bounded_json import loads_bounded
+from .bounded_json import JSONBoundsError, loads_bounded
 from .build import json_safe, text_problem
 from .model import MAX_TEXT_CHARS, Decision
 
@@ -71,7 +71,7 @@ def parse_line(raw: bytes, max_chars: int) -> tuple[dict | None, str | None]:
         obj = loads_bounded(decoded)
     except json.JSONDecodeError as exc:
         return None, f"line is not JSON ({exc.msg} at column {exc.colno})"
-    except ValueError as exc:   # beyond the parsing bounds
+    except JSONBoundsError as exc:
         return None, f"line holds {exc}"
     if not isinstance(obj, dict):
         return None, f"line must be a JSON object with a \"text\" field, got {type(obj).__name__}"
@@ -178,7 +178,7 @@ def decisions_for(checker: Callable[[Sequence[str]], list[Decision]], texts: lis
 
 
 def decisions_or_errors(checker: Callable[[Sequence[str]], list[Decision]],
-                    texts: list[str]) -> list[Decision | Exception]:
+                        texts: list[str]) -> list[Decision | Exception]:
     """Per text, its decision or the exception checking it raised: one call for the whole batch, and only
     when that fails, one call per text, so a text the model fails on fails alone."""
     try:
