@@ -248,3 +248,27 @@ def test_concurrent_callers_get_the_single_threaded_decisions(scanned):
     for got in results.values():
         for i, decision in got:
             assert decision["flagged"] == expected[i]["flagged"] and decision["text_out"] == expected[i]["text_out"]
+
+
+# -- parsing untrusted JSON within bounds --------------------------------------------------------------------------
+def test_json_is_refused_beyond_the_bounds_and_parsed_within_them():
+    from patronus_ext.monitor.bounded_json import MAX_JSON_DEPTH, JSONBoundsError, bounds_problem, loads_bounded
+
+    assert MAX_JSON_DEPTH == 64
+    assert loads_bounded("[" * 64 + "]" * 64) is not None
+    assert loads_bounded('{"a": ' * 63 + "1" + "}" * 63) is not None
+    for deep in ("[" * 65 + "]" * 65, "[" * 100_000, '{"a": ' * 100_000, '[{"a": ' * 40):
+        with pytest.raises(JSONBoundsError, match="nested deeper than 64"):
+            loads_bounded(deep)
+    assert loads_bounded("-" + "1" * 99) == -int("1" * 99)
+    for long_number in ("1" * 101, "9" * 5000, "1." + "0" * 99, "-1e" + "0" * 98):
+        with pytest.raises(JSONBoundsError, match=f"number of {len(long_number)} characters"):
+            loads_bounded(long_number)
+    # Brackets and digits inside strings are text, escaped quotes included; an unterminated string ends the count.
+    text = json.dumps({"text": "[" * 1000 + '\\"{' * 100 + "7" * 500})
+    assert loads_bounded(text)["text"].startswith("[[[")
+    assert bounds_problem('{"text": "abc' + "[" * 1000) is None
+    with pytest.raises(json.JSONDecodeError):
+        loads_bounded('{"text": "abc' + "[" * 1000)
+    assert bounds_problem("[1, 2, 3]", max_depth=1) is None
+    assert "nested deeper than 0" in bounds_problem("[1]", max_depth=0)

@@ -178,3 +178,101 @@ def test_the_real_command_reads_stdin_and_writes_stdout(subject):
     records = [json.loads(line) for line in result.stdout.decode().splitlines()]
     assert [(r["flagged"], r["action"]) for r in records] == [(False, "pass"), (True, "flag"), (False, "error")]
     assert "3 lines: 1 passed, 1 flagged" in result.stderr.decode()
+
+
+# -- fail closed: no line can stop the stream, no line can fail another ----------------------------------
+def _passing(texts):
+    from patronus_ext.monitor import Decision
+
+    return [Decision(False, "pass", [], t) for t in texts]
+
+
+def _stream(checker, data: bytes, **kwargs):
+    sink = io.BytesIO()
+    summary = monitor_stream(checker, io.BytesIO(data), sink, **kwargs)
+    return summary, [json.loads(line) for line in sink.getvalue().splitlines()]
+
+
+HOSTILE_LINES = {
+    "deep_array": (b"[" * 100_000, "nested deeper than 64"),
+    "deep_object": (b'{"a": ' * 100_000, "nested deeper than 64"),
+    "huge_integer": (b'{"text": "fine words", "n": ' + b"9" * 5000 + b"}", "number of 5000 characters"),
+    "long_float": (b'{"text": "fine words", "x": 1.' + b"0" * 200 + b"}", "number of 202 characters"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_LINES))
+def test_a_line_beyond_the_parsing_bounds_is_an_error_record_and_nothing_held_is_lost(case):
+    line, message = HOSTILE_LINES[case]
+    data = b'{"text": "one"}\n{"text": "two"}\n' + line + b'\n{"text": "four"}\n{"text": "five"}\n'
+    summary, records = _stream(_passing, data, batch_size=3)
+    assert [r["line"] for r in records] == [1, 2, 3, 4, 5]
+    assert [r["action"] for r in records] == ["pass", "pass", "error", "pass", "pass"]
+    assert [r["text_out"] for r in records] == ["one", "two", None, "four", "five"]
+    assert message in records[2]["error"]
+    assert (summary.lines, summary.passed, summary.errors) == (5, 4, 1)
+
+
+def test_the_command_answers_hostile_lines_and_exits_0(subject, monkeypatch, capsys):
+    model, report, payload = subject
+    clean, _ = _texts(payload, 2)
+    data = _jsonl([{"text": clean[0]}]) + b"[" * 100_000 + b"\n" + b'{"n": ' + b"1" * 5000 + b"}\n" \
+        + _jsonl([{"text": clean[1]}])
+    status, records = _run(monkeypatch, ["--model", model, "--scan-report", str(report), "--device", "cpu"], data)
+    assert status == 0
+    assert [(r["line"], r["action"]) for r in records] == [(1, "pass"), (2, "error"), (3, "error"), (4, "pass")]
+    assert "4 lines: 2 passed, 0 flagged (0 not served), 2 errors" in capsys.readouterr().err
+
+
+def test_a_line_the_model_fails_on_fails_alone_and_the_batch_is_retried_line_by_line():
+    from patronus_ext.monitor import Decision
+
+    calls = []
+
+    def fragile(texts):
+        calls.append(list(texts))
+        if any("explode" in t for t in texts):
+            raise IndexError("index out of range in self")
+        if any("miscount" in t for t in texts):
+            return []
+        return [Decision(False, "pass", [], t) for t in texts]
+
+    data = _jsonl([{"text": "a", "id": 1}, {"text": "please explode", "id": 2}, {"text": "b", "id": 3},
+                   {"text": "c", "id": 4}, {"text": "miscount me", "id": 5}, {"text": "d", "id": 6}])
+    summary, records = _stream(fragile, data, batch_size=3)
+    assert [r["line"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [r["id"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [r["action"] for r in records] == ["pass", "error", "pass", "pass", "error", "pass"]
+    assert "the model failed: IndexError: index out of range in self" in records[1]["error"]
+    assert "0 decisions for 1 text" in records[4]["error"]
+    assert calls == [["a", "please explode", "b"], ["a"], ["please explode"], ["b"],
+                     ["c", "miscount me", "d"], ["c"], ["miscount me"], ["d"]]
+    assert (summary.lines, summary.passed, summary.errors) == (6, 4, 2)
+
+
+def test_a_text_the_real_model_fails_on_fails_alone(subject):
+    """A token the tokenizer knows but the model's embedding table does not (an IndexError in the forward)."""
+    model, report, payload = subject
+    served = build_monitored_model(model, report, device="cpu")
+    served.tokenizer.add_tokens(["zzqqx"])
+    clean, poisoned = _texts(payload, 2)
+    data = _jsonl([{"text": clean[0]}, {"text": "a zzqqx b"}, {"text": poisoned[0]}, {"text": clean[1]}])
+    summary, records = _stream(served.check, data, batch_size=4)
+    assert [(r["line"], r["action"], r["flagged"]) for r in records] == [
+        (1, "pass", False), (2, "error", False), (3, "flag", True), (4, "pass", False)]
+    assert "IndexError" in records[1]["error"]
+    assert (summary.passed, summary.flagged, summary.errors) == (2, 1, 1)
+
+
+def test_when_reading_the_stream_fails_the_lines_already_read_are_answered_first():
+    class Failing(io.BytesIO):
+        def readline(self, size=-1):
+            line = super().readline(size)
+            if not line:
+                raise OSError("input/output error")
+            return line
+
+    sink = io.BytesIO()
+    with pytest.raises(OSError, match="input/output error"):
+        monitor_stream(_passing, Failing(b'{"text": "one"}\n{"text": "two"}\n'), sink, batch_size=8)
+    assert [json.loads(line)["text_out"] for line in sink.getvalue().splitlines()] == ["one", "two"]

@@ -3,8 +3,13 @@
 Input lines are JSON objects with a ``"text"`` field; their other fields are
 passed through.  The stream is read as bytes, so a line that is not UTF-8, not
 JSON, too long, without a usable ``"text"`` gets an error record and the
-stream goes on.  Valid lines are checked ``batch_size`` at a time (one forward
-per batch); output is written and flushed after every batch.
+stream goes on.  Lines are parsed within bounds (:mod:`.bounded_json`: nesting
+depth, number length), so no line can drive the parser into the interpreter's
+limits.  Valid lines are checked ``batch_size`` at a time (one forward per
+batch); output is written and flushed after every batch.  When the checker
+fails on a batch, its lines are checked again one at a time, so only the line
+the model fails on gets an error record; whatever goes wrong with one line is
+that line's error record, never the end of the stream.
 
 Each output line: ``{"line": n, <input fields>, "flagged", "action", "reasons",
 "text_out"[, "output"][, "error"]}``; an error record has ``"action": "error"``,
@@ -13,12 +18,14 @@ Each output line: ``{"line": n, <input fields>, "flagged", "action", "reasons",
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
 from typing import IO, Any, Callable, Sequence
 
 from ..core.validation import check_int
+from .bounded_json import JSONBoundsError, loads_bounded
 from .build import json_safe, text_problem
 from .model import MAX_TEXT_CHARS, Decision
 
@@ -61,9 +68,11 @@ def parse_line(raw: bytes, max_chars: int) -> tuple[dict | None, str | None]:
     if not decoded.strip():
         return None, "line is empty"
     try:
-        obj = json.loads(decoded)
+        obj = loads_bounded(decoded)
     except json.JSONDecodeError as exc:
         return None, f"line is not JSON ({exc.msg} at column {exc.colno})"
+    except JSONBoundsError as exc:
+        return None, f"line holds {exc}"
     if not isinstance(obj, dict):
         return None, f"line must be a JSON object with a \"text\" field, got {type(obj).__name__}"
     if "text" not in obj:
@@ -104,9 +113,9 @@ def monitor_stream(checker: Callable[[Sequence[str]], list[Decision]], source: I
     def write_ready() -> None:
         done = 0
         while done < len(records) and records[done] is not None:
-            record = records[done]
-            sink.write(_encode(record) + b"\n")
-            _count(summary, record)
+            encoded, written = _encode_or_error(records[done])
+            sink.write(encoded + b"\n")
+            _count(summary, written)
             done += 1
         del records[:done]
         for position, (index, number, fields) in enumerate(batch):
@@ -114,34 +123,70 @@ def monitor_stream(checker: Callable[[Sequence[str]], list[Decision]], source: I
         sink.flush()
 
     def run_batch() -> None:
-        decisions = checker([fields["text"] for _, _, fields in batch])
-        if len(decisions) != len(batch):
-            raise RuntimeError(f"the checker returned {len(decisions)} decisions for {len(batch)} texts")
-        for (index, number, fields), decision in zip(batch, decisions):
-            records[index] = {"line": number, **_passthrough(fields), **decision.to_dict()}
+        outcomes = decisions_or_errors(checker, [fields["text"] for _, _, fields in batch])
+        for (index, number, fields), outcome in zip(batch, outcomes):
+            try:
+                if isinstance(outcome, Exception):
+                    raise outcome
+                records[index] = {"line": number, **_passthrough(fields), **outcome.to_dict()}
+            except Exception as exc:  # noqa: BLE001 - this line's error record; the stream goes on
+                records[index] = error_record(number, f"the model failed: {type(exc).__name__}: {exc}",
+                                              _passthrough(fields))
         batch.clear()
         write_ready()
 
-    for number, (raw, too_long) in enumerate(read_lines(source, max_line_bytes), start=1):
-        summary.lines += 1
-        if too_long:
-            fields, problem = None, f"line is longer than {max_line_bytes} bytes"
-        else:
-            fields, problem = parse_line(raw, max_chars)
-        if problem is not None:
-            records.append(error_record(number, problem, _passthrough(fields)))
-            if not batch:
-                write_ready()
-            continue
-        batch.append((len(records), number, fields))
-        records.append(None)
-        if len(batch) >= batch_size:
-            run_batch()
+    try:
+        for number, (raw, too_long) in enumerate(read_lines(source, max_line_bytes), start=1):
+            summary.lines += 1
+            if too_long:
+                fields, problem = None, f"line is longer than {max_line_bytes} bytes"
+            else:
+                try:
+                    fields, problem = parse_line(raw, max_chars)
+                except Exception as exc:  # noqa: BLE001 - whatever a line does, it is that line's error record
+                    fields, problem = None, f"line could not be read ({type(exc).__name__}: {exc})"
+            if problem is not None:
+                records.append(error_record(number, problem, _passthrough(fields)))
+                if not batch:
+                    write_ready()
+                continue
+            batch.append((len(records), number, fields))
+            records.append(None)
+            if len(batch) >= batch_size:
+                run_batch()
+    except Exception:
+        # Reading or writing the stream failed: the lines already read are still answered, then it propagates.
+        with contextlib.suppress(Exception):
+            if batch:
+                run_batch()
+            write_ready()
+        raise
     if batch:
         run_batch()
     write_ready()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def decisions_for(checker: Callable[[Sequence[str]], list[Decision]], texts: list[str]) -> list[Decision]:
+    """``checker(texts)``, refused unless it gives one decision per text."""
+    decisions = list(checker(texts))
+    if len(decisions) != len(texts):
+        raise RuntimeError(f"the checker returned {len(decisions)} decisions for {len(texts)} "
+                           f"text{'s' if len(texts) != 1 else ''}")
+    return decisions
+
+
+def decisions_or_errors(checker: Callable[[Sequence[str]], list[Decision]],
+                        texts: list[str]) -> list[Decision | Exception]:
+    """Per text, its decision or the exception checking it raised: one call for the whole batch, and only
+    when that fails, one call per text, so a text the model fails on fails alone."""
+    try:
+        return decisions_for(checker, texts)
+    except Exception as exc:  # noqa: BLE001 - returned to the caller, per text
+        if len(texts) == 1:
+            return [exc]
+    return [decisions_or_errors(checker, [text])[0] for text in texts]
 
 
 def _passthrough(fields: dict | None) -> dict[str, Any]:
@@ -159,6 +204,16 @@ def _encode(record: dict[str, Any]) -> bytes:
         return json.dumps(record, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         return json.dumps(record, ensure_ascii=True).encode("ascii")
+
+
+def _encode_or_error(record: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """``(line, record written)``: the record encoded, or, when it cannot be, that line's error record
+    (without the passed-through fields, which are what could not be written)."""
+    try:
+        return _encode(record), record
+    except Exception as exc:  # noqa: BLE001 - the line is answered; the stream goes on
+        record = error_record(record["line"], f"the record could not be written ({type(exc).__name__}: {exc})")
+        return _encode(record), record
 
 
 def _count(summary: StreamSummary, record: dict[str, Any]) -> None:

@@ -14,9 +14,11 @@ def register(subparsers) -> None:
         "monitor", help="check a JSON-lines stream of texts with the input and output monitors",
         description="Reads JSON lines {\"text\": ...} (other fields are passed through) on stdin and writes one "
                     "decision per line, in order, on stdout: line, flagged, action, reasons, text_out (what would "
-                    "be served; null when rejected). A bad line (not UTF-8, not JSON, no usable \"text\", too "
-                    "long) gets an error record (action \"error\") and the stream goes on. A summary goes to "
-                    "stderr. Exit status: 0 the stream was processed, 2 setup error (report, bank, model).")
+                    "be served; null when rejected). A bad line (not UTF-8, not JSON, nested deeper than 64 "
+                    "levels, a number over 100 characters, no usable \"text\", too long) or a line the model "
+                    "fails on gets an error record (action \"error\") and the stream goes on. A summary goes "
+                    "to stderr. Exit status: 0 the stream was processed, 2 setup error (report, bank, model) "
+                    "or the stream could not be read or written.")
     add_monitor_options(p)
     p.add_argument("--batch-size", type=int, default=32, help="valid lines checked per forward; output is flushed "
                    "after each batch (1: answer every line at once, for interactive use) (default 32)")
