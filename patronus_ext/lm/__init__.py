@@ -12,6 +12,7 @@ The training pieces live in their modules: :mod:`.training`, :mod:`.finetune`, :
 
 from .adapter import POSITIONS, ModelAdapter, last_real_index
 from .folders import check_new_model_folder, save_model_folder
+from .sanity import BrokenModelError, check_model_sanity, check_model_source, require_finite
 from .loading import (
                       PICKLE_PATTERNS,
                       UnsafeCheckpointError,
@@ -39,10 +40,10 @@ from .sources import (
 )
 
 __all__ = [
-    "DEFAULT_MODEL", "GGUF_SOURCE_FILE", "PICKLE_PATTERNS", "POSITIONS", "SMOLLM2_MODEL", "ModelAdapter",
-    "ModelLoadError", "UnsafeCheckpointError", "backbone_extras", "check_checkpoint_safety",
-    "check_new_model_folder", "convert_gguf", "converted_gguf_folder", "default_device", "last_real_index",
+    "DEFAULT_MODEL", "GGUF_SOURCE_FILE", "PICKLE_PATTERNS", "POSITIONS", "SMOLLM2_MODEL", "BrokenModelError",
+    "ModelAdapter", "ModelLoadError", "UnsafeCheckpointError", "backbone_extras", "check_checkpoint_safety",
+    "check_model_sanity", "check_model_source", "check_new_model_folder", "convert_gguf", "converted_gguf_folder", "default_device", "last_real_index",
     "lm_head_kind", "load_adapter", "load_config", "load_lm_model", "load_model", "load_tokenizer",
-    "packaged_minilm_path", "packaged_smollm2_path", "resolve_device", "resolve_model_source",
+    "packaged_minilm_path", "packaged_smollm2_path", "require_finite", "resolve_device", "resolve_model_source",
     "save_model_folder",
 ]
