@@ -116,8 +116,8 @@ def check_safetensors_file(path: str) -> None:
             handle.keys()
     except Exception as exc:  # noqa: BLE001 - the reader raises its own error type for every corruption
         size = os.path.getsize(path)
-        raise ModelLoadError(f"{path}: not a valid safetensors file ({size} bytes, truncated or garbled: "
-                             f"{describe_cause(exc)})") from exc
+        raise ModelLoadError(f"{path}: cannot load the model: not a valid safetensors file ({size} bytes, "
+                             f"truncated or garbled: {describe_cause(exc)})") from exc
 
 
 def _shape_disagreement(source: str, auto, kwargs: dict) -> str | None:
