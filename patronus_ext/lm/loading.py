@@ -126,7 +126,6 @@ def _shape_disagreement(source: str, auto, kwargs: dict) -> str | None:
     import json
 
     import transformers
-
     from safetensors import safe_open
 
     if not os.path.isdir(source):

@@ -11,7 +11,7 @@ calls it.  :func:`require_finite` is the same refusal for a detector's own measu
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
