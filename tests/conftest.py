@@ -30,6 +30,16 @@ def require_test_extra(module: str):
                     "pip install --no-build-isolation -e '.[test]'", pytrace=False)
 
 
+def one_error_line(capsys, verb: str = "scan") -> str:
+    """The CLI's error contract: nothing on stdout (no verdict), exactly one line on stderr, no traceback."""
+    captured = capsys.readouterr()
+    assert captured.out == "", f"something was printed before the error: {captured.out!r}"
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"patronus {verb}: error: ") and "Traceback" not in captured.err
+    return lines[0]
+
+
 def extension_loaded() -> bool:
     return _extension.state().loaded
 

@@ -1,7 +1,8 @@
 """``patronus``: the command line.  Each sub-command lives in ``patronus_ext/cli/commands/``.
 
-Exit status: 0 success (for ``scan``: clean), 1 backdoor found (``scan``), 2 any error: a failure
-never exits 1, so a CI gate cannot read a crash as "backdoor found".
+Exit status (the README's table): 0 success (for ``scan`` and ``audit``: clean), 1 backdoor found (``scan``,
+``audit``), 2 any error, with one line on stderr: a failure never exits 1, so a CI gate cannot read a crash
+as "backdoor found".
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import os
 import platform
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,66 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Fail early (before hours of work) if ``path`` exists and may not be replaced."""
+def check_output_path(path: str | os.PathLike, overwrite: bool = False, *, folder: bool = False) -> Path:
+    """Fail early (before hours of work) if ``path`` cannot be written: it exists and may not be replaced, or
+    its folder is missing, is not a folder or is not writable.
+
+    Writability is tried by creating (and removing) a file in the folder: root passes every permission bit,
+    and a read-only mount or a root-squashed share refuses writes that the bits allow.  ``folder``: ``path``
+    is a folder the verb creates or fills (a model folder, an audit folder); whether an existing one may be
+    used is the verb's own rule, so only a non-folder there is refused here, and the test is made in the
+    folder itself when it exists, else in its parent.
+    """
     out = Path(path)
+    if folder:
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"{out} exists and is not a folder")
+        check_writable_folder(out if out.is_dir() else out.parent)
+        return out
+    if out.is_dir():
+        raise IsADirectoryError(f"{out} is a folder, not a file; name a file to write")
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; choose another path or pass --force to replace it")
-    if out.parent and not out.parent.exists():
-        raise FileNotFoundError(f"folder {out.parent} does not exist")
+    check_writable_folder(out.parent)
     return out
+
+
+def check_writable_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` exists, is a folder, and a file can really be created in it (then removed)."""
+    where = Path(folder) if str(folder) else Path(".")
+    if not where.exists():
+        if where.is_symlink():
+            raise FileNotFoundError(f"folder {where} does not exist (a link to {os.readlink(where)}, which is gone)")
+        raise FileNotFoundError(f"folder {where} does not exist")
+    if not where.is_dir():
+        raise NotADirectoryError(f"{where} is not a folder (a file is there), so nothing can be written under it")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise PermissionError(f"folder {where} is not writable (its permissions forbid it)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".patronus-write-test-", dir=where)
+    except OSError as exc:
+        raise PermissionError(f"folder {where} is not writable ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return where
+
+
+def check_output_paths(paths: Iterable[str | os.PathLike | None], overwrite: bool = False, *,
+                       folders: Iterable[str | os.PathLike | None] = ()) -> list[Path]:
+    """:func:`check_output_path` for every output of a verb (``None`` entries skipped; ``folders`` are
+    folder outputs), and no path named twice (one output would silently replace the other)."""
+    checked: list[Path] = []
+    seen: dict[str, str] = {}
+    for path, folder in [(p, False) for p in paths] + [(p, True) for p in folders]:
+        if path is None or str(path) in ("", "-"):
+            continue
+        key = os.path.normcase(os.path.abspath(os.path.expanduser(str(path))))
+        if key in seen:
+            raise ValueError(f"{path} is named twice as an output ({seen[key]} and {path}): one would replace "
+                             "the other; give each output its own path")
+        seen[key] = str(path)
+        checked.append(check_output_path(path, overwrite, folder=folder))
+    return checked
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], overwrite: bool = False) -> Path:

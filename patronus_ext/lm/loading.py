@@ -56,6 +56,115 @@ def check_pickles_load_safely(folder: str) -> None:
             raise ModelLoadError(f"{path}: not a readable checkpoint ({exc})") from exc
 
 
+#: Endings of the files a model or tokenizer loader may read from a model folder.
+MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def _kind_of(mode: int) -> str:
+    import stat
+
+    for test, kind in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def check_model_files(folder: str, *, weights: bool = True) -> None:
+    """Every file a loader may read from ``folder`` is a regular file (after links), and, with ``weights``,
+    every safetensors file is whole: :class:`ModelLoadError` naming the file otherwise.
+
+    A link to ``/dev/zero`` would be read forever, a named pipe would block the reader, and loaders report a
+    link to a device, a dangling link or a folder in a file's place as "no file named ..."; a truncated or
+    garbled safetensors file surfaces as a bare header error.  Costs a ``stat`` per file and the safetensors
+    headers (the tensors themselves are not read).
+    """
+    import stat
+
+    if not os.path.isdir(folder):
+        return
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if not entry.name.endswith(MODEL_FILE_SUFFIXES):
+            continue
+        path = os.path.join(folder, entry.name)
+        link = f" (a link to {os.readlink(path)})" if entry.is_symlink() else ""
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            raise ModelLoadError(f"{path} is a link to {os.readlink(path)}, which does not exist") from None
+        except OSError as exc:
+            raise ModelLoadError(f"{path}{link}: cannot be read ({exc.strerror or exc})") from None
+        if stat.S_ISDIR(mode):
+            raise ModelLoadError(f"{path}{link} is a folder, not a file: a model folder holds its weights, config "
+                                 "and tokenizer as regular files")
+        if not stat.S_ISREG(mode):
+            kind = _kind_of(mode)
+            kind = "" if kind == "not a regular file" else f" but {kind}"
+            raise ModelLoadError(f"{path}{link} is not a regular file{kind}: a model folder holds its weights, "
+                                 "config and tokenizer as regular files")
+        if weights and entry.name.endswith(".safetensors"):
+            check_safetensors_file(path)
+
+
+def check_safetensors_file(path: str) -> None:
+    """``path`` opens as a safetensors file (its header is whole and covers the file): else
+    :class:`ModelLoadError` naming it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as handle:
+            handle.keys()
+    except Exception as exc:  # noqa: BLE001 - the reader raises its own error type for every corruption
+        size = os.path.getsize(path)
+        raise ModelLoadError(f"{path}: cannot load the model: not a valid safetensors file ({size} bytes, "
+                             f"truncated or garbled: {describe_cause(exc)})") from exc
+
+
+def _shape_disagreement(source: str, auto, kwargs: dict) -> str | None:
+    """Why ``source``'s config.json and weights disagree (the first tensor whose shape differs from the one
+    the config builds, and the config fields of that size), or None when they agree or cannot be compared."""
+    import json
+
+    import transformers
+    from safetensors import safe_open
+
+    if not os.path.isdir(source):
+        return None
+    shapes: dict[str, tuple[str, list[int]]] = {}
+    for name in sorted(glob.glob(os.path.join(source, "*.safetensors"))):
+        with safe_open(name, framework="pt") as handle:
+            for key in handle.keys():
+                shapes[key] = (os.path.basename(name), list(handle.get_slice(key).get_shape()))
+    if not shapes:
+        return None
+    with open(os.path.join(source, "config.json"), encoding="utf-8") as handle:
+        raw = json.load(handle)
+    config = transformers.AutoConfig.from_pretrained(source)
+    if "num_labels" in kwargs:
+        config.num_labels = kwargs["num_labels"]
+    with torch.device("meta"):
+        model = auto.from_config(config)
+    prefix = model.base_model_prefix
+    embedding = model.get_input_embeddings()
+    embedding_key = next((k for k, v in model.named_parameters() if embedding is not None
+                          and v is getattr(embedding, "weight", None)), None)
+    expected = {key: list(value.shape) for key, value in model.state_dict().items()}
+    order = sorted(expected, key=lambda key: key != embedding_key)
+    for key in order:
+        found = shapes.get(key) or shapes.get(f"{prefix}.{key}") or (
+            shapes.get(key[len(prefix) + 1:]) if key.startswith(prefix + ".") else None)
+        if found is None or found[1] == expected[key]:
+            continue
+        file, shape = found
+        wanted = {want for size, want in zip(shape, expected[key]) if size != want} or set(expected[key])
+        fields = [f"{field} {value}" for field, value in sorted(raw.items())
+                  if isinstance(value, int) and not isinstance(value, bool) and value in wanted]
+        says = f"config.json says {', '.join(fields)}" if fields else "config.json"
+        return (f"{says} but {key} in {file} is {shape} (the config makes it {expected[key]}): the config does "
+                "not belong to these weights")
+    return None
+
+
 def _from_pretrained_takes(name: str) -> bool:
     import inspect
 
@@ -82,6 +191,7 @@ def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
     source = resolve_model_source(name_or_path)
+    check_model_files(source, weights=False)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
@@ -132,6 +242,7 @@ def load_model(name_or_path: str, head: str = "base", *, num_labels: int | None 
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     source = resolve_model_source(name_or_path)
+    check_model_files(source)
     use_safetensors = check_checkpoint_safety(source, allow_pickle)
     auto = {"base": transformers.AutoModel, "mlm": transformers.AutoModelForMaskedLM,
             "cls": transformers.AutoModelForSequenceClassification,
@@ -152,6 +263,12 @@ def load_model(name_or_path: str, head: str = "base", *, num_labels: int | None 
     except UnsafeCheckpointError:
         raise
     except Exception as exc:  # noqa: BLE001 - corrupt files surface as many types; name source and cause
+        try:
+            why = _shape_disagreement(source, auto, kwargs)
+        except Exception:  # noqa: BLE001 - the diagnosis is best effort; the load's own cause is reported then
+            why = None
+        if why:
+            raise ModelLoadError(f"{source}: {why}") from exc
         raise ModelLoadError(f"{source}: cannot load the model ({describe_cause(exc)})") from exc
     if getattr(model.config, "pad_token_id", None) is None and getattr(model.config, "eos_token_id", None) is not None:
         eos = model.config.eos_token_id
@@ -176,8 +293,10 @@ def load_config(name_or_path: str):
     """The ``transformers`` config of a folder, the packaged default or a hub id."""
     import transformers
 
+    source = resolve_model_source(name_or_path)
+    check_model_files(source, weights=False)
     with quiet_transformers():
-        return transformers.AutoConfig.from_pretrained(resolve_model_source(name_or_path))
+        return transformers.AutoConfig.from_pretrained(source)
 
 
 def lm_head_kind(config) -> str:

@@ -82,6 +82,7 @@ def build_monitored_model(model: str, report: str | os.PathLike | None = None, b
         bank = report_bank_path(payload, report)
     attack_bank = load_bank(bank) if bank is not None else None
     adapter = lm.load_adapter(model, allow_pickle=allow_pickle, device=device, max_length=max_length)
+    lm.check_model_sanity(adapter.model, adapter.tokenizer, str(model))  # never serve a broken model
     input_monitor = None
     if payload is not None and (payload.get("triggers") or attack_bank is None):
         try:
@@ -100,6 +101,7 @@ def build_plain_model(model: str, *, device: str | None = None, allow_pickle: bo
                       max_chars: int = MAX_TEXT_CHARS) -> "PlainModel":
     """``model`` served with no monitor (see :class:`PlainModel`)."""
     adapter = lm.load_adapter(model, allow_pickle=allow_pickle, device=device, max_length=max_length)
+    lm.check_model_sanity(adapter.model, adapter.tokenizer, str(model))  # never serve a broken model
     plain = PlainModel(adapter.model, adapter.tokenizer, max_length=max_length, max_chars=max_chars)
     plain.adapter.source = adapter.source or str(model)
     return plain

@@ -303,8 +303,9 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
     ``profile`` of :class:`MeasureConfig`, or of :class:`GenerationEvalConfig`
     for causal LMs), such a config, or False (no before/after).  T-ASR is
     measured with ``measure_triggers``, else the report's triggers, else the
-    model's ``backdoor.json`` triggers.  The output folder is checked before
-    any work and written atomically (``purify.json`` inside: the record of
+    model's ``backdoor.json`` triggers.  The output folder, and every model read
+    (``model``, ``pretrained``, ``baseline``: :func:`patronus_ext.lm.check_model_source`), are checked before
+    any work; the folder is written atomically (``purify.json`` inside: the record of
     :mod:`patronus_ext.formats.purify_record`): an interrupted run leaves nothing.
     """
     if method not in METHODS:
@@ -323,6 +324,9 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
                          "triggers, Fine-mixing needs none")
     if method == "mb" and pretrained is not None:
         raise ValueError("mb takes no --pretrained: it instruction-tunes --model itself")
+    for name in (model, pretrained, baseline):  # every model read, before any work: never purify a broken one
+        if name is not None:
+            lm.check_model_source(name, allow_pickle=allow_pickle, device=device)
     config = config if config is not None else make_config(method, profile)
     if measure is True:
         measure = (GenerationEvalConfig if causal else MeasureConfig).profile(profile)

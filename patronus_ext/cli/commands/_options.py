@@ -56,13 +56,13 @@ def add_run_options(p: argparse.ArgumentParser, *, seed_default: int | None = 0,
     p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress bars")
 
 
-def check_outputs(args: argparse.Namespace, *paths: str | None) -> None:
-    """Refuse existing outputs before any work (``--force`` replaces them)."""
-    from ...core.files import check_output_path
+def check_outputs(args: argparse.Namespace, *paths: str | None, folders: tuple[str | None, ...] = ()) -> None:
+    """Every output of the verb (``--report`` and ``paths``; ``folders``: output folders) checked before any
+    work: an existing file (without ``--force``), a missing, non-folder or unwritable folder, or one path named
+    twice stops the verb at once (:func:`patronus_ext.core.files.check_output_paths`)."""
+    from ...core.files import check_output_paths
 
-    for path in (getattr(args, "report", None), *paths):
-        if path:
-            check_output_path(path, args.force)
+    check_output_paths((getattr(args, "report", None), *paths), getattr(args, "force", False), folders=folders)
 
 
 def write_report(args: argparse.Namespace, payload: dict) -> None:

@@ -57,11 +57,11 @@ INSTRUCT_ONLY = {"data": "data", "behaviour": "behaviour", "response": "response
 
 def run(args) -> int:
     from ... import attacks
-    from ...core.files import check_output_path, write_json
+    from ...core.files import write_json
     from .. import formatting as report
+    from ._options import check_outputs
 
-    if args.json:
-        check_output_path(args.json)
+    check_outputs(args, args.json, folders=(args.out,))
     triggers = None
     if args.triggers is not None:
         triggers = tuple(t.strip() for t in args.triggers.split(",") if t.strip())

@@ -54,7 +54,9 @@ def register(subparsers) -> None:
 def run_audit_command(args: argparse.Namespace) -> int:
     from ...audit import AuditSettings, methods_of, read_model_list, run_audit, summary_table
     from ...detect import LMSanitatorConfig, ScanConfig
+    from ._options import check_outputs
 
+    check_outputs(args, folders=(args.out,))
     names = list(args.models) + (read_model_list(args.model_list) if args.model_list else [])
     if not names:
         raise ValueError("no model to audit: give model folders or names, or --list FILE")

@@ -32,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
     from ...monitor.build import describe
     from ...monitor.stream import monitor_stream
     from ._monitoring import build_served
+    from ._options import check_outputs
 
+    check_outputs(args, args.output)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     served = build_served(args)

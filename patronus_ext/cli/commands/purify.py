@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
     from ... import purify
     from ...evaluate.generation import GenerationEvalConfig
     from ..formatting import measurement_table
+    from ._options import check_outputs
 
+    check_outputs(args, folders=(args.out,))
     applies = FLAGS[args.method]
     for dest in sorted({d for flags in FLAGS.values() for d in flags}):
         if getattr(args, dest) is not None and dest not in applies:

@@ -38,6 +38,7 @@ import torch
 from ...formats.bank import AttackBank
 from ...formats.scan_report import scan_record
 from ...lm.adapter import ModelAdapter
+from ...lm.sanity import check_model_sanity, model_name, require_finite
 from ..texts import prepare_texts
 from .config import LMSanitatorConfig
 
@@ -242,6 +243,13 @@ class _Inversion:
         if config.distance_relative is not None:
             self.random_distances = self.random_token_distances(config.distance_draws)
             self.distance_threshold = config.distance_relative * max(self.random_distances)
+        # NaN fails every comparison (no vector ever "appears"), so it would read as clean: an error instead.
+        require_finite(model_name(adapter.model), {"the clean representations": self.clean,
+                                                   "the clean entropy": self.clean_entropy,
+                                                   "the distance threshold": self.distance_threshold,
+                                                   **{f"random-token distance {i}": d
+                                                      for i, d in enumerate(self.random_distances)}},
+                       "the inversion's setup")
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -337,6 +345,9 @@ def _run_seed(inv: _Inversion, seed: int, stored: list[torch.Tensor], config: LM
         epochs_run = epoch + 1
         epoch_distance.append(dist_sum / batches)
         epoch_entropy.append(ent_sum / batches)
+        require_finite(model_name(inv.adapter.model), {"the mean distance to the clean outputs": epoch_distance[-1],
+                                                       "the mean batch entropy": epoch_entropy[-1]},
+                       f"seed {seed}, epoch {epoch}")
         if not appeared and epoch_distance[-1] > threshold:
             appeared = True
         if not appeared and epoch >= config.give_up_epoch:
@@ -353,6 +364,8 @@ def _run_seed(inv: _Inversion, seed: int, stored: list[torch.Tensor], config: LM
         return record
     final = trigger.detach()
     vector, distance, entropy = inv.final_pass(final)
+    require_finite(model_name(inv.adapter.model), {"the final distance": distance, "the final entropy": entropy,
+                                                   "the attack vector": vector}, f"seed {seed}, final pass")
     record.vector, record.trigger = vector.cpu(), final.cpu()
     record.distance, record.entropy = distance, entropy
     record.trigger_norm_ratio = trigger_range_ratio(final, inv.embedding)
@@ -388,6 +401,7 @@ def lmsanitator(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config
     from ...core.files import environment
 
     config = config or LMSanitatorConfig.profile("fast")
+    check_model_sanity(model, tokenizer)  # a broken model gets an error, never a verdict
     started = time.perf_counter()
     timings: dict[str, float] = {}
     adapter = ModelAdapter(model, tokenizer, position=position, max_length=config.max_length - config.trigger_len)

@@ -22,6 +22,7 @@ import dataclasses
 from typing import Sequence
 
 from ...core.files import JSONRecord
+from ...lm.sanity import check_model_sanity
 from .config import ScanConfig
 from .scan import scan
 
@@ -64,6 +65,8 @@ def calibrate(benign: Sequence[tuple[str, object, object]], corpus: Sequence[str
     # Nothing is confirmed (so no loop stops early or excludes a word), by neither rule, and nothing is
     # prefiltered.
     probe = config.replace(diff_cos_threshold=-1.0, collapse_spread=None, prefilter_diff_cos=1.0, patience=None)
+    for name, model, tokenizer in benign:  # every model before any scan: a broken one wastes no scan time
+        check_model_sanity(model, tokenizer, name)
     records = []
     for name, model, tokenizer in benign:
         report = scan(model, tokenizer, corpus, probe, progress=progress)

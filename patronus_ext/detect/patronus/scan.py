@@ -21,6 +21,7 @@ from ...data.triggers import trigger_ids
 from ...formats.bank import AttackBank
 from ...formats.scan_report import scan_record
 from ...lm.adapter import ModelAdapter
+from ...lm.sanity import check_model_sanity
 from ..texts import prepare_texts
 from .config import ScanConfig
 from .groups import TargetGroup, describe_backdoor
@@ -121,6 +122,7 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
     from ...core.files import environment
 
     config = config or ScanConfig.profile("fast")
+    check_model_sanity(model, tokenizer)  # a broken model gets an error, never a verdict
     started = time.perf_counter()
     timings: dict[str, float] = {}
     adapter = ModelAdapter(model, tokenizer, position=position, max_length=config.max_length)

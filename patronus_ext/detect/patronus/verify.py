@@ -21,6 +21,7 @@ from ...core.similarity import poison_cos as mean_pairwise_cos
 from ...core.similarity import representation_shift
 from ...data.triggers import insert_token_triggers, sample_gaps
 from ...lm.adapter import ModelAdapter
+from ...lm.sanity import model_name, require_finite
 
 FORWARD_CHUNK = 128
 
@@ -70,8 +71,11 @@ class Verifier:
         self.clean_reps = self._represent(self.batch["input_ids"], self.batch["attention_mask"])
         self.collapse_spread = collapse_spread
         self.collapse_shift = collapse_shift
+        spread = 1.0 - mean_pairwise_cos(self.clean_reps)
+        require_finite(model_name(adapter.model), {"the clean representations": self.clean_reps,
+                                                   "the clean spread": spread}, "verification")
         #: 1 - mean pairwise cosine of the clean representations: the scale the collapse rule measures in.
-        self.clean_spread = max(1.0 - mean_pairwise_cos(self.clean_reps), 1e-12)
+        self.clean_spread = max(spread, 1e-12)
 
     @torch.no_grad()
     def _represent(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -116,6 +120,9 @@ class Verifier:
     def make_check(self, key: Sequence[int], diff: float, poison: float, stage: str, texts_used: int, loop: int,
                    text: str | None = None) -> TriggerCheck:
         """A :class:`TriggerCheck`; ``text`` (display only) defaults to the decoded token ids."""
+        # NaN fails every threshold comparison, so it would read as "not a trigger": an error instead.
+        require_finite(model_name(self.adapter.model), {"diff_cos": diff, "poison_cos": poison},
+                       f"verifying candidate {[int(t) for t in key]}")
         text = self.adapter.token_text(key) if text is None else text
         rule = self.rule(diff, poison) if stage == "verified" else None
         shift, spread = self.ratios(diff, poison)
