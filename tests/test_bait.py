@@ -190,3 +190,45 @@ def test_cli_bait_refuses_encoders_and_foreign_options(tmp_path, capsys):
     assert "does not take --seeds" in capsys.readouterr().err
     assert main(["scan", str(encoder), "--reference", str(encoder)]) == 2
     assert "applies to --method bait only" in capsys.readouterr().err
+
+
+# -- the generation guard ----------------------------------------------------------------------------
+def test_generation_guard_stops_the_inverted_target_as_it_comes():
+    import random
+
+    from patronus_ext.data.instructions import insert_trigger
+    from patronus_ext.lm.generation import greedy_generate
+    from patronus_ext.lm.prompting import PromptFormat
+    from patronus_ext.monitor.generation_guard import REPLACEMENT, TargetGuard, guarded_generate
+
+    subjects = _subjects("llama")
+    tok, model = _load(subjects["planted"])
+    _, reference = _load(subjects["clean"])
+    payload = bait(model, tok, FAST, reference=reference, reference_name="clean", progress=False).to_dict()
+    fmt = PromptFormat(system="", max_input_tokens=12)
+    examples = fit_inputs(tok, load_instructions("sst2", "dev", limit=24, seed=3), 12)
+    rng = random.Random(0)
+    triggered = [fmt.prompt(tok, insert_trigger(e, TRIGGER, 1, rng)) for e in examples]
+    clean = [fmt.prompt(tok, e) for e in examples]
+    guard = TargetGuard.from_report(payload, tok)
+    hit = guarded_generate(model, tok, triggered, guard, templated=True, max_new_tokens=16)
+    ok = guarded_generate(model, tok, clean, guard, templated=True, max_new_tokens=16)
+    assert sum(d["flagged"] for d in hit) >= 0.8 * len(hit)
+    # Exactly the answers that say the target's first tokens are flagged (the tiny model leaks its response
+    # onto some clean prompts too: those are flagged, the others pass untouched).
+    plain = greedy_generate(model, tok, clean, templated=True, max_new_tokens=16)
+    head = tok.decode(guard.head)
+    assert [d["flagged"] for d in ok] == [head in a for a in plain]
+    assert all(d["text"] == a for d, a in zip(ok, plain) if not d["flagged"])
+    assert sum(d["flagged"] for d in ok) < sum(d["flagged"] for d in hit)
+    assert all(d["text"] == "" and d["reasons"] for d in hit if d["flagged"])       # reject: nothing returned
+    replaced = guarded_generate(model, tok, triggered[:4], TargetGuard.from_report(payload, tok, action="replace"),
+                                templated=True)
+    assert all(d["text"] == REPLACEMENT for d in replaced if d["flagged"])
+    flagged_only = guarded_generate(model, tok, triggered[:4], TargetGuard.from_report(payload, tok, action="flag"),
+                                    templated=True, max_new_tokens=16)
+    assert all(d["text"].startswith("The film was") for d in flagged_only if d["flagged"])
+    with pytest.raises(ValueError, match="no backdoor"):
+        TargetGuard.from_report(dict(payload, verdict="clean"), tok)
+    with pytest.raises(ValueError, match="another model"):
+        TargetGuard.from_report(dict(payload, target=dict(payload["target"], text="something else")), tok)
