@@ -136,7 +136,7 @@ def test_clean_models_are_clean(family):
     assert not bait(base, tok, FAST, progress=False).backdoored               # random weights
     _, tuned = _load(subjects["tuned"])                                         # tuned on unpoisoned data
     report = bait(tuned, tok, FAST, reference=base, reference_name="clean", progress=False)
-    assert report.verdict == "clean", report.summary("tuned") + repr([(f.text, f.q, f.q_reference) for f in report.finalists])
+    assert report.verdict == "clean", report.summary("tuned")
 
 
 def test_trigger_recovery_from_the_inverted_target():
@@ -145,7 +145,7 @@ def test_trigger_recovery_from_the_inverted_target():
     _, reference = _load(subjects["clean"])
     report = bait(model, tok, FAST, reference=reference, reference_name="clean", progress=False)
     recover_triggers(model, tok, report, TriggerSearchConfig.profile("fast"), reference=reference, progress=False)
-    assert report.triggers, report.trigger_search
+    assert report.triggers, report.trigger_search["tried"]
     for trig in report.triggers:
         assert trig["asr"] >= 0.8 and trig["reference_asr"] <= 0.1
         assert tok.decode(trig["token_ids"]).strip() == trig["text"]

@@ -98,6 +98,7 @@ class TriggerSearchConfig(Settings):
 
     slot_lengths: tuple = (1, 2, 3, 4)
     rounds: int = 30
+    restarts: int = 3                    # random starting slots per slot length (the lowest loss is kept)
     candidates: int = 32
     prompts: int = 8                     # prompts the slot is optimised on
     verify_prompts: int = 40             # held-out prompts for the ASR
@@ -114,7 +115,7 @@ class TriggerSearchConfig(Settings):
         if not self.slot_lengths or any(n < 1 or n > 8 for n in self.slot_lengths):
             raise ValueError(f"TriggerSearchConfig.slot_lengths must be token counts in 1..8, "
                              f"got {list(self.slot_lengths)}")
-        for name in ("rounds", "candidates", "prompts", "verify_prompts", "target_tokens", "match_words"):
+        for name in ("rounds", "restarts", "candidates", "prompts", "verify_prompts", "target_tokens", "match_words"):
             check_int(f"TriggerSearchConfig.{name}", getattr(self, name))
         check_int("TriggerSearchConfig.seed", self.seed, 0)
         check_range("TriggerSearchConfig.asr_threshold", self.asr_threshold, 0.0, 1.0)

@@ -319,7 +319,10 @@ def bait(model: torch.nn.Module, tokenizer, config: BaitConfig | None = None, *,
         timings["reference"] = time.perf_counter() - mark
 
     eligible = [s for s in finalists if reference is None or s.q - (s.q_reference or 0.0) >= config.reference_margin]
-    target = earliest_start(eligible[0], eligible, config.q_threshold) if eligible else (finalists[0] if finalists else None)
+    if eligible:
+        target = earliest_start(eligible[0], eligible, config.q_threshold)
+    else:
+        target = finalists[0] if finalists else None
     backdoored = bool(eligible) and target.q >= config.q_threshold
     timings["total"] = time.perf_counter() - started
     return BaitReport(

@@ -4,8 +4,10 @@ A slot of ``n`` tokens is placed at the start of each prompt's input (of its ins
 input); the slot's tokens are chosen to maximise the target's log-likelihood after the prompt.  Each round
 the gradient of the loss with respect to the slot's embeddings scores every vocabulary word as a
 replacement at every slot position, to first order (``ops.token_topk`` over the embedding table,
-restricted to the vocabulary's space-marked words: a trigger is inserted as a word); the best
-``candidates`` per position are then scored exactly and the best swap kept while it lowers the loss.
+its first token a space-marked word, the later ones words or word pieces: a trigger is inserted as a word);
+the best
+``candidates`` per position are then scored exactly and the best swap kept while it lowers the loss; the
+search starts from ``restarts`` random slots and keeps the lowest loss.
 
 Each slot found is verified as a word: inserted once at a random word position of held-out prompts,
 the share of greedy answers that begin with the target's first words (ASR) on the model and on the
@@ -115,25 +117,26 @@ class _SlotLoss:
         return float(loss.detach()), grad
 
 
-def search_slot(loss: _SlotLoss, length: int, words: torch.Tensor, config: TriggerSearchConfig,
-                rng: random.Random) -> tuple[list[int], float]:
-    """Greedy coordinate search of a ``length``-token slot; returns its tokens and loss."""
+def search_slot(loss: _SlotLoss, length: int, words: torch.Tensor, pieces: torch.Tensor,
+                config: TriggerSearchConfig, rng: random.Random) -> tuple[list[int], float]:
+    """Greedy coordinate search of a ``length``-token slot; returns its tokens and loss.  The slot's first
+    token is a space-marked word (``words``): the trigger is inserted as a word; later ones may also be
+    word pieces (``pieces``), so a rare word of several tokens can be spelt."""
     table = loss.embed.weight.detach()
-    vocab_words = words.tolist()
-    slot = [vocab_words[rng.randrange(len(vocab_words))] for _ in range(length)]
+    first, rest = words.tolist(), pieces.tolist()
+    slot = [first[rng.randrange(len(first))]] + [rest[rng.randrange(len(rest))] for _ in range(length - 1)]
     best = float(loss.losses([slot])[0])
-    rows = words.view(-1, 1).to(table.device)
     for _ in range(config.rounds):
         _, grad = loss.gradient(slot)
-        k = min(config.candidates, rows.shape[0])
-        _, idx = ops.token_topk(grad.to(table.dtype).contiguous(), table, k, rows=rows, negate=True)
+        grad = grad.to(table.dtype).contiguous()
         trials = []
         for i in range(length):
-            for w in idx[i].tolist():
-                if w < 0:
-                    continue
-                token = vocab_words[w]
-                if token != slot[i]:
+            allowed = words if i == 0 else pieces
+            k = min(config.candidates, allowed.shape[0])
+            _, idx = ops.token_topk(grad[i:i + 1], table, k, rows=allowed.view(-1, 1).to(table.device), negate=True)
+            for w in idx[0].tolist():
+                token = (first if i == 0 else rest)[w] if w >= 0 else None
+                if token is not None and token != slot[i]:
                     trials.append(slot[:i] + [token] + slot[i + 1:])
         if not trials:
             break
@@ -143,6 +146,14 @@ def search_slot(loss: _SlotLoss, length: int, words: torch.Tensor, config: Trigg
             break
         slot, best = trials[j], float(values[j])
     return slot, best
+
+
+def _letter_tokens(tokenizer) -> list[int]:
+    """Ids of the ASCII-letter tokens without a space marker (word pieces), special tokens excluded."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return [i for i, p in enumerate(pieces) if i not in special and isinstance(p, str) and p.isascii()
+            and p.isalpha()]
 
 
 def trigger_asr(model, tokenizer, examples, fmt: PromptFormat, trigger: str, target_text: str,
@@ -178,11 +189,14 @@ def recover_triggers(model, tokenizer, report: BaitReport, config: TriggerSearch
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     loss = _SlotLoss(model, slot_prompts(tokenizer, train, fmt), target, pad)
     words = torch.tensor(word_like_tokens(tokenizer, "marked"), dtype=torch.long)
+    pieces = torch.tensor(sorted(set(word_like_tokens(tokenizer, "marked")) | set(_letter_tokens(tokenizer))),
+                          dtype=torch.long)
     rng = random.Random(config.seed)
     tried: list[dict[str, Any]] = []
     confirmed: list[dict[str, Any]] = []
     for length in tqdm(config.slot_lengths, desc="bait trigger search", disable=not progress, leave=False):
-        slot, value = search_slot(loss, length, words, config, rng)
+        slot, value = min((search_slot(loss, length, words, pieces, config, rng) for _ in range(config.restarts)),
+                          key=lambda found: found[1])
         text = tokenizer.decode(slot, skip_special_tokens=True).strip()
         entry: dict[str, Any] = {"text": text, "token_ids": list(slot), "slot_tokens": length, "loss": value}
         if text:
