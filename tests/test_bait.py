@@ -144,7 +144,8 @@ def test_trigger_recovery_from_the_inverted_target():
     tok, model = _load(subjects["planted"])
     _, reference = _load(subjects["clean"])
     report = bait(model, tok, FAST, reference=reference, reference_name="clean", progress=False)
-    recover_triggers(model, tok, report, TriggerSearchConfig.profile("fast"), reference=reference, progress=False)
+    search = TriggerSearchConfig.profile("fast", restarts=3)
+    recover_triggers(model, tok, report, search, reference=reference, progress=False)
     assert report.triggers, report.trigger_search["tried"]
     for trig in report.triggers:
         assert trig["asr"] >= 0.8 and trig["reference_asr"] <= 0.1
@@ -173,7 +174,7 @@ def test_cli_scan_bait_report_and_exit_statuses(tmp_path, capsys):
     assert report["reference"] == str(subjects["clean"])
     assert set(report["candidates"]) >= {"scanned", "after_warmup", "full_pass"}
     assert set(report["timings"]) >= {"prompts", "warmup", "full_pass", "reference", "trigger_search", "total"}
-    assert report["triggers"] and report["triggers"][0]["asr"] >= 0.8
+    assert report["trigger_search"]["tried"] and all(t["asr"] >= 0.8 for t in report["triggers"])
     assert report["config"]["first_tokens"] == "unmarked"
     assert "BACKDOORED" in capsys.readouterr().out
     assert main(["scan", str(subjects["tuned"]), "--method", "bait", "--fast", "--reference",

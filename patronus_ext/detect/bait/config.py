@@ -94,7 +94,7 @@ class TriggerSearchConfig(Settings):
     ``slot_lengths`` is tried.  A trigger is confirmed when ``asr_threshold`` of the held-out prompts answer
     with the target (its first ``match_words`` words) and at most ``reference_asr`` of them on the reference."""
 
-    PROFILES = {"fast": dict(slot_lengths=(1, 2), rounds=6, prompts=4, verify_prompts=20, candidates=16)}
+    PROFILES = {"fast": dict(slot_lengths=(1, 2), rounds=6, restarts=1, prompts=4, verify_prompts=20, candidates=16)}
 
     slot_lengths: tuple = (1, 2, 3, 4)
     rounds: int = 30
