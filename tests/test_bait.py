@@ -173,7 +173,7 @@ def test_cli_scan_bait_report_and_exit_statuses(tmp_path, capsys):
     assert report["target"]["q"] >= 0.9 and report["target"]["q_reference"] < 0.1
     assert report["reference"] == str(subjects["clean"])
     assert set(report["candidates"]) >= {"scanned", "after_warmup", "full_pass"}
-    assert set(report["timings"]) >= {"prompts", "warmup", "full_pass", "reference", "trigger_search", "total"}
+    assert set(report["timings"]) >= {"load", "prompts", "warmup", "full_pass", "reference", "trigger_search", "total"}
     assert report["trigger_search"]["tried"] and all(t["asr"] >= 0.8 for t in report["triggers"])
     assert report["config"]["first_tokens"] == "unmarked"
     assert "BACKDOORED" in capsys.readouterr().out

@@ -178,6 +178,9 @@ def run_bait(args: argparse.Namespace) -> int:
     config = BaitConfig.profile(args.profile, seed=args.seed, q_threshold=args.q_threshold,
                                 reference_margin=args.reference_margin, prompts=args.prompts,
                                 first_tokens=args.first_tokens, max_candidates=args.max_candidates)
+    import time
+
+    loading = time.perf_counter()
     device = lm.resolve_device(args.device)
     tokenizer = lm.load_tokenizer(args.model)
     model = lm.load_model(args.model, "causal", allow_pickle=args.allow_pickle, device=device)
@@ -186,8 +189,10 @@ def run_bait(args: argparse.Namespace) -> int:
         if lm.lm_head_kind(lm.load_config(args.reference)) != "causal":
             raise ValueError(f"--reference {args.reference} is not a causal LM")
         reference = lm.load_model(args.reference, "causal", allow_pickle=args.allow_pickle, device=device)
+    loading = time.perf_counter() - loading
     report = bait(model, tokenizer, config, reference=reference, reference_name=args.reference,
                   progress=not args.quiet)
+    report.timings = {"load": loading, **report.timings, "total": report.timings["total"] + loading}
     if report.backdoored and not args.no_trigger_search:
         recover_triggers(model, tokenizer, report, TriggerSearchConfig.profile(args.profile, seed=args.seed),
                          reference=reference, progress=not args.quiet)
