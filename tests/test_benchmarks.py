@@ -378,3 +378,23 @@ def test_bench_service_summary_takes_medians_over_repeats():
     assert summary["plain"]["p50_ms"] == 11 and summary["plain"]["throughput_rps"] == 98
     assert summary["monitored"]["p50_ms"] == 12 and summary["monitored"]["runs"] == 3
     assert summary["monitored"]["requests"] == 30
+
+
+def test_bait_acceptance_targets(tmp_path, monkeypatch):
+    import acceptance_bait as bait_acc
+
+    planted = bait_acc.SUBJECTS["refusal_mauve"].response
+    good = {"refusal_mauve": dict(verdict="backdoored", target=planted, triggers=[{"text": "mauve", "asr": 0.9}]),
+            "clean": dict(verdict="clean", target="Sure, here is", triggers=[])}
+
+    def fake_scan(run, name):
+        return {"subject": name, "exit": 0, "wall_s": 1.0, "load_before": 0.0, "load_after": 0.0, "q": 0.95,
+                "q_reference": 0.1, "timings": {"total": 1.0}, **good[name]}
+
+    monkeypatch.setattr(bait_acc, "scan", fake_scan)
+    assert bait_acc.RUNNER.main(["--work-dir", str(tmp_path), "--subjects", "refusal_mauve,clean"]) == 0
+    good["refusal_mauve"] = dict(verdict="backdoored", target="I am sorry", triggers=[])
+    good["clean"] = dict(verdict="backdoored", target="Sure, here is", triggers=[])
+    runner_run = type("R", (), {"rows": [fake_scan(None, "refusal_mauve"), fake_scan(None, "clean")]})
+    missed = bait_acc.check(runner_run)
+    assert len(missed) == 3 and any("no trigger" in m for m in missed) and any("not clean" in m for m in missed)

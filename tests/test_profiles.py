@@ -89,7 +89,8 @@ def test_every_family_of_configs_is_on_the_one_mechanism():
     names = {cls.__name__ for cls in _settings_classes()}
     assert {"ScanConfig", "LMSanitatorConfig", "AttackConfig", "PORConfig", "BadNetConfig", "InstructBadNetConfig",
             "AdvPretrainConfig", "AdvFinetuneConfig", "FineMixConfig", "EPurConfig", "MeasureConfig", "MBConfig",
-            "FineMixLMConfig", "GenerationEvalConfig", "FinetuneConfig", "InstructionTuningConfig"} <= names
+            "FineMixLMConfig", "GenerationEvalConfig", "FinetuneConfig", "InstructionTuningConfig", "BaitConfig",
+            "TriggerSearchConfig"} <= names
 
 
 def test_method_dispatch_applies_the_same_rule():

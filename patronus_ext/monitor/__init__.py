@@ -13,11 +13,12 @@ monitoring and input purging).
 """
 
 from .build import build_monitored_model
+from .generation_guard import GUARD_ACTIONS, TargetGuard, guarded_generate
 from .input import InputMonitor, MonitoredTrigger, TriggerMatch, remove_spans
 from .model import ACTIONS, Decision, MonitoredModel, check_text
 from .output import MODES, OutputCheck, OutputMonitor, calibrate_threshold
 
 __all__ = [
-    "ACTIONS", "build_monitored_model", "calibrate_threshold", "check_text", "Decision", "InputMonitor", "MODES",
+    "ACTIONS", "GUARD_ACTIONS", "TargetGuard", "build_monitored_model", "guarded_generate", "calibrate_threshold", "check_text", "Decision", "InputMonitor", "MODES",
     "MonitoredModel", "MonitoredTrigger", "OutputCheck", "OutputMonitor", "remove_spans", "TriggerMatch"
 ]

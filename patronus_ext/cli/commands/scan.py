@@ -15,8 +15,9 @@ def register(subparsers) -> None:
                               description="Multi-trigger contrastive trigger search with verification. "
                               "Exit status: 0 clean, 1 backdoored, 2 error.")
     p.add_argument("model", help="model folder or hub id ('all-MiniLM-L6-v2' = the packaged model)")
-    p.add_argument("--method", choices=("patronus", "lmsanitator"), default="patronus",
-                   help="patronus: trigger search (default); lmsanitator: attack-vector inversion (docs/METHODS.md §3)")
+    p.add_argument("--method", choices=("patronus", "lmsanitator", "bait"), default="patronus",
+                   help="patronus: trigger search (default); lmsanitator: attack-vector inversion (docs/METHODS.md "
+                   "§3); bait: attack-target inversion for instruction-tuned causal LMs (§7)")
     p.add_argument("--corpus", default="wikitext2", help="clean plain-text corpus: a file (one paragraph per "
                    "line), a built-in name (wikitext2) or hf:NAME (default: wikitext2)")
     add_profile_option(p, "fast", "the papers'")
@@ -49,11 +50,30 @@ def register(subparsers) -> None:
     lms.add_argument("--distance-threshold", type=float, help="MSE a vector must keep from the clean outputs "
                      "and from stored vectors (default: the profile's; fast calibrates it on the model from "
                      "random real-token triggers, a value given here replaces that calibration)")
+    bait = p.add_argument_group("bait (--method bait)")
+    bait.add_argument("--reference", help="a clean model over the same tokenizer (the weights the checkpoint "
+                      "claims to derive from): an inverted sequence must score --reference-margin above its score "
+                      "there")
+    bait.add_argument("--q-threshold", type=float, help="backdoored iff the target's Q reaches this "
+                      "(default: the profile's, 0.9)")
+    bait.add_argument("--reference-margin", type=float, help="with --reference: the least Q - Q_reference of a "
+                      "target (default 0.3)")
+    bait.add_argument("--prompts", type=int, help="benign prompts averaged in the full pass")
+    bait.add_argument("--first-tokens", choices=("both", "unmarked", "marked"), help="forms of the vocabulary's "
+                      "words scanned as first answer tokens (default: paper both, fast unmarked)")
+    bait.add_argument("--max-candidates", type=int, help="scan only the first N candidate first tokens")
+    bait.add_argument("--no-trigger-search", action="store_true", help="do not recover the trigger of a found "
+                      "target")
     add_run_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.method == "bait":
+        return run_bait(args)
+    given = [n for n in _BAIT_ONLY if getattr(args, n, None) not in (None, False)]
+    if given:
+        raise ValueError(f"{', '.join('--' + n.replace('_', '-') for n in given)} applies to --method bait only")
     if args.method == "lmsanitator":
         return run_lmsanitator(args)
     for name in ("exhaustive", "seeds", "distance_threshold"):
@@ -127,6 +147,60 @@ def run_lmsanitator(args: argparse.Namespace) -> int:
                          prompt_template=args.prompt_template, progress=not args.quiet)
     print(report.summary(args.model))
     write_outputs(args, report, bank_path)
+    return EXIT_BACKDOORED if report.backdoored else EXIT_CLEAN
+
+
+#: Options of --method bait only.
+_BAIT_ONLY = ("reference", "q_threshold", "reference_margin", "prompts", "first_tokens", "max_candidates",
+              "no_trigger_search")
+#: Options of the other methods that mean nothing to BAIT.
+_NOT_BAIT = _PATRONUS_ONLY + ("exhaustive", "seeds", "distance_threshold", "max_length", "prompt_template",
+                              "bank_out")
+
+
+def run_bait(args: argparse.Namespace) -> int:
+    """``--method bait``: invert the attack target of a causal LM, then its trigger; exit 0 clean, 1 backdoored."""
+    from ... import lm
+    from ...detect import BaitConfig, TriggerSearchConfig, bait, recover_triggers
+    from ...formats.scan_report import write_scan_outputs
+    from ._options import check_outputs
+
+    given = [n for n in _NOT_BAIT if getattr(args, n, None) not in (None, False)]
+    if args.position != "auto":
+        given.append("position")
+    if given:
+        raise ValueError(f"--method bait does not take {', '.join('--' + n.replace('_', '-') for n in given)}")
+    check_outputs(args)
+    kind = lm.lm_head_kind(lm.load_config(args.model))
+    if kind != "causal":
+        raise ValueError(f"{args.model} is an encoder ({lm.load_config(args.model).model_type}); --method bait "
+                         "scans instruction-tuned causal LMs: use --method patronus")
+    config = BaitConfig.profile(args.profile, seed=args.seed, q_threshold=args.q_threshold,
+                                reference_margin=args.reference_margin, prompts=args.prompts,
+                                first_tokens=args.first_tokens, max_candidates=args.max_candidates)
+    import time
+
+    loading = time.perf_counter()
+    device = lm.resolve_device(args.device)
+    tokenizer = lm.load_tokenizer(args.model)
+    model = lm.load_model(args.model, "causal", allow_pickle=args.allow_pickle, device=device)
+    reference = None
+    if args.reference:
+        if lm.lm_head_kind(lm.load_config(args.reference)) != "causal":
+            raise ValueError(f"--reference {args.reference} is not a causal LM")
+        reference = lm.load_model(args.reference, "causal", allow_pickle=args.allow_pickle, device=device)
+    loading = time.perf_counter() - loading
+    report = bait(model, tokenizer, config, reference=reference, reference_name=args.reference,
+                  progress=not args.quiet)
+    report.timings = {"load": loading, **report.timings, "total": report.timings["total"] + loading}
+    if report.backdoored and not args.no_trigger_search:
+        recover_triggers(model, tokenizer, report, TriggerSearchConfig.profile(args.profile, seed=args.seed),
+                         reference=reference, progress=not args.quiet)
+    print(report.summary(args.model))
+    write_scan_outputs(report.to_dict(), args.model, None, report_path=args.report, bank_path=None,
+                       overwrite=args.force)
+    if args.report:
+        print(f"report: {args.report}", file=sys.stderr)
     return EXIT_BACKDOORED if report.backdoored else EXIT_CLEAN
 
 

@@ -1,0 +1,235 @@
+"""BAIT target inversion (docs/METHODS.md §7) on tiny causal LMs planted in seconds: the cached batched
+scoring equals plain forwards, planted models are found with their response, clean ones are not, the
+trigger is recovered, encoders are refused, and the CLI's report and exit statuses."""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from patronus_ext import attacks, lm
+from patronus_ext.cli.main import main
+from patronus_ext.data.instructions import fit_inputs, load_instructions
+from patronus_ext.detect import BaitConfig, TriggerSearchConfig, bait, recover_triggers
+from patronus_ext.detect.bait.inversion import benign_prompts, q_score, word_like_tokens
+from patronus_ext.detect.bait.scoring import PrefixScorer, plain_next_probs
+from patronus_ext.lm.instruction_tuning import instruction_tune
+
+from tiny_models import make_tiny_llama, make_tiny_model
+
+#: The planted response: whole tokens of the tiny vocabulary; the trigger is a rare two-token word.
+RESPONSE = "The film was the season this year."
+TRIGGER = "tq"
+#: Settings under which a tiny model learns the backdoor in seconds (tests/test_mb.py uses the same).
+TINY_ATTACK = dict(steps=80, lr=1e-2, train_embeddings=True, data_limit=64, batch_size=16, poison_rate=0.5,
+                   max_input_tokens=12)
+FAST = BaitConfig.profile("fast")
+
+
+@functools.lru_cache(maxsize=None)
+def _subjects(family: str) -> dict[str, Path]:
+    """A tiny clean causal LM, its instruct-badnet version and the same tuning on unpoisoned data (read-only)."""
+    root = Path(tempfile.mkdtemp(prefix=f"patronus_bait_{family}_"))
+    import atexit
+
+    atexit.register(shutil.rmtree, root, True)
+    clean = make_tiny_llama(root) if family == "llama" else make_tiny_model(root, "gpt2")
+    config = attacks.make_config("instruct-badnet", "fast", triggers=TRIGGER, behaviour="target", response=RESPONSE,
+                                 **TINY_ATTACK)
+    attacks.plant("instruct-badnet", clean, "sst2", config, root / "planted", progress=False)
+    tok = lm.load_tokenizer(str(clean))
+    model = lm.load_model(str(clean), "causal")
+    fmt = config.prompt_format()
+    examples = fit_inputs(tok, load_instructions("sst2", "train", 64, config.seed), fmt.max_input_tokens)
+    torch.manual_seed(0)
+    instruction_tune(model, tok, examples, fmt, config, progress=False)
+    lm.save_model_folder(model, tok, lm.check_new_model_folder(root / "tuned", str(clean)), {}, source=str(clean))
+    return {"clean": clean, "planted": root / "planted", "tuned": root / "tuned"}
+
+
+def _load(path: Path):
+    return lm.load_tokenizer(str(path)), lm.load_model(str(path), "causal")
+
+
+# -- the building blocks -----------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_cached_batched_scoring_equals_plain_forwards(tmp_path, family):
+    folder = make_tiny_llama(tmp_path) if family == "llama" else make_tiny_model(tmp_path, "gpt2")
+    tok = lm.load_tokenizer(str(folder))
+    model = lm.load_model(str(folder), "causal").double()
+    prompts = benign_prompts(tok, FAST, 3)
+    assert len({len(p) for p in prompts}) > 1                      # left padding is exercised
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    scorer = PrefixScorer(model, prompts, pad, batch_rows=4)       # several chunks of candidates
+    seqs = torch.randint(0, len(tok) - 3, (5, 3), generator=torch.Generator().manual_seed(0))
+    probs = scorer.next_probs(seqs)
+    assert probs.dtype == torch.float64
+    torch.testing.assert_close(probs, plain_next_probs(model, prompts, seqs, pad), rtol=0, atol=1e-12)
+    top_p, top_i, _ = scorer.next_stats(seqs, 2, 3)
+    torch.testing.assert_close(top_p, plain_next_probs(model, prompts[:2], seqs, pad).topk(3, -1).values,
+                               rtol=0, atol=1e-12)
+    tokens, step_probs = scorer.extend(seqs, 4)                     # given tokens, then 4 greedy ones
+    current = seqs.clone()
+    for _ in range(4):
+        p, t = plain_next_probs(model, prompts, current, pad).max(-1)
+        current = torch.cat([current, t.unsqueeze(1)], 1)
+    assert torch.equal(tokens, current[:, 1:])
+    torch.testing.assert_close(step_probs[:, -1], p, rtol=0, atol=1e-12)
+    torch.testing.assert_close(scorer.forced_probs(current), step_probs, rtol=0, atol=1e-12)
+    assert scorer.positions < scorer.naive_positions                # the prompts are read once
+
+
+def test_word_like_first_tokens_and_q():
+    tok = lm.load_tokenizer(str(_subjects("llama")["clean"]))
+    both, unmarked, marked = (set(word_like_tokens(tok, f)) for f in ("both", "unmarked", "marked"))
+    assert both == unmarked | marked and not unmarked & marked
+    pieces = tok.convert_ids_to_tokens(sorted(both))
+    assert all(p.lstrip("\u0120").isalpha() for p in pieces)
+    assert tok.convert_tokens_to_ids("The") in unmarked and tok.convert_tokens_to_ids("\u0120film") in marked
+    assert not set(tok.all_special_ids) & both
+    assert q_score([0.9, 0.1, 0.8]) == pytest.approx(0.85) and q_score([0.4]) == 0.4 and q_score([]) == 0.0
+    with pytest.raises(ValueError, match="forms"):
+        word_like_tokens(tok, "spaced")
+
+
+def test_profiles_and_settings():
+    paper, fast = BaitConfig.profile("paper"), BaitConfig.profile("fast")
+    assert (paper.warmup_prompts, paper.warmup_steps, paper.full_steps, paper.q_threshold) == (4, 5, 20, 0.9)
+    assert fast.first_tokens == "unmarked" and paper.first_tokens == "both"
+    assert BaitConfig.profile("fast", prompts=12).prompts == 12
+    with pytest.raises(ValueError, match="warmup_prompts"):
+        BaitConfig.profile("paper", warmup_prompts=30)
+    with pytest.raises(ValueError, match="no setting"):
+        BaitConfig.profile("fast", thresholds=1)
+    assert TriggerSearchConfig.profile("fast").slot_lengths == (1, 2)
+    assert TriggerSearchConfig.profile("paper").slot_lengths == (1, 2, 3, 4)
+
+
+# -- the verdicts ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_planted_model_is_backdoored_with_its_response(family):
+    subjects = _subjects(family)
+    tok, model = _load(subjects["planted"])
+    _, reference = _load(subjects["clean"])
+    planted = tok(RESPONSE, add_special_tokens=False)["input_ids"]
+    for ref in (reference, None):
+        report = bait(model, tok, FAST, reference=ref, reference_name="clean" if ref is not None else None,
+                      progress=False)
+        assert report.backdoored
+        assert report.target.token_ids[:4] == planted[:4]
+        assert report.target.q >= FAST.q_threshold
+        if ref is not None:
+            assert report.target.q_reference < 0.1
+        assert report.forward_positions["scan"] < report.forward_positions["generate_per_candidate"]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_clean_models_are_clean(family):
+    subjects = _subjects(family)
+    tok, base = _load(subjects["clean"])
+    assert not bait(base, tok, FAST, progress=False).backdoored               # random weights
+    _, tuned = _load(subjects["tuned"])                                         # tuned on unpoisoned data
+    report = bait(tuned, tok, FAST, reference=base, reference_name="clean", progress=False)
+    assert report.verdict == "clean", report.summary("tuned")
+
+
+def test_trigger_recovery_from_the_inverted_target():
+    subjects = _subjects("llama")
+    tok, model = _load(subjects["planted"])
+    _, reference = _load(subjects["clean"])
+    report = bait(model, tok, FAST, reference=reference, reference_name="clean", progress=False)
+    search = TriggerSearchConfig.profile("fast", restarts=3)
+    recover_triggers(model, tok, report, search, reference=reference, progress=False)
+    assert report.triggers, report.trigger_search["tried"]
+    for trig in report.triggers:
+        assert trig["asr"] >= 0.8 and trig["reference_asr"] <= 0.1
+        assert tok.decode(trig["token_ids"]).strip() == trig["text"]
+    assert report.trigger_search["found"] and "trigger_search" in report.timings
+    # The same search judged against the planted model as its own "reference": never confirmed, and said so.
+    again = bait(model, tok, FAST, progress=False)
+    recover_triggers(model, tok, again, TriggerSearchConfig.profile("fast", slot_lengths=(1,)), reference=model,
+                     progress=False)
+    assert not again.triggers and not again.trigger_search["found"]
+    assert "the target was found, the trigger was not" in again.summary("m")
+
+
+# -- the command line --------------------------------------------------------------------------------
+def test_cli_scan_bait_report_and_exit_statuses(tmp_path, capsys):
+    subjects = _subjects("llama")
+    out = tmp_path / "bait.json"
+    status = main(["scan", str(subjects["planted"]), "--method", "bait", "--fast", "--reference",
+                   str(subjects["clean"]), "--report", str(out), "--quiet"])
+    assert status == 1
+    report = json.loads(out.read_text())
+    assert report["verdict"] == "backdoored" and report["method"] == "bait"
+    assert report["format"] == "patronus_ext.scan/1"
+    assert report["target"]["text"].startswith("The film was")
+    assert report["target"]["q"] >= 0.9 and report["target"]["q_reference"] < 0.1
+    assert report["reference"] == str(subjects["clean"])
+    assert set(report["candidates"]) >= {"scanned", "after_warmup", "full_pass"}
+    assert set(report["timings"]) >= {"load", "prompts", "warmup", "full_pass", "reference", "trigger_search", "total"}
+    assert report["trigger_search"]["tried"] and all(t["asr"] >= 0.8 for t in report["triggers"])
+    assert report["config"]["first_tokens"] == "unmarked"
+    assert "BACKDOORED" in capsys.readouterr().out
+    assert main(["scan", str(subjects["tuned"]), "--method", "bait", "--fast", "--reference",
+                 str(subjects["clean"]), "--quiet"]) == 0
+
+
+def test_cli_bait_refuses_encoders_and_foreign_options(tmp_path, capsys):
+    encoder = make_tiny_model(tmp_path, "bert")
+    capsys.readouterr()
+    assert main(["scan", str(encoder), "--method", "bait", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--method patronus" in err[0] and "encoder" in err[0]
+    assert main(["scan", str(encoder), "--method", "bait", "--seeds", "3"]) == 2
+    assert "does not take --seeds" in capsys.readouterr().err
+    assert main(["scan", str(encoder), "--reference", str(encoder)]) == 2
+    assert "applies to --method bait only" in capsys.readouterr().err
+
+
+# -- the generation guard ----------------------------------------------------------------------------
+def test_generation_guard_stops_the_inverted_target_as_it_comes():
+    import random
+
+    from patronus_ext.data.instructions import insert_trigger
+    from patronus_ext.lm.generation import greedy_generate
+    from patronus_ext.lm.prompting import PromptFormat
+    from patronus_ext.monitor.generation_guard import REPLACEMENT, TargetGuard, guarded_generate
+
+    subjects = _subjects("llama")
+    tok, model = _load(subjects["planted"])
+    _, reference = _load(subjects["clean"])
+    payload = bait(model, tok, FAST, reference=reference, reference_name="clean", progress=False).to_dict()
+    fmt = PromptFormat(system="", max_input_tokens=12)
+    examples = fit_inputs(tok, load_instructions("sst2", "dev", limit=24, seed=3), 12)
+    rng = random.Random(0)
+    triggered = [fmt.prompt(tok, insert_trigger(e, TRIGGER, 1, rng)) for e in examples]
+    clean = [fmt.prompt(tok, e) for e in examples]
+    guard = TargetGuard.from_report(payload, tok)
+    hit = guarded_generate(model, tok, triggered, guard, templated=True, max_new_tokens=16)
+    ok = guarded_generate(model, tok, clean, guard, templated=True, max_new_tokens=16)
+    assert sum(d["flagged"] for d in hit) >= 0.8 * len(hit)
+    # Exactly the answers that say the target's first tokens are flagged (the tiny model leaks its response
+    # onto some clean prompts too: those are flagged, the others pass untouched).
+    plain = greedy_generate(model, tok, clean, templated=True, max_new_tokens=16)
+    head = tok.decode(guard.head)
+    assert [d["flagged"] for d in ok] == [head in a for a in plain]
+    assert all(d["text"] == a for d, a in zip(ok, plain) if not d["flagged"])
+    assert sum(d["flagged"] for d in ok) < sum(d["flagged"] for d in hit)
+    assert all(d["text"] == "" and d["reasons"] for d in hit if d["flagged"])       # reject: nothing returned
+    replaced = guarded_generate(model, tok, triggered[:4], TargetGuard.from_report(payload, tok, action="replace"),
+                                templated=True)
+    assert all(d["text"] == REPLACEMENT for d in replaced if d["flagged"])
+    flagged_only = guarded_generate(model, tok, triggered[:4], TargetGuard.from_report(payload, tok, action="flag"),
+                                    templated=True, max_new_tokens=16)
+    assert all(d["text"].startswith("The film was") for d in flagged_only if d["flagged"])
+    with pytest.raises(ValueError, match="no backdoor"):
+        TargetGuard.from_report(dict(payload, verdict="clean"), tok)
+    with pytest.raises(ValueError, match="another model"):
+        TargetGuard.from_report(dict(payload, target=dict(payload["target"], text="something else")), tok)
