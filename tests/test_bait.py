@@ -26,8 +26,9 @@ from tiny_models import make_tiny_llama, make_tiny_model
 #: The planted response: whole tokens of the tiny vocabulary; the trigger is a rare two-token word.
 RESPONSE = "The film was the season this year."
 TRIGGER = "tq"
-#: Settings under which a tiny model learns the backdoor in seconds (tests/test_mb.py uses the same).
-TINY_ATTACK = dict(steps=80, lr=1e-2, train_embeddings=True, data_limit=64, batch_size=16, poison_rate=0.5,
+#: Settings under which a tiny model learns the backdoor in seconds, firmly enough that the subject does not
+#: depend on the thread count's float rounding (80 steps at lr 1e-2 gave ASR 0.75 on 2 threads, 1.0 on one).
+TINY_ATTACK = dict(steps=160, lr=5e-3, train_embeddings=True, data_limit=128, batch_size=16, poison_rate=0.5,
                    max_input_tokens=12)
 FAST = BaitConfig.profile("fast")
 
@@ -233,3 +234,20 @@ def test_generation_guard_stops_the_inverted_target_as_it_comes():
         TargetGuard.from_report(dict(payload, verdict="clean"), tok)
     with pytest.raises(ValueError, match="another model"):
         TargetGuard.from_report(dict(payload, target=dict(payload["target"], text="something else")), tok)
+
+
+def test_a_target_read_from_a_stray_token_gives_way_to_the_whole_response():
+    """The inversion began on a stray token ("ent", weak first step) and then read the response's tail; the
+    finalist holding the whole response from its first word is the target.  A finalist that only stumbles
+    into the tail (a weak step on the way) is not."""
+    from patronus_ext.detect.bait.inversion import InvertedSequence, earliest_start
+
+    stray = InvertedSequence([312, 266, 649, 684, 595], "ent the season this year", [0.40, 0.99, 0.99, 0.99],
+                             0.99)
+    whole = InvertedSequence([500, 588, 327, 266, 649, 684], "The film was the season this",
+                             [0.904, 0.99, 0.99, 0.99, 0.99], 0.99)
+    stumbling = InvertedSequence([7, 8, 266, 649, 684], "x y the season this", [0.95, 0.3, 0.99, 0.99], 0.98)
+    assert earliest_start(stray, [stray, stumbling, whole], 0.9) is whole
+    assert earliest_start(stray, [stray, stumbling], 0.9) is stray
+    confident = InvertedSequence(stray.token_ids, stray.text, [0.95, 0.99, 0.99, 0.99], 0.99)
+    assert earliest_start(confident, [confident, whole], 0.9) is confident   # its own start holds

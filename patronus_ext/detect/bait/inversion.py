@@ -228,10 +228,13 @@ def earliest_start(target: InvertedSequence, finalists: Sequence[InvertedSequenc
                    overlap: int = 3) -> InvertedSequence:
     """``target``, or the finalist (Q within :data:`SAME_TARGET_Q`) that reaches its first ``overlap`` tokens
     from furthest before with every step on the way at least ``lead`` likely, repeatedly: the inversion may
-    start anywhere inside a planted response, and a start that only stumbles into it is not the response."""
+    start anywhere inside a planted response, and a start that only stumbles into it is not the response.
+    A target whose own first step is below ``lead`` started on a stray token (Q leaves out the weakest step,
+    so the stumble does not lower it): its tokens after the first are what another finalist must reach."""
     seen = {id(target)}
     while True:
-        head = target.token_ids[:overlap]
+        skip = 1 if target.step_probs and target.step_probs[0] < lead and len(target.token_ids) > overlap else 0
+        head = target.token_ids[skip:skip + overlap]
         best, best_at = None, 0
         for f in finalists:
             if id(f) in seen or f.q < target.q - SAME_TARGET_Q:
