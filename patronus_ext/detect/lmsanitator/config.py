@@ -31,6 +31,16 @@ Where the numbers come from
   mean MSEs to the clean outputs (``distance_threshold`` is then unused): a vector has appeared
   when a soft trigger moves the outputs several times farther than arbitrary real tokens do.
   The calibration and the threshold used are in the report (``model.distance``).
+* ``seed_batch`` (``fast``: 4; ``paper``: 1, the authors' one seed after another): seeds whose soft
+  triggers are optimised together as one ``[S, t, d]`` batch -- one forward and backward pass over
+  ``S x B`` rows per step, Adam per seed (each its own lr boost and give-up).  A seed's run does not
+  depend on its group (the text order is per epoch, not per seed); only the repulsion term sees
+  fewer stored PVs (those of earlier groups).  On MiniLM, 1 thread, 4 seeds together cost 0.37 s per
+  seed-step against 0.65 s alone (benchmarks/LMSANITATOR_RESULTS.md).
+* ``dedupe_agreement`` (0.8): PVs are judged in seed order; one whose signs agree with an already
+  kept PV's on more than this share of hidden units is a duplicate (the paper de-duplicates its
+  exhaustive bank by sign agreement; 0.8 is the output monitor's own sign rule, so a bank holding
+  either vector flags the other's outputs anyway).
 """
 
 from __future__ import annotations
@@ -53,7 +63,7 @@ class LMSanitatorConfig(Settings):
     #: 0.2).  ``fast``: a 2-core CPU and a MiniLM-sized model: 256 lines of <= 48 tokens, batch 16, 3 epochs,
     #: 8 seeds, a larger base lr (fewer steps to move the trigger); see benchmarks/LMSANITATOR_RESULTS.md.
     PROFILES = {"fast": dict(batch_size=16, epochs=3, corpus_limit=256, max_length=48, max_words=40, lr=2e-3,
-                             seeds=8, entropy_relative=0.05, distance_relative=3.0)}
+                             seeds=8, seed_batch=4, entropy_relative=0.05, distance_relative=3.0)}
 
     trigger_len: int = 7              # soft tokens in the trigger T [trigger_len, d]
     batch_size: int = 32              # B; also sets the entropy bound ln B - entropy_slack
@@ -74,13 +84,16 @@ class LMSanitatorConfig(Settings):
     entropy_slack: float = 0.02       # accept iff Ent >= ln B - slack, slack <= entropy_slack ...
     entropy_relative: float | None = None  # ... and <= entropy_relative x (ln B - Ent(clean outputs)) when set
     range_factor: float = 1.2         # accept iff T lies within range_factor x [min E, max E]
-    seeds: int = 30                   # seeds tried (detection mode stops at the first accepted PV)
+    seeds: int = 30                   # seeds tried (detection mode stops after the first group with an accepted PV)
+    seed_batch: int = 1               # seeds optimised together in one [S, t, d] batch (one forward for all)
+    dedupe_agreement: float = 0.8     # a PV whose signs agree with a kept PV's on more than this share is a duplicate
     first_seed: int = 1
     mode: str = "detection"           # detection | exhaustive
     seed: int = 0                     # shuffling and insertion positions
 
     def __post_init__(self):
-        for name in ("trigger_len", "batch_size", "epochs", "corpus_limit", "max_length", "max_insert", "seeds"):
+        for name in ("trigger_len", "batch_size", "epochs", "corpus_limit", "max_length", "max_insert", "seeds",
+                     "seed_batch"):
             check_int(f"LMSanitatorConfig.{name}", getattr(self, name))
         check_int("LMSanitatorConfig.batch_size", self.batch_size, 2)  # an entropy over the batch needs 2 rows
         check_int("LMSanitatorConfig.give_up_epoch", self.give_up_epoch, 0)
@@ -98,6 +111,7 @@ class LMSanitatorConfig(Settings):
                     high_open=True, optional=True)
         check_int("LMSanitatorConfig.distance_draws", self.distance_draws)
         check_range("LMSanitatorConfig.range_factor", self.range_factor, 0.0, math.inf, low_open=True, high_open=True)
+        check_range("LMSanitatorConfig.dedupe_agreement", self.dedupe_agreement, 0.5, 1.0)
         check_choice("LMSanitatorConfig.mode", self.mode, MODES)
         if self.max_length <= self.trigger_len + 2:
             raise ValueError(f"LMSanitatorConfig.max_length ({self.max_length}) leaves no room for text beside "
