@@ -286,7 +286,8 @@ def test_seeds_optimised_in_one_batch_match_the_per_seed_loop():
     """A user's bank must not depend on how many seeds ran together: S triggers in one [S, t, d] batch end
     where each seed ends alone (torch.optim.Adam, its own lr boost), within float tolerance."""
     # converge_grad 1e-6: the boost ends at a different step per seed; threshold ~0: every seed "appears".
-    config = TINY.replace(batch_size=8, epochs=2, lr=1e-3, converge_grad=1e-6, distance_threshold=1e-12)
+    config = TINY.replace(batch_size=8, epochs=2, lr=1e-3, converge_grad=1e-6, distance_threshold=1e-12,
+                          group_repel=False)
     inv = _tiny_inversion(config)
     seeds = [1, 2, 3]
     batched = _optimise(inv, seeds, [], config, None)
@@ -307,6 +308,11 @@ def test_seeds_optimised_in_one_batch_match_the_per_seed_loop():
         v, d, e = inv.final_pass(triggers[j])
         torch.testing.assert_close(vectors[j], v, rtol=1e-4, atol=1e-5)
         assert distances[j] == pytest.approx(d, rel=1e-4) and entropies[j] == pytest.approx(e, rel=1e-4)
+    # With group repulsion a seed is pushed off what the seeds before it in its group hold: the first seed
+    # runs as alone, the later ones do not.
+    repelled = _optimise(inv, seeds, [], config.replace(group_repel=True, repel_weight=5.0), None)
+    torch.testing.assert_close(repelled[0].trigger, batched[0].trigger, rtol=1e-3, atol=1e-5)
+    assert not torch.allclose(repelled[2].trigger, batched[2].trigger, rtol=1e-3, atol=1e-5)
 
 
 def _candidate(seed, vector, distance=1.0, entropy=2.77, bound=2.76, ratio=0.5, appeared=True):

@@ -37,10 +37,13 @@ Where the numbers come from
   depend on its group (the text order is per epoch, not per seed); only the repulsion term sees
   fewer stored PVs (those of earlier groups).  On MiniLM, 1 thread, 4 seeds together cost 0.37 s per
   seed-step against 0.65 s alone (benchmarks/LMSANITATOR_RESULTS.md).
-* ``dedupe_agreement`` (0.8): PVs are judged in seed order; one whose signs agree with an already
-  kept PV's on more than this share of hidden units is a duplicate (the paper de-duplicates its
-  exhaustive bank by sign agreement; 0.8 is the output monitor's own sign rule, so a bank holding
-  either vector flags the other's outputs anyway).
+* ``dedupe_agreement`` (0.8): PVs are judged in seed order; besides the authors' uniqueness rule
+  (MSE to every kept PV at least the distance threshold), one whose signs agree with a kept PV's on
+  more than this share of hidden units is a duplicate: 0.8 is the output monitor's own sign rule,
+  so a bank holding either vector flags the other's outputs anyway.
+* ``group_repel`` (on): within a group, seed ``a``'s repulsion term also sees the current mean
+  outputs of the seeds before it (as constants, like stored PVs), the batched counterpart of the
+  authors' sequential seeds, each repelled from the PVs stored before it.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class LMSanitatorConfig(Settings):
     converge_grad: float = 5e-3
     diversity_weight: float = 1.0     # weight of -Ent(o)
     repel_weight: float = 0.5         # weight of -MSE(o, p*), p* the nearest stored PV
+    group_repel: bool = True          # ... or the current mean output of an earlier seed of the same group
     give_up_epoch: int = 1            # abandon a seed when no vector appeared by the end of this epoch (0-based)
     distance_threshold: float = 0.1   # MSE: "a vector appeared" and "far from the stored PVs"
     distance_relative: float | None = None  # set: threshold = this x the MSE random real-token triggers cause

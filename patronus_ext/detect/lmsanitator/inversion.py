@@ -339,6 +339,26 @@ def sign_agreement(vector: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     return (torch.sign(vector).unsqueeze(0) == torch.sign(bank)).float().mean(1)
 
 
+def _repulsion(o: torch.Tensor, bank: torch.Tensor | None, group: bool) -> torch.Tensor:
+    """``MSE(o_a, p*_a)`` per seed ``[A]``, ``p*_a`` the nearest anchor of seed ``a``: the stored PVs, and with
+    ``group`` the current mean outputs of the seeds before ``a`` in its group (constants, as stored PVs are),
+    so that a later seed of a group is pushed off the basin an earlier one holds.  0 for a seed without one."""
+    count = o.shape[0]
+    with torch.no_grad():
+        parts, allowed = [], []
+        if bank is not None:
+            parts.append(bank)
+            allowed.append(torch.ones(count, bank.shape[0], dtype=torch.bool, device=o.device))
+        if group:
+            parts.append(o.mean(1))
+            allowed.append(torch.ones(count, count, device=o.device).tril(-1).bool())   # seeds before a only
+        anchors, allowed = torch.cat(parts), torch.cat(allowed, 1)                 # [N, d], [A, N]
+        mse = ((o.unsqueeze(1) - anchors[None, :, None]) ** 2).mean((2, 3))       # [A, N]
+        mse = mse.masked_fill(~allowed, math.inf)
+        nearest, has = mse.argmin(1), allowed.any(1)
+    return ((o - anchors[nearest].unsqueeze(1)) ** 2).mean((1, 2)) * has
+
+
 def _optimise(inv: _Inversion, seeds: Sequence[int], stored: list[torch.Tensor], config: LMSanitatorConfig,
               progress) -> list[PVCandidate]:
     """Optimise the soft triggers of ``seeds`` together, ``[S, t, d]``: one forward and backward pass per batch
@@ -370,10 +390,8 @@ def _optimise(inv: _Inversion, seeds: Sequence[int], stored: list[torch.Tensor],
             distance = ((o - inv.clean[idx].unsqueeze(0)) ** 2).mean((1, 2))  # [A]
             entropy = batch_entropy(o)                                         # [A]
             loss = -distance - config.diversity_weight * entropy
-            if bank is not None and config.repel_weight > 0:
-                with torch.no_grad():
-                    nearest = ((o.unsqueeze(1) - bank[None, :, None]) ** 2).mean((2, 3)).argmin(1)   # [A]
-                loss = loss - config.repel_weight * ((o - bank[nearest].unsqueeze(1)) ** 2).mean((1, 2))
+            if config.repel_weight > 0 and (bank is not None or (config.group_repel and len(active) > 1)):
+                loss = loss - config.repel_weight * _repulsion(o, bank, config.group_repel)
             (grad,) = torch.autograd.grad(loss.sum(), param)  # seed a's loss depends on its own trigger only
             with torch.no_grad():
                 peak = grad.flatten(1).abs().max(1).values
