@@ -313,6 +313,9 @@ def test_seeds_optimised_in_one_batch_match_the_per_seed_loop():
     repelled = _optimise(inv, seeds, [], config.replace(group_repel=True, repel_weight=5.0), None)
     torch.testing.assert_close(repelled[0].trigger, batched[0].trigger, rtol=1e-3, atol=1e-5)
     assert not torch.allclose(repelled[2].trigger, batched[2].trigger, rtol=1e-3, atol=1e-5)
+    # repel_epochs=0: no repulsion at all, the plain batched run again.
+    free = _optimise(inv, seeds, [], config.replace(group_repel=True, repel_weight=5.0, repel_epochs=0), None)
+    torch.testing.assert_close(free[2].trigger, batched[2].trigger, rtol=1e-3, atol=1e-5)
 
 
 def _candidate(seed, vector, distance=1.0, entropy=2.77, bound=2.76, ratio=0.5, appeared=True):
@@ -344,6 +347,14 @@ def test_judging_dedupes_by_sign_agreement_and_rejects_failed_checks():
     assert "embedding range" in records[5].reason
     assert records[6].reason.startswith("abandoned")
     assert sign_agreement(base, torch.stack([copy, other])).tolist() == pytest.approx([0.9, 0.5])
+    # A distinct vector (half the signs differ) that lies close in MSE: the authors' MSE rule drops it,
+    # the sign rule alone keeps it (the monitor would not flag its outputs with the first vector).
+    near = torch.where(torch.arange(20) % 2 == 0, base, -base) * 0.1 + base * 0.05
+    for by_distance, kept_seeds in ((True, [1]), (False, [1, 2])):
+        kept = []
+        pair = [_candidate(1, base * 0.1), _candidate(2, near)]
+        _judge(pair, kept, 0.1, TINY.replace(dedupe_distance=by_distance))
+        assert [r.seed for r in kept] == kept_seeds, pair[1].reason
 
 
 @tiny_models.needs_full_sst2

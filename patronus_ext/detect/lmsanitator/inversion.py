@@ -390,7 +390,8 @@ def _optimise(inv: _Inversion, seeds: Sequence[int], stored: list[torch.Tensor],
             distance = ((o - inv.clean[idx].unsqueeze(0)) ** 2).mean((1, 2))  # [A]
             entropy = batch_entropy(o)                                         # [A]
             loss = -distance - config.diversity_weight * entropy
-            if config.repel_weight > 0 and (bank is not None or (config.group_repel and len(active) > 1)):
+            repel = config.repel_weight > 0 and (config.repel_epochs is None or epoch < config.repel_epochs)
+            if repel and (bank is not None or (config.group_repel and len(active) > 1)):
                 loss = loss - config.repel_weight * _repulsion(o, bank, config.group_repel)
             (grad,) = torch.autograd.grad(loss.sum(), param)  # seed a's loss depends on its own trigger only
             with torch.no_grad():
@@ -465,7 +466,7 @@ def _judge(records: list[PVCandidate], kept: list[PVCandidate], threshold: float
             agree = sign_agreement(record.vector, bank)
             record.min_distance = float(mse.min())
             record.sign_agreement = float(agree.max())
-            if record.min_distance < threshold:
+            if config.dedupe_distance and record.min_distance < threshold:
                 reasons.append(f"MSE {record.min_distance:.3f} to the PV of seed {kept[int(mse.argmin())].seed} "
                                f"< {threshold:.4g}")
             if record.sign_agreement > config.dedupe_agreement:
