@@ -347,6 +347,12 @@ def test_judging_dedupes_by_sign_agreement_and_rejects_failed_checks():
     assert "embedding range" in records[5].reason
     assert records[6].reason.startswith("abandoned")
     assert sign_agreement(base, torch.stack([copy, other])).tolist() == pytest.approx([0.9, 0.5])
+    # Among duplicates the most collapsed one (highest entropy) is kept, whatever its seed: a mixture of two
+    # attack vectors is more spread than either.
+    mixture, pure = _candidate(1, base + 0.3 * other, entropy=2.765), _candidate(2, base, entropy=2.770)
+    kept = []
+    _judge([mixture, pure], kept, 0.1, TINY)
+    assert [r.seed for r in kept] == [2] and "duplicate of seed 2" in mixture.reason
     # A distinct vector (half the signs differ) that lies close in MSE: the authors' MSE rule drops it,
     # the sign rule alone keeps it (the monitor would not flag its outputs with the first vector).
     near = torch.where(torch.arange(20) % 2 == 0, base, -base) * 0.1 + base * 0.05

@@ -20,8 +20,8 @@ After the last epoch the PV is the mean representation over *all* texts with the
 trigger (one batched pass without gradients; the authors kept the last batch only).
 
 Seeds run in groups of ``seed_batch``: their triggers ``[S, t, d]`` are optimised together, one
-forward pass over ``S x B`` rows per step, Adam per seed.  The group's PVs are then judged in seed
-order: accepted iff it appeared, its batch entropy is at least ``ln B - slack`` (see
+forward pass over ``S x B`` rows per step, Adam per seed.  The group's PVs are then judged, the most
+collapsed (highest entropy) first: accepted iff it appeared, its batch entropy is at least ``ln B - slack`` (see
 :mod:`.config`: the slack may be capped relative to the clean outputs' spread), ``T`` lies within
 ``range_factor`` x the embedding range, and it is neither within the distance threshold (MSE) of
 a PV kept before it nor a duplicate of one (signs agree on more than ``dedupe_agreement`` of the
@@ -439,7 +439,8 @@ def _optimise(inv: _Inversion, seeds: Sequence[int], stored: list[torch.Tensor],
 
 
 def _judge(records: list[PVCandidate], kept: list[PVCandidate], threshold: float, config: LMSanitatorConfig) -> None:
-    """Accept or reject each record in seed order against the vectors ``kept`` so far (appended to on accept).
+    """Accept or reject each record against the vectors ``kept`` so far (appended to on accept), the highest
+    batch entropy first (ties: seed order).
 
     A PV is accepted iff it appeared, its final distance to clean exceeds ``threshold``, its entropy reaches
     the bound, its trigger stays within ``range_factor`` x the embedding range, it is at least ``threshold``
@@ -447,7 +448,9 @@ def _judge(records: list[PVCandidate], kept: list[PVCandidate], threshold: float
     ``dedupe_agreement`` of the hidden units (the output monitor's own rule: a bank holding either flags the
     other's outputs).
     """
-    for record in records:
+    # The most collapsed PV first: a mixture of two attack vectors is more spread than either, so the purest
+    # vector of a basin claims it and its mixtures are judged against it (then seed order).
+    for record in sorted(records, key=lambda r: (-(r.entropy if r.entropy is not None else -math.inf), r.seed)):
         if not record.appeared:
             record.reason = (f"abandoned: outputs within MSE {threshold:.4g} of clean after epoch "
                              f"{record.epochs_run - 1}")
