@@ -37,7 +37,8 @@ Where the numbers come from
   depend on its group (the text order is per epoch, not per seed); only the repulsion term sees
   fewer stored PVs (those of earlier groups).  On MiniLM, 1 thread, 4 seeds together cost 0.37 s per
   seed-step against 0.65 s alone (benchmarks/LMSANITATOR_RESULTS.md).
-* ``dedupe_agreement`` (0.8): PVs are judged group by group, the most collapsed (highest entropy) first; besides the authors' uniqueness rule
+* ``dedupe_agreement`` (0.8): PVs are judged group by group, the most collapsed (highest entropy)
+  first; besides the authors' uniqueness rule
   (MSE to every kept PV at least the distance threshold), one whose signs agree with a kept PV's on
   more than this share of hidden units is a duplicate: 0.8 is the output monitor's own sign rule,
   so a bank holding either vector flags the other's outputs anyway.

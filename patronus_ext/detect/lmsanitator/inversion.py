@@ -482,8 +482,8 @@ def _judge(records: list[PVCandidate], kept: list[PVCandidate], threshold: float
 
 
 def run_seeds(inv: _Inversion, seeds: Sequence[int], config: LMSanitatorConfig, progress=None) -> list[PVCandidate]:
-    """Every seed of ``seeds`` in groups of ``config.seed_batch`` optimised together, judged group by group (most collapsed first)
-    (detection mode stops after the first group that accepted a PV)."""
+    """Every seed of ``seeds`` in groups of ``config.seed_batch`` optimised together, judged group
+    by group, most collapsed first (detection mode stops after the first group that accepted a PV)."""
     kept: list[PVCandidate] = []
     records: list[PVCandidate] = []
     seeds = list(seeds)
