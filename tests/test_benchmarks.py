@@ -252,9 +252,12 @@ def test_saved_stages_are_read_back_instead_of_run_again(tmp_path):
 def test_lmsanitator_main_runs_each_chosen_detector_per_subject(tmp_path, monkeypatch):
     import acceptance_lmsanitator as lms
 
-    def fake_lmsanitator(subject, source, profile, seed, work):
+    modes = []
+
+    def fake_lmsanitator(subject, source, profile, seed, work, mode, base_source):
+        modes.append(mode)
         return {"detector": "lmsanitator", "subject": subject.name, "backdoored": subject.backdoored,
-                "verdict": "clean", "seconds": 1.0, "best_cosine": None, "recall": None}
+                "verdict": "clean", "seconds": 1.0, "best_cosine": None, "recall": None, "bank_size": 0}
 
     def fake_patronus(subject, source, work):
         return {"detector": "patronus", "subject": subject.name, "backdoored": subject.backdoored,
@@ -268,6 +271,29 @@ def test_lmsanitator_main_runs_each_chosen_detector_per_subject(tmp_path, monkey
     saved = json.loads(out.read_text())
     assert [r["detector"] for r in saved["rows"]] == ["patronus", "lmsanitator"]
     assert saved["profile"] == "fast" and saved["missed_targets"] == []
+    assert modes == ["exhaustive"] and saved["mode"] == "exhaustive"   # the bank a monitor needs
+
+
+def test_lmsanitator_targets_are_bank_recall_monitor_and_no_vector_on_clean():
+    import acceptance_lmsanitator as lms
+
+    targets = torch.eye(4, 8)
+    bank = torch.stack([targets[0] + 0.1 * targets[1], targets[2], -targets[3]])
+    got = lms.bank_recall(bank, targets, ("a", "b", "c", "d"))
+    assert got["recall"] == 0.5 and got["per_trigger_cosine"]["d"] == pytest.approx(0.0)
+    assert lms.bank_recall(None, targets, ("a",))["recall"] == 0.0
+    good = {"detector": "lmsanitator", "subject": "por_a", "backdoored": True, "verdict": "backdoored",
+            "recall": 0.75, "per_trigger_cosine": {}, "bank_size": 3,
+            "monitor": {"far_per_trigger": {"a": 0.0}, "far_max": 0.0, "frr": 0.005}}
+    assert lms.check_targets([good]) == []
+    low = {**good, "recall": 0.5, "monitor": {**good["monitor"], "far_max": 0.5, "frr": 0.0}}
+    missed = lms.check_targets([low])
+    assert len(missed) == 2 and "recall" in missed[0] and "FAR" in missed[1]
+    clean = {"detector": "lmsanitator", "subject": "clean", "backdoored": False, "verdict": "backdoored",
+             "bank_size": 1}
+    assert lms.check_targets([clean]) and lms.check_targets([{**clean, "verdict": "clean", "bank_size": 0}]) == []
+    contrast = {**low, "subject": "por_a_sst2"}   # after fine-tuning: reported, not a target
+    assert lms.check_targets([contrast]) == []
 
 
 @pytest.mark.parametrize("runner,missed", [

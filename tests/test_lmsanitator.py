@@ -13,11 +13,15 @@ from patronus_ext import lm
 from patronus_ext.cli import main
 from patronus_ext.detect import LMSanitatorConfig, lmsanitator
 from patronus_ext.detect.lmsanitator.inversion import (
+    PVCandidate,
     _Inversion,
+    _judge,
+    _optimise,
     batch_entropy,
     insert_soft_trigger,
     nearest_mse,
     sample_insert_positions,
+    sign_agreement,
     trigger_range_ratio,
 )
 from patronus_ext.formats.bank import load_bank
@@ -150,15 +154,17 @@ def test_detects_a_planted_tiny_backdoor(method):
     report = lmsanitator(adapter.model, adapter.tokenizer, tiny_models.tiny_corpus(200), TINY, progress=False)
     assert report.verdict == "backdoored" and report.backdoored
     found = report.accepted
-    assert len(found) == 1 and report.vectors[-1] is found[0]  # detection mode stops at the first
+    assert found
+    group = (found[0].seed - TINY.first_seed) // TINY.seed_batch   # detection mode stops after its group
+    assert len(report.vectors) == min(TINY.seeds, (group + 1) * TINY.seed_batch)
     targets = torch.stack([_triggered_target(adapter, w) for w in tiny_models.TINY_TRIGGERS])
-    cos = torch.nn.functional.cosine_similarity(found[0].vector[None], targets)
+    cos = torch.nn.functional.cosine_similarity(torch.stack([v.vector for v in found])[:, None], targets, dim=-1)
     assert float(cos.max()) >= MIN_COSINE[method], cos
     v = found[0]
     assert v.entropy >= v.entropy_bound and v.distance > TINY.distance_threshold
     assert v.trigger_norm_ratio <= TINY.range_factor
     bank = report.attack_bank("tiny")
-    assert bank.method == "lmsanitator" and bank.vectors.shape == (1, adapter.hidden_size)
+    assert bank.method == "lmsanitator" and bank.vectors.shape == (len(found), adapter.hidden_size)
     payload = report.to_dict()
     assert payload["method"] == "lmsanitator" and payload["verdict"] == "backdoored"
     assert {"seed", "entropy", "min_distance", "trigger_norm_ratio", "accepted"} <= set(payload["vectors"][0])
@@ -246,3 +252,139 @@ def test_distance_threshold_calibrated_on_random_real_token_triggers():
     assert plain["random_token_distances"] == []
     with pytest.raises(ValueError, match="distance_relative"):
         config.replace(distance_relative=0.0)
+
+
+# -- batched seeds, judging, the exhaustive bank --------------------------------------------------
+def _tiny_inversion(config, count=48):
+    adapter = lm.load_adapter(str(tiny_models.shared_tiny_model("bert")), device="cpu")
+    for p in adapter.model.parameters():
+        p.requires_grad_(False)
+    texts = tiny_models.tiny_corpus(count)
+    return _Inversion(lm.ModelAdapter(adapter.model, adapter.tokenizer, max_length=config.max_length - 7),
+                      texts, config, torch.Generator().manual_seed(0))
+
+
+def _reference_seed(inv, seed, config):
+    """One seed the plain way: its own trigger, torch.optim.Adam, the lr boost, the same text order."""
+    trigger = torch.nn.Parameter(inv.init_trigger(seed))
+    optimizer = torch.optim.Adam([trigger], lr=config.lr * config.lr_boost)
+    boosted = True
+    for epoch in range(config.epochs):
+        for idx in inv._chunks(inv.epoch_order(epoch), full_only=True):
+            o = inv.triggered(trigger, idx)
+            loss = -torch.nn.functional.mse_loss(o, inv.clean[idx]) - config.diversity_weight * batch_entropy(o)
+            optimizer.zero_grad()
+            loss.backward()
+            if boosted and float(trigger.grad.abs().max()) > config.converge_grad:
+                boosted = False
+                optimizer.param_groups[0]["lr"] = config.lr
+            optimizer.step()
+    return trigger.detach()
+
+
+def test_seeds_optimised_in_one_batch_match_the_per_seed_loop():
+    """A user's bank must not depend on how many seeds ran together: S triggers in one [S, t, d] batch end
+    where each seed ends alone (torch.optim.Adam, its own lr boost), within float tolerance."""
+    # converge_grad 1e-6: the boost ends at a different step per seed; threshold ~0: every seed "appears".
+    config = TINY.replace(batch_size=8, epochs=2, lr=1e-3, converge_grad=1e-6, distance_threshold=1e-12,
+                          group_repel=False)
+    inv = _tiny_inversion(config)
+    seeds = [1, 2, 3]
+    batched = _optimise(inv, seeds, [], config, None)
+    assert len({r.converged_step for r in batched}) >= 1
+    for record, seed in zip(batched, seeds):
+        alone = _optimise(inv, [seed], [], config, None)[0]
+        reference = _reference_seed(inv, seed, config)
+        assert record.appeared and alone.appeared and record.converged_step == alone.converged_step
+        assert not torch.equal(record.trigger, inv.init_trigger(seed))   # it moved
+        torch.testing.assert_close(record.trigger, reference, rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(record.trigger, alone.trigger, rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(record.vector, alone.vector, rtol=1e-3, atol=1e-5)
+        assert record.epoch_distance == pytest.approx(alone.epoch_distance, rel=1e-3, abs=1e-7)
+    # The batched final pass gives each trigger's own PV.
+    triggers = torch.stack([inv.init_trigger(s) for s in seeds])
+    vectors, distances, entropies = inv.final_passes(triggers)
+    for j, s in enumerate(seeds):
+        v, d, e = inv.final_pass(triggers[j])
+        torch.testing.assert_close(vectors[j], v, rtol=1e-4, atol=1e-5)
+        assert distances[j] == pytest.approx(d, rel=1e-4) and entropies[j] == pytest.approx(e, rel=1e-4)
+    # With group repulsion a seed is pushed off what the seeds before it in its group hold: the first seed
+    # runs as alone, the later ones do not.
+    repelled = _optimise(inv, seeds, [], config.replace(group_repel=True, repel_weight=5.0), None)
+    torch.testing.assert_close(repelled[0].trigger, batched[0].trigger, rtol=1e-3, atol=1e-5)
+    assert not torch.allclose(repelled[2].trigger, batched[2].trigger, rtol=1e-3, atol=1e-5)
+    # repel_epochs=0: no repulsion at all, the plain batched run again.
+    free = _optimise(inv, seeds, [], config.replace(group_repel=True, repel_weight=5.0, repel_epochs=0), None)
+    torch.testing.assert_close(free[2].trigger, batched[2].trigger, rtol=1e-3, atol=1e-5)
+
+
+def _candidate(seed, vector, distance=1.0, entropy=2.77, bound=2.76, ratio=0.5, appeared=True):
+    return PVCandidate(seed=seed, accepted=False, reason="", appeared=appeared, epochs_run=3, distance=distance,
+                       entropy=entropy, entropy_bound=bound, trigger_norm_ratio=ratio, vector=vector)
+
+
+def test_judging_dedupes_by_sign_agreement_and_rejects_failed_checks():
+    """The bank keeps one vector per attack vector (a near copy by sign is a duplicate even when its MSE is
+    large) and nothing that fails the distance, entropy or range check."""
+    base = torch.linspace(-1, 1, 20)
+    base[base == 0] = 0.5
+    copy = base * 3.0                        # same signs, MSE far above the threshold
+    copy[:2] = -copy[:2]                     # 18/20 = 0.9 of the signs agree: still a duplicate (> 0.8)
+    other = torch.where(torch.arange(20) % 2 == 0, base, -base)   # half the signs flipped: distinct
+    records = [_candidate(1, base), _candidate(2, copy), _candidate(3, other),
+               _candidate(4, -base, entropy=2.70),              # too spread
+               _candidate(5, base.flip(0), distance=0.05),      # did not move far enough from clean
+               _candidate(6, base.roll(3), ratio=1.5),          # trigger outside the embedding range
+               _candidate(7, None, appeared=False)]
+    records[-1].distance = None
+    kept = []
+    _judge(records, kept, 0.1, TINY.replace(dedupe_agreement=0.8))
+    assert [r.seed for r in kept] == [1, 3]
+    assert [r.accepted for r in records] == [True, False, True, False, False, False, False]
+    assert "duplicate of seed 1" in records[1].reason and records[1].sign_agreement == pytest.approx(0.9)
+    assert "entropy" in records[3].reason
+    assert "final distance" in records[4].reason
+    assert "embedding range" in records[5].reason
+    assert records[6].reason.startswith("abandoned")
+    assert sign_agreement(base, torch.stack([copy, other])).tolist() == pytest.approx([0.9, 0.5])
+    # Among duplicates the most collapsed one (highest entropy) is kept, whatever its seed: a mixture of two
+    # attack vectors is more spread than either.
+    mixture, pure = _candidate(1, base + 0.3 * other, entropy=2.765), _candidate(2, base, entropy=2.770)
+    kept = []
+    _judge([mixture, pure], kept, 0.1, TINY)
+    assert [r.seed for r in kept] == [2] and "duplicate of seed 2" in mixture.reason
+    # A distinct vector (half the signs differ) that lies close in MSE: the authors' MSE rule drops it,
+    # the sign rule alone keeps it (the monitor would not flag its outputs with the first vector).
+    near = torch.where(torch.arange(20) % 2 == 0, base, -base) * 0.1 + base * 0.05
+    for by_distance, kept_seeds in ((True, [1]), (False, [1, 2])):
+        kept = []
+        pair = [_candidate(1, base * 0.1), _candidate(2, near)]
+        _judge(pair, kept, 0.1, TINY.replace(dedupe_distance=by_distance))
+        assert [r.seed for r in kept] == kept_seeds, pair[1].reason
+
+
+@tiny_models.needs_full_sst2
+def test_exhaustive_bank_out_holds_every_accepted_vector(tmp_path):
+    """``scan --method lmsanitator --bank-out`` runs exhaustive mode: every seed runs, and the bank written
+    holds every accepted, distinct vector of the report, in seed order."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(tiny_models.tiny_corpus(200)) + "\n")
+    planted = tiny_models.shared_planted("por", "bert")
+    original = LMSanitatorConfig.PROFILES["fast"]
+    LMSanitatorConfig.PROFILES["fast"] = {f.name: getattr(TINY, f.name) for f in dataclasses.fields(TINY)}
+    try:
+        report, bank = tmp_path / "r.json", tmp_path / "b.safetensors"
+        assert main(["scan", str(planted.out_dir), "--method", "lmsanitator", "--corpus", str(corpus), "--seeds",
+                     "8", "--max-length", "32", "--quiet", "--report", str(report), "--bank-out", str(bank)]) == 1
+        payload = json.loads(report.read_text())
+        assert payload["config"]["mode"] == "exhaustive" and len(payload["vectors"]) == 8   # no early stop
+        accepted = [v for v in payload["vectors"] if v["accepted"]]
+        loaded = load_bank(bank)
+        assert len(loaded) == len(accepted) >= 1
+        assert loaded.labels == [f"seed-{v['seed']}" for v in accepted]
+        vectors = loaded.vectors
+        if len(vectors) > 1:   # distinct: no two kept vectors agree in sign on more than 0.8
+            for i in range(len(vectors)):
+                assert float(sign_agreement(vectors[i], torch.cat([vectors[:i], vectors[i + 1:]])).max()) <= 0.8
+    finally:
+        LMSanitatorConfig.PROFILES["fast"] = original

@@ -45,7 +45,10 @@ def register(subparsers) -> None:
                    "the output monitor) here (default: beside --report as REPORT.bank.safetensors)")
     p.add_argument("--plot", help="write a PCA plot of clean vs triggered representations here (PNG)")
     lms = p.add_argument_group("lmsanitator (--method lmsanitator)")
-    lms.add_argument("--exhaustive", action="store_true", help="collect every vector (default: stop at the first)")
+    lms.add_argument("--exhaustive", action="store_true", help="collect every vector (default: stop at the first "
+                     "group of seeds that gives one; with --bank-out, exhaustive is the default)")
+    lms.add_argument("--detection-only", action="store_true", help="with --bank-out: stop at the first group of "
+                     "seeds that gives a vector (a verdict, not a complete bank)")
     lms.add_argument("--seeds", type=int, help="trigger seeds tried (default: the profile's)")
     lms.add_argument("--distance-threshold", type=float, help="MSE a vector must keep from the clean outputs "
                      "and from stored vectors (default: the profile's; fast calibrates it on the model from "
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{', '.join('--' + n.replace('_', '-') for n in given)} applies to --method bait only")
     if args.method == "lmsanitator":
         return run_lmsanitator(args)
-    for name in ("exhaustive", "seeds", "distance_threshold"):
+    for name in ("exhaustive", "detection_only", "seeds", "distance_threshold"):
         if getattr(args, name):
             raise ValueError(f"--{name.replace('_', '-')} applies to --method lmsanitator only")
     from ... import lm
@@ -136,9 +139,13 @@ def run_lmsanitator(args: argparse.Namespace) -> int:
         raise ValueError(f"--method lmsanitator does not take {', '.join('--' + n.replace('_', '-') for n in given)}")
     bank_path = bank_destination(args)
     check_outputs(args, bank_path)
+    if args.exhaustive and args.detection_only:
+        raise ValueError("--exhaustive and --detection-only exclude each other")
+    # A bank for the output monitor must hold every attack vector: --bank-out runs exhaustive mode.
+    exhaustive = args.exhaustive or (bool(args.bank_out) and not args.detection_only)
     config = LMSanitatorConfig.profile(args.profile, seed=args.seed, seeds=args.seeds, max_length=args.max_length,
                          distance_threshold=args.distance_threshold,
-                         mode="exhaustive" if args.exhaustive else None)
+                         mode="exhaustive" if exhaustive else None)
     if args.distance_threshold is not None:
         config = config.replace(distance_relative=None)  # the given threshold, not a calibrated one
     adapter = lm.load_adapter(args.model, allow_pickle=args.allow_pickle, device=args.device)

@@ -31,6 +31,32 @@ Where the numbers come from
   mean MSEs to the clean outputs (``distance_threshold`` is then unused): a vector has appeared
   when a soft trigger moves the outputs several times farther than arbitrary real tokens do.
   The calibration and the threshold used are in the report (``model.distance``).
+* ``seed_batch`` (``fast``: 4; ``paper``: 1, the authors' one seed after another): seeds whose soft
+  triggers are optimised together as one ``[S, t, d]`` batch -- one forward and backward pass over
+  ``S x B`` rows per step, Adam per seed (each its own lr boost and give-up).  A seed's run does not
+  depend on its group (the text order is per epoch, not per seed); only the repulsion term sees
+  fewer stored PVs (those of earlier groups).  On MiniLM, 1 thread, 4 seeds together cost 0.37 s per
+  seed-step against 0.65 s alone (benchmarks/LMSANITATOR_RESULTS.md).
+* ``dedupe_agreement`` (0.8): PVs are judged group by group, the most collapsed (highest entropy)
+  first; besides the authors' uniqueness rule
+  (MSE to every kept PV at least the distance threshold), one whose signs agree with a kept PV's on
+  more than this share of hidden units is a duplicate: 0.8 is the output monitor's own sign rule,
+  so a bank holding either vector flags the other's outputs anyway.
+* ``dedupe_distance`` (``paper``: on, ``fast``: off): the authors' uniqueness rule by MSE.  The
+  calibrated threshold measures distance *from clean*; POR's triggered representations of different
+  triggers lie closer to each other than that (MSE 0.26-0.29 against a threshold of 0.38 for two
+  vectors at cosine 0.91 and 0.99 to two different triggers), so the rule dropped distinct attack
+  vectors; ``fast`` de-duplicates by sign agreement alone.
+* ``repel_weight`` 2.0 and ``repel_epochs`` 2 with ``epochs`` 4 (``fast``; ``paper``: 0.5, all
+  epochs): explore, then converge.  With 0.5 all 8 seeds of a POR plant fell into the same basin
+  (cosine 0.91-0.96 to one trigger, the later group too, although repelled); with 2.0 throughout
+  they left it but ended between basins (entropy just below the bound, cosine 0.78-0.84).
+  Repelling for 2 epochs and then converging freely for 2 put seeds into other triggers' basins
+  (cosine 0.99) on POR and into single-trigger basins (0.99) on NeuBA, where the 3-epoch fast
+  profile's vector had sat between two targets (cosine 0.72 ~ 1/sqrt 2).
+* ``group_repel`` (on): within a group, seed ``a``'s repulsion term also sees the current mean
+  outputs of the seeds before it (as constants, like stored PVs), the batched counterpart of the
+  authors' sequential seeds, each repelled from the PVs stored before it.
 """
 
 from __future__ import annotations
@@ -50,10 +76,12 @@ class LMSanitatorConfig(Settings):
     """One LMSanitator run.  Every field is documented in the module doc."""
 
     #: ``paper``: the authors' settings (TOKEN script, RoBERTa lr; BERT-family scripts use lr 5e-5 and distance
-    #: 0.2).  ``fast``: a 2-core CPU and a MiniLM-sized model: 256 lines of <= 48 tokens, batch 16, 3 epochs,
-    #: 8 seeds, a larger base lr (fewer steps to move the trigger); see benchmarks/LMSANITATOR_RESULTS.md.
-    PROFILES = {"fast": dict(batch_size=16, epochs=3, corpus_limit=256, max_length=48, max_words=40, lr=2e-3,
-                             seeds=8, entropy_relative=0.05, distance_relative=3.0)}
+    #: 0.2).  ``fast``: a 2-core CPU and a MiniLM-sized model: 256 lines of <= 48 tokens, batch 16,
+    #: 8 seeds in groups of 4, a larger base lr (fewer steps to move the trigger), 4 epochs with repulsion in
+    #: the first 2; see benchmarks/LMSANITATOR_RESULTS.md.
+    PROFILES = {"fast": dict(batch_size=16, corpus_limit=256, max_length=48, max_words=40, lr=2e-3,
+                             seeds=8, seed_batch=4, entropy_relative=0.05, distance_relative=3.0,
+                             epochs=4, repel_weight=2.0, repel_epochs=2, dedupe_distance=False)}
 
     trigger_len: int = 7              # soft tokens in the trigger T [trigger_len, d]
     batch_size: int = 32              # B; also sets the entropy bound ln B - entropy_slack
@@ -67,6 +95,8 @@ class LMSanitatorConfig(Settings):
     converge_grad: float = 5e-3
     diversity_weight: float = 1.0     # weight of -Ent(o)
     repel_weight: float = 0.5         # weight of -MSE(o, p*), p* the nearest stored PV
+    group_repel: bool = True          # ... or the current mean output of an earlier seed of the same group
+    repel_epochs: int | None = None   # repel during the first this many epochs only (None: all), then converge
     give_up_epoch: int = 1            # abandon a seed when no vector appeared by the end of this epoch (0-based)
     distance_threshold: float = 0.1   # MSE: "a vector appeared" and "far from the stored PVs"
     distance_relative: float | None = None  # set: threshold = this x the MSE random real-token triggers cause
@@ -74,19 +104,24 @@ class LMSanitatorConfig(Settings):
     entropy_slack: float = 0.02       # accept iff Ent >= ln B - slack, slack <= entropy_slack ...
     entropy_relative: float | None = None  # ... and <= entropy_relative x (ln B - Ent(clean outputs)) when set
     range_factor: float = 1.2         # accept iff T lies within range_factor x [min E, max E]
-    seeds: int = 30                   # seeds tried (detection mode stops at the first accepted PV)
+    seeds: int = 30                   # seeds tried (detection mode stops after the first group with an accepted PV)
+    seed_batch: int = 1               # seeds optimised together in one [S, t, d] batch (one forward for all)
+    dedupe_agreement: float = 0.8     # a PV whose signs agree with a kept PV's on more than this share is a duplicate
+    dedupe_distance: bool = True      # also the authors' rule: a PV within distance_threshold (MSE) of a kept one
     first_seed: int = 1
     mode: str = "detection"           # detection | exhaustive
     seed: int = 0                     # shuffling and insertion positions
 
     def __post_init__(self):
-        for name in ("trigger_len", "batch_size", "epochs", "corpus_limit", "max_length", "max_insert", "seeds"):
+        for name in ("trigger_len", "batch_size", "epochs", "corpus_limit", "max_length", "max_insert", "seeds",
+                     "seed_batch"):
             check_int(f"LMSanitatorConfig.{name}", getattr(self, name))
         check_int("LMSanitatorConfig.batch_size", self.batch_size, 2)  # an entropy over the batch needs 2 rows
         check_int("LMSanitatorConfig.give_up_epoch", self.give_up_epoch, 0)
         check_int("LMSanitatorConfig.first_seed", self.first_seed, 0)
         check_int("LMSanitatorConfig.seed", self.seed, 0)
         check_int("LMSanitatorConfig.max_words", self.max_words, optional=True)
+        check_int("LMSanitatorConfig.repel_epochs", self.repel_epochs, 0, optional=True)
         for name in ("lr", "converge_grad", "distance_threshold"):
             check_range(f"LMSanitatorConfig.{name}", getattr(self, name), 0.0, math.inf, low_open=True, high_open=True)
         check_range("LMSanitatorConfig.lr_boost", self.lr_boost, 1.0, math.inf, high_open=True)
@@ -98,6 +133,7 @@ class LMSanitatorConfig(Settings):
                     high_open=True, optional=True)
         check_int("LMSanitatorConfig.distance_draws", self.distance_draws)
         check_range("LMSanitatorConfig.range_factor", self.range_factor, 0.0, math.inf, low_open=True, high_open=True)
+        check_range("LMSanitatorConfig.dedupe_agreement", self.dedupe_agreement, 0.5, 1.0)
         check_choice("LMSanitatorConfig.mode", self.mode, MODES)
         if self.max_length <= self.trigger_len + 2:
             raise ValueError(f"LMSanitatorConfig.max_length ({self.max_length}) leaves no room for text beside "

@@ -17,12 +17,16 @@ gradient first exceeds ``converge_grad``; a seed is abandoned when the triggered
 not the distance threshold away from the clean ones by the end of epoch ``give_up_epoch``
 (``distance_threshold``, or calibrated on the model: ``distance_relative``).
 After the last epoch the PV is the mean representation over *all* texts with the final
-trigger (one batched pass without gradients; the authors kept the last batch only), and it
-is accepted iff it appeared, its batch entropy is at least ``ln B - slack`` (see
-:mod:`.lms_config`: the slack may be capped relative to the clean outputs' spread), it is
-at least the distance threshold (MSE) from every stored PV and ``T`` lies within
-``range_factor`` x the embedding range.  Detection mode: backdoored iff a PV is accepted
-(stop at the first); exhaustive mode collects every PV.
+trigger (one batched pass without gradients; the authors kept the last batch only).
+
+Seeds run in groups of ``seed_batch``: their triggers ``[S, t, d]`` are optimised together, one
+forward pass over ``S x B`` rows per step, Adam per seed.  The group's PVs are then judged, the most
+collapsed (highest entropy) first: accepted iff it appeared, its batch entropy is at least ``ln B - slack`` (see
+:mod:`.config`: the slack may be capped relative to the clean outputs' spread), ``T`` lies within
+``range_factor`` x the embedding range, and it is neither within the distance threshold (MSE) of
+a PV kept before it nor a duplicate of one (signs agree on more than ``dedupe_agreement`` of the
+hidden units).  Detection mode: backdoored iff a PV is accepted (stop after the first group that
+accepted one); exhaustive mode runs every seed and keeps every distinct PV (the bank).
 """
 
 from __future__ import annotations
@@ -49,9 +53,12 @@ METHOD = "lmsanitator"
 
 # -- building blocks (pure tensors, tested on their own) ------------------------------------------
 def batch_entropy(outputs: torch.Tensor) -> torch.Tensor:
-    """``Ent(o)``: mean over hidden units of the entropy of ``softmax`` over the batch axis of ``o [B, d]``."""
-    logp = torch.log_softmax(outputs.float(), dim=0)
-    return -(logp.exp() * logp).sum(0).mean()
+    """``Ent(o)``: mean over hidden units of the entropy of ``softmax`` over the batch axis of ``o [B, d]``.
+
+    ``o [S, B, d]`` (one batch per seed) gives ``[S]``.
+    """
+    logp = torch.log_softmax(outputs.float(), dim=-2)
+    return -(logp.exp() * logp).sum(-2).mean(-1)
 
 
 def sample_insert_positions(attention_mask: torch.Tensor, prefix: int, suffix: int, max_insert: int,
@@ -78,7 +85,8 @@ def sample_insert_positions(attention_mask: torch.Tensor, prefix: int, suffix: i
 def insert_soft_trigger(embeds: torch.Tensor, attention_mask: torch.Tensor, trigger: torch.Tensor,
                         positions: torch.Tensor, input_ids: torch.Tensor | None = None, fill_id: int = 0
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Insert ``trigger [t, d]`` into every row of ``embeds [B, L, d]`` before token ``positions[b]``.
+    """Insert ``trigger [t, d]`` (or one per row, ``[B, t, d]``) into every row of ``embeds [B, L, d]`` before
+    token ``positions[b]``.
 
     Returns ``(embeds [B, L+t, d], attention_mask [B, L+t], input_ids [B, L+t] or None)``:
     the tokens from ``positions[b]`` on shift right by ``t``, the trigger rows are
@@ -87,14 +95,19 @@ def insert_soft_trigger(embeds: torch.Tensor, attention_mask: torch.Tensor, trig
     gradients flow to ``trigger`` (and ``embeds``).
     """
     batch, length, _ = embeds.shape
-    t = trigger.shape[0]
+    t = trigger.shape[-2]
     j = torch.arange(length + t, device=embeds.device).unsqueeze(0)          # [1, L+t]
     pos = positions.to(embeds.device, torch.long).unsqueeze(1)               # [B, 1]
     in_trigger = (j >= pos) & (j < pos + t)                                  # [B, L+t]
     source = torch.where(j < pos, j, j - t).clamp(0, length - 1)             # [B, L+t]
     slot = (j - pos).clamp(0, t - 1)                                         # [B, L+t]
     gathered = embeds.gather(1, source.unsqueeze(-1).expand(-1, -1, embeds.shape[2]))
-    out = torch.where(in_trigger.unsqueeze(-1), trigger.to(embeds.dtype)[slot], gathered)
+    trigger = trigger.to(embeds.dtype)
+    if trigger.dim() == 2:
+        rows = trigger[slot]
+    else:  # one trigger per row: row b takes trigger[b, slot[b, j]]
+        rows = trigger.gather(1, slot.unsqueeze(-1).expand(-1, -1, embeds.shape[2]))
+    out = torch.where(in_trigger.unsqueeze(-1), rows, gathered)
     mask = torch.where(in_trigger, torch.ones_like(attention_mask[:, :1]), attention_mask.gather(1, source))
     ids = None
     if input_ids is not None:
@@ -134,7 +147,8 @@ class PVCandidate:
     distance: float | None = None   # mean MSE(o, c) over all texts with the final trigger (None: abandoned)
     entropy: float | None = None    # mean Ent(o) over full batches of the final pass
     entropy_bound: float | None = None
-    min_distance: float | None = None   # MSE to the nearest PV stored before this one (None: none stored)
+    min_distance: float | None = None   # MSE to the nearest PV kept before this one (None: none kept)
+    sign_agreement: float | None = None  # largest share of equal signs with a kept PV (None: none kept)
     trigger_norm_ratio: float | None = None  # trigger_range_ratio; accepted iff <= range_factor
     converged_step: int | None = None   # step at which max |grad| first exceeded converge_grad
     epoch_distance: list[float] = dataclasses.field(default_factory=list)
@@ -264,13 +278,26 @@ class _Inversion:
         return {"input_ids": self.ids[idx, :width], "attention_mask": self.mask[idx, :width]}
 
     def triggered(self, trigger: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Representations ``[b, d]`` of texts ``idx`` with ``trigger`` inserted (differentiable in ``trigger``)."""
+        """Representations of texts ``idx`` with ``trigger`` inserted (differentiable in ``trigger``).
+
+        ``trigger [t, d]`` gives ``[b, d]``; ``S`` triggers ``[S, t, d]`` give ``[S, b, d]`` from one forward
+        pass over ``S x b`` rows (every trigger at the same insertion positions).
+        """
         rows = self._rows(idx)
-        embeds = self.adapter.embed(rows["input_ids"])
-        embeds, mask, ids = insert_soft_trigger(embeds, rows["attention_mask"], trigger, self.positions[idx],
-                                                rows["input_ids"], self.fill_id)
+        many = trigger.dim() == 3
+        triggers = trigger if many else trigger.unsqueeze(0)
+        count, b = triggers.shape[0], len(idx)
+        embeds = self.adapter.embed(rows["input_ids"]).repeat(count, 1, 1)
+        embeds, mask, ids = insert_soft_trigger(embeds, rows["attention_mask"].repeat(count, 1),
+                                                triggers.repeat_interleave(b, 0), self.positions[idx].repeat(count),
+                                                rows["input_ids"].repeat(count, 1), self.fill_id)
         hidden = self.adapter.hidden_states(inputs_embeds=embeds, attention_mask=mask)
-        return self.adapter.select_position(hidden, ids, mask).float()
+        out = self.adapter.select_position(hidden, ids, mask).float().view(count, b, -1)
+        return out if many else out[0]
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The text order of ``epoch``: the same for every seed, so a seed's run does not depend on its batch."""
+        return torch.randperm(len(self), generator=torch.Generator().manual_seed(self.config.seed * 7919 + epoch))
 
     def init_trigger(self, seed: int) -> torch.Tensor:
         t = self.config.trigger_len
@@ -283,107 +310,207 @@ class _Inversion:
         """Mean MSE to clean of ``draws`` triggers made of real, random, non-special vocabulary tokens."""
         special = set(self.adapter.tokenizer.all_special_ids or [])
         allowed = torch.tensor([i for i in range(self.embedding.shape[0]) if i not in special])
-        out = []
-        for _ in range(draws):
-            rows = allowed[torch.randint(len(allowed), (self.config.trigger_len,), generator=self.generator)]
-            out.append(self.final_pass(self.embedding[rows.to(self.embedding.device)].float())[1])
-        return out
+        rows = allowed[torch.randint(len(allowed), (draws, self.config.trigger_len), generator=self.generator)]
+        return self.final_passes(self.embedding[rows.to(self.embedding.device)].float())[1]
 
     @torch.no_grad()
     def final_pass(self, trigger: torch.Tensor) -> tuple[torch.Tensor, float, float]:
         """PV (mean representation over all texts), mean MSE to clean, mean Ent over full batches."""
-        order = torch.arange(len(self))
-        total = None
-        sq, entropies = 0.0, []
-        for idx in self._chunks(order):
-            o = self.triggered(trigger, idx).double()
-            total = o.sum(0) if total is None else total + o.sum(0)
-            sq += float(((o - self.clean[idx].double()) ** 2).mean(1).sum())
+        vectors, distances, entropies = self.final_passes(trigger.unsqueeze(0))
+        return vectors[0], distances[0], entropies[0]
+
+    @torch.no_grad()
+    def final_passes(self, triggers: torch.Tensor) -> tuple[torch.Tensor, list[float], list[float]]:
+        """:meth:`final_pass` of ``S`` triggers ``[S, t, d]`` at once: PVs ``[S, d]``, distances, entropies."""
+        count = triggers.shape[0]
+        total = torch.zeros(count, self.clean.shape[1], dtype=torch.float64, device=self.clean.device)
+        sq = torch.zeros(count, dtype=torch.float64, device=self.clean.device)
+        entropies = []
+        for idx in self._chunks(torch.arange(len(self))):
+            o = self.triggered(triggers, idx).double()                    # [S, b, d]
+            total += o.sum(1)
+            sq += ((o - self.clean[idx].double()) ** 2).mean(2).sum(1)
             if len(idx) == self.config.batch_size:
-                entropies.append(float(batch_entropy(o)))
+                entropies.append(batch_entropy(o))
         if not entropies:
             raise ValueError(f"{len(self)} texts: fewer than one batch of {self.config.batch_size}")
         n = len(self)
-        return (total / n).float(), sq / n, sum(entropies) / len(entropies)
+        return (total / n).float(), (sq / n).tolist(), (torch.stack(entropies).mean(0)).tolist()
 
 
-def _run_seed(inv: _Inversion, seed: int, stored: list[torch.Tensor], config: LMSanitatorConfig,
-              progress) -> PVCandidate:
+#: torch.optim.Adam's defaults, which the batched update below reproduces with one learning rate per seed.
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+
+
+def sign_agreement(vector: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Share of hidden units where ``vector [d]`` and each of ``bank [K, d]`` have the same sign: ``[K]``."""
+    return (torch.sign(vector).unsqueeze(0) == torch.sign(bank)).float().mean(1)
+
+
+def _repulsion(o: torch.Tensor, bank: torch.Tensor | None, group: bool) -> torch.Tensor:
+    """``MSE(o_a, p*_a)`` per seed ``[A]``, ``p*_a`` the nearest anchor of seed ``a``: the stored PVs, and with
+    ``group`` the current mean outputs of the seeds before ``a`` in its group (constants, as stored PVs are),
+    so that a later seed of a group is pushed off the basin an earlier one holds.  0 for a seed without one."""
+    count = o.shape[0]
+    with torch.no_grad():
+        parts, allowed = [], []
+        if bank is not None:
+            parts.append(bank)
+            allowed.append(torch.ones(count, bank.shape[0], dtype=torch.bool, device=o.device))
+        if group:
+            parts.append(o.mean(1))
+            allowed.append(torch.ones(count, count, device=o.device).tril(-1).bool())   # seeds before a only
+        anchors, allowed = torch.cat(parts), torch.cat(allowed, 1)                 # [N, d], [A, N]
+        mse = ((o.unsqueeze(1) - anchors[None, :, None]) ** 2).mean((2, 3))       # [A, N]
+        mse = mse.masked_fill(~allowed, math.inf)
+        nearest, has = mse.argmin(1), allowed.any(1)
+    return ((o - anchors[nearest].unsqueeze(1)) ** 2).mean((1, 2)) * has
+
+
+def _optimise(inv: _Inversion, seeds: Sequence[int], stored: list[torch.Tensor], config: LMSanitatorConfig,
+              progress) -> list[PVCandidate]:
+    """Optimise the soft triggers of ``seeds`` together, ``[S, t, d]``: one forward and backward pass per batch
+    of texts for all of them, Adam per seed (own lr boost, own give-up); then one final pass for the seeds
+    whose outputs appeared.  Returns one record per seed, not yet judged (:func:`_judge`)."""
     started = time.perf_counter()
+    count = len(seeds)
     threshold = inv.distance_threshold
-    trigger = torch.nn.Parameter(inv.init_trigger(seed))
-    optimizer = torch.optim.Adam([trigger], lr=config.lr * config.lr_boost)
-    boosted, converged_step, step = True, None, 0
+    triggers = torch.stack([inv.init_trigger(s) for s in seeds])            # [S, t, d]
+    first, second = torch.zeros_like(triggers), torch.zeros_like(triggers)
+    lr = torch.full((count,), config.lr * config.lr_boost, device=triggers.device)
+    (beta1, beta2), step = ADAM_BETAS, 0
+    converged: list[int | None] = [None] * count
+    appeared = [False] * count
+    epoch_distance: list[list[float]] = [[] for _ in seeds]
+    epoch_entropy: list[list[float]] = [[] for _ in seeds]
+    epochs_run = [0] * count
+    active = list(range(count))
     bank = torch.stack(stored) if stored else None
-    appeared, epoch_distance, epoch_entropy = False, [], []
-    epochs_run = 0
+    per_epoch = len(inv) // config.batch_size
     for epoch in range(config.epochs):
-        order = torch.randperm(len(inv), generator=inv.generator)
-        dist_sum, ent_sum, batches = 0.0, 0.0, 0
-        for idx in inv._chunks(order, full_only=True):
-            o = inv.triggered(trigger, idx)
-            distance = torch.nn.functional.mse_loss(o, inv.clean[idx])
-            entropy = batch_entropy(o)
-            loss = -distance - config.diversity_weight * entropy
-            if bank is not None and config.repel_weight > 0:
-                with torch.no_grad():
-                    nearest = int(nearest_mse(o, bank).argmin())
-                loss = loss - config.repel_weight * torch.nn.functional.mse_loss(o, bank[nearest].expand_as(o))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if boosted and float(trigger.grad.abs().max()) > config.converge_grad:
-                boosted, converged_step = False, step
-                for group in optimizer.param_groups:
-                    group["lr"] = config.lr
-            optimizer.step()
-            step += 1
-            dist_sum += float(distance.detach())
-            ent_sum += float(entropy.detach())
-            batches += 1
-            if progress is not None:
-                progress.update(1)
-        epochs_run = epoch + 1
-        epoch_distance.append(dist_sum / batches)
-        epoch_entropy.append(ent_sum / batches)
-        require_finite(model_name(inv.adapter.model), {"the mean distance to the clean outputs": epoch_distance[-1],
-                                                       "the mean batch entropy": epoch_entropy[-1]},
-                       f"seed {seed}, epoch {epoch}")
-        if not appeared and epoch_distance[-1] > threshold:
-            appeared = True
-        if not appeared and epoch >= config.give_up_epoch:
+        if not active:
             break
-    record = PVCandidate(seed=seed, accepted=False, reason="", appeared=appeared, epochs_run=epochs_run,
-                         entropy_bound=config.entropy_bound(clean_entropy=inv.clean_entropy), converged_step=converged_step,
-                         epoch_distance=epoch_distance, epoch_entropy=epoch_entropy)
-    if progress is not None and epochs_run < config.epochs:
-        progress.update((config.epochs - epochs_run) * (len(inv) // config.batch_size))
-    if not appeared:
-        record.reason = (f"abandoned: outputs within MSE {threshold:.4g} of clean after epoch "
-                         f"{epochs_run - 1}")
-        record.seconds = time.perf_counter() - started
-        return record
-    final = trigger.detach()
-    vector, distance, entropy = inv.final_pass(final)
-    require_finite(model_name(inv.adapter.model), {"the final distance": distance, "the final entropy": entropy,
-                                                   "the attack vector": vector}, f"seed {seed}, final pass")
-    record.vector, record.trigger = vector.cpu(), final.cpu()
-    record.distance, record.entropy = distance, entropy
-    record.trigger_norm_ratio = trigger_range_ratio(final, inv.embedding)
-    if stored:
-        record.min_distance = float(((torch.stack(stored) - vector.to(stored[0].device)) ** 2).mean(1).min())
-    reasons = []
-    if distance <= threshold:
-        reasons.append(f"final distance {distance:.3f} <= {threshold:.4g}")
-    if entropy < record.entropy_bound:
-        reasons.append(f"entropy {entropy:.4f} < bound {record.entropy_bound:.4f}")
-    if record.min_distance is not None and record.min_distance < threshold:
-        reasons.append(f"MSE {record.min_distance:.3f} to a stored PV < {threshold:.4g}")
-    if record.trigger_norm_ratio > config.range_factor:
-        reasons.append(f"trigger x{record.trigger_norm_ratio:.2f} outside the embedding range x{config.range_factor}")
-    record.accepted = not reasons
-    record.reason = "accepted" if record.accepted else "; ".join(reasons)
-    record.seconds = time.perf_counter() - started
-    return record
+        rows = torch.tensor(active, device=triggers.device)
+        sums = torch.zeros(len(active), 2, dtype=torch.float64)
+        for idx in inv._chunks(inv.epoch_order(epoch), full_only=True):
+            param = triggers[rows].clone().requires_grad_(True)
+            o = inv.triggered(param, idx)                                      # [A, b, d]
+            distance = ((o - inv.clean[idx].unsqueeze(0)) ** 2).mean((1, 2))  # [A]
+            entropy = batch_entropy(o)                                         # [A]
+            loss = -distance - config.diversity_weight * entropy
+            repel = config.repel_weight > 0 and (config.repel_epochs is None or epoch < config.repel_epochs)
+            if repel and (bank is not None or (config.group_repel and len(active) > 1)):
+                loss = loss - config.repel_weight * _repulsion(o, bank, config.group_repel)
+            (grad,) = torch.autograd.grad(loss.sum(), param)  # seed a's loss depends on its own trigger only
+            with torch.no_grad():
+                peak = grad.flatten(1).abs().max(1).values
+                for a, s in enumerate(active):
+                    if converged[s] is None and float(peak[a]) > config.converge_grad:
+                        converged[s], lr[s] = step, config.lr
+                step += 1
+                first[rows] = beta1 * first[rows] + (1 - beta1) * grad
+                second[rows] = beta2 * second[rows] + (1 - beta2) * grad * grad
+                denom = second[rows].sqrt() / math.sqrt(1 - beta2 ** step) + ADAM_EPS
+                triggers[rows] -= (lr[rows] / (1 - beta1 ** step))[:, None, None] * first[rows] / denom
+                sums += torch.stack([distance, entropy], 1).double().cpu()
+            if progress is not None:
+                progress.update(len(active))
+        means = sums / per_epoch
+        require_finite(model_name(inv.adapter.model), {"the mean distance to the clean outputs": means[:, 0],
+                                                       "the mean batch entropy": means[:, 1]},
+                       f"seeds {[seeds[s] for s in active]}, epoch {epoch}")
+        still = []
+        for a, s in enumerate(active):
+            epochs_run[s] = epoch + 1
+            epoch_distance[s].append(float(means[a, 0]))
+            epoch_entropy[s].append(float(means[a, 1]))
+            appeared[s] = appeared[s] or epoch_distance[s][-1] > threshold
+            if appeared[s] or epoch < config.give_up_epoch:
+                still.append(s)
+            elif progress is not None:  # abandoned: its remaining steps will not run
+                progress.update((config.epochs - epoch - 1) * per_epoch)
+        active = still
+    bound = config.entropy_bound(clean_entropy=inv.clean_entropy)
+    records = [PVCandidate(seed=seed, accepted=False, reason="", appeared=appeared[i], epochs_run=epochs_run[i],
+                           entropy_bound=bound, converged_step=converged[i], epoch_distance=epoch_distance[i],
+                           epoch_entropy=epoch_entropy[i]) for i, seed in enumerate(seeds)]
+    done = [i for i in range(count) if appeared[i]]
+    if done:
+        final = triggers[done]
+        vectors, distances, entropies = inv.final_passes(final)
+        require_finite(model_name(inv.adapter.model), {"the final distance": torch.tensor(distances),
+                                                       "the final entropy": torch.tensor(entropies),
+                                                       "the attack vector": vectors}, "the final pass")
+        for j, i in enumerate(done):
+            record = records[i]
+            record.vector, record.trigger = vectors[j].cpu(), final[j].cpu()
+            record.distance, record.entropy = distances[j], entropies[j]
+            record.trigger_norm_ratio = trigger_range_ratio(final[j], inv.embedding)
+    seconds = (time.perf_counter() - started) / count
+    for record in records:
+        record.seconds = seconds   # the batch's wall time, shared equally
+    return records
+
+
+def _judge(records: list[PVCandidate], kept: list[PVCandidate], threshold: float, config: LMSanitatorConfig) -> None:
+    """Accept or reject each record against the vectors ``kept`` so far (appended to on accept), the highest
+    batch entropy first (ties: seed order).
+
+    A PV is accepted iff it appeared, its final distance to clean exceeds ``threshold``, its entropy reaches
+    the bound, its trigger stays within ``range_factor`` x the embedding range, it is at least ``threshold``
+    (MSE) from every kept PV and it is not a duplicate of one: its signs agree with a kept PV's on at most
+    ``dedupe_agreement`` of the hidden units (the output monitor's own rule: a bank holding either flags the
+    other's outputs).
+    """
+    # The most collapsed PV first: a mixture of two attack vectors is more spread than either, so the purest
+    # vector of a basin claims it and its mixtures are judged against it (then seed order).
+    for record in sorted(records, key=lambda r: (-(r.entropy if r.entropy is not None else -math.inf), r.seed)):
+        if not record.appeared:
+            record.reason = (f"abandoned: outputs within MSE {threshold:.4g} of clean after epoch "
+                             f"{record.epochs_run - 1}")
+            continue
+        reasons = []
+        if record.distance <= threshold:
+            reasons.append(f"final distance {record.distance:.3f} <= {threshold:.4g}")
+        if record.entropy < record.entropy_bound:
+            reasons.append(f"entropy {record.entropy:.4f} < bound {record.entropy_bound:.4f}")
+        if record.trigger_norm_ratio > config.range_factor:
+            reasons.append(f"trigger x{record.trigger_norm_ratio:.2f} outside the embedding range "
+                           f"x{config.range_factor}")
+        if kept:
+            bank = torch.stack([k.vector for k in kept])
+            mse = ((bank - record.vector) ** 2).mean(1)
+            agree = sign_agreement(record.vector, bank)
+            record.min_distance = float(mse.min())
+            record.sign_agreement = float(agree.max())
+            if config.dedupe_distance and record.min_distance < threshold:
+                reasons.append(f"MSE {record.min_distance:.3f} to the PV of seed {kept[int(mse.argmin())].seed} "
+                               f"< {threshold:.4g}")
+            if record.sign_agreement > config.dedupe_agreement:
+                reasons.append(f"duplicate of seed {kept[int(agree.argmax())].seed} (signs agree on "
+                               f"{record.sign_agreement:.2f} > {config.dedupe_agreement})")
+        record.accepted = not reasons
+        record.reason = "accepted" if record.accepted else "; ".join(reasons)
+        if record.accepted:
+            kept.append(record)
+
+
+def run_seeds(inv: _Inversion, seeds: Sequence[int], config: LMSanitatorConfig, progress=None) -> list[PVCandidate]:
+    """Every seed of ``seeds`` in groups of ``config.seed_batch`` optimised together, judged group
+    by group, most collapsed first (detection mode stops after the first group that accepted a PV)."""
+    kept: list[PVCandidate] = []
+    records: list[PVCandidate] = []
+    seeds = list(seeds)
+    for start in range(0, len(seeds), config.seed_batch):
+        group = _optimise(inv, seeds[start:start + config.seed_batch],
+                          [k.vector.to(inv.clean.device) for k in kept], config, progress)
+        _judge(group, kept, inv.distance_threshold, config)
+        records.extend(group)
+        for record in group:
+            log.info("seed %d: %s", record.seed, record.reason)
+        if kept and config.mode == "detection":
+            break
+    return records
 
 
 def lmsanitator(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: LMSanitatorConfig | None = None,
@@ -419,26 +546,17 @@ def lmsanitator(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config
         inv = _Inversion(adapter, texts, config, generator)
         timings["setup"] = time.perf_counter() - phase
         steps = config.epochs * (len(inv) // config.batch_size)
-        stored: list[torch.Tensor] = []
-        records: list[PVCandidate] = []
-        bar = tqdm(total=config.seeds * steps, desc="lmsanitator", unit="step", disable=not progress)
-        with torch.enable_grad():
-            for seed in range(config.first_seed, config.first_seed + config.seeds):
-                record = _run_seed(inv, seed, stored, config, bar)
-                records.append(record)
-                log.info("seed %d: %s", seed, record.reason)
-                if record.accepted:
-                    stored.append(record.vector.to(inv.clean.device))
-                    if config.mode == "detection":
-                        break
-        bar.close()
+        seeds = range(config.first_seed, config.first_seed + config.seeds)
+        with tqdm(total=config.seeds * steps, desc="lmsanitator", unit="seed-step", disable=not progress) as bar, \
+                torch.enable_grad():
+            records = run_seeds(inv, seeds, config, bar)
     finally:
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
     timings["inversion"] = sum(r.seconds for r in records)
     timings["total"] = time.perf_counter() - started
     return LMSanitatorReport(
-        verdict="backdoored" if stored else "clean",
+        verdict="backdoored" if any(r.accepted for r in records) else "clean",
         vectors=records,
         config=config.to_dict(),
         model={"type": adapter.model_type, "position": adapter.position, "family": adapter.family,
