@@ -270,3 +270,17 @@ def test_a_target_read_from_a_stray_token_gives_way_to_the_whole_response():
     assert earliest_start(stray, [stray, stumbling], 0.9) is stray
     confident = InvertedSequence(stray.token_ids, stray.text, [0.95, 0.99, 0.99, 0.99], 0.99)
     assert earliest_start(confident, [confident, whole], 0.9) is confident   # its own start holds
+
+
+def test_a_broken_causal_model_gets_an_error_not_a_verdict(tmp_path):
+    """Fail closed: NaN weights in the scanned model (or in the reference) end the scan before any verdict."""
+    from patronus_ext.lm.sanity import BrokenModelError
+
+    tok, model = _load(_subjects("llama")["clean"])
+    _, broken = _load(_subjects("llama")["clean"])
+    with torch.no_grad():
+        next(p for n, p in broken.named_parameters() if n.endswith("q_proj.weight")).fill_(float("nan"))
+    with pytest.raises(BrokenModelError, match="NaN"):
+        bait(broken, tok, FAST, progress=False)
+    with pytest.raises(BrokenModelError, match="NaN"):
+        bait(model, tok, FAST, reference=broken, reference_name="ref", progress=False)

@@ -38,6 +38,7 @@ from ...data.instructions import fit_inputs, load_instructions
 from ...formats.scan_report import scan_record
 from ...lm.generation import stop_token_ids
 from ...lm.prompting import PromptFormat, prompt_token_ids
+from ...lm.sanity import check_model_sanity
 from .config import BaitConfig
 from .scoring import PrefixScorer
 
@@ -272,8 +273,10 @@ def bait(model: torch.nn.Module, tokenizer, config: BaitConfig | None = None, *,
 
     config = config or BaitConfig.profile("paper")
     check_causal(model)
+    check_model_sanity(model, tokenizer)  # a broken model gets an error, never a verdict
     if reference is not None:
         check_causal(reference)
+        check_model_sanity(reference, tokenizer, reference_name)
         if reference.get_output_embeddings().weight.shape[0] != model.get_output_embeddings().weight.shape[0]:
             raise ValueError("the reference model has another vocabulary than the scanned one")
     timings: dict[str, float] = {}
