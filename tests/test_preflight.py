@@ -141,17 +141,22 @@ VERBS = ("scan --report", "scan --bank-out", "scan --plot", "scan lmsanitator --
          "evaluate --report", "demo --report", "attack --out", "attack --json", "purify --out", "audit --out",
          "monitor --output")
 
+def _run_blocked(verb: str, blocked: Path, tmp_path: Path, corpus: Path, capsys, monkeypatch) -> tuple[int, str]:
+    """Run ``verb`` with its output in ``blocked``, any work forbidden: (exit status, its one error line)."""
+    argv = _verbs(str(tiny_models.shared_tiny_model("bert")), blocked, tmp_path, corpus)[verb]
+    _no_work(monkeypatch)
+    capsys.readouterr()
+    status = main(argv)
+    return status, one_error_line(capsys, argv[0])
+
+
 
 @pytest.mark.parametrize("verb", VERBS)
 def test_every_output_is_checked_before_any_work(tmp_path, corpus_file, capsys, monkeypatch, verb):
     """An output under a regular file (no folder there) stops the verb at once, naming the path."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    argv = _verbs(str(tiny_models.shared_tiny_model("bert")), blocker, tmp_path, corpus_file)[verb]
-    _no_work(monkeypatch)
-    capsys.readouterr()
-    status = main(argv)
-    line = one_error_line(capsys, argv[0])
+    status, line = _run_blocked(verb, blocker, tmp_path, corpus_file, capsys, monkeypatch)
     assert status == 2, line
     assert str(blocker) in line and "work started" not in line, line
 
@@ -160,11 +165,7 @@ def test_every_output_is_checked_before_any_work(tmp_path, corpus_file, capsys, 
                                   "audit --out", "monitor --output"])
 def test_a_read_only_output_folder_stops_a_verb_before_any_work(tmp_path, corpus_file, capsys, monkeypatch, verb):
     with read_only_folder(tmp_path / "read-only") as blocked:
-        argv = _verbs(str(tiny_models.shared_tiny_model("bert")), blocked, tmp_path, corpus_file)[verb]
-        _no_work(monkeypatch)
-        capsys.readouterr()
-        status = main(argv)
-        line = one_error_line(capsys, argv[0])
+        status, line = _run_blocked(verb, blocked, tmp_path, corpus_file, capsys, monkeypatch)
     assert status == 2, line
     assert str(blocked) in line and "not writable" in line, line
 
