@@ -20,6 +20,7 @@ from patronus_ext.detect.lmsanitator.inversion import (
     batch_entropy,
     insert_soft_trigger,
     nearest_mse,
+    rejudge,
     sample_insert_positions,
     sign_agreement,
     trigger_range_ratio,
@@ -362,6 +363,28 @@ def test_judging_dedupes_by_sign_agreement_and_rejects_failed_checks():
         _judge(pair, kept, 0.1, TINY.replace(dedupe_distance=by_distance))
         assert [r.seed for r in kept] == kept_seeds, pair[1].reason
 
+
+
+def test_every_group_is_judged_again_so_a_later_purer_vector_replaces_an_early_mixture():
+    """Judged group by group, an early group's mixture of two attack vectors is kept and a later group's pure
+    vector of the same basin becomes its duplicate; judged again together the pure one is kept instead, and
+    the verdict (some PV kept) cannot change."""
+    base = torch.linspace(-1, 1, 20)
+    base[base == 0] = 0.5
+    other = torch.where(torch.arange(20) % 2 == 0, base, -base)
+    mixture = _candidate(1, base + 0.3 * other, entropy=2.765)
+    distinct = _candidate(2, other, entropy=2.768)
+    pure = _candidate(5, base, entropy=2.770)
+    spread = _candidate(6, -base, entropy=2.70)            # fails the entropy bound in both passes
+    kept = []
+    _judge([mixture, distinct], kept, 0.1, TINY)
+    _judge([pure, spread], kept, 0.1, TINY)
+    assert sorted(r.seed for r in kept) == [1, 2] and "duplicate of seed 1" in pure.reason
+    kept = rejudge([mixture, distinct, pure, spread], 0.1, TINY)
+    assert sorted(r.seed for r in kept) == [2, 5]
+    assert pure.accepted and not mixture.accepted and "duplicate of seed 5" in mixture.reason
+    assert not spread.accepted and "entropy" in spread.reason
+    assert rejudge([spread], 0.1, TINY) == [] and spread.min_distance is None
 
 @tiny_models.needs_full_sst2
 def test_exhaustive_bank_out_holds_every_accepted_vector(tmp_path):

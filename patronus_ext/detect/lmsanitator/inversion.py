@@ -26,7 +26,9 @@ collapsed (highest entropy) first: accepted iff it appeared, its batch entropy i
 ``range_factor`` x the embedding range, and it is neither within the distance threshold (MSE) of
 a PV kept before it nor a duplicate of one (signs agree on more than ``dedupe_agreement`` of the
 hidden units).  Detection mode: backdoored iff a PV is accepted (stop after the first group that
-accepted one); exhaustive mode runs every seed and keeps every distinct PV (the bank).
+accepted one); exhaustive mode runs every seed and keeps every distinct PV (the bank).  Once every
+group has run, all PVs are judged again together (:func:`rejudge`), so the purest vector of a basin is
+kept whichever group found it.
 """
 
 from __future__ import annotations
@@ -510,7 +512,26 @@ def run_seeds(inv: _Inversion, seeds: Sequence[int], config: LMSanitatorConfig, 
             log.info("seed %d: %s", record.seed, record.reason)
         if kept and config.mode == "detection":
             break
+    if len(records) > config.seed_batch:
+        rejudge(records, inv.distance_threshold, config)
     return records
+
+
+def rejudge(records: list[PVCandidate], threshold: float, config: LMSanitatorConfig) -> list[PVCandidate]:
+    """Judge every group's PVs again together, most collapsed first; returns the kept ones.
+
+    Judged group by group, a mixture kept in an early group makes a purer vector of the same basin found by
+    a later group its duplicate; judged together the purer one is kept.  The verdict cannot change (a PV that
+    passes the per-seed checks is either kept or the duplicate of a kept one), only which PV of a basin
+    represents it.
+    """
+    for record in records:
+        record.accepted, record.min_distance, record.sign_agreement = False, None, None
+    kept: list[PVCandidate] = []
+    _judge(records, kept, threshold, config)
+    for record in records:
+        log.debug("seed %d judged with every group: %s", record.seed, record.reason)
+    return kept
 
 
 def lmsanitator(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: LMSanitatorConfig | None = None,
