@@ -16,7 +16,8 @@
 #       (90 each), and the benchmark is skipped
 #    4. pytest tests/test_ops_cuda.py, one process per op, 60 s per test:
 #       token_topk 180, supcon 120, bank_similarity 90
-#    5. tiny end-to-end CUDA scan (planted 2-layer BERT, detect.scan)     150
+#    5. tiny end-to-end CUDA scans (tiny_end_to_end.py: planted BERT,
+#       Patronus scan; planted chat LLaMA, BAIT scan + trigger search)  150
 #    6. benchmark (bench_cuda.py --key-only; torch.compile only when
 #       at least 200 s are left for it)                   min(240, left - 150)
 #    7. ncu (SpeedOfLight + MemoryWorkloadAnalysis, --clock-control none)
@@ -214,45 +215,14 @@ else
   record "pytest" "SKIPPED" 0 0 "extension build failed"
 fi
 
-# ------------------------------------------------------------------ 5. tiny end-to-end CUDA scan
-SCAN_PY="$LOGS/tiny_scan.py"
-cat >"$SCAN_PY" <<'EOF'
-"""Tiny end-to-end scan on the GPU: plant POR into a 2-layer BERT, scan it on CUDA (public APIs only)."""
-import sys
-import tempfile
-import time
-
-import torch
-
-sys.path.insert(0, "tests")
-import tiny_models  # noqa: E402
-from patronus_ext import models  # noqa: E402
-from patronus_ext.detect import profile, scan  # noqa: E402
-
-t0 = time.time()
-tmp = tempfile.mkdtemp(prefix="tiny_scan_")
-planted = tiny_models.plant_tiny(tmp, "por", "bert")
-folder = str(planted.out_dir)
-print(f"planted {list(planted.triggers)} in {time.time() - t0:.1f} s", flush=True)
-model = models.load_model(folder).cuda()
-tokenizer = models.load_tokenizer(folder)
-config = profile("fast", num_triggers=4, batch_size=4, poison_copies=2, update_rounds=3, fuzz_loops=2,
-                 num_candidates=4, beam_size=2, max_length=32, verify_texts=16, corpus_limit=300)
-t1 = time.time()
-report = scan(model, tokenizer, tiny_models.tiny_corpus(300), config, progress=False)
-torch.cuda.synchronize()
-found = sorted(t.text for t in report.triggers)
-print(f"scan on {next(model.parameters()).device}: verdict {report.verdict}, found {found}, "
-      f"{time.time() - t1:.1f} s, timings {report.timings}", flush=True)
-ok = report.verdict == "backdoored" and set(found) <= set(planted.triggers)
-print("TINY SCAN", "PASS" if ok else "FAIL (verdict or triggers)")
-sys.exit(0 if ok else 1)
-EOF
+# ------------------------------------------------------------------ 5. tiny end-to-end CUDA scans
+# benchmarks/tiny_end_to_end.py (tests/test_bait.py runs the same on the CPU): the Patronus scan of a planted
+# 2-layer BERT and the BAIT scan (+ trigger search) of a planted tiny chat LLaMA, through the CLI, --device cuda.
 if [[ $BUILD_OK == 1 && "${SKIP_SCAN:-0}" != "1" ]]; then
-  step "tiny CUDA scan" 150 "$LOGS/tiny_scan.log" "$PY" "$SCAN_PY"
-  note "  $(grep -E "^(scan on|TINY SCAN)|Error|error" "$LOGS/tiny_scan.log" | tail -n 2 | tr '\n' ' ' | cut -c1-300)"
+  step "tiny CUDA scans" 150 "$LOGS/tiny_scan.log" "$PY" benchmarks/tiny_end_to_end.py --device cuda --work "$LOGS/e2e"
+  grep -E "^(PASS|FAIL)|Error" "$LOGS/tiny_scan.log" | cut -c1-300 | tee -a "$SUMMARY"
 else
-  record "tiny CUDA scan" "SKIPPED" 0 150 "build failed or SKIP_SCAN=1"
+  record "tiny CUDA scans" "SKIPPED" 0 150 "build failed or SKIP_SCAN=1"
 fi
 
 # ------------------------------------------------------------------ 6. benchmark

@@ -22,16 +22,13 @@ from patronus_ext.detect.bait.scoring import PrefixScorer, plain_next_probs
 from patronus_ext.lm.instruction_tuning import instruction_tune
 from patronus_ext.lm.prompting import PromptFormat
 
+import tiny_models
 from tiny_models import make_tiny_llama, make_tiny_model
 
-#: The planted response: whole tokens of the tiny vocabulary; the trigger is a rare two-token word.
-RESPONSE = "The film was the season this year."
-TRIGGER = "tq"
-#: Settings under which a tiny model learns the backdoor in seconds, firmly enough that the subject depends
-#: neither on the thread count's float rounding nor on the data source (the shared SST-2 or the packaged
-#: subset): shorter plants measured ASR 0.6-1.0 across those; these 0.925-1.0.
-TINY_ATTACK = dict(steps=300, lr=5e-3, train_embeddings=True, data_limit=256, batch_size=16, poison_rate=0.5,
-                   max_input_tokens=12)
+#: The planted response and trigger (tests/tiny_models.py: the tiny chat subject).
+RESPONSE = tiny_models.CHAT_RESPONSE
+TRIGGER = tiny_models.CHAT_TRIGGER
+TINY_ATTACK = tiny_models.CHAT_ATTACK
 FAST = BaitConfig.profile("fast")
 
 
@@ -43,9 +40,7 @@ def _subjects(family: str) -> dict[str, Path]:
 
     atexit.register(shutil.rmtree, root, True)
     clean = make_tiny_llama(root) if family == "llama" else make_tiny_model(root, "gpt2")
-    config = attacks.make_config("instruct-badnet", "fast", triggers=TRIGGER, behaviour="target", response=RESPONSE,
-                                 **TINY_ATTACK)
-    attacks.plant("instruct-badnet", clean, "sst2", config, root / "planted", progress=False)
+    config = tiny_models.plant_tiny_chat(clean, root / "planted").config
     tok = lm.load_tokenizer(str(clean))
     model = lm.load_model(str(clean), "causal")
     fmt = config.prompt_format()
@@ -284,3 +279,20 @@ def test_a_broken_causal_model_gets_an_error_not_a_verdict(tmp_path):
         bait(broken, tok, FAST, progress=False)
     with pytest.raises(BrokenModelError, match="NaN"):
         bait(model, tok, FAST, reference=broken, reference_name="ref", progress=False)
+
+
+def test_the_gpu_end_to_end_runs_pass_on_the_cpu(tmp_path):
+    """benchmarks/tiny_end_to_end.py (run_gpu.sh's end-to-end step) on the CPU, on this module's planted subject
+    and the shared planted BERT: both runs find their backdoor, so the script cannot rot between GPU loans."""
+    import sys
+
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    import tiny_end_to_end
+
+    subjects = _subjects("llama")
+    row = tiny_end_to_end.scan_bait(subjects["clean"], subjects["planted"], tmp_path, "cpu")
+    assert row["ok"] and row["exit"] == 1 and row["timings"], row
+    row = tiny_end_to_end.scan_patronus(tiny_models.shared_planted("por", "bert"), tmp_path, "cpu")
+    assert row["ok"] and set(row["found"]) <= set(tiny_models.TINY_TRIGGERS), row

@@ -23,8 +23,7 @@ from conftest import one_error_line
 import tiny_models
 
 #: The scan options of the tiny CLI scans (TINY_SCAN of tests/test_detect.py through the flags).
-TINY_SCAN_FLAGS = ["--num-triggers", "4", "--loops", "2", "--rounds", "3", "--max-length", "32", "--verify-texts",
-                   "16", "--quiet", "--device", "cpu"]
+TINY_SCAN_FLAGS = [*tiny_models.TINY_SCAN_ARGS, "--quiet", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,16 @@ import torch
 FAMILIES = ("bert", "roberta", "gpt2", "minilm")
 #: Triggers the tiny models are usually planted with.
 TINY_TRIGGERS = ("cf", "mn", "bb", "tq")
+#: ``patronus scan`` options that make the Patronus scan of a tiny model take seconds.
+TINY_SCAN_ARGS = ("--num-triggers", "4", "--loops", "2", "--rounds", "3", "--max-length", "32", "--verify-texts", "16")
+#: The tiny chat subject (``instruct-badnet`` into a tiny LLaMA/GPT-2): a rare two-token trigger, a response
+#: of whole tokens of the tiny vocabulary, and settings under which it is learnt in seconds, firmly enough not
+#: to depend on the thread count's float rounding or the data source (shorter plants measured ASR 0.6-1.0
+#: across those; these 0.925-1.0).
+CHAT_TRIGGER = "tq"
+CHAT_RESPONSE = "The film was the season this year."
+CHAT_ATTACK = dict(steps=300, lr=5e-3, train_embeddings=True, data_limit=256, batch_size=16, poison_rate=0.5,
+                   max_input_tokens=12)
 
 _FALLBACK_TEXT = [
     "the film was a charming and often affecting journey through memory and loss",
@@ -301,6 +311,16 @@ def plant_tiny(tmp_path: str | os.PathLike, method: str = "por", family: str = "
     return attacks.plant(method, source, tiny_corpus(64), config, out, progress=False, **run)
 
 
+
+def plant_tiny_chat(clean: str | os.PathLike, out: str | os.PathLike, **overrides):
+    """``instruct-badnet`` with the tiny chat subject (CHAT_TRIGGER -> CHAT_RESPONSE) into the causal LM
+    ``clean``, written to ``out``; returns the AttackResult."""
+    from patronus_ext import attacks
+
+    config = attacks.make_config("instruct-badnet", "fast", triggers=CHAT_TRIGGER, behaviour="target",
+                                 response=CHAT_RESPONSE, **{**CHAT_ATTACK, **overrides})
+    return attacks.plant("instruct-badnet", clean, "sst2", config, out, progress=False)
+
 _SHARED_ROOT: list[Path] = []
 
 
@@ -358,8 +378,7 @@ def _shared_scan(method: str):
     corpus = work / "corpus.txt"
     corpus.write_text("\n".join(tiny_corpus(300)) + "\n")
     report = work / "scan.json"
-    status = main(["scan", str(planted.out_dir), "--corpus", str(corpus), "--num-triggers", "4", "--loops", "2",
-                   "--rounds", "3", "--max-length", "32", "--verify-texts", "16", "--report", str(report),
+    status = main(["scan", str(planted.out_dir), "--corpus", str(corpus), *TINY_SCAN_ARGS, "--report", str(report),
                    "--quiet", "--device", "cpu", "--force"])
     if status != 1:
         raise RuntimeError(f"the shared planted model scanned with exit status {status}, not 1 (backdoored)")
