@@ -15,6 +15,9 @@ Patronus scan through its CLI (``--device cpu --quiet``), each timed, with the l
 * **Bank recall**: a planted trigger is in the bank when a bank vector has cosine >= 0.9 to the
   trigger's real triggered representation: the mean representation of 64 held-out WikiText lines
   (not among the inversion's texts) with the trigger inserted 3 times, read from the subject.
+* **The Patronus scan** (its CLI, ``fast``): the trigger words it confirms (``words``: share of the planted
+  triggers among them) and the bank it writes beside its report, measured as LMSanitator's is (recall on the
+  same held-out texts, the same monitor).
 * **Output monitor** (sign mode, the paper's 0.8) with the subject's bank on 200 SST-2 dev texts:
   FRR = clean texts flagged, FAR per trigger = texts with that trigger (3 times) passed.  For a
   fine-tuned subject also with its pre-trained base's bank (the paper's deployment: the bank is
@@ -158,16 +161,33 @@ def run_patronus(subject: Subject, source: str, work: Path) -> dict:
     from patronus_ext.evaluate.metrics import detection_recall
 
     report = Path(tempfile.mkdtemp(prefix="lms-acc-", dir=work)) / "scan.json"
+    load_before = load_average()
     proc, wall = cli_scan(source, report)
     row = {"detector": "patronus", "subject": subject.name, "backdoored": subject.backdoored, "seconds": wall,
-           "exit": proc.returncode}
+           "load": [load_before, load_average()], "exit": proc.returncode}
     if proc.returncode not in (0, 1):
         row.update(verdict="error", recall=None, error=proc.stderr[-2000:])
         return row
     payload = json.loads(report.read_text())
     found = [t["text"] for t in payload["triggers"]]
     row.update(verdict=payload["verdict"], found=found,
-               recall=detection_recall(subject.triggers, found) if subject.triggers else None)
+               trigger_recall=detection_recall(subject.triggers, found) if subject.triggers else None,
+               recall=None, best_cosine=None, per_trigger_cosine={}, bank_size=0)
+    bank_path = report.with_name(report.stem + ".bank.safetensors")   # the scan writes it beside --report
+    if bank_path.is_file():
+        # The same bank measures as LMSanitator's: recall against the triggered representations, the monitor.
+        from patronus_ext.detect import LMSanitatorConfig, read_scan_corpus
+        from patronus_ext.formats.bank import load_bank
+
+        bank = load_bank(bank_path)
+        adapter = lm.load_adapter(source, device="cpu")
+        row.update(bank=str(bank_path), bank_size=len(bank))
+        if subject.triggers:
+            # The very held-out texts of the LMSanitator rows (seed 0), so both banks face the same targets.
+            corpus = read_scan_corpus("wikitext2", LMSanitatorConfig.profile("fast"), 0)
+            targets = triggered_targets(adapter, subject.triggers, held_out_texts(corpus))
+            row.update(bank_recall(bank.vectors, targets, subject.triggers))
+        row["monitor"] = monitor_rates(adapter, bank, subject.triggers or TRIGGERS)
     return row
 
 
@@ -201,10 +221,11 @@ def _monitor_text(mon: dict | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'subject':14} {'truth':8} {'detector':11} {'verdict':10} {'bank':>4} {'recall':>6} {'best cos':>8} "
-             f"{'seconds':>7} {'load':>9}  monitor (SST-2 dev, sign 0.8)"]
+    lines = [f"{'subject':14} {'truth':8} {'detector':11} {'verdict':10} {'bank':>4} {'recall':>6} {'words':>5} "
+             f"{'best cos':>8} {'seconds':>7} {'load':>9}  monitor (SST-2 dev, sign 0.8)"]
     for r in rows:
         recall = "-" if r.get("recall") is None else f"{r['recall']:.2f}"
+        words = "-" if r.get("trigger_recall") is None else f"{r['trigger_recall']:.2f}"
         cos = "-" if r.get("best_cosine") is None else f"{r['best_cosine']:.3f}"
         bank = str(r.get("bank_size", "-"))
         load = "-" if not r.get("load") else f"{r['load'][0]:.1f}-{r['load'][1]:.1f}"
@@ -212,7 +233,7 @@ def table(rows: list[dict]) -> str:
         if r.get("monitor_base_bank"):
             mon += f"; base bank: {_monitor_text(r['monitor_base_bank'])}"
         lines.append(f"{r['subject']:14} {'backdoor' if r['backdoored'] else 'benign':8} {r['detector']:11} "
-                     f"{r['verdict']:10} {bank:>4} {recall:>6} {cos:>8} {r['seconds']:7.1f} {load:>9}  {mon}")
+                     f"{r['verdict']:10} {bank:>4} {recall:>6} {words:>5} {cos:>8} {r['seconds']:7.1f} {load:>9}  {mon}")
     return "\n".join(lines)
 
 
