@@ -12,7 +12,8 @@ def register(subparsers) -> None:
     from ._options import add_run_options
 
     p = subparsers.add_parser(
-        "serve", help="serve the monitored model over HTTP (POST /check, GET /health)",
+        "serve", help="serve the monitored model over HTTP (POST /check, GET /health; POST /generate "
+        "under a BAIT report)",
         description="POST /check with {\"text\": ...} returns one decision (flagged, action, reasons, text_out); "
                     "with {\"texts\": [...]} returns {\"decisions\": [...]}. GET /health describes what is served. "
                     "Concurrent requests are batched into one forward; a request the model fails on fails alone. "
