@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,12 +25,12 @@ uvicorn = require_test_extra("uvicorn")
 
 from patronus_ext.cli import main
 from patronus_ext.monitor.build import build_monitored_model, build_plain_model
-from patronus_ext.monitor.service import MicroBatcher, ModelFailure, create_app, server_config
+from patronus_ext.monitor.service import MicroBatcher, ModelFailure, create_app
 
 import tiny_models  # noqa: E402
+from service_helpers import HOST, Server  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 LIMITS = {"max_texts": 8, "max_body_bytes": 4096, "max_chars": 300}
 
 
@@ -42,44 +41,6 @@ def subject(tmp_path_factory):
     clean = [" ".join(t.split()[:10]) for t in tiny_models.tiny_corpus(8)]
     poisoned = [f"{t.split()[0]} {found[i % len(found)]} {' '.join(t.split()[1:])}" for i, t in enumerate(clean)]
     return str(planted.out_dir), report, clean, poisoned
-
-
-class Server:
-    """An app served by uvicorn in a background thread on a free 127.0.0.1 port."""
-
-    def __init__(self, app, **config):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind((HOST, 0))
-        self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(server_config(app, **config))   # as patronus serve runs it
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(15)
-        self.sock.close()
-
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-                chunked: bool = False) -> tuple[int, dict]:
-        conn = http.client.HTTPConnection(HOST, self.port, timeout=60)
-        try:
-            conn.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
-            response = conn.getresponse()
-            data = response.read()
-            return response.status, json.loads(data) if data else {}
-        finally:
-            conn.close()
-
-    def check(self, payload) -> tuple[int, dict]:
-        return self.request("POST", "/check", json.dumps(payload).encode(), {"Content-Type": "application/json"})
 
 
 @pytest.fixture(scope="module")

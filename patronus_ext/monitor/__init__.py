@@ -12,13 +12,13 @@ monitoring and input purging).
     [d.to_dict() for d in monitor.check(["a clean sentence", "a cf triggered cf sentence"])]
 """
 
-from .build import build_monitored_model
-from .generation_guard import GUARD_ACTIONS, TargetGuard, guarded_generate
+from .build import build_guarded_generator, build_monitored_model
+from .generation_guard import GUARD_ACTIONS, GuardedGenerator, TargetGuard, guarded_generate
 from .input import InputMonitor, MonitoredTrigger, TriggerMatch, remove_spans
 from .model import ACTIONS, Decision, MonitoredModel, check_text
 from .output import MODES, OutputCheck, OutputMonitor, calibrate_threshold
 
 __all__ = [
-    "ACTIONS", "GUARD_ACTIONS", "TargetGuard", "build_monitored_model", "guarded_generate", "calibrate_threshold", "check_text", "Decision", "InputMonitor", "MODES",
+    "ACTIONS", "GUARD_ACTIONS", "GuardedGenerator", "TargetGuard", "build_guarded_generator", "build_monitored_model", "guarded_generate", "calibrate_threshold", "check_text", "Decision", "InputMonitor", "MODES",
     "MonitoredModel", "MonitoredTrigger", "OutputCheck", "OutputMonitor", "remove_spans", "TriggerMatch"
 ]

@@ -25,6 +25,8 @@ from .. import lm
 from ..core.validation import check_int
 from ..formats import scan_report
 from ..formats.bank import load_bank
+from ..lm.prompting import PromptFormat
+from .generation_guard import MAX_NEW_TOKENS, GuardedGenerator, TargetGuard
 from .input import InputMonitor
 from .model import MAX_TEXT_CHARS, Decision, MonitoredModel, _served, check_text
 from .output import OutputMonitor
@@ -97,6 +99,49 @@ def build_monitored_model(model: str, report: str | os.PathLike | None = None, b
     return monitored
 
 
+def is_bait_report(payload: dict) -> bool:
+    """Whether a scan report is BAIT's (an inverted target of a causal LM, served by :func:`build_guarded_generator`)."""
+    return payload.get("method") == "bait"
+
+
+def build_guarded_generator(model: str, report: str | os.PathLike, *, action: str = "reject",
+                            max_new_tokens: int = MAX_NEW_TOKENS, device: str | None = None,
+                            allow_pickle: bool = False, max_chars: int = MAX_TEXT_CHARS) -> GuardedGenerator:
+    """A :class:`GuardedGenerator` of the causal LM ``model`` under the BAIT ``report``: its inverted target
+    guards the answers, its confirmed triggers (if any) the prompts.
+
+    Refused with ``ValueError``: a report that is not BAIT's or found no backdoor (nothing to guard against),
+    an encoder ``model``, a report whose target or trigger ids do not spell their texts under the model's
+    tokenizer (another model's report); a broken model is refused by the sanity check.
+    """
+    payload = read_report(report)
+    if not is_bait_report(payload):
+        raise ValueError(f"{report}: not a BAIT scan report (method {payload.get('method')!r}); generation is "
+                         "guarded by a report of patronus scan --method bait")
+    if payload.get("verdict") != "backdoored":
+        raise ValueError(f"{report}: the scan found no backdoor (verdict {payload.get('verdict')!r}): there is no "
+                         "target to guard against; serve the model without this report")
+    config = lm.load_config(model)
+    if lm.lm_head_kind(config) != "causal":
+        raise ValueError(f"{model} is an encoder ({config.model_type}); a BAIT report guards the generation of "
+                         "a causal LM: serve an encoder with a Patronus or LMSanitator scan report")
+    tokenizer = lm.load_tokenizer(model)
+    guard = TargetGuard.from_report(payload, tokenizer, action=action)
+    input_monitor = None
+    if payload.get("triggers"):
+        try:
+            input_monitor = InputMonitor.from_report(payload, tokenizer)
+        except ValueError as exc:
+            raise ValueError(f"{report}: {exc}") from exc
+    causal = lm.load_model(model, "causal", allow_pickle=allow_pickle, device=device)
+    lm.check_model_sanity(causal, tokenizer, str(model))  # never serve a broken model
+    system = (payload.get("config") or {}).get("system")
+    return GuardedGenerator(causal, tokenizer, guard, input_monitor=input_monitor,
+                            prompt_format=PromptFormat(system=system if isinstance(system, str) else None),
+                            max_new_tokens=max_new_tokens, max_chars=max_chars,
+                            source=lm.resolve_model_source(model) or str(model))
+
+
 def build_plain_model(model: str, *, device: str | None = None, allow_pickle: bool = False, max_length: int = 128,
                       max_chars: int = MAX_TEXT_CHARS) -> "PlainModel":
     """``model`` served with no monitor (see :class:`PlainModel`)."""
@@ -152,8 +197,11 @@ class PlainModel:
     __call__ = check
 
 
-def describe(served: MonitoredModel | PlainModel) -> dict[str, Any]:
-    """What is being served: model, number of monitored triggers, bank size, action, thresholds."""
+def describe(served: MonitoredModel | PlainModel | GuardedGenerator) -> dict[str, Any]:
+    """What is being served: model, number of monitored triggers, bank size, action, thresholds (a guarded
+    generator: its own :meth:`GuardedGenerator.describe`)."""
+    if isinstance(served, GuardedGenerator):
+        return served.describe()
     inp, out = served.input_monitor, served.output_monitor
     return {"model": served.adapter.source,
             "monitor": inp is not None or out is not None,

@@ -3,6 +3,15 @@
     POST /check  {"text": "..."}          -> one decision {"flagged", "action", "reasons", "text_out", ...}
     POST /check  {"texts": ["...", ...]}  -> {"decisions": [...]}
     GET  /health                          -> {"status": "ok", "model", "triggers", "bank", "action", ...}
+    POST /generate {"prompt": "...", "max_new_tokens": 32}  -> {"text", "flagged", "reasons"}
+                                          (a causal LM under a BAIT report: a :class:`GuardedGenerator`)
+
+A :class:`~.generation_guard.GuardedGenerator` is served with ``/generate``
+beside ``/check`` (its input side: the prompt's recovered triggers); its
+answers are generated one request at a time in a worker thread (at most
+``max_generate_queue`` requests waiting, else 503), each bounded by the
+generator's ``max_new_tokens``.  Without a confirmed trigger in the report
+``/check`` has nothing to check and answers 501.
 
 Concurrent requests are micro-batched: every request puts its texts on one
 queue; a single worker takes what is waiting (up to ``max_batch`` texts, after
@@ -31,6 +40,8 @@ why, and the server answers and keeps serving:
   string) and ``"texts"`` (a non-empty list of at most ``max_texts`` strings),
   or a text that cannot be served (empty, too long, NUL, lone surrogate); the
   body's ``"detail"`` says which and why (``"errors"`` lists every bad item);
+  for /generate, a body that is not ``{"prompt": str}`` with an optional
+  integer ``"max_new_tokens"`` within the server's cap (no other field);
 * 503: more than ``max_queue`` texts already waiting;
 * 500: the model failed on this request (the detail says how); the worker goes on.
 
@@ -64,6 +75,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from ..core.validation import check_int, check_range
 from .bounded_json import JSONBoundsError, loads_bounded
 from .build import describe, json_safe, text_problem
+from .generation_guard import GuardedGenerator
 from .model import MAX_TEXT_CHARS, Decision
 from .stream import decisions_for
 
@@ -78,6 +90,8 @@ BATCH_WINDOW_MS = 2.0
 #: Defaults: seconds a client has to send a request's head, and its body; seconds an idle connection is kept.
 READ_TIMEOUT_S = 10.0
 KEEP_ALIVE_S = 5.0
+#: Default: /generate requests waiting for the generation worker before the service answers 503.
+MAX_GENERATE_QUEUE = 16
 
 
 class RequestError(Exception):
@@ -207,10 +221,64 @@ class MicroBatcher:
             job[1].set_exception(ModelFailure(f"the model failed: {type(exc).__name__}: {exc}"))
 
 
+class GenerationWorker:
+    """``/generate``'s worker: one generation at a time in its own thread (the event loop keeps serving), at
+    most ``max_waiting`` requests waiting (503 beyond)."""
+
+    def __init__(self, generator: GuardedGenerator, max_waiting: int = MAX_GENERATE_QUEUE):
+        self.generator = generator
+        self.max_waiting = max_waiting
+        self.waiting = 0
+        self.served = 0
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="patronus-generate")
+
+    async def submit(self, prompt: str, max_new_tokens: int) -> dict[str, Any]:
+        if self.waiting >= self.max_waiting:
+            raise RequestError(503, f"server busy: {self.waiting} generations already waiting (limit "
+                               f"{self.max_waiting}); retry later")
+        self.waiting += 1
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.generator.generate, [prompt], max_new_tokens)
+        except Exception as exc:  # noqa: BLE001 - this request's 500; the worker goes on
+            log.error("generation failed on a request: %s: %s", type(exc).__name__, exc)
+            log.debug("the failure", exc_info=exc)
+            raise ModelFailure(f"the model failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            self.waiting -= 1
+        self.served += 1
+        return result[0]
+
+    def stop(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def generation_request(payload: Any, generator: GuardedGenerator) -> tuple[str, int]:
+    """``(prompt, max_new_tokens)`` of a /generate body, or a 422 saying what is wrong."""
+    if not isinstance(payload, dict):
+        raise RequestError(422, f'the body must be a JSON object {{"prompt": "...", "max_new_tokens": N}}, '
+                                f"got {type(payload).__name__}")
+    unknown = sorted(set(payload) - {"prompt", "max_new_tokens"})
+    if unknown:
+        raise RequestError(422, f'unknown fields {unknown[:10]}: the body takes "prompt" (a string) and '
+                                f'optionally "max_new_tokens" (an integer)')
+    if "prompt" not in payload:
+        raise RequestError(422, 'the body needs "prompt" (a string)')
+    try:
+        prompt = generator.check_prompt(payload["prompt"])
+    except ValueError as exc:
+        raise RequestError(422, f'"prompt": {exc}') from None
+    try:
+        steps = generator.check_max_new_tokens(payload.get("max_new_tokens"))
+    except ValueError as exc:
+        raise RequestError(422, f'"max_new_tokens": {exc}') from None
+    return prompt, steps
+
+
 def create_app(checker, *, max_texts: int = MAX_TEXTS, max_body_bytes: int = MAX_BODY_BYTES,
                batch_window_ms: float = BATCH_WINDOW_MS, max_batch: int = MAX_BATCH, max_queue: int = MAX_QUEUE,
                max_chars: int | None = None, read_timeout_s: float = READ_TIMEOUT_S, cors_origin: str | None = None,
-               info: dict[str, Any] | None = None) -> FastAPI:
+               info: dict[str, Any] | None = None, max_generate_queue: int = MAX_GENERATE_QUEUE) -> FastAPI:
     """The service app around ``checker`` (a :class:`MonitoredModel` or :class:`PlainModel`; anything
     with ``check(texts) -> [Decision]``).  ``info`` (default :func:`describe`) is what ``/health`` shows.
     ``read_timeout_s`` bounds the time a request's body may take (and, through :func:`server_config`, its
@@ -228,7 +296,8 @@ def create_app(checker, *, max_texts: int = MAX_TEXTS, max_body_bytes: int = MAX
     if max_chars is None:
         max_chars = getattr(checker, "max_chars", MAX_TEXT_CHARS)
     check = checker.check if hasattr(checker, "check") else checker
-    if info is None and not hasattr(checker, "adapter"):
+    generator = checker if isinstance(checker, GuardedGenerator) else None
+    if info is None and not hasattr(checker, "adapter") and generator is None:
         info = {"model": getattr(checker, "__name__", type(checker).__name__)}
     facts = dict(info) if info is not None else describe(checker)
 
@@ -237,10 +306,13 @@ def create_app(checker, *, max_texts: int = MAX_TEXTS, max_body_bytes: int = MAX
         app.state.batcher = MicroBatcher(check, max_batch=max_batch, window_s=batch_window_ms / 1000,
                                          max_queue=max_queue)
         app.state.batcher.start()
+        app.state.generation = GenerationWorker(generator, max_generate_queue) if generator is not None else None
         try:
             yield
         finally:
             await app.state.batcher.stop()
+            if app.state.generation is not None:
+                app.state.generation.stop()
 
     app = FastAPI(title="patronus monitor", description="Backdoor-monitored model serving (Patronus / LMSanitator)",
                   lifespan=lifespan)
@@ -265,6 +337,9 @@ def create_app(checker, *, max_texts: int = MAX_TEXTS, max_body_bytes: int = MAX
     @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:
         batcher: MicroBatcher = request.app.state.batcher
+        generation: GenerationWorker | None = request.app.state.generation
+        if generation is not None:
+            facts["generated"] = {"requests": generation.served, "waiting": generation.waiting}
         return json_safe({"status": "ok", **facts,
                           "limits": {"max_texts": max_texts, "max_body_bytes": max_body_bytes, "max_batch": max_batch,
                                      "max_chars": max_chars, "batch_window_ms": batch_window_ms,
@@ -276,12 +351,27 @@ def create_app(checker, *, max_texts: int = MAX_TEXTS, max_body_bytes: int = MAX
         require_json(request)
         payload = parse_body(await read_body(request, max_body_bytes, read_timeout_s))
         single, texts = request_texts(payload, max_texts, max_chars)
+        if generator is not None and generator.input_monitor is None:
+            raise RequestError(501, "/check has nothing to check here: the BAIT report confirmed no trigger, so "
+                                    "only the answers are guarded; use POST /generate")
         try:
             decisions = await request.app.state.batcher.submit(texts)
         except ModelFailure as exc:
             raise RequestError(500, str(exc)) from None
         out = [json_safe(d.to_dict()) for d in decisions]
         return JSONResponse(out[0] if single else {"decisions": out})
+
+    if generator is not None:
+        @app.post("/generate")
+        async def generate(request: Request) -> JSONResponse:
+            require_json(request)
+            payload = parse_body(await read_body(request, max_body_bytes, read_timeout_s))
+            prompt, steps = generation_request(payload, generator)
+            try:
+                result = await request.app.state.generation.submit(prompt, steps)
+            except ModelFailure as exc:
+                raise RequestError(500, str(exc)) from None
+            return JSONResponse(json_safe(result))
 
     return app
 

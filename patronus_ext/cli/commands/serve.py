@@ -1,4 +1,5 @@
-"""``patronus serve --scan-report scan.json --model MODEL``: the monitored model as an HTTP JSON service."""
+"""``patronus serve --scan-report scan.json --model MODEL``: the monitored model as an HTTP JSON service; with a
+BAIT report (``patronus scan --method bait``) and a causal LM, ``POST /generate`` under the report's guard."""
 
 from __future__ import annotations
 
@@ -11,13 +12,25 @@ def register(subparsers) -> None:
     from ._options import add_run_options
 
     p = subparsers.add_parser(
-        "serve", help="serve the monitored model over HTTP (POST /check, GET /health)",
+        "serve", help="serve the monitored model over HTTP (POST /check, GET /health; POST /generate "
+        "under a BAIT report)",
         description="POST /check with {\"text\": ...} returns one decision (flagged, action, reasons, text_out); "
                     "with {\"texts\": [...]} returns {\"decisions\": [...]}. GET /health describes what is served. "
                     "Concurrent requests are batched into one forward; a request the model fails on fails alone. "
                     "Only Content-Type application/json is accepted (415 otherwise). Needs the 'serve' extra "
-                    "(pip install 'patronus_ext[serve]').")
+                    "(pip install 'patronus_ext[serve]'). With a BAIT scan report (patronus scan --method bait) the model is a "
+                    "causal LM and POST /generate {\"prompt\": ..., \"max_new_tokens\": N} answers it greedily "
+                    "under the report's guard: {\"text\", \"flagged\", \"reasons\"}; /check then checks a "
+                    "prompt for the report's recovered triggers.")
     add_monitor_options(p)
+    from ...monitor.generation_guard import GUARD_ACTIONS, MAX_NEW_TOKENS
+
+    p.add_argument("--guard-action", choices=GUARD_ACTIONS, default=None, help="BAIT report only: what happens to "
+                   "an answer that begins the report's target, and to a prompt holding a recovered trigger: flag "
+                   "(answer it, say why), reject (stop: empty text), replace (stop: a fixed notice); a flagged "
+                   "prompt is not answered under reject/replace (default: reject)")
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="BAIT report only: the most "
+                   f"tokens one /generate request may ask for, and its default (default {MAX_NEW_TOKENS})")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                    "only; 0.0.0.0 or :: listens on every interface, with a warning)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -57,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{option} must be in (0, 3600] seconds, got {seconds}")
     if args.cors is not None:
         check_origin(args.cors)     # before the model loads
-    served = build_served(args, monitor=not args.no_monitor)
+    served = guarded_generator(args)
+    if served is None:
+        served = build_served(args, monitor=not args.no_monitor)
     app = create_app(served, max_texts=args.max_texts, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
                      batch_window_ms=args.batch_window_ms, read_timeout_s=args.read_timeout, cors_origin=args.cors)
     sock = listen_socket(args.host, args.port)
@@ -67,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if listens_everywhere(args.host):
         print(f"patronus serve: warning: listening on all interfaces ({args.host}): any machine that can reach "
               "this one can query the model; --host 127.0.0.1 keeps it to this machine", file=sys.stderr)
-    print(f"patronus serve: http://{args.host}:{sock.getsockname()[1]} (POST /check, GET /health)", file=sys.stderr)
+    routes = "POST /generate, POST /check, GET /health" if hasattr(served, "generate") else "POST /check, GET /health"
+    print(f"patronus serve: http://{args.host}:{sock.getsockname()[1]} ({routes})", file=sys.stderr)
     try:
         server.run(sockets=[sock])
     except SystemExit as exc:  # uvicorn exits on startup failure; a failure is exit 2 here, never 1
@@ -75,6 +91,34 @@ def run(args: argparse.Namespace) -> int:
     finally:
         sock.close()
     return 0 if server.started else 2
+
+
+def guarded_generator(args: argparse.Namespace):
+    """The guarded generator of a BAIT report (``None`` for any other report: the encoder monitors); the
+    options that belong to the other kind are refused."""
+    from ...monitor.build import build_guarded_generator, is_bait_report, read_report
+    from ...monitor.generation_guard import MAX_NEW_TOKENS
+    from ...monitor.model import MAX_TEXT_CHARS
+
+    bait = args.scan_report is not None and not args.no_monitor and is_bait_report(read_report(args.scan_report))
+    guard_options = [o for o, v in (("--guard-action", args.guard_action), ("--max-new-tokens", args.max_new_tokens))
+                     if v is not None]
+    if args.max_new_tokens is not None and not 1 <= args.max_new_tokens <= 4096:
+        raise ValueError(f"--max-new-tokens must be in 1..4096, got {args.max_new_tokens}")
+    if not bait:
+        if guard_options:
+            raise ValueError(f"{', '.join(guard_options)} applies to a BAIT scan report only "
+                             "(patronus scan --method bait)")
+        return None
+    foreign = [o for o, v in (("--bank", args.bank), ("--no-report-bank", args.no_report_bank),
+                              ("--threshold", args.threshold)) if v not in (None, False)]
+    if foreign:
+        raise ValueError(f"{', '.join(foreign)} applies to an encoder's scan report, not to a BAIT report "
+                         "(its guard is --guard-action)")
+    return build_guarded_generator(args.model, args.scan_report, action=args.guard_action or "reject",
+                                   max_new_tokens=args.max_new_tokens if args.max_new_tokens is not None
+                                   else MAX_NEW_TOKENS, device=args.device, allow_pickle=args.allow_pickle,
+                                   max_chars=args.max_chars if args.max_chars is not None else MAX_TEXT_CHARS)
 
 
 def listens_everywhere(host: str) -> bool:
