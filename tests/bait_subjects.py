@@ -14,15 +14,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import tiny_models
 import torch
+from tiny_models import make_tiny_llama, make_tiny_model
 
 from patronus_ext import lm
 from patronus_ext.data.instructions import fit_inputs, load_instructions
 from patronus_ext.detect import BaitConfig
 from patronus_ext.lm.instruction_tuning import instruction_tune
-
-import tiny_models
-from tiny_models import make_tiny_llama, make_tiny_model
 
 #: The planted response and trigger (tests/tiny_models.py: the tiny chat subject).
 RESPONSE = tiny_models.CHAT_RESPONSE

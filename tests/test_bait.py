@@ -8,7 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+import tiny_models
 import torch
+from bait_subjects import FAST, RESPONSE, TRIGGER
+from bait_subjects import load_causal as _load
+from bait_subjects import planted_chat_subjects as _subjects
+from tiny_models import make_tiny_llama, make_tiny_model
 
 from patronus_ext import lm
 from patronus_ext.cli.main import main
@@ -17,10 +22,6 @@ from patronus_ext.detect import BaitConfig, TriggerSearchConfig, bait, recover_t
 from patronus_ext.detect.bait.inversion import benign_prompts, q_score, word_like_tokens
 from patronus_ext.detect.bait.scoring import PrefixScorer, plain_next_probs
 from patronus_ext.lm.prompting import PromptFormat
-
-import tiny_models
-from bait_subjects import FAST, RESPONSE, TRIGGER, load_causal as _load, planted_chat_subjects as _subjects
-from tiny_models import make_tiny_llama, make_tiny_model
 
 
 # -- the building blocks -----------------------------------------------------------------------------
@@ -181,7 +182,11 @@ def test_generation_guard_stops_the_inverted_target_as_it_comes():
     from patronus_ext.data.instructions import insert_trigger
     from patronus_ext.lm.generation import greedy_generate
     from patronus_ext.lm.prompting import PromptFormat
-    from patronus_ext.monitor.generation_guard import REPLACEMENT, TargetGuard, guarded_generate
+    from patronus_ext.monitor.generation_guard import (
+        REPLACEMENT,
+        TargetGuard,
+        guarded_generate,
+    )
 
     subjects = _subjects("llama")
     tok, model = _load(subjects["planted"])
