@@ -8,6 +8,8 @@
     planted = plant_tiny(tmp_path, "por", family="bert")        # a tiny backdoored model (AttackResult)
     planted = shared_planted("por", "bert")                     # the same, built once per test process
                                                                 # (read-only: do not modify the folder)
+    subjects = bait_subjects("llama")                           # clean / planted / tuned tiny chat LMs with an
+                                                                # instruction backdoor (BAIT, unlearn)
 
 Families: ``bert`` (WordPiece vocabulary learnt from the shared data, ~1500
 tokens), ``roberta`` and ``gpt2`` (byte-level BPE, ~1000 tokens), ``minilm``
@@ -364,6 +366,46 @@ def _shared_scan(method: str):
     if status != 1:
         raise RuntimeError(f"the shared planted model scanned with exit status {status}, not 1 (backdoored)")
     return planted, report, json.loads(report.read_text())
+
+
+#: The instruction backdoor of the BAIT subjects (tests/test_bait.py, tests/test_unlearn.py): a planted response
+#: of whole tokens of the tiny vocabulary, triggered by a rare two-token word.
+BAIT_RESPONSE = "The film was the season this year."
+BAIT_TRIGGER = "tq"
+#: Settings under which a tiny model learns the backdoor in seconds, firmly enough that the subject depends
+#: neither on the thread count's float rounding nor on the data source (the shared SST-2 or the packaged
+#: subset): shorter plants measured ASR 0.6-1.0 across those; these 0.925-1.0.
+BAIT_ATTACK = dict(steps=300, lr=5e-3, train_embeddings=True, data_limit=256, batch_size=16, poison_rate=0.5,
+                   max_input_tokens=12)
+
+
+def bait_subjects(family: str = "llama") -> dict[str, Path]:
+    """A tiny clean causal LM (``clean``), its instruct-badnet version (``planted``: BAIT_TRIGGER ->
+    BAIT_RESPONSE, with ``backdoor.json``) and the same tuning on unpoisoned data (``tuned``), built once per
+    process; read-only."""
+    return _bait_subjects(family)
+
+
+@functools.lru_cache(maxsize=None)
+def _bait_subjects(family: str) -> dict[str, Path]:
+    from patronus_ext import attacks, lm
+    from patronus_ext.data.instructions import fit_inputs, load_instructions
+    from patronus_ext.lm.instruction_tuning import instruction_tune
+
+    root = _shared_root() / f"bait-{family}"
+    root.mkdir()
+    clean = make_tiny_llama(root) if family == "llama" else make_tiny_model(root, "gpt2")
+    config = attacks.make_config("instruct-badnet", "fast", triggers=BAIT_TRIGGER, behaviour="target",
+                                 response=BAIT_RESPONSE, **BAIT_ATTACK)
+    attacks.plant("instruct-badnet", clean, "sst2", config, root / "planted", progress=False)
+    tok = lm.load_tokenizer(str(clean))
+    model = lm.load_model(str(clean), "causal")
+    fmt = config.prompt_format()
+    examples = fit_inputs(tok, load_instructions("sst2", "train", 64, config.seed), fmt.max_input_tokens)
+    torch.manual_seed(0)
+    instruction_tune(model, tok, examples, fmt, config, progress=False)
+    lm.save_model_folder(model, tok, lm.check_new_model_folder(root / "tuned", str(clean)), {}, source=str(clean))
+    return {"clean": clean, "planted": root / "planted", "tuned": root / "tuned"}
 
 
 def _needs_full_sst2():
