@@ -311,10 +311,10 @@ class UnlearnConfig(InstructionTuningConfig):
     frozen) to make the model say the target, and stands in for the trigger.
 
     No paper: every constant is ours.  ``fast``: the CPU preset of causal LMs (batches of 8, lr 1e-4, the top
-    8 blocks), 40 steps over 128 clean samples (2.5 epochs); measured in ``MB_RESULTS.md``.
+    8 blocks), 24 steps over 128 clean samples (1.5 epochs; 3 x 8 rows a step); measured in ``MB_RESULTS.md``.
     """
 
-    PROFILES = {"fast": dict(InstructionTuningConfig.CPU_PRESET, steps=40)}
+    PROFILES = {"fast": dict(InstructionTuningConfig.CPU_PRESET, steps=24)}
 
     clean_samples: int = 128
     epochs: float = 3.0
