@@ -113,10 +113,11 @@ def test_the_unlikelihood_is_minus_log_one_minus_p_of_the_target_tokens():
     prompt = tok("hello there", add_special_tokens=False)["input_ids"]
     rows = [EncodedExample(prompt, [5, 6]), EncodedExample(prompt, [7]), EncodedExample(prompt, target)]
     batch = collate(rows, tok.pad_token_id, "cpu")
-    loss, terms = purify.unlearn_loss(model, batch, 1, 0.5)
-    logp, valid = response_token_logprobs(model, batch)
+    with torch.no_grad():
+        loss, terms = purify.unlearn_loss(model, batch, 1, 0.5)
+        logp, valid = response_token_logprobs(model, batch)
     p = logp[2][valid[2]].exp()
-    assert math.isclose(float(terms["unlikelihood"].detach()), float((-torch.log1p(-p)).mean()), rel_tol=1e-5)
+    assert math.isclose(float(terms["unlikelihood"]), float((-torch.log1p(-p)).mean()), rel_tol=1e-5)
     assert math.isclose(float(loss), float(terms["ce_clean"] + terms["ce_triggered"] + 0.5 * terms["unlikelihood"]),
                         rel_tol=1e-5)
     assert math.isclose(float(terms["ce_clean"]), float(-logp[0].sum() / 2), rel_tol=1e-5)
@@ -171,3 +172,19 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     assert main(["purify", "--method", "mb", "--model", str(planted), "--reference", str(planted),
                  "--out", str(tmp_path / "o")]) == 2
     assert "--reference does not apply to mb" in one_error_line(capsys, "purify")
+
+
+def test_a_broken_model_is_refused_before_any_work(tmp_path):
+    """Fail closed, as every purifier: NaN weights end the run before the report is acted on or a folder made."""
+    from patronus_ext.lm.sanity import BrokenModelError
+
+    planted = bait_subjects("llama")["planted"]
+    tok, model = lm.load_tokenizer(str(planted)), lm.load_model(str(planted), "causal")
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if n.endswith("q_proj.weight")).fill_(float("nan"))
+    model.save_pretrained(tmp_path / "broken")
+    tok.save_pretrained(tmp_path / "broken")
+    with pytest.raises(BrokenModelError, match="NaN"):
+        purify.run_purify("unlearn", tmp_path / "broken", tmp_path / "out", report=bait_report(planted),
+                          config=_config(), measure=False, progress=False)
+    assert not (tmp_path / "out").exists()
