@@ -8,6 +8,8 @@
     planted = plant_tiny(tmp_path, "por", family="bert")        # a tiny backdoored model (AttackResult)
     planted = shared_planted("por", "bert")                     # the same, built once per test process
                                                                 # (read-only: do not modify the folder)
+    subjects = bait_subjects("llama")                           # clean / planted / tuned tiny chat LMs with an
+                                                                # instruction backdoor (BAIT, unlearn)
 
 Families: ``bert`` (WordPiece vocabulary learnt from the shared data, ~1500
 tokens), ``roberta`` and ``gpt2`` (byte-level BPE, ~1000 tokens), ``minilm``
@@ -311,7 +313,6 @@ def plant_tiny(tmp_path: str | os.PathLike, method: str = "por", family: str = "
     return attacks.plant(method, source, tiny_corpus(64), config, out, progress=False, **run)
 
 
-
 def plant_tiny_chat(clean: str | os.PathLike, out: str | os.PathLike, **overrides):
     """``instruct-badnet`` with the tiny chat subject (CHAT_TRIGGER -> CHAT_RESPONSE) into the causal LM
     ``clean``, written to ``out``; returns the AttackResult."""
@@ -320,6 +321,7 @@ def plant_tiny_chat(clean: str | os.PathLike, out: str | os.PathLike, **override
     config = attacks.make_config("instruct-badnet", "fast", triggers=CHAT_TRIGGER, behaviour="target",
                                  response=CHAT_RESPONSE, **{**CHAT_ATTACK, **overrides})
     return attacks.plant("instruct-badnet", clean, "sst2", config, out, progress=False)
+
 
 _SHARED_ROOT: list[Path] = []
 

@@ -6,7 +6,8 @@
   backdoored verdict, the attack-vector bank beside it (the ``scan`` command
   and the audit both write through it).
 * :func:`triggers_from_report`: the monitor and the purifiers take what the
-  scan found.  A report is accepted only if it belongs to the model: every
+  scan found; :func:`target_from_report`: a BAIT report's inverted target (the generation guard and
+  ``purify --method unlearn`` read it).  A report is accepted only if it belongs to the model: every
   trigger's token ids must decode to its text under the model's tokenizer, and
   the report's ``model.hidden_size`` (when present) must match.
 """
@@ -138,3 +139,40 @@ def triggers_from_report(report: dict | str | os.PathLike, tokenizer, hidden_siz
         ids_out.append(ids)
         groups.append(entry.get("group"))
     return ScannedTriggers(words, ids_out, groups, where)
+
+
+@dataclasses.dataclass
+class ScannedTarget:
+    """A BAIT report's inverted target: the response the model was found to give, as text and token ids."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "token_ids": list(self.token_ids), "source": self.source}
+
+
+def target_from_report(report: dict | str | os.PathLike, tokenizer, *, purpose: str = "nothing to act on"
+                       ) -> tuple[ScannedTarget, dict]:
+    """The inverted target of a BAIT scan ``report`` (dict or JSON file), checked against the model, and the
+    report itself.
+
+    ``ValueError`` when the report is not a BAIT report (no ``target``), when its verdict is not backdoored
+    (``purpose`` ends the message), or when the target's token ids fall outside ``tokenizer``'s vocabulary or
+    do not spell its text under it ("the report belongs to another model").
+    """
+    payload, where = read_report(report)
+    target = payload.get("target")
+    if payload.get("method") != "bait" or not isinstance(target, dict):
+        raise ValueError(f"{where}: not a BAIT scan report (no inverted target; method "
+                         f"{payload.get('method', 'unknown')!r}): run `patronus scan --method bait --report`")
+    if payload.get("verdict") != "backdoored":
+        raise ValueError(f"{where}: the scan found no backdoor (verdict {payload.get('verdict')!r}); {purpose}")
+    ids = tuple(int(i) for i in target.get("token_ids") or ())
+    text = str(target.get("text") or "")
+    if not ids or any(i < 0 or i >= len(tokenizer) for i in ids) or \
+            tokenizer.decode(list(ids), skip_special_tokens=True).strip() != text.strip():
+        raise ValueError(f"{where}: the target's token ids do not spell its text under this tokenizer: "
+                         "the report belongs to another model")
+    return ScannedTarget(text, ids, where), payload

@@ -153,8 +153,9 @@ def collate(encoded: Sequence[EncodedExample], pad_id: int, device: torch.device
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
-def response_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sum of log π(response token | everything before), response token count)``, each ``[B]``.
+def response_token_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log π(response token | everything before), valid)``, each ``[B, R]``: per response token, aligned at
+    the last column (``valid`` is False on a shorter response's padding, whose log-probability is 0).
 
     The batch is left-padded (:func:`collate`), so every response ends at the
     last column; the model is asked for logits of the last ``R + 1`` positions
@@ -174,6 +175,11 @@ def response_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     picked = logp.gather(2, targets.clamp_min(0).unsqueeze(2)).squeeze(2)
     valid = targets != IGNORE
-    return (picked * valid).sum(1), valid.sum(1)
+    return picked * valid, valid
 
 
+def response_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum of log π(response token | everything before), response token count)``, each ``[B]``
+    (:func:`response_token_logprobs` summed)."""
+    picked, valid = response_token_logprobs(model, batch)
+    return picked.sum(1), valid.sum(1)

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..core.validation import check_choice, check_int
 from ..data.instructions import InstructionExample
-from ..formats.scan_report import read_report
+from ..formats.scan_report import target_from_report
 from ..lm.adapter import accepts_argument, position_ids
 from ..lm.generation import stop_token_ids
 from ..lm.prompting import PromptFormat, left_pad, prompt_token_ids
@@ -81,19 +81,8 @@ class TargetGuard:
     def from_report(cls, report: dict | str | os.PathLike, tokenizer, **settings) -> "TargetGuard":
         """The guard of a BAIT report's inverted target; the target's ids must spell its text under
         ``tokenizer`` (else the report belongs to another model)."""
-        payload, where = read_report(report)
-        target = payload.get("target")
-        if payload.get("method") != "bait" or not isinstance(target, dict):
-            raise ValueError(f"{where}: not a BAIT scan report (no inverted target)")
-        if payload.get("verdict") != "backdoored":
-            raise ValueError(f"{where}: the scan found no backdoor (verdict {payload.get('verdict')!r}); "
-                             "nothing to guard against")
-        ids = tuple(int(i) for i in target.get("token_ids") or ())
-        if not ids or any(i < 0 or i >= len(tokenizer) for i in ids) or \
-                tokenizer.decode(list(ids), skip_special_tokens=True) != target.get("text"):
-            raise ValueError(f"{where}: the target's token ids do not spell its text under this tokenizer: "
-                             "the report belongs to another model")
-        return cls(ids, str(target.get("text")), **settings)
+        target, _ = target_from_report(report, tokenizer, purpose="nothing to guard against")
+        return cls(target.token_ids, target.text, **settings)
 
 
 @torch.no_grad()

@@ -8,7 +8,8 @@ Methods: ``adv-pt`` (Patronus adversarial pre-training, encoder -> encoder), ``a
 (Patronus adversarial fine-tuning, encoder -> classifier), ``fine-mix`` and ``e-pur``
 (Fine-mixing / embedding purification, classifier + clean pre-trained weights -> classifier),
 ``mb`` (MB-Defense: instruction tuning of a causal LM on possibly poisoned data, defended) and
-``fine-mix-lm`` (Fine-mixing of an instruction-tuned causal LM, MB-Defense's baseline).
+``fine-mix-lm`` (Fine-mixing of an instruction-tuned causal LM, MB-Defense's baseline) and ``unlearn``
+(detection-fed repair of a causal LM from a BAIT scan report: :func:`unlearn`, :func:`learn_soft_trigger`).
 Library pieces: :func:`mb_defense`, :func:`defensive_poisoning`, :func:`weight_recovery`,
 :func:`fine_mix_lm`, :func:`adversarial_pretrain`, :func:`adversarial_finetune`, :func:`adversarial_examples`,
 :func:`mix_weights`, :func:`fine_mix`, :func:`suspicious_rows`, :func:`e_pur`.  Settings: :func:`make_config`
@@ -35,6 +36,7 @@ from .config import (
     FineMixLMConfig,
     MBConfig,
     MeasureConfig,
+    UnlearnConfig,
     make_config,
 )
 from .mb import (
@@ -66,6 +68,16 @@ from .mixing import (
     token_frequencies,
 )
 from .run import CAUSAL_METHODS, PurifyResult, run_purify
+from .unlearn import (
+    SoftTrigger,
+    SoftTriggerLog,
+    UnlearnResult,
+    learn_soft_trigger,
+    placeholder_word,
+    teacher_answers,
+    unlearn,
+    unlearn_loss,
+)
 
 __all__ = [
     "CAUSAL_METHODS", "DefenderTriggers", "DefensivePoisoning", "FineMixLMConfig", "FineMixLMResult", "LambdaCandidate",
@@ -77,4 +89,6 @@ __all__ = [
     "adversarial_examples", "adversarial_finetune", "adversarial_pretrain", "classifier_from_encoder", "e_pur",
     "fine_mix", "make_config", "measure_classifier", "measure_encoder", "mix_weights", "purification_loss",
     "rank_suspicious", "reset_rows", "run_purify", "suspicious_rows", "token_frequencies",
+    "SoftTrigger", "SoftTriggerLog", "UnlearnConfig", "UnlearnResult", "learn_soft_trigger", "placeholder_word",
+    "teacher_answers", "unlearn", "unlearn_loss",
 ]

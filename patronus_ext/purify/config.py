@@ -1,4 +1,4 @@
-"""Settings of the purifiers (docs/METHODS.md §2, §4 and §5), each with a ``paper`` and a ``fast`` profile.
+"""Settings of the purifiers (docs/METHODS.md §2, §4, §5 and §8), each with a ``paper`` and a ``fast`` profile.
 
 ``paper`` holds the authors' settings where they are published (Patronus:
 adversarial pre-training 10 epochs over WikiText, batch 24, lr 5e-5;
@@ -295,9 +295,57 @@ class FineMixLMConfig(InstructionTuningConfig):
         check_int("clean_samples", self.clean_samples)
 
 
+@dataclasses.dataclass
+class UnlearnConfig(InstructionTuningConfig):
+    """Detection-fed repair of an instruction-tuned causal LM (docs/METHODS.md §8), see
+    :mod:`patronus_ext.purify.unlearn`: ``clean_samples`` clean instruction examples; each training step
+    takes ``batch_size`` of them three ways: clean with their own answers (cross-entropy), with a trigger
+    inserted ``insert_num`` times answered with the teacher's greedy answer to the clean prompt
+    (``answer_tokens`` tokens at most; None: ``max_response_tokens``), and with the trigger followed by the
+    inverted target, whose tokens get the bounded unlikelihood ``-log(1 - p)`` weighted by
+    ``unlikelihood_weight``.  The training fields are those of
+    :class:`~patronus_ext.lm.instruction_tuning.InstructionTuningConfig`.
+
+    Target only (the report has no confirmed trigger): a soft trigger of ``soft_tokens`` input vectors is
+    learned first (``soft_steps`` steps at ``soft_lr`` over batches of ``soft_batch`` prompts, the model
+    frozen) to make the model say the target, and stands in for the trigger.
+
+    No paper: every constant is ours.  ``fast``: the CPU preset of causal LMs (batches of 8, lr 1e-4, the top
+    8 blocks), 24 steps over 128 clean samples (1.5 epochs; 3 x 8 rows a step); measured in ``MB_RESULTS.md``.
+    """
+
+    PROFILES = {"fast": dict(InstructionTuningConfig.CPU_PRESET, steps=24)}
+
+    clean_samples: int = 128
+    epochs: float = 3.0
+    lr: float = 2e-5
+    batch_size: int = 8
+    insert_num: int = 1
+    unlikelihood_weight: float = 1.0
+    answer_tokens: int | None = None
+    match_words: int = 3
+    soft_tokens: int = 4
+    soft_steps: int = 60
+    soft_lr: float = 0.05
+    soft_batch: int = 8
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_int("clean_samples", self.clean_samples)
+        check_int("insert_num", self.insert_num)
+        check_range("unlikelihood_weight", self.unlikelihood_weight, 0.0, 1e6)
+        check_int("answer_tokens", self.answer_tokens, optional=True)
+        check_int("match_words", self.match_words)
+        check_int("soft_tokens", self.soft_tokens)
+        check_int("soft_steps", self.soft_steps)
+        check_range("soft_lr", self.soft_lr, 0.0, 10.0, low_open=True)
+        check_int("soft_batch", self.soft_batch)
+
+
 #: method name -> its settings class.
 CONFIGS: dict[str, type] = {"adv-pt": AdvPretrainConfig, "adv-ft": AdvFinetuneConfig, "fine-mix": FineMixConfig,
-                            "e-pur": EPurConfig, "mb": MBConfig, "fine-mix-lm": FineMixLMConfig}
+                            "e-pur": EPurConfig, "mb": MBConfig, "fine-mix-lm": FineMixLMConfig,
+                            "unlearn": UnlearnConfig}
 METHODS = tuple(CONFIGS)
 
 

@@ -19,7 +19,7 @@ from ..evaluate import load_task
 from ..evaluate.generation import GenerationEvalConfig
 from ..formats.backdoor import find_backdoor_info
 from ..formats.purify_record import PURIFY_FILE, PurifyRecord
-from ..formats.scan_report import ScannedTriggers, triggers_from_report
+from ..formats.scan_report import ScannedTriggers, target_from_report, triggers_from_report
 from ..lm.finetune import finetune_classifier
 from ..lm.instruction_tuning import instruction_tune
 from .adversarial import adversarial_finetune, adversarial_pretrain
@@ -27,14 +27,15 @@ from .config import METHODS, MeasureConfig, make_config
 from .mb import mb_defense
 from .measure import Measurement, measure_classifier, measure_encoder, measure_generation
 from .mixing import e_pur, fine_mix, fine_mix_lm, token_frequencies
+from .unlearn import unlearn
 
 log = logging.getLogger(__name__)
 
 #: Methods that need the scan's triggers, and those that need clean pre-trained weights.
 NEEDS_TRIGGERS = ("adv-pt", "adv-ft")
 NEEDS_PRETRAINED = ("fine-mix", "e-pur", "fine-mix-lm")
-#: The purifiers of instruction-tuned causal LMs (docs/METHODS.md §5), measured by greedy generation.
-CAUSAL_METHODS = ("mb", "fine-mix-lm")
+#: The purifiers of instruction-tuned causal LMs (docs/METHODS.md §5, §8), measured by greedy generation.
+CAUSAL_METHODS = ("mb", "fine-mix-lm", "unlearn")
 
 
 @dataclasses.dataclass
@@ -267,6 +268,60 @@ def _purify_causal(run: _Run, *, pretrained, task, dev_task, data, baseline, con
     return tokenizer, outcome, fields
 
 
+# -- detection-fed repair of a causal LM (docs/METHODS.md §8) ----------------------------------------
+def _purify_unlearn(run: _Run, *, report, reference, task, dev_task, config, measure,
+                    measure_triggers) -> tuple[Any, _Outcome, dict[str, Any]]:
+    """``unlearn``: the BAIT ``report``'s target and recovered triggers, unlearned on clean samples of ``task``;
+    measured with the planted trigger (``backdoor.json`` beside the model) or else the recovered ones."""
+    if measure is not None and not isinstance(measure, GenerationEvalConfig):
+        raise TypeError("unlearn measures by generation: pass a GenerationEvalConfig")
+    if isinstance(task, LabeledData):
+        raise TypeError("unlearn takes a task name or an instruction file (instructions, not labelled texts)")
+    tokenizer = lm.load_tokenizer(run.source)
+    target, payload = target_from_report(report, tokenizer, purpose="nothing to unlearn")
+    hidden = int(getattr(lm.load_config(run.source), "hidden_size", 0) or 0) or None
+    scanned = triggers_from_report(payload, tokenizer, hidden) if payload.get("triggers") else None
+    words = list(scanned.words) if scanned is not None else []
+    if measure_triggers:
+        responses = dict(measure_triggers) if isinstance(measure_triggers, dict) else {}
+        if not responses:
+            raise ValueError("for causal LMs, measure_triggers maps each trigger to the attacker's response")
+    else:
+        responses = _attack_responses(run.source) or {word: target.text for word in words}
+    fmt = config.prompt_format()
+    clean = load_instructions(str(task), "train", config.clean_samples, config.seed + 7)
+    dev = None
+    if measure is not None:
+        dev = load_instructions(str(dev_task if dev_task is not None else task), "dev", None, 0)
+    model = run.load(run.source, "causal")
+    teacher = None
+    if reference is not None:
+        teacher = run.load(str(reference), "causal")
+        ref_tokenizer = lm.load_tokenizer(str(reference))
+        if ref_tokenizer(target.text, add_special_tokens=False)["input_ids"] != \
+                tokenizer(target.text, add_special_tokens=False)["input_ids"] or len(ref_tokenizer) != len(tokenizer):
+            raise ValueError(f"--reference {reference} does not share the model's tokenizer")
+
+    def measured(how: str, timing: str):
+        if measure is None:
+            return None
+        return run.timed(timing, measure_generation, model, tokenizer, dev, fmt, responses, measure, how,
+                         run.progress)
+
+    before = measured("the input model", "measure_before")
+    model, result = run.timed("purify", unlearn, model, tokenizer, target.token_ids, target.text, words, clean,
+                              config, teacher=teacher,
+                              teacher_name=str(reference) if reference is not None else "the model itself",
+                              progress=run.progress)
+    del teacher
+    outcome = _Outcome(model, before, measured("the purified model", "measure_after"), result.to_dict())
+    fields = {"task": str(task), "baseline": None, "triggers": words,
+              "trigger_token_ids": None if scanned is None else [list(t) for t in scanned.token_ids],
+              "triggers_source": target.source if words else "soft trigger (target only)",
+              "measured_triggers": list(responses), "attack_responses": responses}
+    return tokenizer, outcome, fields
+
+
 def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike, *,
                report: dict | str | os.PathLike | None = None, triggers: Sequence[str] | None = None,
                pretrained: str | os.PathLike | None = None, task: str | LabeledData = "sst2",
@@ -274,7 +329,8 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
                measure: MeasureConfig | GenerationEvalConfig | bool | None = True,
                measure_triggers: Sequence[str] | dict[str, str] | None = None, device: str | None = None,
                allow_pickle: bool = False, progress: bool = True, data=None,
-               baseline: str | os.PathLike | None = None) -> PurifyResult:
+               baseline: str | os.PathLike | None = None,
+               reference: str | os.PathLike | None = None) -> PurifyResult:
     """Purify ``model`` with ``method`` and write the result to the NEW folder ``out_dir``.
 
     * ``adv-pt`` (a pre-trained encoder -> a purified encoder) and ``adv-ft``
@@ -295,6 +351,12 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
       (else ``mb`` tunes one the same way without the defense).  The attacker's
       triggers and response come from ``measure_triggers`` (``{trigger: response}``)
       or the ``backdoor.json`` beside ``data``, ``baseline`` or ``model``.
+
+    * ``unlearn`` (an instruct causal LM + the ``report`` of ``patronus scan --method bait`` -> the LM
+      repaired against the report's inverted target and recovered triggers, docs/METHODS.md §8) on
+      clean samples of ``task``; ``reference``: a clean model of the same tokenizer whose answers are
+      taught on triggered prompts (default: the model's own answers without the trigger).  Measured with
+      the planted trigger of the model's ``backdoor.json`` when it has one, else the recovered triggers.
 
     ``task``: a built-in name, a labelled file or a :class:`LabeledData` (its
     train and dev splits); ``dev_task``: another source for the dev split.
@@ -319,19 +381,37 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
     if method in NEEDS_TRIGGERS and report is None and not triggers:
         raise ValueError(f"{method} needs the triggers the scan found (--scan-report scan.json)")
     causal = method in CAUSAL_METHODS
-    if causal and (report is not None or triggers):
+    if method == "unlearn":
+        if report is None:
+            raise ValueError("unlearn needs the report of `patronus scan --method bait` (--scan-report bait.json)")
+        if triggers or pretrained is not None or baseline is not None or data is not None:
+            raise ValueError("unlearn takes a BAIT scan report (and optionally --reference), no triggers, "
+                             "--pretrained, --baseline or --data")
+        if lm.lm_head_kind(lm.load_config(source)) != "causal":
+            raise ValueError(f"{model} is an encoder ({lm.load_config(source).model_type}); unlearn repairs "
+                             "instruction-tuned causal LMs: use adv-pt / adv-ft with a --method patronus scan")
+        if reference is not None and lm.lm_head_kind(lm.load_config(str(reference))) != "causal":
+            raise ValueError(f"--reference {reference} is not a causal LM")
+        target_from_report(report, lm.load_tokenizer(source), purpose="nothing to unlearn")  # before any work
+    elif reference is not None:
+        raise ValueError(f"{method} takes no --reference (unlearn only)")
+    elif causal and (report is not None or triggers):
         raise ValueError(f"{method} takes no scan report or triggers: MB-Defense plants its own defender "
                          "triggers, Fine-mixing needs none")
     if method == "mb" and pretrained is not None:
         raise ValueError("mb takes no --pretrained: it instruction-tunes --model itself")
-    for name in (model, pretrained, baseline):  # every model read, before any work: never purify a broken one
+    for name in (model, pretrained, baseline, reference):  # every model read, before any work: never purify a broken one
         if name is not None:
             lm.check_model_source(name, allow_pickle=allow_pickle, device=device)
     config = config if config is not None else make_config(method, profile)
     if measure is True:
         measure = (GenerationEvalConfig if causal else MeasureConfig).profile(profile)
     run = _Run(method, str(model), source, lm.resolve_device(device), allow_pickle, progress)
-    if causal:
+    if method == "unlearn":
+        tokenizer, outcome, fields = _purify_unlearn(run, report=report, reference=reference, task=task,
+                                                     dev_task=dev_task, config=config, measure=measure or None,
+                                                     measure_triggers=measure_triggers)
+    elif causal:
         tokenizer, outcome, fields = _purify_causal(run, pretrained=pretrained, task=task, dev_task=dev_task,
                                                     data=data, baseline=baseline, config=config,
                                                     measure=measure or None, measure_triggers=measure_triggers)

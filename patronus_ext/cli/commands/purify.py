@@ -11,16 +11,22 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "purify", help="purify a model with the scan's triggers (adversarial training, Fine-mixing, E-PUR, "
-        "MB-Defense)",
+        "MB-Defense, unlearning a BAIT scan's target)",
         description="adv-pt: adversarial pre-training of an encoder (needs --scan-report); adv-ft: adversarial "
         "fine-tuning into a classifier for --task (needs --scan-report); fine-mix / e-pur: purify a classifier "
         "fine-tuned on possibly poisoned data (needs --pretrained, the clean weights it started from); "
         "mb: instruction-tune the causal LM --model on --data (possibly poisoned) with MB-Defense; fine-mix-lm: "
-        "Fine-mixing of an instruction-tuned causal LM (needs --pretrained, the clean instruct weights). "
+        "Fine-mixing of an instruction-tuned causal LM (needs --pretrained, the clean instruct weights); "
+        "unlearn: repair a causal LM against the target and triggers of a `patronus scan --method bait` report "
+        "(needs --scan-report; --reference: a clean model whose answers are taught). "
         "The output folder gets purify.json with CACC and T-ASR before and after. Exit status: 0 ok, 2 error.")
-    p.add_argument("--method", required=True, choices=("adv-pt", "adv-ft", "fine-mix", "e-pur", "mb", "fine-mix-lm"))
+    p.add_argument("--method", required=True, choices=("adv-pt", "adv-ft", "fine-mix", "e-pur", "mb", "fine-mix-lm",
+                                                          "unlearn"))
     p.add_argument("--model", required=True, help="the model folder to purify (never modified)")
-    add_scan_report_option(p, "the `patronus scan --report` JSON of this model (its confirmed triggers)")
+    add_scan_report_option(p, "the `patronus scan --report` JSON of this model (its confirmed triggers; unlearn: "
+                           "a --method bait report, its target and triggers)")
+    p.add_argument("--reference", help="unlearn: a clean causal LM of the same tokenizer whose answers to the "
+                   "untriggered prompts are taught on triggered ones (default: the model's own)")
     p.add_argument("--pretrained", help="fine-mix / e-pur / fine-mix-lm: the clean pre-trained model folder or name")
     p.add_argument("--task", default="sst2", help="task: built-in name (sst2, agnews) or a labelled file "
                    "(default: sst2); mb / fine-mix-lm: the instruction source of the clean samples and dev prompts")
@@ -36,8 +42,10 @@ def register(subparsers) -> None:
     p.add_argument("--recovery-steps", type=int, help="mb: weight-recovery steps (overrides its epochs)")
     p.add_argument("--out", required=True, help="the NEW output model folder (must not exist)")
     add_profile_option(p, "fast", "the authors'")
-    p.add_argument("--steps", type=int, help="adv-pt, mb (stage i), fine-mix-lm: optimizer steps (overrides the "
-                   "epochs)")
+    p.add_argument("--steps", type=int, help="adv-pt, mb (stage i), fine-mix-lm, unlearn: optimizer steps "
+                   "(overrides the epochs)")
+    p.add_argument("--unlikelihood-weight", type=float, help="unlearn: weight of the target's bounded unlikelihood "
+                   "-log(1-p) on triggered prompts (default 1)")
     p.add_argument("--epochs", type=float, help="training epochs of the method")
     p.add_argument("--lr", type=float, help="learning rate of the method")
     p.add_argument("--max-length", type=int, help="tokens per text for the method")
@@ -48,7 +56,7 @@ def register(subparsers) -> None:
     p.add_argument("--e-pur", type=int, dest="e_pur", help="fine-mix: also reset this many E-PUR embedding rows")
     p.add_argument("--top-n", type=int, help="e-pur: embedding rows to reset (default 200)")
     p.add_argument("--clean-limit", type=int, help="fine-mix / e-pur: clean examples for the final fine-tuning; "
-                   "mb / fine-mix-lm: clean samples (default 128)")
+                   "mb / fine-mix-lm / unlearn: clean samples (default 128)")
     p.add_argument("--no-measure", action="store_true", help="skip the before/after CACC and T-ASR")
     p.add_argument("--measure-train", type=int, help="examples fine-tuning an encoder before measuring")
     p.add_argument("--measure-dev", type=int, help="dev examples measured (default: all; mb / fine-mix-lm fast: 200)")
@@ -68,6 +76,8 @@ FLAGS: dict[str, dict[str, str | None]] = {
            "recovery_steps": "recovery_steps", "data": None, "baseline": None},
     "fine-mix-lm": {"steps": "steps", "epochs": "epochs", "lr": "lr", "rho": "rho", "variant": "variant",
                     "clean_limit": "clean_samples"},
+    "unlearn": {"steps": "steps", "epochs": "epochs", "lr": "lr", "clean_limit": "clean_samples",
+                "unlikelihood_weight": "unlikelihood_weight", "reference": None},
 }
 
 
@@ -107,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     result = purify.run_purify(args.method, args.model, args.out, report=args.scan_report, pretrained=args.pretrained,
                                task=args.task, dev_task=args.dev, profile=args.profile, config=config,
                                measure=measure, device=args.device, allow_pickle=args.allow_pickle,
-                               progress=not args.quiet, data=args.data, baseline=args.baseline)
+                               progress=not args.quiet, data=args.data, baseline=args.baseline,
+                               reference=args.reference)
     print(f"{args.method}: {args.model} -> {result.out_dir}")
     if result.triggers:
         print(f"triggers (from {result.report['triggers_source']}): {', '.join(result.triggers)}")
@@ -118,5 +129,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"rho {details['rho']} ({details['reason']})")
     if args.method == "mb":
         print(f"lambda {details['lam']:g} ({details['reason']})")
+    if args.method == "unlearn" and details.get("soft_trigger"):
+        soft = details["soft_trigger"]
+        print(f"no confirmed trigger: a soft trigger of {soft['tokens']} vectors stood in (target probability "
+              f"{soft['target_prob_before']:.3f} -> {soft['target_prob_after']:.3f})")
     print(f"report: {result.report_path}", file=sys.stderr)
     return 0
