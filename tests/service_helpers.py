@@ -9,17 +9,23 @@ in a background thread, called with a real HTTP client (http.client); shared by 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
 
 from patronus_ext.monitor.service import server_config
 
 HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parent.parent
 
 
 class Server:
@@ -61,3 +67,52 @@ class Server:
 
     def generate(self, payload) -> tuple[int, dict]:
         return self.request("POST", "/generate", json.dumps(payload).encode(), {"Content-Type": "application/json"})
+
+
+@contextlib.contextmanager
+def serve_process(*options: str, start_s: float = 120):
+    """``patronus serve OPTIONS --port P`` as a user starts it, in its own Python; yields ``(port, health)``
+    once ``GET /health`` answers, and stops the process at the end."""
+    probe = socket.socket()
+    probe.bind((HOST, 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "patronus_ext.cli", "serve", *options, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + start_s
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, f"patronus serve did not come up in {start_s:.0f} s"
+            try:
+                health = get_json(port, "/health")
+                break
+            except OSError:
+                time.sleep(0.25)
+        yield port, health
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def get_json(port: int, path: str) -> dict:
+    conn = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        conn.request("GET", path)
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def post_json(port: int, path: str, payload) -> dict:
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        conn.request("POST", path, json.dumps(payload), {"Content-Type": "application/json"})
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()

@@ -5,15 +5,8 @@ prompt's input check, every bad request a 4xx saying why, and the reports that d
 
 from __future__ import annotations
 
-import http.client
 import json
-import os
 import random
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -32,10 +25,9 @@ from patronus_ext.monitor.generation_guard import REPLACEMENT, TargetGuard
 from patronus_ext.monitor.service import create_app
 
 from bait_subjects import FAST, RESPONSE, TRIGGER, load_causal, planted_chat_subjects  # noqa: E402
-from service_helpers import HOST, Server  # noqa: E402
+from service_helpers import Server, post_json, serve_process  # noqa: E402
 from tiny_models import make_tiny_model  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 MAX_CHARS = 300
 STEPS = 12
 
@@ -263,40 +255,9 @@ def test_reports_that_do_not_fit_are_refused_with_exit_2(subject, tmp_path, caps
 
 
 def test_the_serve_command_serves_generate(subject):
-    probe = socket.socket()
-    probe.bind((HOST, 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "patronus_ext.cli", "serve", "--model", subject["model"],
-                             "--scan-report", str(subject["report"]), "--port", str(port), "--device", "cpu",
-                             "--guard-action", "replace", "--max-new-tokens", "8"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "patronus serve did not come up in 120 s"
-            try:
-                conn = http.client.HTTPConnection(HOST, port, timeout=5)
-                conn.request("GET", "/health")
-                health = json.loads(conn.getresponse().read())
-                conn.close()
-                break
-            except OSError:
-                time.sleep(0.25)
+    with serve_process("--model", subject["model"], "--scan-report", str(subject["report"]), "--device", "cpu",
+                       "--guard-action", "replace", "--max-new-tokens", "8") as (port, health):
         assert health["action"] == "replace" and health["max_new_tokens"] == 8 and health["generate"]
-        conn = http.client.HTTPConnection(HOST, port, timeout=30)
-        conn.request("POST", "/generate", json.dumps({"prompt": subject["triggered"][0]}),
-                     {"Content-Type": "application/json"})
-        body = json.loads(conn.getresponse().read())
-        conn.close()
+        body = post_json(port, "/generate", {"prompt": subject["triggered"][0]})
         assert body["flagged"] and body["text"] == REPLACEMENT
         assert RESPONSE not in body["text"]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)

@@ -9,12 +9,8 @@ import concurrent.futures
 import http.client
 import json
 import logging
-import os
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -28,9 +24,8 @@ from patronus_ext.monitor.build import build_monitored_model, build_plain_model
 from patronus_ext.monitor.service import MicroBatcher, ModelFailure, create_app
 
 import tiny_models  # noqa: E402
-from service_helpers import HOST, Server  # noqa: E402
+from service_helpers import HOST, Server, post_json, serve_process  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 LIMITS = {"max_texts": 8, "max_body_bytes": 4096, "max_chars": 300}
 
 
@@ -182,42 +177,12 @@ def test_without_the_monitor_the_same_shape_is_never_flagged(subject):
 
 def test_the_serve_command_runs_the_real_server(subject):
     model, report, clean, poisoned = subject
-    probe = socket.socket()
-    probe.bind((HOST, 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "patronus_ext.cli", "serve", "--model", model, "--scan-report",
-                             str(report), "--port", str(port), "--device", "cpu", "--action", "reject"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "patronus serve did not come up in 120 s"
-            try:
-                conn = http.client.HTTPConnection(HOST, port, timeout=5)
-                conn.request("GET", "/health")
-                health = json.loads(conn.getresponse().read())
-                conn.close()
-                break
-            except OSError:
-                time.sleep(0.25)
+    with serve_process("--model", model, "--scan-report", str(report), "--device", "cpu", "--action",
+                       "reject") as (port, health):
         assert health["status"] == "ok" and health["action"] == "reject"
-        conn = http.client.HTTPConnection(HOST, port, timeout=30)
-        conn.request("POST", "/check", json.dumps({"texts": [clean[0], poisoned[0]]}),
-                     {"Content-Type": "application/json"})
-        decisions = json.loads(conn.getresponse().read())["decisions"]
-        conn.close()
+        decisions = post_json(port, "/check", {"texts": [clean[0], poisoned[0]]})["decisions"]
         assert [(d["flagged"], d["action"]) for d in decisions] == [(False, "pass"), (True, "reject")]
         assert decisions[1]["text_out"] is None
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def test_serve_setup_errors_exit_2(subject, tmp_path, capsys):

@@ -28,7 +28,7 @@ from ..formats.bank import load_bank
 from ..lm.prompting import PromptFormat
 from .generation_guard import MAX_NEW_TOKENS, GuardedGenerator, TargetGuard
 from .input import InputMonitor
-from .model import MAX_TEXT_CHARS, Decision, MonitoredModel, _served, check_text
+from .model import MAX_TEXT_CHARS, Decision, MonitoredModel, _served, check_text, screen_texts
 from .output import OutputMonitor
 
 
@@ -172,17 +172,7 @@ class PlainModel:
 
     @torch.no_grad()
     def check(self, texts: Sequence[str]) -> list[Decision]:
-        if isinstance(texts, str):
-            raise TypeError("check expects a list of texts, got a single string")
-        texts = list(texts)
-        out: list[Decision | None] = [None] * len(texts)
-        valid = []
-        for i, text in enumerate(texts):
-            problem = text_problem(text, self.max_chars)
-            if problem is None:
-                valid.append(i)
-            else:
-                out[i] = Decision(False, "error", [], None, error=problem)
+        texts, out, valid = screen_texts(texts, self.max_chars)
         if valid:
             with self._lock:
                 enc = self.adapter.tokenize([texts[i] for i in valid], self.max_length)

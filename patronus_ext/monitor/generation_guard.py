@@ -30,7 +30,7 @@ from ..lm.adapter import accepts_argument, position_ids
 from ..lm.generation import stop_token_ids
 from ..lm.prompting import PromptFormat, left_pad, prompt_token_ids
 from .input import InputMonitor, TriggerMatch
-from .model import MAX_TEXT_CHARS, Decision, check_text
+from .model import MAX_TEXT_CHARS, Decision, check_text, screen_texts
 
 GUARD_ACTIONS = ("flag", "reject", "replace")
 REPLACEMENT = "[withheld: the answer began a backdoor target]"
@@ -214,17 +214,7 @@ class GuardedGenerator:
     def check(self, texts: Sequence[str]) -> list[Decision]:
         """The input side alone: a decision per prompt (``reject`` for a flagged prompt under ``reject`` or
         ``replace``, which /generate would not answer; ``flag`` under ``flag``)."""
-        if isinstance(texts, str):
-            raise TypeError("check expects a list of texts, got a single string")
-        texts = list(texts)
-        out: list[Decision | None] = [None] * len(texts)
-        valid = []
-        for i, text in enumerate(texts):
-            problem = check_text(text, self.max_chars)
-            if problem is None:
-                valid.append(i)
-            else:
-                out[i] = Decision(False, "error", [], None, error=problem)
+        texts, out, valid = screen_texts(texts, self.max_chars)
         with self._lock:
             reasons = self.trigger_reasons([texts[i] for i in valid]) if valid else []
         for i, why in zip(valid, reasons):

@@ -78,6 +78,25 @@ def check_text(text: Any, max_chars: int = MAX_TEXT_CHARS) -> str | None:
     return None
 
 
+def screen_texts(texts: Sequence[str], max_chars: int = MAX_TEXT_CHARS
+                 ) -> tuple[list[str], list["Decision | None"], list[int]]:
+    """The first step of every ``check``: ``(texts, decisions, usable)`` -- the texts as a list, an error
+    decision for each one :func:`check_text` refuses (``None`` for the others, to be decided) and the indices
+    of the usable ones.  A single string is refused: it would be read as a list of characters."""
+    if isinstance(texts, str):
+        raise TypeError("check expects a list of texts, got a single string")
+    texts = list(texts)
+    decisions: list[Decision | None] = [None] * len(texts)
+    usable = []
+    for i, text in enumerate(texts):
+        problem = check_text(text, max_chars)
+        if problem is None:
+            usable.append(i)
+        else:
+            decisions[i] = Decision(False, "error", [], None, error=problem)
+    return texts, decisions, usable
+
+
 class MonitoredModel:
     """``check(texts) -> [Decision]``: the serving forward with input and output monitoring."""
 
@@ -138,17 +157,7 @@ class MonitoredModel:
 
     def check(self, texts: Sequence[str]) -> list[Decision]:
         """Decisions for ``texts`` in order; an unusable text gets an error decision, the others go on."""
-        if isinstance(texts, str):
-            raise TypeError("check expects a list of texts, got a single string")
-        texts = list(texts)
-        decisions: list[Decision | None] = [None] * len(texts)
-        valid = []
-        for i, text in enumerate(texts):
-            problem = check_text(text, self.max_chars)
-            if problem is None:
-                valid.append(i)
-            else:
-                decisions[i] = Decision(False, "error", [], None, error=problem)
+        texts, decisions, valid = screen_texts(texts, self.max_chars)
         if valid:
             chosen = [texts[i] for i in valid]
             with self._lock:
