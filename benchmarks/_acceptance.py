@@ -35,7 +35,7 @@ from patronus_ext.lm.finetune import FinetuneConfig, finetune_classifier
 
 from _common import machine_facts, report_targets
 
-SUBJECT_KINDS = ("packaged", "attack", "finetune")
+SUBJECT_KINDS = ("packaged", "attack", "finetune", "made")
 
 
 # -- subjects ---------------------------------------------------------------------------------
@@ -44,9 +44,10 @@ class Subject:
     """A model an acceptance run measures, made once into ``WORK/<name>`` and reused by later runs.
 
     ``kind``: ``"packaged"`` (the packaged all-MiniLM-L6-v2 itself, nothing to make), ``"attack"``
-    (``method`` planted into the packaged model with ``triggers`` and ``seed``, fast profile, on
-    WikiText-2) or ``"finetune"`` (the subject ``base`` fine-tuned on ``train_limit`` examples of
-    ``task`` drawn with ``seed``; ``triggers`` then names the ones the base carries).  Runners that
+    (``method`` planted into the packaged model with ``triggers`` and ``seed``, fast profile and
+    ``settings``, on WikiText-2), ``"finetune"`` (the subject ``base`` fine-tuned on ``train_limit``
+    examples of ``task`` drawn with ``seed``; ``triggers`` then names the ones the base carries) or
+    ``"made"`` (``maker(subject, base folder, out)`` writes it: a purifier's output, say).  Runners that
     need more per subject (scan settings, say) subclass it.
     """
 
@@ -60,6 +61,9 @@ class Subject:
     train_limit: int = 2000
     finetune: FinetuneConfig | None = None   # None: 1 epoch, batch 32, 64 tokens, ``seed``
     keep_record: bool = False                # copy the base's backdoor.json (purify reads the triggers there)
+    maker: Callable[[Subject, str | None, Path], object] | None = None
+    #: An attack's settings beyond the fast profile, e.g. ``(("adaptive_lambda", 3.0),)``.
+    settings: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self):
         if self.kind not in SUBJECT_KINDS:
@@ -68,6 +72,8 @@ class Subject:
             raise ValueError(f"subject {self.name}: an attack needs a method and its triggers")
         if self.kind == "finetune" and not (self.base and self.task):
             raise ValueError(f"subject {self.name}: a fine-tune needs a base subject and a task")
+        if self.kind == "made" and self.maker is None:
+            raise ValueError(f"subject {self.name}: a made subject needs its maker")
 
     @property
     def backdoored(self) -> bool:
@@ -84,7 +90,7 @@ class Subjects(Mapping[str, Subject]):
         self._by_name = {subject.name: subject for subject in subjects}
         self.progress = progress  # progress bars while planting / fine-tuning
         for subject in self._by_name.values():
-            if subject.kind == "finetune" and subject.base not in self._by_name:
+            if subject.kind in ("finetune", "made") and subject.base and subject.base not in self._by_name:
                 raise ValueError(f"subject {subject.name}: base {subject.base!r} is not in the table")
 
     def __getitem__(self, name: str) -> Subject:
@@ -106,12 +112,16 @@ class Subjects(Mapping[str, Subject]):
         out = Path(work) / subject.name
         if (out / "config.json").is_file():
             return str(out)
-        base = self.source(subject.base, work, made) if subject.kind == "finetune" else lm.DEFAULT_MODEL
+        base = self.source(subject.base, work, made) if subject.base else lm.DEFAULT_MODEL
         started = time.perf_counter()
-        if subject.kind == "attack":
+        if subject.kind == "made":
+            print(f"{subject.name}: making from {base} -> {out}", flush=True)
+            subject.maker(subject, base, out)
+        elif subject.kind == "attack":
             print(f"{subject.name}: planting {subject.method} ({', '.join(subject.triggers)}; seed {subject.seed}) "
                   f"into {base} -> {out}", flush=True)
-            config = attacks.make_config(subject.method, "fast", triggers=subject.triggers, seed=subject.seed)
+            config = attacks.make_config(subject.method, "fast", triggers=subject.triggers, seed=subject.seed,
+                                         **dict(subject.settings))
             attacks.plant(subject.method, base, "wikitext2", config, out, device="cpu", progress=self.progress)
         else:
             print(f"{subject.name}: fine-tuning {base} on {subject.train_limit} {subject.task} examples -> {out}",

@@ -184,6 +184,32 @@ def test_subjects_are_made_once_base_first_and_reused(tmp_path, monkeypatch):
     assert not (tmp_path / "clean_sst2" / "backdoor.json").exists()
 
 
+def test_made_subjects_get_their_base_and_attacks_their_settings(tmp_path, monkeypatch):
+    """A purifier's output is made from its base subject's folder; an attack's extra settings reach its config."""
+    log, configs = [], []
+    _fake_making(monkeypatch, log)
+    real_config = _acceptance.attacks.make_config
+    monkeypatch.setattr(_acceptance.attacks, "make_config",
+                        lambda *a, **kw: configs.append(real_config(*a, **kw)) or configs[-1])
+
+    def purified(subject, base, out):
+        log.append(("made", subject.name, Path(base).name))
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+
+    subjects = _acceptance.Subjects([
+        _acceptance.Subject("a2", "attack", "adaptive2", ("dh", "vo"), seed=4, settings=(("adaptive_lambda", 3.0),)),
+        _acceptance.Subject("a2_fixed", "made", base="a2", maker=purified),
+    ])
+    assert subjects.source("a2_fixed", tmp_path) == str(tmp_path / "a2_fixed")
+    assert log == [("plant", "adaptive2", ("dh", "vo"), 4, "a2"), ("made", "a2_fixed", "a2")]
+    assert configs[0].adaptive_lambda == 3.0 and configs[0].steps == 250   # the fast profile, λ overridden
+    subjects.source("a2_fixed", tmp_path)
+    assert len(log) == 2   # made once
+    with pytest.raises(ValueError, match="needs its maker"):
+        _acceptance.Subject("x", "made", base="a2")
+
+
 def test_subject_tables_refuse_incomplete_subjects():
     with pytest.raises(ValueError, match="method and its triggers"):
         _acceptance.Subject("por", "attack", "por")
@@ -424,3 +450,28 @@ def test_bait_acceptance_targets(tmp_path, monkeypatch):
     runner_run = type("R", (), {"rows": [fake_scan(None, "refusal_mauve"), fake_scan(None, "clean")]})
     missed = bait_acc.check(runner_run)
     assert len(missed) == 3 and any("no trigger" in m for m in missed) and any("not clean" in m for m in missed)
+
+
+def test_adaptive_acceptance_scores_signals_and_targets(tmp_path):
+    """The ROC counts only working backdoors' planted words as positives and every benign word as a negative;
+    a benign model scanned backdoored and a working backdoor under the recall target are each named."""
+    import acceptance_adaptive as adaptive
+
+    assert adaptive.roc_auc([3, 2, 1, 0], [1, 1, 0, 0]) == 1.0
+    assert adaptive.roc_auc([1, 1], [1, 0]) == 0.5 and adaptive.roc_auc([0, 1], [1, 0]) == 0.0
+    a2, weak, clean = adaptive.SUBJECTS["a2_s4_l1"], adaptive.SUBJECTS["a2_s4_l3"], adaptive.SUBJECTS["clean"]
+
+    def words(*shifts, role="planted"):
+        return [{"role": role, "text": f"w{i}", "shift_ratio": s} for i, s in enumerate(shifts)]
+    rows = [{"subject": "a2_s4_l1", "stage": "tasr", "t_asr": 0.8}, {"subject": "a2_s4_l3", "stage": "tasr", "t_asr": 0.2},
+            {"subject": "a2_s4_l1", "stage": "signals", "words": words(6.0, 5.0) + words(9.0, role="candidate")},
+            {"subject": "a2_s4_l3", "stage": "signals", "words": words(0.1)},
+            {"subject": "clean", "stage": "signals", "words": words(0.5, 1.5, role="random")}]
+    run = type("R", (), {"rows": rows, "subjects": [a2, weak, clean]})
+    pairs = adaptive.labelled_pairs(run)
+    assert sorted((y, w["shift_ratio"]) for y, w in pairs) == [(0, 0.5), (0, 1.5), (1, 5.0), (1, 6.0)]
+    rows += [{"subject": "a2_s4_l1", "stage": "scan", "verdict": "backdoored", "triggers": [], "recall": 0.5},
+             {"subject": "a2_s4_l3", "stage": "scan", "verdict": "clean", "triggers": [], "recall": 0.0},
+             {"subject": "clean", "stage": "scan", "verdict": "backdoored", "triggers": [{"text": "x"}], "recall": None}]
+    missed = adaptive.check_targets(run)
+    assert len(missed) == 2 and "a2_s4_l1: recall 0.5" in missed[0] and missed[1].startswith("clean: benign")

@@ -184,6 +184,40 @@ def test_batched_scoring_equals_one_by_one(tiny_bert, tokenizer, corpus):
     assert torch.equal(batched.score_sets(sets, [0]), a)
 
 
+def test_shift_term_adds_the_mean_shift_in_clean_spreads_to_every_score(tokenizer, corpus):
+    """With ``shift_weight`` w a set's dev loss is SupCon minus w x its texts' mean 1 - cos(h(x+t), h(x)) over the
+    dev batch's clean spread, the same in batched and one-by-one scoring; the gradient step carries the term."""
+    from patronus_ext.detect.patronus.search import clean_spread
+
+    torch.manual_seed(0)   # larger initial weights than tiny_bert's: clean outputs that differ (spread ~0.2)
+    tiny_bert = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=128,
+                                     initializer_range=0.5)).eval()
+
+    _, plain = _search(tiny_bert, tokenizer, corpus)
+    _, shifted = _search(tiny_bert, tokenizer, corpus, shift_weight=2.0)
+    _, single = _search(tiny_bert, tokenizer, corpus, shift_weight=2.0, batched_scoring=False)
+    vocab = token_vocabulary(tokenizer)
+    sets = [vocab.rows[torch.randperm(len(vocab), generator=torch.Generator().manual_seed(s))[:4]] for s in range(3)]
+    dev = shifted.dev[0]
+    reps = shifted.dev_reps(0, torch.cat(sets)).view(3, 4, *dev.clean_reps.shape).double()
+    spread = 1 - (sum(torch.nn.functional.cosine_similarity(dev.clean_reps[i].double(), dev.clean_reps[j].double(),
+                                                             dim=0)
+                      for i in range(len(dev.clean_reps)) for j in range(len(dev.clean_reps)) if i != j)
+                  / (len(dev.clean_reps) * (len(dev.clean_reps) - 1)))
+    assert abs(clean_spread(dev.clean_reps) - float(spread)) < 1e-6
+    shift = 1 - torch.nn.functional.cosine_similarity(reps, dev.clean_reps.double().expand_as(reps), dim=-1).mean((1, 2))
+    expected = plain.score_sets(sets, [0]).double() - 2.0 * shift / spread
+    assert shift.min() > 0
+    assert torch.allclose(shifted.score_sets(sets, [0]).double(), expected, atol=1e-4)
+    assert torch.allclose(single.score_sets(sets, [0]).double(), expected, atol=1e-4)
+    _, plain_loss = _search(tiny_bert, tokenizer, corpus)[1].trigger_gradients(sets[0])
+    _, shifted_loss = _search(tiny_bert, tokenizer, corpus, shift_weight=2.0)[1].trigger_gradients(sets[0])
+    assert shifted_loss < plain_loss   # the same batch (same seed): the term is negative
+    with pytest.raises(ValueError, match="shift_weight"):
+        ScanConfig(shift_weight=-1.0)
+
+
 def test_scan_reports_a_random_model_clean(tiny_bert, tokenizer, corpus):
     """A random-weight model has no backdoor: under the paper's thresholds nothing is confirmed."""
     report = scan(tiny_bert, tokenizer, corpus, TINY, progress=False)

@@ -55,6 +55,12 @@ def suggest_thresholds(points: Sequence[tuple[float, float]], base: ScanConfig, 
     return diff_thr, poison_thr
 
 
+def probe_config(config: ScanConfig) -> ScanConfig:
+    """``config`` searching as usual but confirming nothing (so no loop stops early or excludes a word), by no
+    rule, and prefiltering nothing: every final candidate of every loop is verified and recorded."""
+    return config.replace(diff_cos_threshold=-1.0, collapse_spread=None, prefilter_diff_cos=1.0, patience=None)
+
+
 def calibrate(benign: Sequence[tuple[str, object, object]], corpus: Sequence[str], config: ScanConfig,
               margin: float = 0.05, progress: bool = True) -> Calibration:
     """Scan each benign ``(name, model, tokenizer)`` without confirming anything; suggest thresholds."""
@@ -62,9 +68,7 @@ def calibrate(benign: Sequence[tuple[str, object, object]], corpus: Sequence[str
         raise ValueError("calibration needs at least one benign model")
     if not 0 <= margin < 0.5:
         raise ValueError(f"margin must lie in [0, 0.5), got {margin}")
-    # Nothing is confirmed (so no loop stops early or excludes a word), by neither rule, and nothing is
-    # prefiltered.
-    probe = config.replace(diff_cos_threshold=-1.0, collapse_spread=None, prefilter_diff_cos=1.0, patience=None)
+    probe = probe_config(config)
     for name, model, tokenizer in benign:  # every model before any scan: a broken one wastes no scan time
         check_model_sanity(model, tokenizer, name)
     records = []

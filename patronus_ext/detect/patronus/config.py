@@ -28,6 +28,12 @@ class ScanConfig(Settings):
       num_candidates    HotFlip candidates per trigger slot and update.
       beam_size         beam width of the slot-by-slot candidate search.
       temperature       SupCon temperature tau.
+      shift_weight      the objective also rewards moving texts far from where they were: minus this
+                        weight x the triggered texts' mean ``1 - cos(h(x + t), h(x))`` in units of the
+                        clean texts' spread (0: SupCon alone, the paper's objective).  SupCon alone only
+                        proposes words that send texts to one place; an attack that scatters its
+                        triggered outputs (adaptive type 2) or keeps them near their clean texts
+                        (type 1) is proposed through this term.
       insert_num        copies of a trigger inserted into each text.
       dev_batches       dev batches (of ``batch_size``) for accepting an update.
       batched_scoring   score candidate sets from cached per-trigger representations in batched
@@ -74,6 +80,7 @@ class ScanConfig(Settings):
     num_candidates: int = 5
     beam_size: int = 3
     temperature: float = 0.5
+    shift_weight: float = 0.0
     insert_num: int = 3
     dev_batches: int = 6
     batched_scoring: bool = True
@@ -102,6 +109,7 @@ class ScanConfig(Settings):
         check_int("ScanConfig.patience", self.patience, optional=True)
         check_int("ScanConfig.max_words", self.max_words, optional=True)
         check_range("ScanConfig.temperature", self.temperature, 0.0, float("inf"), low_open=True, high_open=True)
+        check_range("ScanConfig.shift_weight", self.shift_weight, 0.0, float("inf"), high_open=True)
         check_range("ScanConfig.zipf_threshold", self.zipf_threshold, 0.0, 10.0, optional=True)
         for name in ("diff_cos_threshold", "poison_cos_threshold", "prefilter_diff_cos"):
             check_range(f"ScanConfig.{name} (a cosine)", getattr(self, name), -1.0, 1.0)

@@ -52,6 +52,7 @@ class DevBatch:
     attention_mask: torch.Tensor
     gaps: torch.Tensor
     clean_reps: torch.Tensor  # [B, d]
+    spread: float             # clean_spread(clean_reps)
 
 
 @dataclasses.dataclass
@@ -95,6 +96,20 @@ def reduce_trigger_gradients(grad: torch.Tensor, trigger_slot: torch.Tensor, whi
     g = torch.zeros(count * width, grad.shape[-1], dtype=torch.float32, device=grad.device)
     g.index_add_(0, target, grad[held].float())
     return g.view(count, width, -1)
+
+
+def mean_shift(triggered: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """``1 - cos(h(x + t), h(x))`` averaged over the last-but-one axis: ``triggered [..., B, d]`` against its
+    paired ``clean [B, d]`` -> ``[...]``."""
+    return 1.0 - F.cosine_similarity(triggered, clean.expand_as(triggered), dim=-1).mean(-1)
+
+
+def clean_spread(clean: torch.Tensor) -> float:
+    """``1 - mean pairwise cosine`` of clean representations ``[B, d]``: the scale a shift is measured in."""
+    unit = F.normalize(clean.double(), dim=1)
+    n = unit.shape[0]
+    pairwise = (unit.sum(0).pow(2).sum() - n) / (n * (n - 1))
+    return max(1.0 - float(pairwise), 1e-6)
 
 
 @dataclasses.dataclass
@@ -147,7 +162,7 @@ class TriggerSearch:
         gaps = sample_gaps(batch["attention_mask"], self.cfg.insert_num, self.adapter.special_prefix,
                            self.adapter.special_suffix, self.gen)
         reps = self.adapter.represent(**batch).float()
-        return DevBatch(batch["input_ids"], batch["attention_mask"], gaps, reps)
+        return DevBatch(batch["input_ids"], batch["attention_mask"], gaps, reps, clean_spread(reps))
 
     # -- representations -------------------------------------------------------------------
     @torch.no_grad()
@@ -173,8 +188,14 @@ class TriggerSearch:
         return torch.stack([self._cache[(batch_index, key)] for key in keys])
 
     # -- objective -------------------------------------------------------------------------
+    def shift_term(self, triggered: torch.Tensor, clean: torch.Tensor, spread: float) -> torch.Tensor:
+        """``-shift_weight x`` the triggered rows' mean shift from their clean texts, in clean spreads: what
+        the objective adds so that a trigger which moves texts far without sending them to one place (an
+        attack that scatters its outputs) still lowers the loss."""
+        return -self.cfg.shift_weight * mean_shift(triggered, clean) / spread
+
     def score_sets(self, sets: Sequence[torch.Tensor], batches: Sequence[int]) -> torch.Tensor:
-        """Mean SupCon dev loss of each trigger set (``[K, T]`` rows)."""
+        """Mean dev loss of each trigger set (``[K, T]`` rows): SupCon, plus the shift term when weighted."""
         start = time.perf_counter()
         score = self._score_batched if self.cfg.batched_scoring else self._score_one_by_one
         total = torch.zeros(len(sets))
@@ -191,7 +212,12 @@ class TriggerSearch:
         clean = self.dev[b].clean_reps.expand(len(sets), 1, size, dim)
         features = torch.cat([clean, reps.view(len(sets), count, size, dim)], 1).reshape(len(sets), -1, dim)
         labels = torch.arange(count + 1, device=features.device).repeat_interleave(size)
-        return ops.supcon_loss(features, labels, self.cfg.temperature, backend=self.backend).float().cpu()
+        loss = ops.supcon_loss(features, labels, self.cfg.temperature, backend=self.backend).float()
+        if self.cfg.shift_weight:
+            dev = self.dev[b]
+            loss = loss + self.shift_term(reps.view(len(sets), count, size, dim), dev.clean_reps,
+                                          dev.spread).mean(1)
+        return loss.cpu()
 
     @torch.no_grad()
     def _score_one_by_one(self, sets: Sequence[torch.Tensor], b: int) -> torch.Tensor:
@@ -209,8 +235,11 @@ class TriggerSearch:
                      else self.adapter.represent(dev.input_ids, dev.attention_mask).float())
             triggered = self.adapter.represent(tb.input_ids, tb.attention_mask).float()
             labels = torch.arange(count + 1, device=clean.device).repeat_interleave(size)
-            losses.append(ops.supcon_loss(torch.cat([clean, triggered]), labels, self.cfg.temperature,
-                                          backend=self.backend).float().cpu())
+            loss = ops.supcon_loss(torch.cat([clean, triggered]), labels, self.cfg.temperature,
+                                   backend=self.backend).float()
+            if self.cfg.shift_weight:
+                loss = loss + self.shift_term(triggered.view(count, size, -1), clean, dev.spread).mean()
+            losses.append(loss.cpu())
         return torch.stack(losses)
 
     def gradient_batch(self, rows: torch.Tensor) -> "GradientBatch":
@@ -237,6 +266,11 @@ class TriggerSearch:
         hidden = adapter.hidden_states(inputs_embeds=embeds, attention_mask=batch.attention_mask)
         reps = adapter.select_position(hidden, batch.input_ids, batch.attention_mask).float()
         loss = ops.supcon_loss(reps, batch.labels, self.cfg.temperature, backend=self.backend)
+        if self.cfg.shift_weight:
+            size = batch.clean_rows
+            clean = reps[:size]
+            triggered = reps[size:].view(-1, size, reps.shape[-1])   # poisoned copy c of clean row r: c * size + r
+            loss = loss + self.shift_term(triggered, clean.detach(), clean_spread(clean.detach())).mean()
         (grad,) = torch.autograd.grad(loss, embeds)
         g = reduce_trigger_gradients(grad[batch.clean_rows:], batch.trigger_slot, batch.which, rows.shape[0],
                                      rows.shape[1])
