@@ -153,6 +153,21 @@ class ScannedTarget:
         return {"text": self.text, "token_ids": list(self.token_ids), "source": self.source}
 
 
+def bait_record(report: dict | str | os.PathLike, purpose: str) -> tuple[dict, str]:
+    """A BAIT scan ``report`` (dict or JSON file) that found a backdoor, and where it came from; ``ValueError``
+    otherwise: not a BAIT report (no inverted target), or a verdict that is not backdoored (``purpose`` ends
+    the message).  Nothing is checked against a model here (see :func:`target_from_report`)."""
+    payload, where = read_report(report)
+    if payload.get("method") != "bait":
+        raise ValueError(f"{where}: not a BAIT scan report (method {payload.get('method', 'unknown')!r}): run "
+                         "`patronus scan --method bait --report`")
+    if payload.get("verdict") != "backdoored":
+        raise ValueError(f"{where}: the scan found no backdoor (verdict {payload.get('verdict')!r}); {purpose}")
+    if not isinstance(payload.get("target"), dict):
+        raise ValueError(f"{where}: not a BAIT scan report (a backdoored verdict without its inverted target)")
+    return payload, where
+
+
 def target_from_report(report: dict | str | os.PathLike, tokenizer, *, purpose: str = "nothing to act on"
                        ) -> tuple[ScannedTarget, dict]:
     """The inverted target of a BAIT scan ``report`` (dict or JSON file), checked against the model, and the
@@ -162,13 +177,8 @@ def target_from_report(report: dict | str | os.PathLike, tokenizer, *, purpose: 
     (``purpose`` ends the message), or when the target's token ids fall outside ``tokenizer``'s vocabulary or
     do not spell its text under it ("the report belongs to another model").
     """
-    payload, where = read_report(report)
-    target = payload.get("target")
-    if payload.get("method") != "bait" or not isinstance(target, dict):
-        raise ValueError(f"{where}: not a BAIT scan report (no inverted target; method "
-                         f"{payload.get('method', 'unknown')!r}): run `patronus scan --method bait --report`")
-    if payload.get("verdict") != "backdoored":
-        raise ValueError(f"{where}: the scan found no backdoor (verdict {payload.get('verdict')!r}); {purpose}")
+    payload, where = bait_record(report, purpose)
+    target = payload["target"]
     ids = tuple(int(i) for i in target.get("token_ids") or ())
     text = str(target.get("text") or "")
     if not ids or any(i < 0 or i >= len(tokenizer) for i in ids) or \

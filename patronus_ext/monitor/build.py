@@ -114,13 +114,9 @@ def build_guarded_generator(model: str, report: str | os.PathLike, *, action: st
     an encoder ``model``, a report whose target or trigger ids do not spell their texts under the model's
     tokenizer (another model's report); a broken model is refused by the sanity check.
     """
-    payload = read_report(report)
-    if not is_bait_report(payload):
-        raise ValueError(f"{report}: not a BAIT scan report (method {payload.get('method')!r}); generation is "
-                         "guarded by a report of patronus scan --method bait")
-    if payload.get("verdict") != "backdoored":
-        raise ValueError(f"{report}: the scan found no backdoor (verdict {payload.get('verdict')!r}): there is no "
-                         "target to guard against; serve the model without this report")
+    # The report's own faults first (a clean verdict on an encoder is answered as a clean verdict).
+    payload, _ = scan_report.bait_record(report, "there is no target to guard against: serve the model without "
+                                                 "this report")
     config = lm.load_config(model)
     if lm.lm_head_kind(config) != "causal":
         raise ValueError(f"{model} is an encoder ({config.model_type}); a BAIT report guards the generation of "

@@ -19,7 +19,7 @@ from ..evaluate import load_task
 from ..evaluate.generation import GenerationEvalConfig
 from ..formats.backdoor import find_backdoor_info
 from ..formats.purify_record import PURIFY_FILE, PurifyRecord
-from ..formats.scan_report import ScannedTriggers, target_from_report, triggers_from_report
+from ..formats.scan_report import ScannedTarget, ScannedTriggers, target_from_report, triggers_from_report
 from ..lm.finetune import finetune_classifier
 from ..lm.instruction_tuning import instruction_tune
 from .adversarial import adversarial_finetune, adversarial_pretrain
@@ -269,16 +269,17 @@ def _purify_causal(run: _Run, *, pretrained, task, dev_task, data, baseline, con
 
 
 # -- detection-fed repair of a causal LM (docs/METHODS.md §8) ----------------------------------------
-def _purify_unlearn(run: _Run, *, report, reference, task, dev_task, config, measure,
-                    measure_triggers) -> tuple[Any, _Outcome, dict[str, Any]]:
-    """``unlearn``: the BAIT ``report``'s target and recovered triggers, unlearned on clean samples of ``task``;
-    measured with the planted trigger (``backdoor.json`` beside the model) or else the recovered ones."""
+def _purify_unlearn(run: _Run, *, scanned_target: tuple[ScannedTarget, dict], reference, task, dev_task, config,
+                    measure, measure_triggers) -> tuple[Any, _Outcome, dict[str, Any]]:
+    """``unlearn``: the BAIT report's target and recovered triggers (``scanned_target``: what
+    :func:`target_from_report` read from it), unlearned on clean samples of ``task``; measured with the planted
+    trigger (``backdoor.json`` beside the model) or else the recovered ones."""
     if measure is not None and not isinstance(measure, GenerationEvalConfig):
         raise TypeError("unlearn measures by generation: pass a GenerationEvalConfig")
     if isinstance(task, LabeledData):
         raise TypeError("unlearn takes a task name or an instruction file (instructions, not labelled texts)")
     tokenizer = lm.load_tokenizer(run.source)
-    target, payload = target_from_report(report, tokenizer, purpose="nothing to unlearn")
+    target, payload = scanned_target
     hidden = int(getattr(lm.load_config(run.source), "hidden_size", 0) or 0) or None
     scanned = triggers_from_report(payload, tokenizer, hidden) if payload.get("triggers") else None
     words = list(scanned.words) if scanned is not None else []
@@ -392,7 +393,8 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
                              "instruction-tuned causal LMs: use adv-pt / adv-ft with a --method patronus scan")
         if reference is not None and lm.lm_head_kind(lm.load_config(str(reference))) != "causal":
             raise ValueError(f"--reference {reference} is not a causal LM")
-        target_from_report(report, lm.load_tokenizer(source), purpose="nothing to unlearn")  # before any work
+        # Read and checked against the model once, before any work.
+        scanned_target = target_from_report(report, lm.load_tokenizer(source), purpose="nothing to unlearn")
     elif reference is not None:
         raise ValueError(f"{method} takes no --reference (unlearn only)")
     elif causal and (report is not None or triggers):
@@ -408,7 +410,7 @@ def run_purify(method: str, model: str | os.PathLike, out_dir: str | os.PathLike
         measure = (GenerationEvalConfig if causal else MeasureConfig).profile(profile)
     run = _Run(method, str(model), source, lm.resolve_device(device), allow_pickle, progress)
     if method == "unlearn":
-        tokenizer, outcome, fields = _purify_unlearn(run, report=report, reference=reference, task=task,
+        tokenizer, outcome, fields = _purify_unlearn(run, scanned_target=scanned_target, reference=reference, task=task,
                                                      dev_task=dev_task, config=config, measure=measure or None,
                                                      measure_triggers=measure_triggers)
     elif causal:
