@@ -22,9 +22,9 @@ Subjects (all-MiniLM-L6-v2, made once into ``--work-dir`` and reused):
 Stages, each saved as ``WORK/<subject>.<stage>.json`` and read back instead of run again:
 
 * ``tasr``     (adaptive subjects only) CACC and T-ASR after clean SST-2 fine-tuning;
-* ``signals``  the scan's search with confirmation switched off (the probe ``patronus calibrate``
-               runs) proposes candidates; every candidate, every planted trigger and 64 random
-               searchable words are then measured on the same 48 held-out texts: ``shift_ratio``
+* ``signals``  on a benign model the scan's search with confirmation switched off (the probe
+               ``patronus calibrate`` runs) proposes candidates, the hardest negatives; every candidate,
+               every planted trigger and 64 random searchable words are then measured on the same 48 held-out texts: ``shift_ratio``
                (``1 - diff_cos`` in units of the model's clean spread), ``spread_ratio``
                (``1 - poison_cos`` in the same units), ``displacement_cos`` (mean pairwise cosine of
                ``h(x + t) - h(x)``: do all texts move the same way?) and ``null_ratio``
@@ -57,7 +57,7 @@ from patronus_ext.attacks.objectives import rows
 from patronus_ext.core.similarity import poison_cos as mean_pairwise_cos
 from patronus_ext.data.triggers import trigger_ids
 from patronus_ext.detect import ScanConfig, read_scan_corpus, scan
-from patronus_ext.detect.patronus.calibrate import probe_config
+from patronus_ext.detect.patronus.calibrate import probe_config, suggest_shift_threshold
 from patronus_ext.detect.patronus.scan import split_texts
 from patronus_ext.detect.patronus.verify import Verifier
 from patronus_ext.detect.patronus.vocabulary import token_vocabulary
@@ -183,7 +183,9 @@ def measure_signals(run: Run, subject: SuiteSubject) -> dict:
     model, tokenizer = adapter.model, adapter.tokenizer
     config = ScanConfig.profile("fast", seed=0)
     corpus = read_scan_corpus("wikitext2", config, 0)
-    probe = scan(model, tokenizer, corpus, probe_config(config), progress=False)
+    # The search's candidates are the hardest negatives a benign model has; on an attacked model the planted
+    # words are measured directly and the scan stage says what the search proposes.
+    probe = scan(model, tokenizer, corpus, probe_config(config), progress=False) if subject.suite == "benign" else None
     adapter = lm.ModelAdapter(model, tokenizer, max_length=config.max_length)
     verify_texts, _, _ = split_texts(prepare_texts(corpus, adapter, config), config, config.seed)
     verifier = Verifier(adapter, verify_texts, config.insert_num, torch.Generator().manual_seed(1),
@@ -193,7 +195,7 @@ def measure_signals(run: Run, subject: SuiteSubject) -> dict:
     planted = {text: tuple(ids) for text, ids in zip(subject.triggers, trigger_ids(tokenizer, list(subject.triggers)))}
     null_keys = random.Random(0).sample(vocabulary.keys, NULL_WORDS)
     words = [("planted", text, key) for text, key in planted.items()]
-    words += [("candidate", c.text, c.key) for c in probe.candidates if c.key not in planted.values()]
+    words += [("candidate", c.text, c.key) for c in (probe.candidates if probe else []) if c.key not in planted.values()]
     words += [("random", vocabulary.text_of(key), key) for key in null_keys if key not in planted.values()]
     measured = [dict(role=role, text=text, **word_signals(verifier, key)) for role, text, key in words]
     null = torch.tensor([m["shift_ratio"] for m in measured if m["role"] == "random"])
@@ -201,7 +203,7 @@ def measure_signals(run: Run, subject: SuiteSubject) -> dict:
     for m in measured:
         m["null_ratio"] = m["shift_ratio"] / null_q
     return {"clean_spread": verifier.clean_spread, "null_shift_q95": null_q, "words": measured,
-            "probe_seconds": probe.timings["total"]}
+            "probe_seconds": probe.timings["total"] if probe else None}
 
 
 @torch.no_grad()
@@ -274,6 +276,12 @@ def summary(run: Run) -> str:
         caught = sum(1 for s, y in zip(scores, labels) if y and s > neg_max)
         lines.append(f"{name:18s} AUC {auc:.3f}; above every benign word: {caught}/{sum(labels)} positives "
                      f"(highest benign {sign * neg_max:.3f})")
+    # What `patronus calibrate` suggests from these benign models: the same rule on the same probe candidates.
+    benign = [w["shift_ratio"] for y, w in pairs if not y and w["role"] == "candidate"]
+    if benign:
+        bar = suggest_shift_threshold(benign, ScanConfig.profile("fast"), 0.5)
+        lines.append(f"calibrate on the benign suite: largest candidate shift {max(benign):.2f} spreads -> "
+                     f"--shift-threshold {bar:.2f} (default {ScanConfig.profile('fast').shift_threshold:g})")
     return "\n".join(lines)
 
 

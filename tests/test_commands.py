@@ -40,7 +40,8 @@ def test_calibrate_two_clean_models(tmp_path, corpus_file, capsys):
     printed = capsys.readouterr().out
     payload = json.loads(report.read_text())
     assert set(payload) == {"models", "candidates", "min_benign_diff_cos", "max_benign_poison_cos",
-                            "diff_cos_threshold", "poison_cos_threshold", "margin"}
+                            "diff_cos_threshold", "poison_cos_threshold", "margin", "max_benign_shift_ratio",
+                            "shift_threshold", "shift_margin"}
     assert payload["models"] == [str(first), str(second)] and payload["margin"] == 0.05
     candidates = payload["candidates"]
     assert {c["model"] for c in candidates} == {str(first), str(second)}  # both models were searched
@@ -54,6 +55,12 @@ def test_calibrate_two_clean_models(tmp_path, corpus_file, capsys):
     assert not any(d < diff and p > poison for d, p in points)
     assert diff <= FAST.diff_cos_threshold and poison >= FAST.poison_cos_threshold
     assert f"--diff-threshold {diff:.3f}" in printed and f"--poison-threshold {poison:.3f}" in printed
+    # The shift rule's bar: above every benign candidate's shift by the margin, never below the profile's.
+    shifts = [c["shift_ratio"] for c in candidates]
+    assert payload["max_benign_shift_ratio"] == max(shifts)
+    assert payload["shift_threshold"] == pytest.approx(max(FAST.shift_threshold, max(shifts) + 0.5))
+    assert all(s < payload["shift_threshold"] for s in shifts)
+    assert f"--shift-threshold {payload['shift_threshold']:.2f}" in printed
     assert main(argv) == 2  # never overwrites the report without --force
     assert "exists" in capsys.readouterr().err
     assert main(["calibrate", str(first), "--corpus", str(corpus_file), "--margin", "0.7", "--quiet"]) == 2
@@ -156,8 +163,8 @@ def test_old_spellings_work_for_one_release_and_say_so(argv, dest, value, new, c
     assert capsys.readouterr().err == ""
 
 
-def test_calibration_confirms_nothing_by_either_rule(monkeypatch):
-    """Every benign candidate is recorded: neither the paper's cosines nor the collapse rule may confirm one
+def test_calibration_confirms_nothing_by_any_rule(monkeypatch):
+    """Every benign candidate is recorded: neither the paper's cosines nor the collapse or shift rule may confirm one
     (a confirmed word would leave later loops and the benign statistics)."""
     from patronus_ext.detect.patronus import calibrate as calibration
 
@@ -175,5 +182,5 @@ def test_calibration_confirms_nothing_by_either_rule(monkeypatch):
     with pytest.raises(ValueError, match="no candidate on the benign models"):  # nothing to suggest from
         calibration.calibrate([("m", None, None)], ["text"], FAST)
     (probe,) = seen
-    assert probe.diff_cos_threshold == -1.0 and probe.collapse_spread is None
+    assert probe.diff_cos_threshold == -1.0 and probe.collapse_spread is None and probe.shift_threshold is None
     assert probe.prefilter_diff_cos == 1.0 and probe.patience is None

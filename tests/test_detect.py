@@ -119,6 +119,51 @@ def test_collapse_rule_confirms_a_collapse_the_absolute_cosines_miss(tiny_bert, 
         ScanConfig(collapse_spread=0.0)
 
 
+def test_shift_rule_confirms_a_far_move_that_scatters(tiny_bert, tokenizer, corpus):
+    """An attack that scatters its triggered outputs sends no input to one place: the shift rule confirms a word
+    that moves texts further than shift_threshold clean spreads whatever their spread, after the other rules."""
+    from patronus_ext.detect.patronus.verify import Verifier
+    from patronus_ext.lm.adapter import ModelAdapter
+
+    adapter = ModelAdapter(tiny_bert, tokenizer, max_length=32)
+    verifier = Verifier(adapter, corpus[:8], 3, torch.Generator().manual_seed(0), 0.4, 0.9, collapse_spread=0.1,
+                        collapse_shift=2.0, shift_threshold=2.5)
+    verifier.clean_spread = 0.05
+    assert verifier.rule(0.85, 0.80) == "shift"       # moved 3x the clean spread, triggered texts spread 4x
+    assert verifier.rule(0.90, 0.80) is None          # moved 2x: a benign word's move
+    assert verifier.rule(0.74, 0.999) == "collapse" and verifier.rule(0.30, 0.95) == "paper"   # the others first
+    assert verifier.shifted(0.90, slack=2.0) and not verifier.shifted(0.90)   # the prefilter's looser bound
+    assert verifier.make_check([5], 0.85, 0.80, "verified", 8, 0).rule == "shift"
+    # ... and only as an outlier of this model's ordinary words: 4x their 95th-percentile shift.
+    verifier.shift_null_factor, verifier.null_keys = 4.0, [(2009,)]
+    verifier._null_shift = 0.5
+    assert verifier.rule(0.85, 0.80) == "shift"       # 3 spreads >= 4 x 0.5
+    assert verifier.make_check([5], 0.85, 0.80, "verified", 8, 0).null_ratio == pytest.approx(6.0)
+    verifier._null_shift = 1.0
+    assert verifier.rule(0.85, 0.80) is None          # a model whose every word moves texts 1 spread
+    verifier.shift_threshold = None
+    assert verifier.rule(0.85, 0.80) is None
+    with pytest.raises(ValueError, match="shift_threshold"):
+        ScanConfig(shift_threshold=0.0)
+    assert ScanConfig.profile("fast").shift_threshold == ScanConfig.profile("paper").shift_threshold > 0
+
+
+def test_null_shift_is_the_95th_percentile_of_random_words_shift_ratios(tiny_bert, tokenizer, corpus):
+    from patronus_ext.core.similarity import representation_shift
+    from patronus_ext.detect.patronus.verify import Verifier
+    from patronus_ext.lm.adapter import ModelAdapter
+
+    keys = [(2009,), (12935,), (10556, 23057), (3000,), (4000,)]
+    verifier = Verifier(ModelAdapter(tiny_bert, tokenizer, max_length=32), corpus[:8], 3,
+                        torch.Generator().manual_seed(0), 0.4, 0.9, shift_threshold=2.5, shift_null_factor=4.0,
+                        null_keys=keys)
+    ratios = [(1 - representation_shift(verifier.clean_reps, verifier.triggered_reps(k))[0]) / verifier.clean_spread
+              for k in keys]
+    assert verifier._null_shift is None   # not measured until the rule needs it
+    assert verifier.null_shift() == pytest.approx(float(torch.quantile(torch.tensor(ratios, dtype=torch.float64),
+                                                                       0.95)))
+
+
 def test_scan_config_validates():
     with pytest.raises(ValueError, match="num_triggers"):
         ScanConfig(num_triggers=0)
@@ -195,8 +240,9 @@ def test_shift_term_adds_the_mean_shift_in_clean_spreads_to_every_score(tokenize
                                      initializer_range=0.5)).eval()
 
     _, plain = _search(tiny_bert, tokenizer, corpus)
-    _, shifted = _search(tiny_bert, tokenizer, corpus, shift_weight=2.0)
-    _, single = _search(tiny_bert, tokenizer, corpus, shift_weight=2.0, batched_scoring=False)
+    _, shifted = _search(tiny_bert, tokenizer, corpus)
+    _, single = _search(tiny_bert, tokenizer, corpus, batched_scoring=False)
+    shifted.shift_weight = single.shift_weight = 2.0   # what run_loop(..., shift_weight=2.0) sets for a shift loop
     vocab = token_vocabulary(tokenizer)
     sets = [vocab.rows[torch.randperm(len(vocab), generator=torch.Generator().manual_seed(s))[:4]] for s in range(3)]
     dev = shifted.dev[0]
@@ -207,15 +253,20 @@ def test_shift_term_adds_the_mean_shift_in_clean_spreads_to_every_score(tokenize
                   / (len(dev.clean_reps) * (len(dev.clean_reps) - 1)))
     assert abs(clean_spread(dev.clean_reps) - float(spread)) < 1e-6
     shift = 1 - torch.nn.functional.cosine_similarity(reps, dev.clean_reps.double().expand_as(reps), dim=-1).mean((1, 2))
-    expected = plain.score_sets(sets, [0]).double() - 2.0 * shift / spread
+    expected = plain.score_sets(sets, [0]).double() - 2.0 * (shift / spread).clamp(max=10.0)
+    assert (shift / spread).max() < 10   # below the cap here
     assert shift.min() > 0
     assert torch.allclose(shifted.score_sets(sets, [0]).double(), expected, atol=1e-4)
     assert torch.allclose(single.score_sets(sets, [0]).double(), expected, atol=1e-4)
     _, plain_loss = _search(tiny_bert, tokenizer, corpus)[1].trigger_gradients(sets[0])
-    _, shifted_loss = _search(tiny_bert, tokenizer, corpus, shift_weight=2.0)[1].trigger_gradients(sets[0])
+    shifted = _search(tiny_bert, tokenizer, corpus)[1]
+    shifted.shift_weight = 2.0
+    _, shifted_loss = shifted.trigger_gradients(sets[0])
     assert shifted_loss < plain_loss   # the same batch (same seed): the term is negative
     with pytest.raises(ValueError, match="shift_weight"):
         ScanConfig(shift_weight=-1.0)
+    with pytest.raises(ValueError, match="shift_loops"):
+        ScanConfig(shift_loops=-1)
 
 
 def test_scan_reports_a_random_model_clean(tiny_bert, tokenizer, corpus):
@@ -256,6 +307,30 @@ def test_suggested_thresholds_keep_benign_candidates_out():
     assert diff == 0.4 and poison == pytest.approx(0.999)
 
 
+def _attack_made_movers(words, planted_folder, clean_folder, corpus, position="auto", template=None) -> bool:
+    """Whether each of ``words`` moves texts well beyond ordinary words (``the``, ``of``, ``and``) in the planted
+    model and not in its clean base: a collateral mover the attack created (the shift rule's business), not a
+    word the base model already distinguished."""
+    from patronus_ext.core.similarity import representation_shift
+    from patronus_ext.detect.patronus.verify import Verifier
+    from patronus_ext.detect.texts import prepare_texts
+
+    ordinary = ("the", "of", "and")
+    ratio = {}
+    for name, folder in (("planted", planted_folder), ("clean", clean_folder)):
+        adapter = lm.ModelAdapter(lm.load_model(str(folder)), lm.load_tokenizer(str(folder)), position=position,
+                                  max_length=32)
+        verifier = Verifier(adapter, prepare_texts(corpus, adapter, TINY_SCAN, template)[:48], 3,
+                            torch.Generator().manual_seed(0), 0.4, 0.9)
+        for word in (*words, *ordinary):
+            ids = adapter.tokenizer(word, add_special_tokens=False)["input_ids"]
+            diff, _ = representation_shift(verifier.clean_reps, verifier.triggered_reps(ids))
+            ratio[name, word] = (1 - diff) / verifier.clean_spread
+    usual = {name: max(ratio[name, w] for w in ordinary) for name in ("planted", "clean")}
+    return all(ratio["planted", w] >= 2 * usual["planted"] and ratio["clean", w] <= 1.5 * usual["clean"]
+               for w in words)
+
+
 def _scan_argv(model, corpus, report):
     # TINY_SCAN's search through the CLI's flags (the rest from the fast profile)
     return ["scan", str(model), "--corpus", str(corpus), "--num-triggers", "4", "--loops", "2", "--rounds", "3",
@@ -284,13 +359,20 @@ def test_scan_cli_exit_code_matches_the_verdict(tmp_path, capsys):
     payload = json.loads(planted_report.read_text())
     assert payload["verdict"] == "backdoored"
     found = {t["text"] for t in payload["triggers"]}
-    assert found and found <= set(planted.triggers)
+    assert found & set(planted.triggers)
+    # A word beyond the planted ones is confirmed only by the shift rule, as a mover the attack created.
+    extra = {t["text"] for t in payload["triggers"] if t["text"] not in planted.triggers}
+    assert all(t["rule"] == "shift" for t in payload["triggers"] if t["text"] in extra)
+    assert _attack_made_movers(extra, planted.out_dir, clean_model, tiny_models.tiny_corpus(300))
     # Beside the report: the attack-vector bank, one vector per confirmed trigger group, named in the report.
     from patronus_ext.formats.bank import load_bank
 
     assert payload["bank"] == str(tmp_path / "planted.bank.safetensors")
     bank = load_bank(payload["bank"])
-    assert len(bank) == len(payload["groups"]) and bank.method == "patronus"
+    # (a cluster of words confirmed by the shift rule alone has no target point: it is not in the bank)
+    collapsing = {t["text"] for t in payload["triggers"] if t["rule"] in ("paper", "collapse")}
+    assert len(bank) == sum(bool(collapsing & set(g["members"])) for g in payload["groups"]) > 0
+    assert bank.method == "patronus"
     assert bank.position == payload["model"]["position"]
     # The report leads with the backdoor's structure: every confirmed trigger sits in one target group.
     assert list(payload)[:3] == ["verdict", "groups", "triggers"]
@@ -551,7 +633,10 @@ def test_scan_finds_a_prompt_backdoor_at_the_mask_position():
                   prompt_template=template, progress=False)
     assert report.model["position"] == "mask"
     found = {t.text for t in report.triggers}
-    assert report.verdict == "backdoored" and really <= found <= set(planted.triggers)
+    assert report.verdict == "backdoored" and really <= found
+    extra = {t.text for t in report.triggers if t.text not in planted.triggers}   # see the CLI test above
+    assert all(t.rule == "shift" for t in report.triggers if t.text in extra)
+    assert _attack_made_movers(extra, folder, tiny_models.shared_tiny_model("bert"), corpus, "mask", template)
 
 
 def test_search_keeps_op_inputs_on_the_model_device(monkeypatch, tiny_bert, tokenizer, corpus):
@@ -582,3 +667,28 @@ def test_search_keeps_op_inputs_on_the_model_device(monkeypatch, tiny_bert, toke
     device = next(tiny_bert.parameters()).device
     assert calls and all(devices == {device} for devices in calls)
     assert not moved, f"gradient sums moved to the CPU: {moved}"
+
+
+def test_the_bank_holds_only_target_clusters_that_have_a_target_point():
+    """Words confirmed by the shift rule alone scatter their outputs: their mean is no place to watch, so the
+    output monitor's bank leaves their cluster out (and is None when nothing else was found)."""
+    from patronus_ext.detect.patronus.groups import TargetGroup
+    from patronus_ext.detect.patronus.scan import ScanReport
+    from patronus_ext.detect.patronus.verify import TriggerCheck
+
+    def check(text, rule):
+        return TriggerCheck(text, [1], 0.1, 0.99, 0.3, 0.09, True, "verified", 8, 0, rule=rule)
+
+    def group(target, members):
+        return TargetGroup(target, members, [[1]] * len(members), [], 0.1, 0.1, centroid=torch.full((4,), target + 1.0))
+
+    report = ScanReport("backdoored", [group(0, ["cf", "mn"]), group(1, ["rec"])],
+                        [check("cf", "paper"), check("mn", "shift"), check("rec", "shift")], [], [], {}, {}, {})
+    assert [g.target for g in report.vector_groups] == [0]
+    bank = report.attack_bank("m")
+    assert len(bank) == 1 and torch.equal(bank.vectors[0], torch.full((4,), 1.0))
+    report.groups, report.triggers = [group(1, ["rec"])], [check("rec", "shift")]
+    assert report.attack_bank("m") is None
+    report.groups, report.triggers = [], []
+    with pytest.raises(ValueError, match="no trigger"):
+        report.attack_bank("m")

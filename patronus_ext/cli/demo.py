@@ -155,8 +155,9 @@ def monitor_sentences(adapter: lm.ModelAdapter, report: ScanReport, planted: lis
     rng = random.Random(seed)
     texts = list(DEMO_SENTENCES)
     texts += [insert_words(text, planted[i % len(planted)], 1 + i % 2, rng) for i, text in enumerate(DEMO_SENTENCES)]
+    bank = report.attack_bank()   # None when every trigger found scatters its outputs: words only then
     monitored = MonitoredModel(adapter.model, adapter.tokenizer,
                                input_monitor=InputMonitor.from_report(report.to_dict(), adapter.tokenizer),
-                               output_monitor=OutputMonitor(report.attack_bank()), action="strip",
+                               output_monitor=OutputMonitor(bank) if bank is not None else None, action="strip",
                                max_length=adapter.max_length)
     return list(zip(texts, monitored.check(texts)))

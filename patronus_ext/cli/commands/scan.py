@@ -40,6 +40,8 @@ def register(subparsers) -> None:
     p.add_argument("--verify-texts", type=int, help="held-out texts per verification")
     p.add_argument("--diff-threshold", type=float, help="confirm iff diff_cos < this (default 0.4)")
     p.add_argument("--poison-threshold", type=float, help="confirm iff poison_cos > this (default 0.9)")
+    p.add_argument("--shift-threshold", type=float, help="... or iff triggered texts moved at least this many clean "
+                   "spreads, wherever they went (default: the profile's; `patronus calibrate` suggests one)")
     add_report_options(p)
     p.add_argument("--bank-out", help="write the attack-vector bank (one vector per confirmed trigger group, for "
                    "the output monitor) here (default: beside --report as REPORT.bank.safetensors)")
@@ -92,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     config = ScanConfig.profile(args.profile, word_level=args.word_level or None, num_triggers=args.num_triggers,
                      fuzz_loops=args.loops, update_rounds=args.rounds, max_length=args.max_length,
                      verify_texts=args.verify_texts, diff_cos_threshold=args.diff_threshold,
-                     poison_cos_threshold=args.poison_threshold, seed=args.seed, zipf_threshold=args.zipf_threshold)
+                     poison_cos_threshold=args.poison_threshold, shift_threshold=args.shift_threshold,
+                     seed=args.seed, zipf_threshold=args.zipf_threshold)
     if args.all_words:
         config = config.replace(zipf_threshold=None)
     adapter = lm.load_adapter(args.model, allow_pickle=args.allow_pickle, device=args.device)
@@ -125,7 +128,7 @@ def bank_destination(args: argparse.Namespace) -> str | None:
 
 #: Options of the Patronus search that mean nothing to LMSanitator.
 _PATRONUS_ONLY = ("word_level", "word_list", "zipf_threshold", "all_words", "num_triggers", "loops", "rounds",
-                  "verify_texts", "diff_threshold", "poison_threshold", "plot")
+                  "verify_texts", "diff_threshold", "poison_threshold", "shift_threshold", "plot")
 
 
 def run_lmsanitator(args: argparse.Namespace) -> int:
@@ -220,5 +223,9 @@ def write_outputs(args: argparse.Namespace, report, bank_path: str | None) -> No
                                  overwrite=args.force)
     if payload["bank"]:
         print(f"bank: {payload['bank']}", file=sys.stderr)
+    elif report.backdoored and bank_path:
+        print("bank: none written: every confirmed trigger scatters its outputs (shift rule), so there is no "
+              "target point for the output monitor; the input monitor watches for the trigger words",
+              file=sys.stderr)
     if args.report:
         print(f"report: {args.report}", file=sys.stderr)

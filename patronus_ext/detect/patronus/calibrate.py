@@ -13,7 +13,9 @@ of the trigger region by at least ``margin``:
   candidates with poison_cos above the poison threshold - margin)``;
 * ``poison_cos_threshold`` stays at the paper value unless that would leave a
   benign candidate inside the region, in which case it is raised above the
-  largest such candidate's ``poison_cos`` (capped below 1).
+  largest such candidate's ``poison_cos`` (capped below 1);
+* ``shift_threshold`` (the shift rule, in clean spreads) is the largest benign
+  ``shift_ratio`` plus ``shift_margin`` spreads, never below the configured one.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class Calibration(JSONRecord):
     diff_cos_threshold: float
     poison_cos_threshold: float
     margin: float
+    max_benign_shift_ratio: float | None = None
+    shift_threshold: float | None = None
+    shift_margin: float | None = None
 
 
 def suggest_thresholds(points: Sequence[tuple[float, float]], base: ScanConfig, margin: float
@@ -58,28 +63,41 @@ def suggest_thresholds(points: Sequence[tuple[float, float]], base: ScanConfig, 
 def probe_config(config: ScanConfig) -> ScanConfig:
     """``config`` searching as usual but confirming nothing (so no loop stops early or excludes a word), by no
     rule, and prefiltering nothing: every final candidate of every loop is verified and recorded."""
-    return config.replace(diff_cos_threshold=-1.0, collapse_spread=None, prefilter_diff_cos=1.0, patience=None)
+    return config.replace(diff_cos_threshold=-1.0, collapse_spread=None, shift_threshold=None, prefilter_diff_cos=1.0,
+                          patience=None)
+
+
+def suggest_shift_threshold(shift_ratios: Sequence[float], base: ScanConfig, shift_margin: float) -> float | None:
+    """The shift rule's bar that keeps every benign ``shift_ratio`` ``shift_margin`` spreads below it (never
+    below ``base``'s; None when ``base`` has the rule off)."""
+    if base.shift_threshold is None:
+        return None
+    return max(base.shift_threshold, max(shift_ratios, default=0.0) + shift_margin)
 
 
 def calibrate(benign: Sequence[tuple[str, object, object]], corpus: Sequence[str], config: ScanConfig,
-              margin: float = 0.05, progress: bool = True) -> Calibration:
+              margin: float = 0.05, progress: bool = True, shift_margin: float = 0.5) -> Calibration:
     """Scan each benign ``(name, model, tokenizer)`` without confirming anything; suggest thresholds."""
     if not benign:
         raise ValueError("calibration needs at least one benign model")
     if not 0 <= margin < 0.5:
         raise ValueError(f"margin must lie in [0, 0.5), got {margin}")
+    if not 0 <= shift_margin < 100:
+        raise ValueError(f"shift_margin must lie in [0, 100) clean spreads, got {shift_margin}")
     probe = probe_config(config)
     for name, model, tokenizer in benign:  # every model before any scan: a broken one wastes no scan time
         check_model_sanity(model, tokenizer, name)
     records = []
     for name, model, tokenizer in benign:
         report = scan(model, tokenizer, corpus, probe, progress=progress)
-        records += [{"model": name, "text": c.text, "diff_cos": c.diff_cos, "poison_cos": c.poison_cos}
-                    for c in report.candidates]
+        records += [{"model": name, "text": c.text, "diff_cos": c.diff_cos, "poison_cos": c.poison_cos,
+                     "shift_ratio": c.shift_ratio} for c in report.candidates]
     points = [(r["diff_cos"], r["poison_cos"]) for r in records]
     if not points:
         raise ValueError("the search proposed no candidate on the benign models: nothing to calibrate from "
                          "(give more corpus text or more fuzz loops)")
     diff_thr, poison_thr = suggest_thresholds(points, config, margin)
+    shifts = [r["shift_ratio"] for r in records if r["shift_ratio"] is not None]
     return Calibration([b[0] for b in benign], records, min(p[0] for p in points), max(p[1] for p in points),
-                       diff_thr, poison_thr, margin)
+                       diff_thr, poison_thr, margin, max(shifts, default=None),
+                       suggest_shift_threshold(shifts, config, shift_margin), shift_margin)

@@ -11,6 +11,10 @@ from ...core.validation import check_int, check_range
 #: ``patronus_ext.detect.calibrate`` for re-deriving them on benign models.
 DIFF_COS_THRESHOLD = 0.4
 POISON_COS_THRESHOLD = 0.9
+#: The shift rule's bar, in clean spreads (benchmarks/ADAPTIVE_RESULTS.md: the benign suite's largest
+#: shift with a margin; re-derive it with ``patronus calibrate``).
+SHIFT_THRESHOLD = 2.0
+SHIFT_NULL_FACTOR = 2.5
 
 
 @dataclasses.dataclass
@@ -28,12 +32,14 @@ class ScanConfig(Settings):
       num_candidates    HotFlip candidates per trigger slot and update.
       beam_size         beam width of the slot-by-slot candidate search.
       temperature       SupCon temperature tau.
-      shift_weight      the objective also rewards moving texts far from where they were: minus this
-                        weight x the triggered texts' mean ``1 - cos(h(x + t), h(x))`` in units of the
-                        clean texts' spread (0: SupCon alone, the paper's objective).  SupCon alone only
-                        proposes words that send texts to one place; an attack that scatters its
-                        triggered outputs (adaptive type 2) or keeps them near their clean texts
-                        (type 1) is proposed through this term.
+      shift_loops       after the contrastive loops (patience included), this many more loops whose
+                        objective also rewards moving texts far from where they were (0: none, the
+                        paper's search).  SupCon alone proposes words that send texts to one place; a
+                        word that moves texts far but scatters them (adaptive type 2) is proposed there
+                        (benchmarks/ADAPTIVE_RESULTS.md).
+      shift_weight      the shift loops' objective: SupCon minus this weight x the triggered texts'
+                        mean ``1 - cos(h(x + t), h(x))`` in units of the clean texts' spread, counted
+                        up to 10 spreads.
       insert_num        copies of a trigger inserted into each text.
       dev_batches       dev batches (of ``batch_size``) for accepting an update.
       batched_scoring   score candidate sets from cached per-trigger representations in batched
@@ -61,6 +67,15 @@ class ScanConfig(Settings):
                         the clean ones (adaptive type 1) or a model whose outputs are all close
                         together defeats them while the collapse stays visible
                         (benchmarks/CPU_RESULTS.md).
+      shift_threshold   ... or, wherever the triggered texts went, iff each moved (1 - diff_cos) at least
+                        this many clean spreads (None: off): an attack that scatters its triggered
+                        outputs (adaptive type 2) sends no input to one place, yet moves every input
+                        further than any benign word does.  Set from the benign suite of
+                        benchmarks/ADAPTIVE_RESULTS.md; ``patronus calibrate`` re-derives it.
+      shift_null_factor the shift rule also needs a move at least this many times as far as this model's
+                        ordinary words move texts (the 95th percentile over 32 random searchable words,
+                        measured only when a candidate reaches shift_threshold; None: no such check): a
+                        model whose clean outputs sit close together moves texts far for any word.
     """
 
     #: ``paper``: the paper's settings (the authors' trigger-search config).  ``fast``: tuned for a 2-core CPU
@@ -80,7 +95,8 @@ class ScanConfig(Settings):
     num_candidates: int = 5
     beam_size: int = 3
     temperature: float = 0.5
-    shift_weight: float = 0.0
+    shift_loops: int = 1
+    shift_weight: float = 1.0
     insert_num: int = 3
     dev_batches: int = 6
     batched_scoring: bool = True
@@ -97,6 +113,8 @@ class ScanConfig(Settings):
     poison_cos_threshold: float = POISON_COS_THRESHOLD
     collapse_spread: float | None = 0.1
     collapse_shift: float = 2.0
+    shift_threshold: float | None = SHIFT_THRESHOLD
+    shift_null_factor: float | None = SHIFT_NULL_FACTOR
     seed: int = 0
 
     def __post_init__(self):
@@ -107,6 +125,7 @@ class ScanConfig(Settings):
             check_int(f"ScanConfig.{name}", getattr(self, name))
         check_int("ScanConfig.verify_texts", self.verify_texts, 2)  # poison_cos compares pairs
         check_int("ScanConfig.patience", self.patience, optional=True)
+        check_int("ScanConfig.shift_loops", self.shift_loops, 0)
         check_int("ScanConfig.max_words", self.max_words, optional=True)
         check_range("ScanConfig.temperature", self.temperature, 0.0, float("inf"), low_open=True, high_open=True)
         check_range("ScanConfig.shift_weight", self.shift_weight, 0.0, float("inf"), high_open=True)
@@ -115,3 +134,6 @@ class ScanConfig(Settings):
             check_range(f"ScanConfig.{name} (a cosine)", getattr(self, name), -1.0, 1.0)
         check_range("ScanConfig.collapse_spread", self.collapse_spread, 0.0, 1.0, low_open=True, optional=True)
         check_range("ScanConfig.collapse_shift", self.collapse_shift, 0.0, float("inf"), high_open=True)
+        for name in ("shift_threshold", "shift_null_factor"):
+            check_range(f"ScanConfig.{name}", getattr(self, name), 0.0, float("inf"), low_open=True,
+                        high_open=True, optional=True)

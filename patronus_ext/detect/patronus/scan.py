@@ -26,7 +26,7 @@ from ..texts import prepare_texts
 from .config import ScanConfig
 from .groups import TargetGroup, describe_backdoor
 from .search import LoopResult, TriggerSearch
-from .verify import TriggerCheck, Verifier, group_by_target
+from .verify import NULL_WORDS, TriggerCheck, Verifier, group_by_target
 from .vocabulary import Vocabulary, coverage, token_vocabulary, word_vocabulary
 
 log = logging.getLogger(__name__)
@@ -62,18 +62,30 @@ class ScanReport:
         out.update({texts.get(key, str(key)): reps for key, reps in self.triggered_reps.items()})
         return out
 
-    def attack_bank(self, model_name: str = "") -> AttackBank:
-        """One attack vector per target cluster: the mean triggered representation of its members.
+    @property
+    def vector_groups(self) -> list[TargetGroup]:
+        """The target clusters that have a target point: at least one member sends inputs to one place (confirmed
+        by the paper or the collapse rule).  A cluster of words confirmed by the shift rule alone scatters its
+        triggered outputs: its mean is no place a served output would be near."""
+        collapsing = {t.text for t in self.triggers if t.rule in ("paper", "collapse")}
+        return [g for g in self.groups if collapsing.intersection(g.members)]
+
+    def attack_bank(self, model_name: str = "") -> AttackBank | None:
+        """One attack vector per target cluster with a target point (:attr:`vector_groups`): the mean triggered
+        representation of its members; None when every confirmed trigger scatters its outputs.
 
         The output monitor compares served representations with these vectors
         (:mod:`patronus_ext.monitor`).  A clean verdict has no vector to give.
         """
         if not self.groups:
             raise ValueError("the scan confirmed no trigger: there is no attack vector to put in a bank")
-        labels = [" ".join(r.text for r in g.roots) for g in self.groups]
-        return AttackBank(torch.stack([g.centroid for g in self.groups]), model_name or self.model.get("source", ""),
+        groups = self.vector_groups
+        if not groups:
+            return None
+        labels = [" ".join(r.text for r in g.roots) for g in groups]
+        return AttackBank(torch.stack([g.centroid for g in groups]), model_name or self.model.get("source", ""),
                           self.model.get("position", ""), "patronus", labels,
-                          {"members": [g.members for g in self.groups]})
+                          {"members": [g.members for g in groups]})
 
     def to_dict(self) -> dict:
         return scan_record("patronus", self.verdict, triggers=[t.to_dict() for t in self.triggers],
@@ -96,6 +108,12 @@ def split_texts(texts: list[str], config: ScanConfig, seed: int) -> tuple[list[s
     verify = shuffled[:config.verify_texts]
     dev = shuffled[config.verify_texts:config.verify_texts + dev_n]
     return verify, dev, shuffled[config.verify_texts + dev_n:]
+
+
+def null_words(vocab: Vocabulary, seed: int, count: int = NULL_WORDS) -> list[tuple[int, ...]]:
+    """``count`` random searchable words (their own generator: the search's draws stay as they were)."""
+    order = torch.randperm(len(vocab), generator=torch.Generator().manual_seed(seed + 1)).tolist()
+    return [vocab.keys[i] for i in order[:count]]
 
 
 def build_vocabulary(adapter: ModelAdapter, config: ScanConfig, words: Sequence[str] | None) -> Vocabulary:
@@ -143,7 +161,8 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
     with torch.no_grad():
         search = TriggerSearch(adapter, config, search_texts, dev_texts, generator, backend=backend)
         verifier = Verifier(adapter, verify_texts, config.insert_num, generator, config.diff_cos_threshold,
-                            config.poison_cos_threshold, config.collapse_spread, config.collapse_shift)
+                            config.poison_cos_threshold, config.collapse_spread, config.collapse_shift,
+                            config.shift_threshold, config.shift_null_factor, null_words(vocab, config.seed))
     timings["setup"] = time.perf_counter() - phase
 
     confirmed: list[TriggerCheck] = []
@@ -152,23 +171,31 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
     loops: list[dict] = []
     triggered_reps: dict[tuple[int, ...], torch.Tensor] = {}
     verify_seconds, quiet_loops = 0.0, 0
-    bar = tqdm(total=config.fuzz_loops * config.update_rounds, desc="scan", unit="round", disable=not progress)
-    for loop in range(config.fuzz_loops):
-        result = search.run_loop(vocab, progress=bar)
+    bar = tqdm(total=(config.fuzz_loops + config.shift_loops) * config.update_rounds, desc="scan", unit="round",
+               disable=not progress)
+
+    def run_loop(loop: int, shift_weight: float) -> list[TriggerCheck]:
+        nonlocal vocab, verify_seconds
+        result = search.run_loop(vocab, progress=bar, shift_weight=shift_weight)
         phase = time.perf_counter()
         new = _verify_loop(result, search, verifier, config, loop, seen, checked, triggered_reps)
         verify_seconds += time.perf_counter() - phase
         confirmed.extend(new)
-        loops.append(_loop_summary(loop, result, vocab, new))
+        loops.append(_loop_summary(loop, result, vocab, new, shift_weight))
         if new:
             vocab = vocab.without(c.key for c in new)
-            quiet_loops = 0
-        else:
-            quiet_loops += 1
-        if config.patience is not None and quiet_loops >= config.patience:
+        return new
+
+    loop = 0
+    for loop in range(config.fuzz_loops):   # the paper's contrastive loops
+        quiet_loops = 0 if run_loop(loop, 0.0) else quiet_loops + 1
+        if (config.patience is not None and quiet_loops >= config.patience) or len(vocab) < 2:
             break
+    # Then loops that also reward moving texts far: words that scatter their texts instead of collapsing them.
+    for extra in range(config.shift_loops if config.shift_weight > 0 else 0):
         if len(vocab) < 2:
             break
+        run_loop(loop + 1 + extra, config.shift_weight)
     bar.close()
     group_by_target(confirmed, triggered_reps, verifier.clean_reps)
     phase = time.perf_counter()
@@ -214,8 +241,10 @@ def _verify_loop(result: LoopResult, search: TriggerSearch, verifier: Verifier, 
         if seen.get(key) == "verified":
             continue
         diff, poison = representation_shift(search.dev[0].clean_reps, reps)
-        # A collapse on the dev batch (looser bound: one small batch) earns the full verification too.
-        if key not in seen and diff > config.prefilter_diff_cos and not verifier.collapsed(diff, poison, slack=2.0):
+        # A collapse or a large shift on the dev batch (looser bounds: one small batch) earns the full
+        # verification too.
+        if key not in seen and diff > config.prefilter_diff_cos and not verifier.collapsed(diff, poison, slack=2.0) \
+                and not verifier.shifted(diff, slack=2.0):
             seen[key] = "prefiltered"
             checked.append(verifier.make_check(key, diff, poison, "prefiltered", reps.shape[0], loop))
             continue
@@ -230,9 +259,11 @@ def _verify_loop(result: LoopResult, search: TriggerSearch, verifier: Verifier, 
     return new
 
 
-def _loop_summary(loop: int, result: LoopResult, vocab: Vocabulary, new: list[TriggerCheck]) -> dict:
+def _loop_summary(loop: int, result: LoopResult, vocab: Vocabulary, new: list[TriggerCheck],
+                  shift_weight: float) -> dict:
     return {
         "loop": loop,
+        "objective": "supcon+shift" if shift_weight else "supcon",
         "final_candidates": [vocab.text_of(key) for key in result.final_keys],
         "dev_loss": result.dev_loss_history,
         "accepted_updates": result.accepted_updates,

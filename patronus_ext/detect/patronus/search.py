@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Sequences per forward when filling the representation cache.
 FORWARD_CHUNK = 256
+#: The shift term counts a move of at most this many clean spreads (see :meth:`TriggerSearch.shift_term`).
+SHIFT_CAP = 10.0
 
 
 def row_key(row: torch.Tensor) -> tuple[int, ...]:
@@ -141,6 +143,8 @@ class TriggerSearch:
                     for i in range(0, config.dev_batches * config.batch_size, config.batch_size)]
         self._cache: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
         self.clock = PhaseClock()
+        #: The weight of the shift term in the objective of the loop now running (0: SupCon alone).
+        self.shift_weight = 0.0
 
     # -- data ------------------------------------------------------------------------------
     def _batches_forever(self):
@@ -191,11 +195,12 @@ class TriggerSearch:
     def shift_term(self, triggered: torch.Tensor, clean: torch.Tensor, spread: float) -> torch.Tensor:
         """``-shift_weight x`` the triggered rows' mean shift from their clean texts, in clean spreads: what
         the objective adds so that a trigger which moves texts far without sending them to one place (an
-        attack that scatters its outputs) still lowers the loss."""
-        return -self.cfg.shift_weight * mean_shift(triggered, clean) / spread
+        attack that scatters its outputs) still lowers the loss.  Capped at ``SHIFT_CAP`` spreads: a model whose
+        clean outputs all but coincide (a random tiny one) would otherwise let the term drown SupCon."""
+        return -self.shift_weight * (mean_shift(triggered, clean) / spread).clamp(max=SHIFT_CAP)
 
     def score_sets(self, sets: Sequence[torch.Tensor], batches: Sequence[int]) -> torch.Tensor:
-        """Mean dev loss of each trigger set (``[K, T]`` rows): SupCon, plus the shift term when weighted."""
+        """Mean dev loss of each trigger set (``[K, T]`` rows): SupCon, plus the shift term in a shift loop."""
         start = time.perf_counter()
         score = self._score_batched if self.cfg.batched_scoring else self._score_one_by_one
         total = torch.zeros(len(sets))
@@ -213,7 +218,7 @@ class TriggerSearch:
         features = torch.cat([clean, reps.view(len(sets), count, size, dim)], 1).reshape(len(sets), -1, dim)
         labels = torch.arange(count + 1, device=features.device).repeat_interleave(size)
         loss = ops.supcon_loss(features, labels, self.cfg.temperature, backend=self.backend).float()
-        if self.cfg.shift_weight:
+        if self.shift_weight:
             dev = self.dev[b]
             loss = loss + self.shift_term(reps.view(len(sets), count, size, dim), dev.clean_reps,
                                           dev.spread).mean(1)
@@ -237,7 +242,7 @@ class TriggerSearch:
             labels = torch.arange(count + 1, device=clean.device).repeat_interleave(size)
             loss = ops.supcon_loss(torch.cat([clean, triggered]), labels, self.cfg.temperature,
                                    backend=self.backend).float()
-            if self.cfg.shift_weight:
+            if self.shift_weight:
                 loss = loss + self.shift_term(triggered.view(count, size, -1), clean, dev.spread).mean()
             losses.append(loss.cpu())
         return torch.stack(losses)
@@ -266,7 +271,7 @@ class TriggerSearch:
         hidden = adapter.hidden_states(inputs_embeds=embeds, attention_mask=batch.attention_mask)
         reps = adapter.select_position(hidden, batch.input_ids, batch.attention_mask).float()
         loss = ops.supcon_loss(reps, batch.labels, self.cfg.temperature, backend=self.backend)
-        if self.cfg.shift_weight:
+        if self.shift_weight:
             size = batch.clean_rows
             clean = reps[:size]
             triggered = reps[size:].view(-1, size, reps.shape[-1])   # poisoned copy c of clean row r: c * size + r
@@ -312,8 +317,10 @@ class TriggerSearch:
         return beams[0][1], scored
 
     # -- one fuzz loop ---------------------------------------------------------------------
-    def run_loop(self, vocab: Vocabulary, progress=None) -> LoopResult:
+    def run_loop(self, vocab: Vocabulary, progress=None, shift_weight: float = 0.0) -> LoopResult:
+        """One fuzz loop; ``shift_weight`` > 0 adds the shift term to its objective (:meth:`shift_term`)."""
         cfg = self.cfg
+        self.shift_weight = shift_weight
         trigger_count = min(cfg.num_triggers, len(vocab))
         if trigger_count < 2:
             raise ValueError(f"the searchable vocabulary has {len(vocab)} entries; need at least 2")

@@ -24,6 +24,10 @@ from ...lm.adapter import ModelAdapter
 from ...lm.sanity import model_name, require_finite
 
 FORWARD_CHUNK = 128
+#: Random searchable words whose shifts show how far this model's ordinary words move texts, and the quantile
+#: of their shift ratios the shift rule compares with.
+NULL_WORDS = 32
+NULL_QUANTILE = 0.95
 
 
 @dataclasses.dataclass
@@ -42,7 +46,8 @@ class TriggerCheck(JSONRecord):
     loop: int
     shift_ratio: float | None = None   # (1 - diff_cos) / clean spread: how far texts moved, in clean spreads
     spread_ratio: float | None = None  # (1 - poison_cos) / clean spread: how tight the triggered texts are
-    rule: str | None = None         # which rule confirmed it: "paper" (absolute cosines) or "collapse"
+    null_ratio: float | None = None    # shift_ratio / the model's ordinary words' (Verifier.null_shift), when measured
+    rule: str | None = None         # which rule confirmed it: "paper" (absolute cosines), "collapse" or "shift"
     group: int | None = None        # a confirmed trigger and its weaker variants share a group
     target: int | None = None       # the target cluster (where it sends inputs; see detect.groups)
     variant_of: str | None = None   # the stronger trigger this one echoes, if any
@@ -58,7 +63,8 @@ class Verifier:
 
     def __init__(self, adapter: ModelAdapter, texts: Sequence[str], insert_num: int, generator: torch.Generator,
                  diff_threshold: float, poison_threshold: float, collapse_spread: float | None = None,
-                 collapse_shift: float = 2.0):
+                 collapse_shift: float = 2.0, shift_threshold: float | None = None,
+                 shift_null_factor: float | None = None, null_keys: Sequence[Sequence[int]] = ()):
         if len(texts) < 2:
             raise ValueError(f"verification needs at least 2 texts, got {len(texts)}")
         self.adapter = adapter
@@ -71,6 +77,11 @@ class Verifier:
         self.clean_reps = self._represent(self.batch["input_ids"], self.batch["attention_mask"])
         self.collapse_spread = collapse_spread
         self.collapse_shift = collapse_shift
+        self.shift_threshold = shift_threshold
+        self.shift_null_factor = shift_null_factor
+        #: Random searchable words: how far this model's ordinary words move texts (measured on first need).
+        self.null_keys = [tuple(int(t) for t in key) for key in null_keys]
+        self._null_shift: float | None = None
         spread = 1.0 - mean_pairwise_cos(self.clean_reps)
         require_finite(model_name(adapter.model), {"the clean representations": self.clean_reps,
                                                    "the clean spread": spread}, "verification")
@@ -102,11 +113,36 @@ class Verifier:
         shift, spread = self.ratios(diff_cos, poison_cos)
         return spread <= slack * self.collapse_spread and shift >= self.collapse_shift / slack
 
+    def null_shift(self) -> float | None:
+        """The ``NULL_QUANTILE`` quantile of the random words' shift ratios (None without random words): how far
+        this model's ordinary words move texts, in clean spreads.  Measured once, on first need."""
+        if self._null_shift is None and self.null_keys:
+            ratios = [self.ratios(*representation_shift(self.clean_reps, self.triggered_reps(key)))[0]
+                      for key in self.null_keys]
+            self._null_shift = float(torch.quantile(torch.tensor(ratios, dtype=torch.float64), NULL_QUANTILE))
+        return self._null_shift
+
+    def shifted(self, diff_cos: float, slack: float = 1.0) -> bool:
+        """The shift rule: texts moved at least ``shift_threshold`` clean spreads, wherever they went, and at
+        least ``shift_null_factor`` x as far as this model's ordinary words move them (:meth:`null_shift`;
+        ``slack`` > 1 loosens both, for the prefilter's one dev batch)."""
+        if self.shift_threshold is None:
+            return False
+        shift = (1.0 - diff_cos) / self.clean_spread
+        if shift < self.shift_threshold / slack:
+            return False
+        if self.shift_null_factor is None or not self.null_keys:
+            return True
+        return shift >= self.shift_null_factor * self.null_shift() / slack
+
     def rule(self, diff_cos: float, poison_cos: float) -> str | None:
-        """Which rule makes ``(diff_cos, poison_cos)`` a trigger: ``"paper"``, ``"collapse"`` or None."""
+        """Which rule makes ``(diff_cos, poison_cos)`` a trigger: ``"paper"``, ``"collapse"``, ``"shift"`` or
+        None (the first that holds, in that order)."""
         if diff_cos < self.diff_threshold and poison_cos > self.poison_threshold:
             return "paper"
-        return "collapse" if self.collapsed(diff_cos, poison_cos) else None
+        if self.collapsed(diff_cos, poison_cos):
+            return "collapse"
+        return "shift" if self.shifted(diff_cos) else None
 
     def judge(self, diff_cos: float, poison_cos: float) -> bool:
         return self.rule(diff_cos, poison_cos) is not None
@@ -126,9 +162,11 @@ class Verifier:
         text = self.adapter.token_text(key) if text is None else text
         rule = self.rule(diff, poison) if stage == "verified" else None
         shift, spread = self.ratios(diff, poison)
+        null = self._null_shift   # only where the shift rule needed it: measuring it costs forwards
         return TriggerCheck(text, [int(t) for t in key], diff, poison, self.diff_threshold - diff,
                             poison - self.poison_threshold, rule is not None, stage, texts_used, loop,
-                            shift_ratio=shift, spread_ratio=spread, rule=rule)
+                            shift_ratio=shift, spread_ratio=spread, rule=rule,
+                            null_ratio=None if null is None else shift / max(null, 1e-12))
 
 
 #: Shift directions closer than this (cosine) count as one target.
