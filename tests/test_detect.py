@@ -692,3 +692,16 @@ def test_the_bank_holds_only_target_clusters_that_have_a_target_point():
     report.groups, report.triggers = [], []
     with pytest.raises(ValueError, match="no trigger"):
         report.attack_bank("m")
+
+
+def test_shift_loops_run_after_the_contrastive_loops(tiny_bert, tokenizer, corpus):
+    """``shift_loops`` adds loops with the shift term after the contrastive ones (none by default)."""
+    config = TINY.replace(fuzz_loops=2, patience=None, corpus_limit=200)
+    assert ScanConfig.profile("fast").shift_loops == 0
+    plain = scan(tiny_bert, tokenizer, corpus, config, progress=False)
+    assert [loop["objective"] for loop in plain.loops] == ["supcon", "supcon"]
+    shifted = scan(tiny_bert, tokenizer, corpus, config.replace(shift_loops=1), progress=False)
+    assert [loop["objective"] for loop in shifted.loops] == ["supcon", "supcon", "supcon+shift"]
+    # The contrastive loops are the same search with or without the shift loop after them.
+    assert [(loop["final_candidates"], loop["confirmed"]) for loop in shifted.loops[:2]] == \
+        [(loop["final_candidates"], loop["confirmed"]) for loop in plain.loops]

@@ -40,6 +40,8 @@ def register(subparsers) -> None:
     p.add_argument("--verify-texts", type=int, help="held-out texts per verification")
     p.add_argument("--diff-threshold", type=float, help="confirm iff diff_cos < this (default 0.4)")
     p.add_argument("--poison-threshold", type=float, help="confirm iff poison_cos > this (default 0.9)")
+    p.add_argument("--shift-loops", type=int, help="loops after the contrastive ones whose objective also rewards "
+                   "moving texts far (default 0)")
     p.add_argument("--shift-threshold", type=float, help="... or iff triggered texts moved at least this many clean "
                    "spreads, wherever they went (default: the profile's; `patronus calibrate` suggests one)")
     add_report_options(p)
@@ -95,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
                      fuzz_loops=args.loops, update_rounds=args.rounds, max_length=args.max_length,
                      verify_texts=args.verify_texts, diff_cos_threshold=args.diff_threshold,
                      poison_cos_threshold=args.poison_threshold, shift_threshold=args.shift_threshold,
+                     shift_loops=args.shift_loops,
                      seed=args.seed, zipf_threshold=args.zipf_threshold)
     if args.all_words:
         config = config.replace(zipf_threshold=None)
@@ -128,7 +131,8 @@ def bank_destination(args: argparse.Namespace) -> str | None:
 
 #: Options of the Patronus search that mean nothing to LMSanitator.
 _PATRONUS_ONLY = ("word_level", "word_list", "zipf_threshold", "all_words", "num_triggers", "loops", "rounds",
-                  "verify_texts", "diff_threshold", "poison_threshold", "shift_threshold", "plot")
+                  "verify_texts", "diff_threshold", "poison_threshold", "shift_threshold", "shift_loops",
+                  "plot")
 
 
 def run_lmsanitator(args: argparse.Namespace) -> int:

@@ -33,9 +33,11 @@ class ScanConfig(Settings):
       beam_size         beam width of the slot-by-slot candidate search.
       temperature       SupCon temperature tau.
       shift_loops       after the contrastive loops (patience included), this many more loops whose
-                        objective also rewards moving texts far from where they were (0: none, the
-                        paper's search).  SupCon alone proposes words that send texts to one place; a
-                        word that moves texts far but scatters them (adaptive type 2) is proposed there
+                        objective also rewards moving texts far from where they were (0, the default:
+                        none, the paper's search).  SupCon alone proposes words that send texts to one
+                        place; a word that moves texts far but scatters them (adaptive type 2) can be
+                        proposed there.  Off by default: on the adaptive suite one such loop proposed no
+                        planted trigger the contrastive loops had missed and cost ~30% of a clean scan
                         (benchmarks/ADAPTIVE_RESULTS.md).
       shift_weight      the shift loops' objective: SupCon minus this weight x the triggered texts'
                         mean ``1 - cos(h(x + t), h(x))`` in units of the clean texts' spread, counted
@@ -95,7 +97,7 @@ class ScanConfig(Settings):
     num_candidates: int = 5
     beam_size: int = 3
     temperature: float = 0.5
-    shift_loops: int = 1
+    shift_loops: int = 0
     shift_weight: float = 1.0
     insert_num: int = 3
     dev_batches: int = 6
