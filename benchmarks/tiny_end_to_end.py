@@ -54,17 +54,21 @@ def _cli_scan(model: Path, report: Path, device: str, *options: str) -> tuple[in
 
 
 def scan_patronus(planted, work: Path, device: str) -> dict:
-    """``patronus scan`` on the planted BERT; passes when backdoored with only planted triggers found."""
+    """``patronus scan`` on the planted BERT; passes when backdoored with a planted trigger found and every other
+    word found confirmed by the shift rule alone (planting a 2-layer model makes a few collateral movers)."""
     import tiny_models
 
     corpus = work / "corpus.txt"
     corpus.write_text("\n".join(tiny_models.tiny_corpus(300)) + "\n")
     status, report, seconds, err = _cli_scan(planted.out_dir, work / "patronus.json", device, "--corpus",
                                              str(corpus), *tiny_models.TINY_SCAN_ARGS)
-    found = sorted(t["text"] for t in (report or {}).get("triggers", []))
-    ok = status == 1 and bool(found) and set(found) <= set(planted.triggers)
+    triggers = (report or {}).get("triggers", [])
+    found = sorted(t["text"] for t in triggers)
+    collateral = sorted(t["text"] for t in triggers if t["text"] not in planted.triggers)
+    ok = status == 1 and bool(set(found) & set(planted.triggers)) and \
+        all(t["rule"] == "shift" for t in triggers if t["text"] in collateral)
     return {"run": "patronus", "ok": ok, "exit": status, "verdict": (report or {}).get("verdict"),
-            "found": found, "planted": list(planted.triggers), "seconds": round(seconds, 1),
+            "found": found, "collateral": collateral, "planted": list(planted.triggers), "seconds": round(seconds, 1),
             "error": None if status in (0, 1) else err}
 
 

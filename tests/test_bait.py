@@ -268,4 +268,5 @@ def test_the_gpu_end_to_end_runs_pass_on_the_cpu(tmp_path):
     row = tiny_end_to_end.scan_bait(subjects["clean"], subjects["planted"], tmp_path, "cpu")
     assert row["ok"] and row["exit"] == 1 and row["timings"], row
     row = tiny_end_to_end.scan_patronus(tiny_models.shared_planted("por", "bert"), tmp_path, "cpu")
-    assert row["ok"] and set(row["found"]) <= set(tiny_models.TINY_TRIGGERS), row
+    assert row["ok"] and set(row["found"]) & set(tiny_models.TINY_TRIGGERS), row
+    assert set(row["found"]) - set(row["collateral"]) <= set(tiny_models.TINY_TRIGGERS), row
