@@ -18,6 +18,7 @@ are scored with a single batched ``ops.supcon_loss`` call.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import time
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ... import ops
+from ...core.similarity import poison_cos as mean_pairwise_cos
 from ...data.triggers import TriggeredBatch, insert_token_triggers, sample_gaps
 from ...lm.adapter import ModelAdapter
 from ...ops.hotflip import hotflip_candidates
@@ -54,7 +56,11 @@ class DevBatch:
     attention_mask: torch.Tensor
     gaps: torch.Tensor
     clean_reps: torch.Tensor  # [B, d]
-    spread: float             # clean_spread(clean_reps)
+
+    @functools.cached_property
+    def spread(self) -> float:
+        """:func:`clean_spread` of the batch, measured when a shift loop first needs it."""
+        return clean_spread(self.clean_reps)
 
 
 @dataclasses.dataclass
@@ -107,11 +113,9 @@ def mean_shift(triggered: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
 
 
 def clean_spread(clean: torch.Tensor) -> float:
-    """``1 - mean pairwise cosine`` of clean representations ``[B, d]``: the scale a shift is measured in."""
-    unit = F.normalize(clean.double(), dim=1)
-    n = unit.shape[0]
-    pairwise = (unit.sum(0).pow(2).sum() - n) / (n * (n - 1))
-    return max(1.0 - float(pairwise), 1e-6)
+    """``1 - mean pairwise cosine`` of clean representations ``[B, d]`` (B >= 2): the scale a shift is measured in
+    (the verifier's too)."""
+    return max(1.0 - mean_pairwise_cos(clean), 1e-6)
 
 
 @dataclasses.dataclass
@@ -166,7 +170,7 @@ class TriggerSearch:
         gaps = sample_gaps(batch["attention_mask"], self.cfg.insert_num, self.adapter.special_prefix,
                            self.adapter.special_suffix, self.gen)
         reps = self.adapter.represent(**batch).float()
-        return DevBatch(batch["input_ids"], batch["attention_mask"], gaps, reps, clean_spread(reps))
+        return DevBatch(batch["input_ids"], batch["attention_mask"], gaps, reps)
 
     # -- representations -------------------------------------------------------------------
     @torch.no_grad()
