@@ -113,6 +113,9 @@ def test_prefiltered_candidate_proposed_again_is_fully_verified():
         def collapsed(self, diff, poison, slack=1.0):
             return False   # identical to clean: nothing moved, no collapse
 
+        def shifted(self, diff, slack=1.0):
+            return False   # nor a shift
+
 
         def check(self, key, loop):
             self.verified.append(key)
