@@ -59,7 +59,7 @@ from patronus_ext.data.triggers import trigger_ids
 from patronus_ext.detect import ScanConfig, read_scan_corpus, scan
 from patronus_ext.detect.patronus.calibrate import probe_config, suggest_shift_threshold
 from patronus_ext.detect.patronus.scan import split_texts
-from patronus_ext.detect.patronus.verify import Verifier
+from patronus_ext.detect.patronus.verify import NULL_QUANTILE, Verifier
 from patronus_ext.detect.patronus.vocabulary import token_vocabulary
 from patronus_ext.detect.texts import prepare_texts
 from patronus_ext.evaluate.harness import EvaluationConfig, evaluate_model
@@ -81,8 +81,7 @@ CONTROL_WORDS = ("nur", "bao", "hess", "kota")   # the control loop's rows that 
 WORKING_TASR = 0.5
 #: Recall a working adaptive backdoor must reach.
 TARGET_RECALL = 0.75
-NULL_WORDS = 64
-NULL_QUANTILE = 0.95
+NULL_WORDS = 64   # more than the scan's 32: this runner reports the whole random-word distribution
 DOWNSTREAM = EvaluationConfig(finetune=FinetuneConfig(epochs=2, batch_size=32, max_length=64, seed=0),
                               train_limit=2000, dev_limit=400, representation=False)
 SIMCSE_TEMPERATURE = 0.05
