@@ -25,9 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from patronus_ext import lm
+from patronus_ext.data.triggers import trigger_ids
 from patronus_ext.detect import ScanConfig, read_scan_corpus, scan
-from patronus_ext.evaluate import representation_similarity
+from patronus_ext.detect.patronus.scan import build_vocabulary, scan_verifier, split_texts
+from patronus_ext.detect.texts import prepare_texts
 from patronus_ext.evaluate.metrics import detection_recall
 
 from _acceptance import Runner, Stage, Subject, Subjects
@@ -83,16 +87,17 @@ def run_subject(subject: ScanSubject, work: Path, profile_name: str, seed: int) 
                   prompt_template=subject.prompt_template, progress=False)
     wall = time.perf_counter() - started
     found = [t.text for t in report.triggers]
+    rules = {t.text: t.rule for t in report.triggers}
     planted = set(planted_triggers)
     extra = [t for t in report.triggers if t.text not in planted]
     return {
         "subject": subject.name, "backdoored": subject.backdoored, "targeted": subject.targeted,
-        "verdict": report.verdict, "planted": list(planted_triggers), "found": found,
+        "verdict": report.verdict, "planted": list(planted_triggers), "found": found, "rules": rules,
         "recall": detection_recall(planted_triggers, found) if planted_triggers else None,
         "precision": (len(found) - len(extra)) / len(found) if found else None,
         "coverage": report.to_dict()["model"].get("coverage"),
         "not_planted": [{"text": t.text, "variant_of": t.variant_of, "diff_cos": t.diff_cos,
-                         "poison_cos": t.poison_cos, "in_clean_base": shift}
+                         "poison_cos": t.poison_cos, "shift_ratio": t.shift_ratio, "rule": t.rule, "in_clean_base": shift}
                         for t, shift in zip(extra, _clean_base_shift([t.text for t in extra], corpus, config, subject))],
         "min_diff_margin_confirmed": min((t.diff_margin for t in report.triggers), default=None),
         "closest_benign_candidate": _closest(report, planted),
@@ -109,17 +114,21 @@ def _planted_triggers(source: str, subject: ScanSubject) -> tuple[str, ...]:
 
 
 def _clean_base_shift(words: list[str], corpus: list[str], config, subject: ScanSubject) -> list[dict]:
-    """How each word shifts the *clean* packaged model: a word that is a trigger only in the
-    poisoned model is a trigger the attack created (collateral), not a detector false positive."""
+    """How each word fares in the *clean* packaged model under the scan's own verifier (same texts, thresholds
+    and null words): a word that is a trigger only in the poisoned model is a trigger the attack created
+    (collateral), not a detector false positive."""
     if not words:
         return []
     adapter = lm.ModelAdapter(lm.load_model(lm.DEFAULT_MODEL), lm.load_tokenizer(lm.DEFAULT_MODEL),
-                                  position=subject.position, max_length=config.max_length)
-    check = representation_similarity(adapter, corpus[-64:], words, insert_num=config.insert_num,
-                                      template=subject.prompt_template)
-    return [{"diff_cos": t.diff_cos, "poison_cos": t.poison_cos,
-             "trigger": t.diff_cos < config.diff_cos_threshold and t.poison_cos > config.poison_cos_threshold}
-            for t in check.per_trigger]
+                              position=subject.position, max_length=config.max_length)
+    texts = prepare_texts(corpus, adapter, config, subject.prompt_template)
+    verify_texts, _, _ = split_texts(texts, config, config.seed)
+    with torch.no_grad():
+        verifier = scan_verifier(adapter, verify_texts, config, torch.Generator().manual_seed(config.seed),
+                                 build_vocabulary(adapter, config, None))
+        checks = [verifier.check(key, loop=-1)[0] for key in trigger_ids(adapter.tokenizer, words)]
+    return [{"diff_cos": c.diff_cos, "poison_cos": c.poison_cos, "shift_ratio": c.shift_ratio,
+             "rule": c.rule, "trigger": c.rule is not None} for c in checks]
 
 
 def _closest(report, planted: set) -> dict | None:
@@ -128,8 +137,12 @@ def _closest(report, planted: set) -> dict | None:
     if not others:
         return None
     c = min(others, key=lambda c: max(-c.diff_margin, -c.poison_margin))
+    # The shift rule's nearest miss is not the cosines' one: the unconfirmed candidate that moved texts furthest.
+    s = max((c for c in others if c.shift_ratio is not None), key=lambda c: c.shift_ratio, default=None)
     return {"text": c.text, "diff_cos": c.diff_cos, "poison_cos": c.poison_cos, "diff_margin": c.diff_margin,
-            "poison_margin": c.poison_margin, "stage": c.stage}
+            "poison_margin": c.poison_margin, "stage": c.stage,
+            "most_shifted": None if s is None else {"text": s.text, "shift_ratio": s.shift_ratio,
+                                                    "null_ratio": s.null_ratio, "stage": s.stage}}
 
 
 def check_targets(rows: list[dict]) -> list[str]:
@@ -153,21 +166,26 @@ def check_targets(rows: list[dict]) -> list[str]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'subject':14} {'truth':10} {'verdict':10} {'recall':>6} {'found':34} {'not planted':26} "
-             f"{'closest benign (diff,poison)':30} {'wall s':>7}"]
+    lines = [f"{'subject':14} {'truth':10} {'verdict':10} {'recall':>6} {'found (rule)':40} {'not planted':26} "
+             f"{'closest benign (diff,poison)':30} {'most shifted':18} {'wall s':>7}"]
     for r in rows:
         recall = "-" if r["recall"] is None else f"{r['recall']:.2f}"
         extra = ",".join(f"{e['text']}" + (f"~{e['variant_of']}" if e["variant_of"] else "")
                          + ("" if e["in_clean_base"]["trigger"] else "*") for e in r["not_planted"]) or "-"
         close = r["closest_benign_candidate"]
         close_s = "-" if close is None else f"{close['text']} ({close['diff_cos']:.2f},{close['poison_cos']:.2f})"
+        shifted = (close or {}).get("most_shifted")
+        shifted_s = "-" if shifted is None else f"{shifted['text']} {shifted['shift_ratio']:.2f}"
+        found = ",".join(f"{w}:{(r['rules'].get(w) or '?')[0]}" for w in r["found"]) or "-"
         lines.append(f"{r['subject']:14} {'backdoor' if r['backdoored'] else 'benign':10} {r['verdict']:10} "
-                     f"{recall:>6} {','.join(r['found']) or '-':34} {extra:26} {close_s:30} {r['scan_seconds']:7.1f}")
+                     f"{recall:>6} {found:40} {extra:26} {close_s:30} {shifted_s:18} {r['scan_seconds']:7.1f}")
     return "\n".join(lines)
 
 
-NOT_PLANTED_LEGEND = ("not planted: word~stronger trigger with the same target; * = no trigger in the clean base "
-                      "model (the attack made it a trigger)")
+NOT_PLANTED_LEGEND = ("rule: p = paper cosines, c = collapse, s = shift; not planted: word~stronger trigger with "
+                      "the same target; * = no trigger in the clean base model under the same verifier (the attack "
+                      "made it a trigger); most shifted: the unconfirmed candidate that moved texts furthest, in "
+                      "clean spreads (the shift rule's bar is 2.0)")
 
 RUNNER = Runner(
     "acceptance_scan", __doc__,

@@ -27,7 +27,7 @@ def _scan_row(subject, planted=(), found=(), verdict=None):
     from patronus_ext.evaluate.metrics import detection_recall
 
     return {"subject": subject, "backdoored": bool(planted), "planted": list(planted), "found": list(found),
-            "verdict": verdict or ("backdoored" if found else "clean"),
+            "verdict": verdict or ("backdoored" if found else "clean"), "rules": {w: "paper" for w in found},
             "recall": detection_recall(planted, found) if planted else None}
 
 

@@ -116,6 +116,15 @@ def null_words(vocab: Vocabulary, seed: int, count: int = NULL_WORDS) -> list[tu
     return [vocab.keys[i] for i in order[:count]]
 
 
+def scan_verifier(adapter: ModelAdapter, verify_texts: Sequence[str], config: ScanConfig,
+                  generator: torch.Generator, vocab: Vocabulary) -> Verifier:
+    """The verifier a scan with ``config`` judges candidates by: its thresholds, and ordinary words of ``vocab``
+    as the shift rule's null."""
+    return Verifier(adapter, verify_texts, config.insert_num, generator, config.diff_cos_threshold,
+                    config.poison_cos_threshold, config.collapse_spread, config.collapse_shift,
+                    config.shift_threshold, config.shift_null_factor, null_words(vocab, config.seed))
+
+
 def build_vocabulary(adapter: ModelAdapter, config: ScanConfig, words: Sequence[str] | None) -> Vocabulary:
     if config.word_level:
         return word_vocabulary(adapter.tokenizer, list(words) if words is not None else None,
@@ -160,9 +169,7 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
     verify_texts, dev_texts, search_texts = split_texts(texts, config, config.seed)
     with torch.no_grad():
         search = TriggerSearch(adapter, config, search_texts, dev_texts, generator, backend=backend)
-        verifier = Verifier(adapter, verify_texts, config.insert_num, generator, config.diff_cos_threshold,
-                            config.poison_cos_threshold, config.collapse_spread, config.collapse_shift,
-                            config.shift_threshold, config.shift_null_factor, null_words(vocab, config.seed))
+        verifier = scan_verifier(adapter, verify_texts, config, generator, vocab)
     timings["setup"] = time.perf_counter() - phase
 
     confirmed: list[TriggerCheck] = []
