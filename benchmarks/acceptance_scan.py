@@ -138,11 +138,11 @@ def _closest(report, planted: set) -> dict | None:
         return None
     c = min(others, key=lambda c: max(-c.diff_margin, -c.poison_margin))
     # The shift rule's nearest miss is not the cosines' one: the unconfirmed candidate that moved texts furthest.
-    s = max((c for c in others if c.shift_ratio is not None), key=lambda c: c.shift_ratio, default=None)
+    moved = max((o for o in others if o.shift_ratio is not None), key=lambda o: o.shift_ratio, default=None)
     return {"text": c.text, "diff_cos": c.diff_cos, "poison_cos": c.poison_cos, "diff_margin": c.diff_margin,
             "poison_margin": c.poison_margin, "stage": c.stage,
-            "most_shifted": None if s is None else {"text": s.text, "shift_ratio": s.shift_ratio,
-                                                    "null_ratio": s.null_ratio, "stage": s.stage}}
+            "most_shifted": None if moved is None else {"text": moved.text, "shift_ratio": moved.shift_ratio,
+                                                        "null_ratio": moved.null_ratio, "stage": moved.stage}}
 
 
 def check_targets(rows: list[dict]) -> list[str]:
