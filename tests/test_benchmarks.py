@@ -50,6 +50,27 @@ def test_acceptance_targets_missed_are_each_named():
     assert not any(m.startswith("clean:") for m in missed)
 
 
+def test_acceptance_closest_names_the_cosine_miss_and_the_shift_miss_apart():
+    from types import SimpleNamespace
+
+    from patronus_ext.detect.patronus.verify import TriggerCheck
+
+    def check(text, diff, poison, shift, confirmed=False):
+        return TriggerCheck(text, [1], diff, poison, 0.4 - diff, poison - 0.9, confirmed, "verified", 48, 0,
+                            shift_ratio=shift)
+
+    report = SimpleNamespace(candidates=[
+        check("dh", 0.05, 0.99, 4.0, confirmed=True),   # planted: never a benign miss
+        check("xp", 0.10, 0.98, 3.5, confirmed=True),   # confirmed: not a miss either
+        check("nic", 0.54, 0.94, 1.2),                  # nearest to the cosine region
+        check("sim", 0.80, 0.30, 1.9),                  # moved texts furthest, far from the cosines
+    ])
+    close = acceptance_scan._closest(report, {"dh"})
+    assert close["text"] == "nic"
+    assert close["most_shifted"]["text"] == "sim" and close["most_shifted"]["shift_ratio"] == 1.9
+    assert acceptance_scan._closest(SimpleNamespace(candidates=report.candidates[:2]), {"dh"}) is None
+
+
 def test_acceptance_main_exits_1_on_a_missed_target(tmp_path, monkeypatch, capsys):
     verdicts = {"clean": "backdoored"}
 
