@@ -496,3 +496,47 @@ def test_adaptive_acceptance_scores_signals_and_targets(tmp_path):
              {"subject": "clean", "stage": "scan", "verdict": "backdoored", "triggers": [{"text": "x"}], "recall": None}]
     missed = adaptive.check_targets(run)
     assert len(missed) == 2 and "a2_s4_l1: recall 0.5" in missed[0] and missed[1].startswith("clean: benign")
+
+
+def test_adaptive_acceptance_reports_the_natural_target_margins():
+    """The natural-target check's margins come from the scans: planted triggers confirmed by a rule that claims a
+    target (never a collateral word or a shift-rule one) against the words it spared on benign models."""
+    import acceptance_adaptive as adaptive
+
+    planted = adaptive.SUBJECTS["por"].triggers
+    rows = [{"subject": "por", "suite": "reference", "stage": "scan", "spared": [],
+             "triggers": [{"text": planted[0], "rule": "paper", "target_gap": 4.0},
+                          {"text": planted[1], "rule": "shift", "target_gap": 0.2},
+                          {"text": "collateral", "rule": "paper", "target_gap": 1.5}]},
+            {"subject": "advft_por", "suite": "benign", "stage": "scan", "triggers": [],
+             "spared": [{"text": "worthless", "target_gap": 0.03}, {"text": "soothing", "target_gap": 0.34}]}]
+    rows[1]["collapsed"] = [{"text": "worthless", "pinpoint_ratio": 12.5}, {"text": "lacked", "pinpoint_ratio": 3.0}]
+    line, pinpoint = adaptive.natural_target_lines(type("R", (), {"rows": rows}))
+    assert f"smallest planted target gap 4.00 (por '{planted[0]}')" in line
+    assert "2 word(s) spared, largest gap 0.34 (advft_por 'soothing')" in line
+    assert "2 collapsed benign word(s), largest ratio 12.5 (advft_por 'worthless')" in pinpoint
+    assert "0 planted trigger(s) confirmed by it, smallest ratio -" in pinpoint
+    rows[0]["triggers"].append({"text": planted[2], "rule": "pinpoint", "target_gap": 0.7, "pinpoint_ratio": 640.0})
+    assert "1 planted trigger(s) confirmed by it, smallest ratio 640 (por" in \
+        adaptive.natural_target_lines(type("R", (), {"rows": rows}))[1]
+    assert adaptive.natural_target_lines(type("R", (), {"rows": []})) == []
+
+
+def test_a_probe_attack_the_scan_misses_is_a_finding_not_a_missed_target():
+    """The natural-target attack probes one of the scan's rules: a working backdoor the scan misses is printed as a
+    finding with its numbers and does not set the exit status; a weak one is the attacker's loss."""
+    import acceptance_adaptive as adaptive
+
+    strong, weak = adaptive.SUBJECTS["natural_s9"], adaptive.SUBJECTS["natural_s10"]
+    assert strong.suite == weak.suite == "probe"
+    rows = [{"subject": "natural_s9", "suite": "probe", "stage": "tasr", "t_asr": 0.77},
+            {"subject": "natural_s10", "suite": "probe", "stage": "tasr", "t_asr": 0.3},
+            {"subject": "natural_s9", "suite": "probe", "stage": "scan", "verdict": "clean", "triggers": [],
+             "recall": 0.0},
+            {"subject": "natural_s10", "suite": "probe", "stage": "scan", "verdict": "clean", "triggers": [],
+             "recall": 0.0}]
+    run = type("R", (), {"rows": rows, "subjects": [strong, weak]})
+    assert adaptive.check_targets(run) == []
+    found, lost = adaptive.probe_findings(run)
+    assert found.startswith("FINDING natural_s9: T-ASR 0.770, scan clean, recall 0.0")
+    assert lost.startswith("probe natural_s10") and "FINDING" not in lost

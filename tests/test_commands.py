@@ -41,13 +41,16 @@ def test_calibrate_two_clean_models(tmp_path, corpus_file, capsys):
     payload = json.loads(report.read_text())
     assert set(payload) == {"models", "candidates", "min_benign_diff_cos", "max_benign_poison_cos",
                             "diff_cos_threshold", "poison_cos_threshold", "margin", "max_benign_shift_ratio",
-                            "shift_threshold", "shift_margin"}
+                            "shift_threshold", "shift_margin", "natural_targets", "max_benign_pinpoint_ratio"}
     assert payload["models"] == [str(first), str(second)] and payload["margin"] == 0.05
     candidates = payload["candidates"]
     assert {c["model"] for c in candidates} == {str(first), str(second)}  # both models were searched
-    points = [(c["diff_cos"], c["poison_cos"]) for c in candidates]
-    assert payload["min_benign_diff_cos"] == min(d for d, _ in points)
-    assert payload["max_benign_poison_cos"] == max(p for _, p in points)
+    # Candidates on the clean data are left to the natural-target check; the paper rule judges the rest.
+    assert payload["natural_targets"] == sum(c["natural_target"] for c in candidates)
+    points = [(c["diff_cos"], c["poison_cos"]) for c in candidates if not c["natural_target"]]
+    judged = points or [(c["diff_cos"], c["poison_cos"]) for c in candidates]
+    assert payload["min_benign_diff_cos"] == min(d for d, _ in judged)
+    assert payload["max_benign_poison_cos"] == max(p for _, p in judged)
     # The suggestion follows suggest_thresholds's rules on exactly these candidates ...
     diff, poison = payload["diff_cos_threshold"], payload["poison_cos_threshold"]
     assert (diff, poison) == pytest.approx(suggest_thresholds(points, FAST, 0.05))
@@ -184,3 +187,25 @@ def test_calibration_confirms_nothing_by_any_rule(monkeypatch):
     (probe,) = seen
     assert probe.diff_cos_threshold == -1.0 and probe.collapse_spread is None and probe.shift_threshold is None
     assert probe.prefilter_diff_cos == 1.0 and probe.patience is None
+
+
+def test_calibration_leaves_natural_targets_out_of_the_paper_thresholds(monkeypatch):
+    """A classifier's class words (targets on the clean data) are recorded but never move the paper thresholds:
+    the paper rule never judges them.  Without them the paper's values stand."""
+    from types import SimpleNamespace
+
+    from patronus_ext.detect.patronus import calibrate as calibration
+
+    def candidate(text, diff, poison, gap):
+        return SimpleNamespace(text=text, diff_cos=diff, poison_cos=poison, shift_ratio=1.0, target_gap=gap,
+                               pinpoint_ratio=5.0 if poison > 0.9 else 1.5, spread_ratio=(1 - poison) / 0.3)
+
+    candidates = [candidate("worthless", 0.10, 0.99, 0.05), candidate("ordinary", 0.70, 0.60, 3.0)]
+    monkeypatch.setattr(calibration, "scan", lambda *a, **k: SimpleNamespace(candidates=candidates))
+    monkeypatch.setattr(calibration, "check_model_sanity", lambda *args: None)
+    result = calibration.calibrate([("m", None, None)], ["text"], FAST)
+    assert (result.diff_cos_threshold, result.poison_cos_threshold) == (0.4, 0.9)
+    assert result.natural_targets == 1 and [r["natural_target"] for r in result.candidates] == [True, False]
+    assert result.max_benign_pinpoint_ratio == 5.0   # only the collapsed candidate is in the pinpoint rule's domain
+    off = calibration.calibrate([("m", None, None)], ["text"], FAST.replace(natural_target_gap=None))
+    assert off.natural_targets == 0 and off.diff_cos_threshold == pytest.approx(0.05)  # the class word decides

@@ -148,6 +148,88 @@ def test_shift_rule_confirms_a_far_move_that_scatters(tiny_bert, tokenizer, corp
     assert ScanConfig.profile("fast").shift_threshold == ScanConfig.profile("paper").shift_threshold > 0
 
 
+def test_natural_target_spares_the_paper_and_collapse_rules_not_the_shift_rule(tiny_bert, tokenizer, corpus):
+    """A word that sends texts where clean texts already are (a classifier's class point) is not confirmed by the
+    rules that claim a target; the shift rule claims none and still judges it."""
+    from patronus_ext.detect.patronus.verify import TargetPlace, Verifier
+    from patronus_ext.lm.adapter import ModelAdapter
+
+    adapter = ModelAdapter(tiny_bert, tokenizer, max_length=32)
+    verifier = Verifier(adapter, corpus[:8], 3, torch.Generator().manual_seed(0), 0.4, 0.9, collapse_spread=0.1,
+                        collapse_shift=2.0, shift_threshold=2.5, natural_target_gap=1.0, pinpoint_ratio=50.0)
+    on_data, off_data = TargetPlace(gap=0.4, pinpoint=5.0), TargetPlace(gap=2.0, pinpoint=5.0)
+    verifier.clean_spread = 0.5      # a classifier: clean outputs far apart (two class clusters)
+    assert verifier.rule(0.30, 0.95, on_data) is None and verifier.rule(0.30, 0.95, off_data) == "paper"
+    assert verifier.rule(0.30, 0.95) == "paper"                       # unmeasured: judged as before
+    verifier.clean_spread = 0.05
+    assert verifier.rule(0.85, 0.80, on_data) == "shift"              # far and scattered: no target to spare
+    verifier.shift_threshold = None
+    assert verifier.rule(0.74, 0.999, TargetPlace(1.0, 5.0)) is None
+    assert verifier.rule(0.74, 0.999, TargetPlace(1.01, 5.0)) == "collapse"
+    verifier.shift_threshold, verifier.clean_spread = 2.5, 0.5
+    spared = verifier.make_check([5], 0.30, 0.95, "verified", 8, 0, place=on_data)
+    assert not spared.confirmed and spared.natural_target and (spared.target_gap, spared.pinpoint_ratio) == (0.4, 5.0)
+    kept = verifier.make_check([5], 0.30, 0.95, "verified", 8, 0, place=off_data)
+    assert kept.confirmed and kept.rule == "paper" and not kept.natural_target
+    assert not verifier.make_check([5], 0.95, 0.5, "verified", 8, 0, place=on_data).natural_target  # no rule held
+    verifier.natural_target_gap = None
+    assert verifier.rule(0.30, 0.95, on_data) == "paper"
+    with pytest.raises(ValueError, match="natural_target_gap"):
+        ScanConfig(natural_target_gap=0.0)
+    assert ScanConfig.profile("fast").natural_target_gap == ScanConfig.profile("paper").natural_target_gap == 1.0
+
+
+def test_pinpoint_rule_confirms_a_collapse_onto_the_clean_data_that_no_class_point_matches(tiny_bert, tokenizer,
+                                                                                          corpus):
+    """A backdoor aimed at a point on the clean data moves texts about one clean spread (no other rule holds), but
+    its texts sit far tighter there than the nearest clean texts; a class word's texts sit as loosely as its class."""
+    from patronus_ext.detect.patronus.verify import TargetPlace, Verifier
+    from patronus_ext.lm.adapter import ModelAdapter
+
+    verifier = Verifier(ModelAdapter(tiny_bert, tokenizer, max_length=32), corpus[:8], 3,
+                        torch.Generator().manual_seed(0), 0.4, 0.9, collapse_spread=0.1, collapse_shift=2.0,
+                        shift_threshold=2.0, natural_target_gap=1.0, pinpoint_ratio=50.0)
+    verifier.clean_spread = 0.27
+    natural_backdoor = TargetPlace(gap=0.8, pinpoint=800.0)        # measured: moved 1.0 s, spread 0.002 s
+    class_word = TargetPlace(gap=0.3, pinpoint=20.0)
+    assert verifier.rule(0.725, 0.9995, natural_backdoor) == "pinpoint"
+    assert verifier.rule(0.725, 0.9995, class_word) is None
+    assert verifier.rule(0.725, 0.9995) is None                      # unmeasured (the dev batch): never confirmed
+    assert verifier.rule(0.725, 0.95, natural_backdoor) is None      # spread 0.19 s: not a collapse
+    assert verifier.may_pinpoint(0.95, slack=2.0) and not verifier.may_pinpoint(0.95)   # the prefilter's bound
+    check = verifier.make_check([5], 0.725, 0.9995, "verified", 8, 0, place=natural_backdoor)
+    assert check.confirmed and check.rule == "pinpoint" and check.pinpoint_ratio == 800.0
+    verifier.pinpoint_ratio = None
+    assert verifier.rule(0.725, 0.9995, natural_backdoor) is None and not verifier.may_pinpoint(0.9995)
+    with pytest.raises(ValueError, match="pinpoint_ratio"):
+        ScanConfig(pinpoint_ratio=0.0)
+
+
+def test_target_place_measures_the_nearest_clean_texts_in_float64(tiny_bert, tokenizer, corpus):
+    """float64 reference: with c the triggered texts' mean unit direction and q the 95th-percentile cosine of the
+    clean texts to c, gap = (1 - q) / clean spread and pinpoint = (1 - q) / (1 - the triggered texts' mean cosine
+    to c); a point among the clean texts is near, its opposite far, and a tight cluster a pinpoint."""
+    from patronus_ext.detect.patronus.verify import Verifier
+    from patronus_ext.lm.adapter import ModelAdapter
+
+    verifier = Verifier(ModelAdapter(tiny_bert, tokenizer, max_length=32), corpus[:12], 3,
+                        torch.Generator().manual_seed(0), 0.4, 0.9)
+    clean = verifier.clean_reps.double()
+    wobble = 1e-3 * torch.randn(12, clean.shape[1], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    onto_a_text = clean[3].repeat(12, 1) * torch.linspace(0.5, 2.0, 12, dtype=torch.float64)[:, None] + wobble
+    centre = F.normalize(F.normalize(onto_a_text, dim=1).mean(0), dim=0)
+    cos = torch.stack([F.cosine_similarity(c, centre, dim=0) for c in clean])
+    room = 1 - torch.quantile(cos, 0.95)
+    radius = 1 - torch.stack([F.cosine_similarity(t, centre, dim=0) for t in onto_a_text]).mean()
+    place = verifier.target_place(onto_a_text.float())
+    assert place.gap == pytest.approx(float(room) / verifier.clean_spread, rel=1e-4)
+    assert place.pinpoint == pytest.approx(float(room / radius), rel=1e-2)
+    assert place.gap <= 1.0                                      # one of the clean texts: on the data
+    opposite = verifier.target_place(-onto_a_text.float())
+    assert opposite.gap > 2.0 and opposite.pinpoint > 50         # its opposite, tightly: a backdoor's pinpoint
+    assert verifier.target_place(verifier.clean_reps).pinpoint < 2   # the clean texts: as loose as themselves
+
+
 def test_null_shift_is_the_95th_percentile_of_random_words_shift_ratios(tiny_bert, tokenizer, corpus):
     from patronus_ext.core.similarity import representation_shift
     from patronus_ext.detect.patronus.verify import Verifier
@@ -370,7 +452,7 @@ def test_scan_cli_exit_code_matches_the_verdict(tmp_path, capsys):
     assert payload["bank"] == str(tmp_path / "planted.bank.safetensors")
     bank = load_bank(payload["bank"])
     # (a cluster of words confirmed by the shift rule alone has no target point: it is not in the bank)
-    collapsing = {t["text"] for t in payload["triggers"] if t["rule"] in ("paper", "collapse")}
+    collapsing = {t["text"] for t in payload["triggers"] if t["rule"] in ("paper", "collapse", "pinpoint")}
     assert len(bank) == sum(bool(collapsing & set(g["members"])) for g in payload["groups"]) > 0
     assert bank.method == "patronus"
     assert bank.position == payload["model"]["position"]
@@ -694,14 +776,82 @@ def test_the_bank_holds_only_target_clusters_that_have_a_target_point():
         report.attack_bank("m")
 
 
-def test_shift_loops_run_after_the_contrastive_loops(tiny_bert, tokenizer, corpus):
-    """``shift_loops`` adds loops with the shift term after the contrastive ones (none by default)."""
+def test_shift_and_collapse_loops_run_after_the_contrastive_loops(tiny_bert, tokenizer, corpus):
+    """``shift_loops`` (none by default) and then ``collapse_loops`` (one by default) add loops with their term
+    after the contrastive ones, which stay the same search."""
     config = TINY.replace(fuzz_loops=2, patience=None, corpus_limit=200)
-    assert ScanConfig.profile("fast").shift_loops == 0
-    plain = scan(tiny_bert, tokenizer, corpus, config, progress=False)
+    fast = ScanConfig.profile("fast")
+    assert fast.shift_loops == 0 and fast.collapse_loops == ScanConfig.profile("paper").collapse_loops == 1
+    plain = scan(tiny_bert, tokenizer, corpus, config.replace(collapse_loops=0), progress=False)
     assert [loop["objective"] for loop in plain.loops] == ["supcon", "supcon"]
-    shifted = scan(tiny_bert, tokenizer, corpus, config.replace(shift_loops=1), progress=False)
-    assert [loop["objective"] for loop in shifted.loops] == ["supcon", "supcon", "supcon+shift"]
-    # The contrastive loops are the same search with or without the shift loop after them.
-    assert [(loop["final_candidates"], loop["confirmed"]) for loop in shifted.loops[:2]] == \
+    both = scan(tiny_bert, tokenizer, corpus, config.replace(shift_loops=1), progress=False)
+    assert [loop["objective"] for loop in both.loops] == ["supcon", "supcon", "supcon+shift", "supcon+collapse"]
+    assert [loop["final_candidates"] for loop in both.loops[:2]] == [loop["final_candidates"] for loop in plain.loops]
+    assert [(loop["final_candidates"], loop["confirmed"]) for loop in both.loops[:2]] == \
         [(loop["final_candidates"], loop["confirmed"]) for loop in plain.loops]
+    off = scan(tiny_bert, tokenizer, corpus, config.replace(collapse_weight=0.0), progress=False)
+    assert [loop["objective"] for loop in off.loops] == ["supcon", "supcon"]   # no weight: no such loop
+
+
+def test_collapse_term_adds_each_triggers_spread_in_clean_spreads_to_every_score(tokenizer, corpus):
+    """With ``collapse_weight`` w a set's dev loss is SupCon plus w x the mean over its triggers of their texts'
+    spread (1 - mean pairwise cosine, float64 reference) over the dev batch's clean spread, capped at 2 spreads,
+    the same in batched and one-by-one scoring; the gradient step carries the term."""
+    from patronus_ext.detect.patronus.search import clean_spread, group_spread
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64, max_position_embeddings=128, initializer_range=0.5)).eval()
+    _, plain = _search(model, tokenizer, corpus)
+    _, collapsing = _search(model, tokenizer, corpus)
+    _, single = _search(model, tokenizer, corpus, batched_scoring=False)
+    collapsing.collapse_weight = single.collapse_weight = 1.5
+    vocab = token_vocabulary(tokenizer)
+    sets = [vocab.rows[torch.randperm(len(vocab), generator=torch.Generator().manual_seed(s))[:4]] for s in range(3)]
+    dev = collapsing.dev[0]
+    reps = collapsing.dev_reps(0, torch.cat(sets)).view(3, 4, *dev.clean_reps.shape).double()
+    size = reps.shape[2]
+    pairs = [[[float(F.cosine_similarity(reps[c, k, i], reps[c, k, j], dim=0)) for i in range(size)
+               for j in range(size) if i != j] for k in range(4)] for c in range(3)]
+    spreads = torch.tensor([[1 - sum(p) / len(p) for p in per_set] for per_set in pairs], dtype=torch.float64)
+    assert torch.allclose(group_spread(reps), spreads, atol=1e-9)
+    expected = (plain.score_sets(sets, [0]).double()
+                + 1.5 * (spreads / clean_spread(dev.clean_reps)).clamp(max=2.0).mean(1))
+    assert torch.allclose(collapsing.score_sets(sets, [0]).double(), expected, atol=1e-4)
+    assert torch.allclose(single.score_sets(sets, [0]).double(), expected, atol=1e-4)
+    _, plain_loss = _search(model, tokenizer, corpus)[1].trigger_gradients(sets[0])
+    collapsing = _search(model, tokenizer, corpus)[1]
+    collapsing.collapse_weight = 1.5
+    _, collapsing_loss = collapsing.trigger_gradients(sets[0])
+    assert collapsing_loss > plain_loss   # the same batch (same seed): the term is positive
+    with pytest.raises(ValueError, match="collapse_weight"):
+        ScanConfig(collapse_weight=-1.0)
+    with pytest.raises(ValueError, match="collapse_loops"):
+        ScanConfig(collapse_loops=-1)
+
+
+def test_scan_cli_sets_or_turns_off_the_target_checks(tmp_path, monkeypatch, capsys):
+    """--natural-target-gap, --pinpoint-ratio and --collapse-loops reach the scan's configuration; 0 turns a check
+    off and a negative value is refused before any work."""
+    from patronus_ext.cli import main
+
+    import tiny_models
+
+    seen = []
+
+    def stop(*args, **kwargs):
+        seen.append(args[3])
+        raise RuntimeError("stopped here: the configuration is all this test needs")
+
+    monkeypatch.setattr("patronus_ext.detect.scan", stop)
+    model = tiny_models.shared_tiny_model("bert")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(tiny_models.tiny_corpus(300)) + "\n")
+    argv = ["scan", str(model), "--corpus", str(corpus), "--quiet"]
+    assert main([*argv, "--natural-target-gap", "0", "--pinpoint-ratio", "80", "--collapse-loops", "0"]) == 2
+    assert (seen[-1].natural_target_gap, seen[-1].pinpoint_ratio, seen[-1].collapse_loops) == (None, 80.0, 0)
+    assert main(argv) == 2
+    assert (seen[-1].natural_target_gap, seen[-1].pinpoint_ratio, seen[-1].collapse_loops) == (1.0, 50.0, 1)
+    assert "stopped here" in capsys.readouterr().err
+    assert main([*argv, "--pinpoint-ratio", "-1"]) == 2 and len(seen) == 2
+    assert "--pinpoint-ratio must be >= 0" in capsys.readouterr().err

@@ -116,6 +116,8 @@ def test_prefiltered_candidate_proposed_again_is_fully_verified():
         def shifted(self, diff, slack=1.0):
             return False   # nor a shift
 
+        def may_pinpoint(self, poison, slack=1.0):
+            return False   # nor a collapse anywhere
 
         def check(self, key, loop):
             self.verified.append(key)

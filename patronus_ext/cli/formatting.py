@@ -38,9 +38,19 @@ def scan_summary(name: str, report) -> str:
         if getattr(t, "rule", None) == "collapse":
             variant += (f"  [collapse rule: moved {t.shift_ratio:.1f}x, spread {t.spread_ratio:.3f}x the clean "
                         "outputs' spread]")
+        elif getattr(t, "rule", None) == "pinpoint":
+            variant += (f"  [pinpoint rule: spread {t.spread_ratio:.3f}x the clean outputs' spread, "
+                        f"{t.pinpoint_ratio:.0f}x tighter than the nearest clean texts]")
+        elif getattr(t, "rule", None) == "shift":
+            variant += f"  [shift rule: moved {t.shift_ratio:.1f}x the clean outputs' spread]"
         lines.append(f"  trigger {t.text!r:14} ids={t.token_ids}  diff_cos={t.diff_cos:.3f} "
                      f"(margin {t.diff_margin:+.3f})  poison_cos={t.poison_cos:.3f} "
                      f"(margin {t.poison_margin:+.3f}){variant}")
+    spared = [c.text for c in report.candidates if getattr(c, "natural_target", False)]
+    if spared:
+        lines.append(f"  spared {len(spared)} word(s) that send texts where clean texts already are (a task "
+                     f"classifier's class point, not a backdoor target): {', '.join(repr(w) for w in spared[:8])}"
+                     f"{' ...' if len(spared) > 8 else ''}")
     if not report.triggers and report.candidates:
         closest = min(report.candidates, key=lambda c: c.diff_cos)
         lines.append(f"  closest candidate {closest.text!r}: diff_cos={closest.diff_cos:.3f} "

@@ -42,6 +42,12 @@ def run(args: argparse.Namespace) -> int:
           f"min diff_cos {result.min_benign_diff_cos:.3f}, max poison_cos {result.max_benign_poison_cos:.3f}")
     print(f"suggested: --diff-threshold {result.diff_cos_threshold:.3f} "
           f"--poison-threshold {result.poison_cos_threshold:.3f}  (paper: 0.4 / 0.9)")
+    if result.natural_targets:
+        print(f"{result.natural_targets} candidate(s) send texts where clean texts already are (class points): "
+              "left to the natural-target check, not used for the thresholds above")
+    if result.max_benign_pinpoint_ratio is not None:
+        print(f"largest benign pinpoint ratio {result.max_benign_pinpoint_ratio:.1f} among collapsed candidates "
+              f"(the pinpoint rule's bar: {config.pinpoint_ratio})")
     if result.shift_threshold is not None:
         print(f"largest benign shift {result.max_benign_shift_ratio:.2f} clean spreads; suggested: "
               f"--shift-threshold {result.shift_threshold:.2f}  (default {config.shift_threshold:g})")

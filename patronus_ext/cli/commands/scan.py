@@ -42,8 +42,16 @@ def register(subparsers) -> None:
     p.add_argument("--poison-threshold", type=float, help="confirm iff poison_cos > this (default 0.9)")
     p.add_argument("--shift-loops", type=int, help="loops after the contrastive ones whose objective also rewards "
                    "moving texts far (default 0)")
+    p.add_argument("--collapse-loops", type=int, help="loops after those whose objective also rewards sending every "
+                   "text to one place, wherever it lies (default 1; 0: none)")
     p.add_argument("--shift-threshold", type=float, help="... or iff triggered texts moved at least this many clean "
                    "spreads, wherever they went (default: the profile's; `patronus calibrate` suggests one)")
+    p.add_argument("--natural-target-gap", type=float, help="the paper and collapse rules spare a word whose "
+                   "target lies within this many clean spreads of the nearest 5%% of clean texts: a task "
+                   "classifier's class point, not a backdoor target (default 1.0; 0 turns the check off)")
+    p.add_argument("--pinpoint-ratio", type=float, help="... or iff triggered texts collapsed onto a point they sit "
+                   "at least this many times tighter around than its nearest clean texts do, wherever it lies "
+                   "(default 50; 0 turns the rule off)")
     add_report_options(p)
     p.add_argument("--bank-out", help="write the attack-vector bank (one vector per confirmed trigger group, for "
                    "the output monitor) here (default: beside --report as REPORT.bank.safetensors)")
@@ -97,8 +105,14 @@ def run(args: argparse.Namespace) -> int:
                      fuzz_loops=args.loops, update_rounds=args.rounds, max_length=args.max_length,
                      verify_texts=args.verify_texts, diff_cos_threshold=args.diff_threshold,
                      poison_cos_threshold=args.poison_threshold, shift_threshold=args.shift_threshold,
-                     shift_loops=args.shift_loops,
+                     shift_loops=args.shift_loops, collapse_loops=args.collapse_loops,
                      seed=args.seed, zipf_threshold=args.zipf_threshold)
+    for name in ("natural_target_gap", "pinpoint_ratio"):   # 0 turns the check off
+        value = getattr(args, name)
+        if value is not None:
+            if value < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+            config = config.replace(**{name: value or None})
     if args.all_words:
         config = config.replace(zipf_threshold=None)
     adapter = lm.load_adapter(args.model, allow_pickle=args.allow_pickle, device=args.device)
@@ -132,7 +146,7 @@ def bank_destination(args: argparse.Namespace) -> str | None:
 #: Options of the Patronus search that mean nothing to LMSanitator.
 _PATRONUS_ONLY = ("word_level", "word_list", "zipf_threshold", "all_words", "num_triggers", "loops", "rounds",
                   "verify_texts", "diff_threshold", "poison_threshold", "shift_threshold", "shift_loops",
-                  "plot")
+                  "collapse_loops", "natural_target_gap", "pinpoint_ratio", "plot")
 
 
 def run_lmsanitator(args: argparse.Namespace) -> int:

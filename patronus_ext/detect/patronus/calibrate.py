@@ -16,6 +16,12 @@ of the trigger region by at least ``margin``:
   largest such candidate's ``poison_cos`` (capped below 1);
 * ``shift_threshold`` (the shift rule, in clean spreads) is the largest benign
   ``shift_ratio`` plus ``shift_margin`` spreads, never below the configured one.
+
+A candidate whose target lies on the clean data (``ScanConfig.natural_target_gap``: a
+classifier's class word) is never judged by the paper rule, so it does not move the paper
+thresholds either; it is recorded (``natural_target``) and counted.  The largest pinpoint
+ratio among the benign candidates whose texts collapsed (what the pinpoint rule would judge)
+is reported beside the rule's bar.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from ...core.files import JSONRecord
 from ...lm.sanity import check_model_sanity
 from .config import ScanConfig
 from .scan import scan
+from .verify import on_clean_data
 
 
 @dataclasses.dataclass
@@ -43,6 +50,8 @@ class Calibration(JSONRecord):
     max_benign_shift_ratio: float | None = None
     shift_threshold: float | None = None
     shift_margin: float | None = None
+    natural_targets: int = 0   # candidates on the clean data: recorded, not used for the paper thresholds
+    max_benign_pinpoint_ratio: float | None = None   # among candidates that collapsed (the pinpoint rule's domain)
 
 
 def suggest_thresholds(points: Sequence[tuple[float, float]], base: ScanConfig, margin: float
@@ -91,13 +100,22 @@ def calibrate(benign: Sequence[tuple[str, object, object]], corpus: Sequence[str
     for name, model, tokenizer in benign:
         report = scan(model, tokenizer, corpus, probe, progress=progress)
         records += [{"model": name, "text": c.text, "diff_cos": c.diff_cos, "poison_cos": c.poison_cos,
-                     "shift_ratio": c.shift_ratio} for c in report.candidates]
-    points = [(r["diff_cos"], r["poison_cos"]) for r in records]
-    if not points:
+                     "shift_ratio": c.shift_ratio, "spread_ratio": c.spread_ratio, "target_gap": c.target_gap,
+                     "pinpoint_ratio": c.pinpoint_ratio,
+                     "natural_target": on_clean_data(c.target_gap, config.natural_target_gap)}
+                    for c in report.candidates]
+    if not records:
         raise ValueError("the search proposed no candidate on the benign models: nothing to calibrate from "
                          "(give more corpus text or more fuzz loops)")
+    points = [(r["diff_cos"], r["poison_cos"]) for r in records if not r["natural_target"]]
     diff_thr, poison_thr = suggest_thresholds(points, config, margin)
     shifts = [r["shift_ratio"] for r in records if r["shift_ratio"] is not None]
-    return Calibration([b[0] for b in benign], records, min(p[0] for p in points), max(p[1] for p in points),
+    judged = points or [(r["diff_cos"], r["poison_cos"]) for r in records]
+    collapsed = [r["pinpoint_ratio"] for r in records if r["pinpoint_ratio"] is not None
+                 and config.collapse_spread is not None and r["spread_ratio"] <= config.collapse_spread]
+    return Calibration([b[0] for b in benign], records, min(p[0] for p in judged), max(p[1] for p in judged),
                        diff_thr, poison_thr, margin, max(shifts, default=None),
-                       suggest_shift_threshold(shifts, config, shift_margin), shift_margin)
+                       suggest_shift_threshold(shifts, config, shift_margin), shift_margin,
+                       natural_targets=len(records) - len(points),
+                       max_benign_pinpoint_ratio=max(collapsed, default=None))
+

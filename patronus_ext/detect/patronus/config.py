@@ -15,6 +15,12 @@ POISON_COS_THRESHOLD = 0.9
 #: shift with a margin; re-derive it with ``patronus calibrate``).
 SHIFT_THRESHOLD = 2.0
 SHIFT_NULL_FACTOR = 2.5
+#: A target whose nearest 5% of clean texts are at most this many clean spreads away lies on the clean data: as
+#: close to them as clean texts are to each other on average (benchmarks/ADAPTIVE_RESULTS.md).
+NATURAL_TARGET_GAP = 1.0
+#: Trained backdoors collapse onto a point their texts sit >= 113x tighter around than the nearest clean texts do;
+#: a classifier's class words <= 20.5x (benchmarks/ADAPTIVE_RESULTS.md).
+PINPOINT_RATIO = 50.0
 
 
 @dataclasses.dataclass
@@ -42,6 +48,14 @@ class ScanConfig(Settings):
       shift_weight      the shift loops' objective: SupCon minus this weight x the triggered texts'
                         mean ``1 - cos(h(x + t), h(x))`` in units of the clean texts' spread, counted
                         up to 10 spreads.
+      collapse_loops    after those, this many more loops whose objective also rewards sending every text
+                        to one place wherever it lies (1, the default).  SupCon rewards a word whose
+                        triggered texts sit far from the clean ones; a backdoor aimed at a point among the
+                        clean texts lowers it barely more than an ordinary word does, and the contrastive
+                        loops never propose its triggers (benchmarks/ADAPTIVE_RESULTS.md).
+      collapse_weight   the collapse loops' objective: SupCon plus this weight x the mean over triggers of
+                        their triggered texts' spread (1 - mean pairwise cosine) in clean spreads, counted up
+                        to 2 spreads.
       insert_num        copies of a trigger inserted into each text.
       dev_batches       dev batches (of ``batch_size``) for accepting an update.
       batched_scoring   score candidate sets from cached per-trigger representations in batched
@@ -78,6 +92,18 @@ class ScanConfig(Settings):
                         ordinary words move texts (the 95th percentile over 32 random searchable words,
                         measured only when a candidate reaches shift_threshold; None: no such check): a
                         model whose clean outputs sit close together moves texts far for any word.
+      natural_target_gap  the paper and collapse rules also need the triggered texts' target (their mean
+                        direction) off the clean data: more than this many clean spreads (1 - cos) from the
+                        nearest 5% of clean texts (None: no such check).  A task-fine-tuned classifier sends
+                        every text carrying a strong class word (``worthless``) to its class point, where
+                        that class's clean texts already are; a transferable backdoor's target is a point no
+                        clean input reaches.  The shift rule claims no target and is unaffected.
+      pinpoint_ratio    ... or, wherever the target lies (on the clean data too), iff the triggered texts
+                        collapsed (spread at most collapse_spread x the clean spread) onto a point they sit at
+                        least this many times tighter around than its nearest 5% of clean texts do (None:
+                        off): a backdoor aimed at a point on the clean data moves texts about one clean
+                        spread and passes no other rule, yet a trained backdoor collapses onto a pinpoint
+                        where a class point is as loose as its class.
     """
 
     #: ``paper``: the paper's settings (the authors' trigger-search config).  ``fast``: tuned for a 2-core CPU
@@ -99,6 +125,8 @@ class ScanConfig(Settings):
     temperature: float = 0.5
     shift_loops: int = 0
     shift_weight: float = 1.0
+    collapse_loops: int = 1
+    collapse_weight: float = 1.0
     insert_num: int = 3
     dev_batches: int = 6
     batched_scoring: bool = True
@@ -117,6 +145,8 @@ class ScanConfig(Settings):
     collapse_shift: float = 2.0
     shift_threshold: float | None = SHIFT_THRESHOLD
     shift_null_factor: float | None = SHIFT_NULL_FACTOR
+    natural_target_gap: float | None = NATURAL_TARGET_GAP
+    pinpoint_ratio: float | None = PINPOINT_RATIO
     seed: int = 0
 
     def __post_init__(self):
@@ -128,14 +158,16 @@ class ScanConfig(Settings):
         check_int("ScanConfig.verify_texts", self.verify_texts, 2)  # poison_cos compares pairs
         check_int("ScanConfig.patience", self.patience, optional=True)
         check_int("ScanConfig.shift_loops", self.shift_loops, 0)
+        check_int("ScanConfig.collapse_loops", self.collapse_loops, 0)
         check_int("ScanConfig.max_words", self.max_words, optional=True)
         check_range("ScanConfig.temperature", self.temperature, 0.0, float("inf"), low_open=True, high_open=True)
         check_range("ScanConfig.shift_weight", self.shift_weight, 0.0, float("inf"), high_open=True)
+        check_range("ScanConfig.collapse_weight", self.collapse_weight, 0.0, float("inf"), high_open=True)
         check_range("ScanConfig.zipf_threshold", self.zipf_threshold, 0.0, 10.0, optional=True)
         for name in ("diff_cos_threshold", "poison_cos_threshold", "prefilter_diff_cos"):
             check_range(f"ScanConfig.{name} (a cosine)", getattr(self, name), -1.0, 1.0)
         check_range("ScanConfig.collapse_spread", self.collapse_spread, 0.0, 1.0, low_open=True, optional=True)
         check_range("ScanConfig.collapse_shift", self.collapse_shift, 0.0, float("inf"), high_open=True)
-        for name in ("shift_threshold", "shift_null_factor"):
+        for name in ("shift_threshold", "shift_null_factor", "natural_target_gap", "pinpoint_ratio"):
             check_range(f"ScanConfig.{name}", getattr(self, name), 0.0, float("inf"), low_open=True,
                         high_open=True, optional=True)

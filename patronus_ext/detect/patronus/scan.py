@@ -26,7 +26,7 @@ from ..texts import prepare_texts
 from .config import ScanConfig
 from .groups import TargetGroup, describe_backdoor
 from .search import LoopResult, TriggerSearch
-from .verify import NULL_WORDS, TriggerCheck, Verifier, group_by_target
+from .verify import NULL_WORDS, TARGET_RULES, TriggerCheck, Verifier, group_by_target
 from .vocabulary import Vocabulary, coverage, token_vocabulary, word_vocabulary
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,9 @@ class ScanReport:
     @property
     def vector_groups(self) -> list[TargetGroup]:
         """The target clusters that have a target point: at least one member sends inputs to one place (confirmed
-        by the paper or the collapse rule).  A cluster of words confirmed by the shift rule alone scatters its
-        triggered outputs: its mean is no place a served output would be near."""
-        collapsing = {t.text for t in self.triggers if t.rule in ("paper", "collapse")}
+        by the paper, collapse or pinpoint rule).  A cluster of words confirmed by the shift rule alone scatters
+        its triggered outputs: its mean is no place a served output would be near."""
+        collapsing = {t.text for t in self.triggers if t.rule in TARGET_RULES}
         return [g for g in self.groups if collapsing.intersection(g.members)]
 
     def attack_bank(self, model_name: str = "") -> AttackBank | None:
@@ -122,7 +122,8 @@ def scan_verifier(adapter: ModelAdapter, verify_texts: Sequence[str], config: Sc
     as the shift rule's null."""
     return Verifier(adapter, verify_texts, config.insert_num, generator, config.diff_cos_threshold,
                     config.poison_cos_threshold, config.collapse_spread, config.collapse_shift,
-                    config.shift_threshold, config.shift_null_factor, null_words(vocab, config.seed))
+                    config.shift_threshold, config.shift_null_factor, null_words(vocab, config.seed),
+                    config.natural_target_gap, config.pinpoint_ratio)
 
 
 def build_vocabulary(adapter: ModelAdapter, config: ScanConfig, words: Sequence[str] | None) -> Vocabulary:
@@ -178,31 +179,35 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
     loops: list[dict] = []
     triggered_reps: dict[tuple[int, ...], torch.Tensor] = {}
     verify_seconds, quiet_loops = 0.0, 0
-    bar = tqdm(total=(config.fuzz_loops + config.shift_loops) * config.update_rounds, desc="scan", unit="round",
-               disable=not progress)
+    bar = tqdm(total=(config.fuzz_loops + config.shift_loops + config.collapse_loops) * config.update_rounds,
+               desc="scan", unit="round", disable=not progress)
 
-    def run_loop(loop: int, shift_weight: float) -> list[TriggerCheck]:
+    def run_loop(loop: int, shift_weight: float = 0.0, collapse_weight: float = 0.0) -> list[TriggerCheck]:
         nonlocal vocab, verify_seconds
-        result = search.run_loop(vocab, progress=bar, shift_weight=shift_weight)
+        result = search.run_loop(vocab, progress=bar, shift_weight=shift_weight, collapse_weight=collapse_weight)
         phase = time.perf_counter()
         new = _verify_loop(result, search, verifier, config, loop, seen, checked, triggered_reps)
         verify_seconds += time.perf_counter() - phase
         confirmed.extend(new)
-        loops.append(_loop_summary(loop, result, vocab, new, shift_weight))
+        loops.append(_loop_summary(loop, result, vocab, new, shift_weight, collapse_weight))
         if new:
             vocab = vocab.without(c.key for c in new)
         return new
 
     loop = 0
     for loop in range(config.fuzz_loops):   # the paper's contrastive loops
-        quiet_loops = 0 if run_loop(loop, 0.0) else quiet_loops + 1
+        quiet_loops = 0 if run_loop(loop) else quiet_loops + 1
         if (config.patience is not None and quiet_loops >= config.patience) or len(vocab) < 2:
             break
-    # Then loops that also reward moving texts far: words that scatter their texts instead of collapsing them.
-    for extra in range(config.shift_loops if config.shift_weight > 0 else 0):
+    # Then loops that also reward moving texts far (words that scatter their texts instead of collapsing them) and
+    # loops that reward collapsing texts wherever they go (a target among the clean texts, which SupCon misses).
+    extra_loops = ([{"shift_weight": config.shift_weight}] * (config.shift_loops if config.shift_weight > 0 else 0)
+                   + [{"collapse_weight": config.collapse_weight}] * (config.collapse_loops
+                                                                      if config.collapse_weight > 0 else 0))
+    for extra, weights in enumerate(extra_loops):
         if len(vocab) < 2:
             break
-        run_loop(loop + 1 + extra, config.shift_weight)
+        run_loop(loop + 1 + extra, **weights)
     bar.close()
     group_by_target(confirmed, triggered_reps, verifier.clean_reps)
     phase = time.perf_counter()
@@ -248,10 +253,10 @@ def _verify_loop(result: LoopResult, search: TriggerSearch, verifier: Verifier, 
         if seen.get(key) == "verified":
             continue
         diff, poison = representation_shift(search.dev[0].clean_reps, reps)
-        # A collapse or a large shift on the dev batch (looser bounds: one small batch) earns the full
-        # verification too.
+        # A collapse (anywhere: the pinpoint rule) or a large shift on the dev batch (looser bounds: one small
+        # batch) earns the full verification too.
         if key not in seen and diff > config.prefilter_diff_cos and not verifier.collapsed(diff, poison, slack=2.0) \
-                and not verifier.shifted(diff, slack=2.0):
+                and not verifier.may_pinpoint(poison, slack=2.0) and not verifier.shifted(diff, slack=2.0):
             seen[key] = "prefiltered"
             checked.append(verifier.make_check(key, diff, poison, "prefiltered", reps.shape[0], loop))
             continue
@@ -267,10 +272,10 @@ def _verify_loop(result: LoopResult, search: TriggerSearch, verifier: Verifier, 
 
 
 def _loop_summary(loop: int, result: LoopResult, vocab: Vocabulary, new: list[TriggerCheck],
-                  shift_weight: float) -> dict:
+                  shift_weight: float, collapse_weight: float) -> dict:
     return {
         "loop": loop,
-        "objective": "supcon+shift" if shift_weight else "supcon",
+        "objective": "supcon" + ("+shift" if shift_weight else "") + ("+collapse" if collapse_weight else ""),
         "final_candidates": [vocab.text_of(key) for key in result.final_keys],
         "dev_loss": result.dev_loss_history,
         "accepted_updates": result.accepted_updates,

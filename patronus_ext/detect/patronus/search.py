@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 FORWARD_CHUNK = 256
 #: The shift term counts a move of at most this many clean spreads (see :meth:`TriggerSearch.shift_term`).
 SHIFT_CAP = 10.0
+#: The collapse term counts a triggered spread of at most this many clean spreads (an ordinary word's rows are
+#: about as spread as clean texts; see :meth:`TriggerSearch.collapse_term`).
+COLLAPSE_CAP = 2.0
 
 
 def row_key(row: torch.Tensor) -> tuple[int, ...]:
@@ -112,6 +115,14 @@ def mean_shift(triggered: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     return 1.0 - F.cosine_similarity(triggered, clean.expand_as(triggered), dim=-1).mean(-1)
 
 
+def group_spread(rows: torch.Tensor) -> torch.Tensor:
+    """``1 - mean pairwise cosine`` over the last-but-one axis: ``rows [..., B, d]`` (B >= 2) -> ``[...]``, in
+    ``O(B d)`` as ``1 - (||sum of unit rows||^2 - B) / (B (B - 1))``."""
+    count = rows.shape[-2]
+    total = F.normalize(rows, dim=-1).sum(-2)
+    return 1.0 - ((total * total).sum(-1) - count) / (count * (count - 1))
+
+
 def clean_spread(clean: torch.Tensor) -> float:
     """``1 - mean pairwise cosine`` of clean representations ``[B, d]`` (B >= 2): the scale a shift is measured in
     (the verifier's too)."""
@@ -147,8 +158,9 @@ class TriggerSearch:
                     for i in range(0, config.dev_batches * config.batch_size, config.batch_size)]
         self._cache: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
         self.clock = PhaseClock()
-        #: The weight of the shift term in the objective of the loop now running (0: SupCon alone).
+        #: The weights of the shift and collapse terms in the objective of the loop now running (0: SupCon alone).
         self.shift_weight = 0.0
+        self.collapse_weight = 0.0
 
     # -- data ------------------------------------------------------------------------------
     def _batches_forever(self):
@@ -203,6 +215,22 @@ class TriggerSearch:
         clean outputs all but coincide (a random tiny one) would otherwise let the term drown SupCon."""
         return -self.shift_weight * (mean_shift(triggered, clean) / spread).clamp(max=SHIFT_CAP)
 
+    def collapse_term(self, triggered: torch.Tensor, spread: float) -> torch.Tensor:
+        """``collapse_weight x`` the mean over triggers of their rows' spread in clean spreads (``triggered
+        [..., K, B, d]`` -> ``[...]``): lower where a trigger sends every text to one place, wherever that place
+        is.  SupCon barely rewards a word whose place lies among the clean texts (a backdoor aimed at a point on
+        the clean data); this term does.  Capped at ``COLLAPSE_CAP`` spreads."""
+        return self.collapse_weight * (group_spread(triggered) / spread).clamp(max=COLLAPSE_CAP).mean(-1)
+
+    def extra_terms(self, triggered: torch.Tensor, clean: torch.Tensor, spread: float) -> torch.Tensor | float:
+        """The loop's terms beyond SupCon for ``triggered [..., K, B, d]`` against ``clean [B, d]``: ``[...]``."""
+        total = 0.0
+        if self.shift_weight:
+            total = total + self.shift_term(triggered, clean, spread).mean(-1)
+        if self.collapse_weight:
+            total = total + self.collapse_term(triggered, spread)
+        return total
+
     def score_sets(self, sets: Sequence[torch.Tensor], batches: Sequence[int]) -> torch.Tensor:
         """Mean dev loss of each trigger set (``[K, T]`` rows): SupCon, plus the shift term in a shift loop."""
         start = time.perf_counter()
@@ -222,10 +250,9 @@ class TriggerSearch:
         features = torch.cat([clean, reps.view(len(sets), count, size, dim)], 1).reshape(len(sets), -1, dim)
         labels = torch.arange(count + 1, device=features.device).repeat_interleave(size)
         loss = ops.supcon_loss(features, labels, self.cfg.temperature, backend=self.backend).float()
-        if self.shift_weight:
+        if self.shift_weight or self.collapse_weight:
             dev = self.dev[b]
-            loss = loss + self.shift_term(reps.view(len(sets), count, size, dim), dev.clean_reps,
-                                          dev.spread).mean(1)
+            loss = loss + self.extra_terms(reps.view(len(sets), count, size, dim), dev.clean_reps, dev.spread)
         return loss.cpu()
 
     @torch.no_grad()
@@ -246,8 +273,8 @@ class TriggerSearch:
             labels = torch.arange(count + 1, device=clean.device).repeat_interleave(size)
             loss = ops.supcon_loss(torch.cat([clean, triggered]), labels, self.cfg.temperature,
                                    backend=self.backend).float()
-            if self.shift_weight:
-                loss = loss + self.shift_term(triggered.view(count, size, -1), clean, dev.spread).mean()
+            if self.shift_weight or self.collapse_weight:
+                loss = loss + self.extra_terms(triggered.view(count, size, -1), clean, dev.spread)
             losses.append(loss.cpu())
         return torch.stack(losses)
 
@@ -275,11 +302,18 @@ class TriggerSearch:
         hidden = adapter.hidden_states(inputs_embeds=embeds, attention_mask=batch.attention_mask)
         reps = adapter.select_position(hidden, batch.input_ids, batch.attention_mask).float()
         loss = ops.supcon_loss(reps, batch.labels, self.cfg.temperature, backend=self.backend)
-        if self.shift_weight:
+        if self.shift_weight or self.collapse_weight:
             size = batch.clean_rows
-            clean = reps[:size]
-            triggered = reps[size:].view(-1, size, reps.shape[-1])   # poisoned copy c of clean row r: c * size + r
-            loss = loss + self.shift_term(triggered, clean.detach(), clean_spread(clean.detach())).mean()
+            clean = reps[:size].detach()
+            spread = clean_spread(clean)
+            if self.shift_weight:   # poisoned copy c of clean row r: c * size + r
+                loss = loss + self.shift_term(reps[size:].view(-1, size, reps.shape[-1]), clean, spread).mean()
+            if self.collapse_weight:   # each poisoned row carries a random trigger: group the rows by trigger
+                groups = [reps[size:][batch.which == k] for k in range(rows.shape[0])]
+                spreads = [group_spread(g) for g in groups if g.shape[0] >= 2]
+                if spreads:
+                    loss = loss + self.collapse_weight * (torch.stack(spreads) / spread).clamp(
+                        max=COLLAPSE_CAP).mean()
         (grad,) = torch.autograd.grad(loss, embeds)
         g = reduce_trigger_gradients(grad[batch.clean_rows:], batch.trigger_slot, batch.which, rows.shape[0],
                                      rows.shape[1])
@@ -321,10 +355,12 @@ class TriggerSearch:
         return beams[0][1], scored
 
     # -- one fuzz loop ---------------------------------------------------------------------
-    def run_loop(self, vocab: Vocabulary, progress=None, shift_weight: float = 0.0) -> LoopResult:
-        """One fuzz loop; ``shift_weight`` > 0 adds the shift term to its objective (:meth:`shift_term`)."""
+    def run_loop(self, vocab: Vocabulary, progress=None, shift_weight: float = 0.0,
+                 collapse_weight: float = 0.0) -> LoopResult:
+        """One fuzz loop; ``shift_weight`` / ``collapse_weight`` > 0 add the shift / collapse term to its
+        objective (:meth:`shift_term`, :meth:`collapse_term`)."""
         cfg = self.cfg
-        self.shift_weight = shift_weight
+        self.shift_weight, self.collapse_weight = shift_weight, collapse_weight
         trigger_count = min(cfg.num_triggers, len(vocab))
         if trigger_count < 2:
             raise ValueError(f"the searchable vocabulary has {len(vocab)} entries; need at least 2")
