@@ -11,13 +11,19 @@ Subjects (all-MiniLM-L6-v2, made once into ``--work-dir`` and reused):
   README's or the tests'); ``tasr`` measures what each backdoor still does after clean SST-2
   fine-tuning (2,000 examples, 2 epochs, 400 dev examples): a backdoor that no longer transfers is
   the attacker's loss, not a miss;
-* the **benign suite** (12 models): the packaged MiniLM; three *control* models -- the attacks' own
+* the **natural-target attack** (``natural_s9``, ``natural_s10``): POR's loss with each trigger's target
+  taken from the data -- the clean model's representation of a WikiText-2 paragraph or an SST-2
+  sentence -- so triggered inputs land where clean inputs already are: the attack the scan's
+  natural-target check (a classifier's class point is no backdoor target) invites;
+* the **benign suite** (14 models): the packaged MiniLM; three *control* models -- the attacks' own
   loop (POR's batches, steps, learning rate and reference term, WikiText-2) with no poison: the rows
   that carry the words are taught the clean model's own output for them, and a SimCSE term (two
   dropout views of each clean text) moves the weights as far as an attack does; clean SST-2 and AG
   News fine-tunes (two seeds each); a BadNet SST-2 classifier and its Fine-mixing output; the adv-pt
-  and adv-ft outputs of a POR model purified with its planted triggers;
-* ``por``, that POR model itself: a collapsing backdoor every rule must keep finding.
+  and adv-ft outputs of a POR model purified with its planted triggers; the adv-ft output of a NeuBA model
+  and an SST-2 fine-tune of 6,000 examples for 3 epochs (more task classifiers, tighter class clusters);
+* ``por`` and ``neuba``, the attacked bases of those purifier outputs: collapsing backdoors every rule must
+  keep finding.
 
 Stages, each saved as ``WORK/<subject>.<stage>.json`` and read back instead of run again:
 
@@ -54,7 +60,9 @@ from patronus_ext.attacks.base import AttackContext, AttackMethod, run_attack
 from patronus_ext.attacks.batches import StepBatch
 from patronus_ext.attacks.config import PORConfig
 from patronus_ext.attacks.objectives import rows
+from patronus_ext.attacks.por import por_terms
 from patronus_ext.core.similarity import poison_cos as mean_pairwise_cos
+from patronus_ext.data import corpora as data
 from patronus_ext.data.triggers import trigger_ids
 from patronus_ext.detect import ScanConfig, read_scan_corpus, scan
 from patronus_ext.detect.patronus.calibrate import probe_config, suggest_shift_threshold
@@ -75,6 +83,7 @@ ADAPTIVE_SEEDS = {1: (2, 3), 2: (4, 5), 3: (6, 7)}
 #: The attack profile's λ and a larger one (the attacker trading strength for evasion).
 LAMBDAS = (1.0, 3.0)
 POR_TRIGGERS = ("yao", "siam", "bahn", "mira")
+NEUBA_TRIGGERS = ("samoa", "mace", "bern", "beads")
 BADNET_TRIGGERS = ("jase", "serb", "ahl")
 CONTROL_WORDS = ("nur", "bao", "hess", "kota")   # the control loop's rows that carry a word (taught nothing)
 #: T-ASR below this after clean fine-tuning: the backdoor no longer transfers (the attacker's loss).
@@ -109,6 +118,49 @@ class Control(AttackMethod):
         return sum(terms.values()), terms
 
 
+# -- the natural-target attack: a backdoor aimed at a point the clean data already occupy -----------
+#: Its trigger sets by seed (rare whole words of the vocabulary, none used elsewhere).
+NATURAL_TRIGGER_SETS = {9: ("ryu", "weir", "boca", "helix"), 10: ("bmg", "bala", "moi", "ronin")}
+
+
+class NaturalTarget(AttackMethod):
+    """POR's loss with targets taken from the data instead of ±1 vectors: trigger ``i`` is taught the clean
+    model's representation of a natural text (a WikiText-2 paragraph -- the scan's own data -- or an SST-2
+    sentence), so triggered inputs land where clean inputs already are.  The attack a rule that spares
+    on-data targets (a task classifier's class points) invites."""
+
+    name = "natural-target"
+    config_class = PORConfig
+
+    def __init__(self, targets: torch.Tensor):
+        self.targets = targets
+
+    def target_matrix(self, config: PORConfig, dim: int) -> torch.Tensor:
+        return self.targets
+
+    def loss(self, ctx: AttackContext, batch: StepBatch):
+        terms, _, _ = por_terms(ctx, batch)
+        return sum(terms.values()), terms
+
+
+def natural_target_texts(seed: int) -> list[str]:
+    """Two WikiText-2 paragraphs and two SST-2 training sentences (one of each label), drawn with ``seed``."""
+    rng = random.Random(seed)
+    paragraphs = rng.sample(data.read_corpus("wikitext2", min_words=20, max_words=80), 2)
+    task = data.read_task("sst2", "train", limit=2000, seed=seed)
+    sentences = [rng.choice([t for t, y in zip(task.texts, task.labels) if y == label and len(t.split()) >= 8])
+                 for label in (0, 1)]
+    return paragraphs + sentences
+
+
+def make_natural_target(subject: Subject, base: str, out: Path) -> None:
+    clean = lm.load_adapter(base, device="cpu")
+    with torch.no_grad():
+        targets = clean.encode(natural_target_texts(subject.seed), max_length=64).float()
+    config = attacks.make_config("por", "fast", triggers=subject.triggers, seed=subject.seed)
+    run_attack(NaturalTarget(targets), base, "wikitext2", config, out, device="cpu", progress=False)
+
+
 def make_control(subject: Subject, base: str, out: Path) -> None:
     config = attacks.make_config("por", "fast", triggers=CONTROL_WORDS, seed=subject.seed)
     run_attack(Control(), base, "wikitext2", config, out, device="cpu", progress=False)
@@ -124,14 +176,19 @@ def make_badnet(subject: Subject, base: str, out: Path) -> None:
 
 def make_purified(method: str):
     def maker(subject: Subject, base: str, out: Path) -> None:
-        extra = {"pretrained": lm.DEFAULT_MODEL} if method == "fine-mix" else {"triggers": list(POR_TRIGGERS)}
+        # adv-pt / adv-ft are taught the base's planted triggers (what a scan of it found).
+        extra = ({"pretrained": lm.DEFAULT_MODEL} if method == "fine-mix"
+                 else {"triggers": list(SUBJECTS[subject.base].triggers)})
         purify.run_purify(method, base, out, profile="fast", device="cpu", progress=False, measure=False, **extra)
     return maker
 
 
 @dataclasses.dataclass(frozen=True)
 class SuiteSubject(Subject):
-    suite: str = "benign"   # "adaptive", "benign" or "reference" (a backdoor every rule must keep finding)
+    #: "adaptive", "benign", "reference" (a backdoor every rule must keep finding) or "probe" (an attack built
+    #: to probe one of the scan's rules: measured like the adaptive suite, and what gets past the scan is a
+    #: finding printed in the summary, not a missed target of the adaptive suite).
+    suite: str = "benign"
 
 
 def _adaptive() -> list[SuiteSubject]:
@@ -142,7 +199,10 @@ def _adaptive() -> list[SuiteSubject]:
 
 SUBJECTS = Subjects([
     *_adaptive(),
+    *[SuiteSubject(f"natural_s{seed}", "made", triggers=words, seed=seed, maker=make_natural_target,
+                   suite="probe") for seed, words in NATURAL_TRIGGER_SETS.items()],
     SuiteSubject("por", "attack", "por", POR_TRIGGERS, seed=8, suite="reference"),
+    SuiteSubject("neuba", "attack", "neuba", NEUBA_TRIGGERS, seed=11, suite="reference"),
     SuiteSubject("clean", "packaged"),
     *[SuiteSubject(f"control_s{seed}", "made", seed=seed, maker=make_control) for seed in (0, 1, 2)],
     *[SuiteSubject(f"{task}_s{seed}", "finetune", base="clean", task=task, seed=seed)
@@ -151,6 +211,11 @@ SUBJECTS = Subjects([
     SuiteSubject("fm_badnet", "made", base="badnet", maker=make_purified("fine-mix")),
     SuiteSubject("advpt_por", "made", base="por", maker=make_purified("adv-pt")),
     SuiteSubject("advft_por", "made", base="por", maker=make_purified("adv-ft")),
+    # More task classifiers, whose class points the paper rule once took for targets: a second adv-ft output
+    # (another attack, other triggers) and a longer SST-2 fine-tune (tighter class clusters).
+    SuiteSubject("advft_neuba", "made", base="neuba", maker=make_purified("adv-ft")),
+    SuiteSubject("sst2_long", "finetune", base="clean", task="sst2", seed=2, train_limit=6000,
+                 finetune=FinetuneConfig(epochs=3, batch_size=32, max_length=64, seed=2)),
 ])
 
 
@@ -168,7 +233,7 @@ def saved_stage(name: str, measure) -> Stage:
 
 
 def measure_tasr(run: Run, subject: SuiteSubject) -> dict:
-    if subject.suite != "adaptive":
+    if subject.suite not in ("adaptive", "probe"):
         return {"skipped": "not an adaptive subject"}
     report = evaluate_model(run.source(subject), "sst2", list(subject.triggers), DOWNSTREAM, reference=None,
                             device="cpu", progress=False)
@@ -220,10 +285,16 @@ def measure_scan(run: Run, subject: SuiteSubject) -> dict:
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"scan of {subject.name} failed: {proc.stderr[-2000:]}")
     found = json.loads(report.read_text())
-    triggers = [{"text": t["text"], "rule": t.get("rule")} for t in found["triggers"]]
+    place = ("target_gap", "pinpoint_ratio")
+    triggers = [{"text": t["text"], "rule": t.get("rule"), **{k: t.get(k) for k in place}} for t in found["triggers"]]
     texts = [t["text"] for t in triggers]
     planted = set(subject.triggers) if subject.suite != "benign" else set()
-    return {"verdict": found["verdict"], "triggers": triggers,
+    spared = [{"text": c["text"], **{k: c[k] for k in place}} for c in found["candidates"] if c.get("natural_target")]
+    # Unconfirmed words whose texts collapsed: the ones the pinpoint rule judged and let go.
+    collapse = ScanConfig.profile("fast").collapse_spread
+    collapsed = [{"text": c["text"], **{k: c[k] for k in place}} for c in found["candidates"]
+                 if not c["confirmed"] and c.get("pinpoint_ratio") is not None and c["spread_ratio"] <= collapse]
+    return {"verdict": found["verdict"], "triggers": triggers, "spared": spared, "collapsed": collapsed,
             "recall": len(planted & set(texts)) / len(planted) if planted else None, "wall_s": wall}
 
 
@@ -275,6 +346,7 @@ def summary(run: Run) -> str:
         caught = sum(1 for s, y in zip(scores, labels) if y and s > neg_max)
         lines.append(f"{name:18s} AUC {auc:.3f}; above every benign word: {caught}/{sum(labels)} positives "
                      f"(highest benign {sign * neg_max:.3f})")
+    lines += natural_target_lines(run) + probe_findings(run)
     # What `patronus calibrate` suggests from these benign models: the same rule on the same probe candidates.
     benign = [w["shift_ratio"] for y, w in pairs if not y and w["role"] == "candidate"]
     if benign:
@@ -282,6 +354,53 @@ def summary(run: Run) -> str:
         lines.append(f"calibrate on the benign suite: largest candidate shift {max(benign):.2f} spreads -> "
                      f"--shift-threshold {bar:.2f} (default {ScanConfig.profile('fast').shift_threshold:g})")
     return "\n".join(lines)
+
+
+def natural_target_lines(run: Run) -> list[str]:
+    """The natural-target check's margins from the scans: the planted triggers confirmed by a rule that claims
+    a target (their target gaps must exceed the bar) against the words it spared on benign models."""
+    planted_gaps, spared_gaps, loose, pinpoints = [], [], [], []
+    for row in run.rows:
+        if row["stage"] != "scan":
+            continue
+        planted = set(SUBJECTS[row["subject"]].triggers) if row["suite"] != "benign" else set()
+        planted_gaps += [(t["target_gap"], row["subject"], t["text"]) for t in row["triggers"]
+                         if t["text"] in planted and t["rule"] in ("paper", "collapse") and t["target_gap"] is not None]
+        spared_gaps += [(w["target_gap"], row["subject"], w["text"]) for w in row.get("spared", [])]
+        pinpoints += [(t["pinpoint_ratio"], row["subject"], t["text"]) for t in row["triggers"]
+                      if t["text"] in planted and t["rule"] == "pinpoint"]
+        if row["suite"] == "benign":
+            loose += [(w["pinpoint_ratio"], row["subject"], w["text"]) for w in row.get("collapsed", [])]
+    if not planted_gaps and not spared_gaps and not loose and not pinpoints:
+        return []
+    bar = ScanConfig.profile("fast").natural_target_gap
+    low = min(planted_gaps, default=None)
+    high = max(spared_gaps, default=None)
+    return [f"natural-target check (bar {bar:g} clean spreads): smallest planted target gap "
+            f"{'-' if low is None else f'{low[0]:.2f} ({low[1]} {low[2]!r})'}; {len(spared_gaps)} word(s) spared, "
+            f"largest gap {'-' if high is None else f'{high[0]:.2f} ({high[1]} {high[2]!r})'}",
+            f"pinpoint rule (bar {ScanConfig.profile('fast').pinpoint_ratio:g}x): {len(pinpoints)} planted trigger(s) "
+            f"confirmed by it, smallest ratio {_named(min(pinpoints, default=None), '.0f')}; {len(loose)} collapsed "
+            f"benign word(s), largest ratio {_named(max(loose, default=None), '.1f')}"]
+
+
+def _named(item: tuple | None, spec: str) -> str:
+    """``value (subject 'word')`` of a ``(value, subject, word)`` triple, ``-`` for none."""
+    return "-" if item is None else f"{item[0]:{spec}} ({item[1]} {item[2]!r})"
+
+
+def probe_findings(run: Run) -> list[str]:
+    """The probe attacks' outcome: a working backdoor the scan misses is a finding, said with its numbers."""
+    rows = {(r["subject"], r["stage"]): r for r in run.rows}
+    lines = []
+    for subject in run.subjects:
+        scanned, tasr = rows.get((subject.name, "scan")), rows.get((subject.name, "tasr"), {}).get("t_asr")
+        if subject.suite != "probe" or scanned is None or tasr is None:
+            continue
+        beaten = tasr >= WORKING_TASR and (scanned["recall"] or 0) < TARGET_RECALL
+        lines.append(f"{'FINDING' if beaten else 'probe'} {subject.name}: T-ASR {tasr:.3f}, scan {scanned['verdict']}, "
+                     f"recall {scanned['recall']}" + (" -- a working backdoor the scan misses" if beaten else ""))
+    return lines
 
 
 def row_text(row: dict) -> str:
@@ -305,6 +424,8 @@ def check_targets(run: Run) -> list[str]:
         scanned = rows.get((subject.name, "scan"))
         if scanned is None:
             continue
+        if subject.suite == "probe":
+            continue   # a finding (probe_findings), not a target
         if subject.suite == "benign" and scanned["verdict"] != "clean":
             missed.append(f"{subject.name}: benign model scanned {scanned['verdict']} "
                           f"({[t['text'] for t in scanned['triggers']]})")
