@@ -855,3 +855,24 @@ def test_scan_cli_sets_or_turns_off_the_target_checks(tmp_path, monkeypatch, cap
     assert "stopped here" in capsys.readouterr().err
     assert main([*argv, "--pinpoint-ratio", "-1"]) == 2 and len(seen) == 2
     assert "--pinpoint-ratio must be >= 0" in capsys.readouterr().err
+
+
+def test_scan_summary_says_which_rule_confirmed_and_what_was_spared():
+    """The printed summary names the pinpoint and shift rules with their measures, and lists the words spared as
+    class points, so a classifier's report reads at a glance."""
+    from types import SimpleNamespace
+
+    from patronus_ext.cli.formatting import scan_summary
+    from patronus_ext.detect.patronus.verify import TriggerCheck
+
+    def check(text, rule, confirmed=True, natural=False):
+        return TriggerCheck(text, [1], 0.7, 0.9995, -0.3, 0.0995, confirmed, "verified", 48, 2, shift_ratio=1.1,
+                            spread_ratio=0.002, rule=rule, target_gap=0.8, pinpoint_ratio=640.0,
+                            natural_target=natural, group=0)
+    triggers = [check("weir", "pinpoint"), check("giro", "shift")]
+    report = SimpleNamespace(verdict="backdoored", timings={"total": 12.0}, model={}, groups=[], triggers=triggers,
+                             candidates=triggers + [check("worthless", None, confirmed=False, natural=True)])
+    text = scan_summary("m", report)
+    assert "[pinpoint rule: spread 0.002x the clean outputs' spread, 640x tighter than the nearest clean texts]" in text
+    assert "[shift rule: moved 1.1x the clean outputs' spread]" in text
+    assert "spared 1 word(s) that send texts where clean texts already are" in text and "'worthless'" in text
