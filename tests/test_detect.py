@@ -311,40 +311,53 @@ def test_batched_scoring_equals_one_by_one(tiny_bert, tokenizer, corpus):
     assert torch.equal(batched.score_sets(sets, [0]), a)
 
 
+def _weighted_term_search(tokenizer, corpus, name: str, weight: float):
+    """Searches over one tiny BERT with clean outputs that differ (larger initial weights than tiny_bert's: spread
+    ~0.2): plain, with ``name`` (``shift_weight`` / ``collapse_weight``, as run_loop sets it for such a loop) batched
+    and one by one, three random 4-trigger sets and their dev representations ``[3, 4, B, d]`` in float64."""
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64, max_position_embeddings=128, initializer_range=0.5)).eval()
+    searches = [_search(model, tokenizer, corpus, batched_scoring=batched)[1] for batched in (True, True, False)]
+    for search in searches[1:]:
+        setattr(search, name, weight)
+    vocab = token_vocabulary(tokenizer)
+    sets = [vocab.rows[torch.randperm(len(vocab), generator=torch.Generator().manual_seed(s))[:4]] for s in range(3)]
+    dev = searches[1].dev[0]
+    reps = searches[1].dev_reps(0, torch.cat(sets)).view(3, 4, *dev.clean_reps.shape).double()
+    return model, searches, sets, dev, reps
+
+
+def _check_weighted_term(model, tokenizer, corpus, searches, sets, term, name: str, weight: float) -> float:
+    """Batched and one-by-one scores are SupCon plus ``term`` (float64 reference, one per set); returns the gradient
+    step's loss with the term minus without it, on the same batch (same seed)."""
+    plain, weighted, single = searches
+    expected = plain.score_sets(sets, [0]).double() + term
+    assert torch.allclose(weighted.score_sets(sets, [0]).double(), expected, atol=1e-4)
+    assert torch.allclose(single.score_sets(sets, [0]).double(), expected, atol=1e-4)
+    _, plain_loss = _search(model, tokenizer, corpus)[1].trigger_gradients(sets[0])
+    fresh = _search(model, tokenizer, corpus)[1]
+    setattr(fresh, name, weight)
+    return fresh.trigger_gradients(sets[0])[1] - plain_loss
+
+
 def test_shift_term_adds_the_mean_shift_in_clean_spreads_to_every_score(tokenizer, corpus):
     """With ``shift_weight`` w a set's dev loss is SupCon minus w x its texts' mean 1 - cos(h(x+t), h(x)) over the
     dev batch's clean spread, the same in batched and one-by-one scoring; the gradient step carries the term."""
     from patronus_ext.detect.patronus.search import clean_spread
 
-    torch.manual_seed(0)   # larger initial weights than tiny_bert's: clean outputs that differ (spread ~0.2)
-    tiny_bert = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=128,
-                                     initializer_range=0.5)).eval()
-
-    _, plain = _search(tiny_bert, tokenizer, corpus)
-    _, shifted = _search(tiny_bert, tokenizer, corpus)
-    _, single = _search(tiny_bert, tokenizer, corpus, batched_scoring=False)
-    shifted.shift_weight = single.shift_weight = 2.0   # what run_loop(..., shift_weight=2.0) sets for a shift loop
-    vocab = token_vocabulary(tokenizer)
-    sets = [vocab.rows[torch.randperm(len(vocab), generator=torch.Generator().manual_seed(s))[:4]] for s in range(3)]
-    dev = shifted.dev[0]
-    reps = shifted.dev_reps(0, torch.cat(sets)).view(3, 4, *dev.clean_reps.shape).double()
+    model, searches, sets, dev, reps = _weighted_term_search(tokenizer, corpus, "shift_weight", 2.0)
     spread = 1 - (sum(torch.nn.functional.cosine_similarity(dev.clean_reps[i].double(), dev.clean_reps[j].double(),
                                                              dim=0)
                       for i in range(len(dev.clean_reps)) for j in range(len(dev.clean_reps)) if i != j)
                   / (len(dev.clean_reps) * (len(dev.clean_reps) - 1)))
     assert abs(clean_spread(dev.clean_reps) - float(spread)) < 1e-6
     shift = 1 - torch.nn.functional.cosine_similarity(reps, dev.clean_reps.double().expand_as(reps), dim=-1).mean((1, 2))
-    expected = plain.score_sets(sets, [0]).double() - 2.0 * (shift / spread).clamp(max=10.0)
     assert (shift / spread).max() < 10   # below the cap here
     assert shift.min() > 0
-    assert torch.allclose(shifted.score_sets(sets, [0]).double(), expected, atol=1e-4)
-    assert torch.allclose(single.score_sets(sets, [0]).double(), expected, atol=1e-4)
-    _, plain_loss = _search(tiny_bert, tokenizer, corpus)[1].trigger_gradients(sets[0])
-    shifted = _search(tiny_bert, tokenizer, corpus)[1]
-    shifted.shift_weight = 2.0
-    _, shifted_loss = shifted.trigger_gradients(sets[0])
-    assert shifted_loss < plain_loss   # the same batch (same seed): the term is negative
+    change = _check_weighted_term(model, tokenizer, corpus, searches, sets, -2.0 * (shift / spread).clamp(max=10.0),
+                                  "shift_weight", 2.0)
+    assert change < 0   # the term is negative
     with pytest.raises(ValueError, match="shift_weight"):
         ScanConfig(shift_weight=-1.0)
     with pytest.raises(ValueError, match="shift_loops"):
@@ -799,31 +812,14 @@ def test_collapse_term_adds_each_triggers_spread_in_clean_spreads_to_every_score
     the same in batched and one-by-one scoring; the gradient step carries the term."""
     from patronus_ext.detect.patronus.search import clean_spread, group_spread
 
-    torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                 intermediate_size=64, max_position_embeddings=128, initializer_range=0.5)).eval()
-    _, plain = _search(model, tokenizer, corpus)
-    _, collapsing = _search(model, tokenizer, corpus)
-    _, single = _search(model, tokenizer, corpus, batched_scoring=False)
-    collapsing.collapse_weight = single.collapse_weight = 1.5
-    vocab = token_vocabulary(tokenizer)
-    sets = [vocab.rows[torch.randperm(len(vocab), generator=torch.Generator().manual_seed(s))[:4]] for s in range(3)]
-    dev = collapsing.dev[0]
-    reps = collapsing.dev_reps(0, torch.cat(sets)).view(3, 4, *dev.clean_reps.shape).double()
+    model, searches, sets, dev, reps = _weighted_term_search(tokenizer, corpus, "collapse_weight", 1.5)
     size = reps.shape[2]
     pairs = [[[float(F.cosine_similarity(reps[c, k, i], reps[c, k, j], dim=0)) for i in range(size)
                for j in range(size) if i != j] for k in range(4)] for c in range(3)]
     spreads = torch.tensor([[1 - sum(p) / len(p) for p in per_set] for per_set in pairs], dtype=torch.float64)
     assert torch.allclose(group_spread(reps), spreads, atol=1e-9)
-    expected = (plain.score_sets(sets, [0]).double()
-                + 1.5 * (spreads / clean_spread(dev.clean_reps)).clamp(max=2.0).mean(1))
-    assert torch.allclose(collapsing.score_sets(sets, [0]).double(), expected, atol=1e-4)
-    assert torch.allclose(single.score_sets(sets, [0]).double(), expected, atol=1e-4)
-    _, plain_loss = _search(model, tokenizer, corpus)[1].trigger_gradients(sets[0])
-    collapsing = _search(model, tokenizer, corpus)[1]
-    collapsing.collapse_weight = 1.5
-    _, collapsing_loss = collapsing.trigger_gradients(sets[0])
-    assert collapsing_loss > plain_loss   # the same batch (same seed): the term is positive
+    term = 1.5 * (spreads / clean_spread(dev.clean_reps)).clamp(max=2.0).mean(1)
+    assert _check_weighted_term(model, tokenizer, corpus, searches, sets, term, "collapse_weight", 1.5) > 0
     with pytest.raises(ValueError, match="collapse_weight"):
         ScanConfig(collapse_weight=-1.0)
     with pytest.raises(ValueError, match="collapse_loops"):
