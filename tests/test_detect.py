@@ -804,6 +804,12 @@ def test_shift_and_collapse_loops_run_after_the_contrastive_loops(tiny_bert, tok
         [(loop["final_candidates"], loop["confirmed"]) for loop in plain.loops]
     off = scan(tiny_bert, tokenizer, corpus, config.replace(collapse_weight=0.0), progress=False)
     assert [loop["objective"] for loop in off.loops] == ["supcon", "supcon"]   # no weight: no such loop
+    # The collapse loop runs its own number of candidate updates (fast: 2), the others update_rounds.
+    assert fast.collapse_rounds == 2 and ScanConfig.profile("paper").collapse_rounds is None
+    short = scan(tiny_bert, tokenizer, corpus, config.replace(update_rounds=3, collapse_rounds=1), progress=False)
+    assert [len(loop["dev_loss"]) for loop in short.loops] == [4, 4, 2]   # the start, then one entry per round
+    with pytest.raises(ValueError, match="collapse_rounds"):
+        ScanConfig(collapse_rounds=0)
 
 
 def test_collapse_term_adds_each_triggers_spread_in_clean_spreads_to_every_score(tokenizer, corpus):

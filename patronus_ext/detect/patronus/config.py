@@ -56,6 +56,9 @@ class ScanConfig(Settings):
       collapse_weight   the collapse loops' objective: SupCon plus this weight x the mean over triggers of
                         their triggered texts' spread (1 - mean pairwise cosine) in clean spreads, counted up
                         to 2 spreads.
+      collapse_rounds   candidate updates per collapse loop (None: update_rounds; fast: 2).  The term ranks
+                        collapsing words near the top of HotFlip's list from the first gradient, so fewer
+                        rounds find them and keep the fast scan in its time budget.
       insert_num        copies of a trigger inserted into each text.
       dev_batches       dev batches (of ``batch_size``) for accepting an update.
       batched_scoring   score candidate sets from cached per-trigger representations in batched
@@ -110,7 +113,7 @@ class ScanConfig(Settings):
     #: and a MiniLM-sized model: short texts, smaller batches, fewer candidate evaluations, stop once two
     #: loops in a row confirm nothing new.
     PROFILES = {"fast": dict(batch_size=8, poison_copies=4, grad_accum=1, update_rounds=4, fuzz_loops=6, patience=2,
-                             num_candidates=4, beam_size=2, dev_batches=1, max_length=32, max_words=24,
+                             collapse_rounds=2, num_candidates=4, beam_size=2, dev_batches=1, max_length=32, max_words=24,
                              corpus_limit=400, verify_texts=48)}
 
     num_triggers: int = 8
@@ -127,6 +130,7 @@ class ScanConfig(Settings):
     shift_weight: float = 1.0
     collapse_loops: int = 1
     collapse_weight: float = 1.0
+    collapse_rounds: int | None = None
     insert_num: int = 3
     dev_batches: int = 6
     batched_scoring: bool = True
@@ -159,6 +163,7 @@ class ScanConfig(Settings):
         check_int("ScanConfig.patience", self.patience, optional=True)
         check_int("ScanConfig.shift_loops", self.shift_loops, 0)
         check_int("ScanConfig.collapse_loops", self.collapse_loops, 0)
+        check_int("ScanConfig.collapse_rounds", self.collapse_rounds, optional=True)
         check_int("ScanConfig.max_words", self.max_words, optional=True)
         check_range("ScanConfig.temperature", self.temperature, 0.0, float("inf"), low_open=True, high_open=True)
         check_range("ScanConfig.shift_weight", self.shift_weight, 0.0, float("inf"), high_open=True)

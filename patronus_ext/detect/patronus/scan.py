@@ -179,12 +179,15 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
     loops: list[dict] = []
     triggered_reps: dict[tuple[int, ...], torch.Tensor] = {}
     verify_seconds, quiet_loops = 0.0, 0
-    bar = tqdm(total=(config.fuzz_loops + config.shift_loops + config.collapse_loops) * config.update_rounds,
-               desc="scan", unit="round", disable=not progress)
+    collapse_rounds = config.collapse_rounds or config.update_rounds
+    bar = tqdm(total=(config.fuzz_loops + config.shift_loops) * config.update_rounds
+               + config.collapse_loops * collapse_rounds, desc="scan", unit="round", disable=not progress)
 
-    def run_loop(loop: int, shift_weight: float = 0.0, collapse_weight: float = 0.0) -> list[TriggerCheck]:
+    def run_loop(loop: int, shift_weight: float = 0.0, collapse_weight: float = 0.0,
+                 rounds: int | None = None) -> list[TriggerCheck]:
         nonlocal vocab, verify_seconds
-        result = search.run_loop(vocab, progress=bar, shift_weight=shift_weight, collapse_weight=collapse_weight)
+        result = search.run_loop(vocab, progress=bar, shift_weight=shift_weight, collapse_weight=collapse_weight,
+                                 rounds=rounds)
         phase = time.perf_counter()
         new = _verify_loop(result, search, verifier, config, loop, seen, checked, triggered_reps)
         verify_seconds += time.perf_counter() - phase
@@ -202,8 +205,8 @@ def scan(model: torch.nn.Module, tokenizer, corpus: Sequence[str], config: ScanC
     # Then loops that also reward moving texts far (words that scatter their texts instead of collapsing them) and
     # loops that reward collapsing texts wherever they go (a target among the clean texts, which SupCon misses).
     extra_loops = ([{"shift_weight": config.shift_weight}] * (config.shift_loops if config.shift_weight > 0 else 0)
-                   + [{"collapse_weight": config.collapse_weight}] * (config.collapse_loops
-                                                                      if config.collapse_weight > 0 else 0))
+                   + [{"collapse_weight": config.collapse_weight, "rounds": collapse_rounds}]
+                   * (config.collapse_loops if config.collapse_weight > 0 else 0))
     for extra, weights in enumerate(extra_loops):
         if len(vocab) < 2:
             break

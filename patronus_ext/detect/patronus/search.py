@@ -356,9 +356,10 @@ class TriggerSearch:
 
     # -- one fuzz loop ---------------------------------------------------------------------
     def run_loop(self, vocab: Vocabulary, progress=None, shift_weight: float = 0.0,
-                 collapse_weight: float = 0.0) -> LoopResult:
-        """One fuzz loop; ``shift_weight`` / ``collapse_weight`` > 0 add the shift / collapse term to its
-        objective (:meth:`shift_term`, :meth:`collapse_term`)."""
+                 collapse_weight: float = 0.0, rounds: int | None = None) -> LoopResult:
+        """One fuzz loop of ``rounds`` candidate updates (None: ``update_rounds``); ``shift_weight`` /
+        ``collapse_weight`` > 0 add the shift / collapse term to its objective (:meth:`shift_term`,
+        :meth:`collapse_term`)."""
         cfg = self.cfg
         self.shift_weight, self.collapse_weight = shift_weight, collapse_weight
         trigger_count = min(cfg.num_triggers, len(vocab))
@@ -373,7 +374,7 @@ class TriggerSearch:
         dev_batches = range(len(self.dev))
         best = float(self.score_sets([vocab.rows[current]], dev_batches)[0])
         history, accepted, scored = [best], 0, 0
-        for round_index in range(cfg.update_rounds):
+        for round_index in range(cfg.update_rounds if rounds is None else rounds):
             # Summed on the model's device: the HotFlip scoring runs there against the embedding table.
             grads = torch.zeros(trigger_count, vocab.rows.shape[1], self.table.shape[1], device=self.table.device)
             for _ in range(cfg.grad_accum):
