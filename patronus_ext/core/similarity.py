@@ -41,13 +41,19 @@ def diff_cos(clean: torch.Tensor, triggered: torch.Tensor) -> float:
     return float(F.cosine_similarity(clean.double(), triggered.double(), dim=1).mean())
 
 
+def batched_pairwise_cos(rows: torch.Tensor) -> torch.Tensor:
+    """``mean_{i != j} cos(rows_i, rows_j)`` over the last-but-one axis of ``[..., N, d]`` (N >= 2) -> ``[...]``,
+    in O(N d) as ``(||sum_i u_i||^2 - N) / (N (N - 1))``, ``u_i = rows_i / ||rows_i||``; in the input's dtype and
+    differentiable (the search's collapse term), batched over the leading axes."""
+    count = rows.shape[-2]
+    total = F.normalize(rows, dim=-1).sum(-2)
+    return ((total * total).sum(-1) - count) / (count * (count - 1))
+
+
 def poison_cos(triggered: torch.Tensor) -> float:
     """``mean_{i != j} cos(triggered_i, triggered_j)`` of ``[N, d]`` (N >= 2) in O(N d), in float64."""
     _check_rows("triggered", triggered, 2)
-    unit = F.normalize(triggered.double(), dim=1)
-    n = unit.shape[0]
-    total = unit.sum(0)
-    return float((total @ total - n) / (n * (n - 1)))
+    return float(batched_pairwise_cos(triggered.double()))
 
 
 def representation_shift(clean: torch.Tensor, triggered: torch.Tensor) -> tuple[float, float]:

@@ -113,8 +113,8 @@ class ScanConfig(Settings):
     #: and a MiniLM-sized model: short texts, smaller batches, fewer candidate evaluations, stop once two
     #: loops in a row confirm nothing new.
     PROFILES = {"fast": dict(batch_size=8, poison_copies=4, grad_accum=1, update_rounds=4, fuzz_loops=6, patience=2,
-                             collapse_rounds=2, num_candidates=4, beam_size=2, dev_batches=1, max_length=32, max_words=24,
-                             corpus_limit=400, verify_texts=48)}
+                             collapse_rounds=2, num_candidates=4, beam_size=2, dev_batches=1, max_length=32,
+                             max_words=24, corpus_limit=400, verify_texts=48)}
 
     num_triggers: int = 8
     batch_size: int = 16

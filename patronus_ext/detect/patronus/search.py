@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ... import ops
+from ...core.similarity import batched_pairwise_cos
 from ...core.similarity import poison_cos as mean_pairwise_cos
 from ...data.triggers import TriggeredBatch, insert_token_triggers, sample_gaps
 from ...lm.adapter import ModelAdapter
@@ -116,11 +117,8 @@ def mean_shift(triggered: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
 
 
 def group_spread(rows: torch.Tensor) -> torch.Tensor:
-    """``1 - mean pairwise cosine`` over the last-but-one axis: ``rows [..., B, d]`` (B >= 2) -> ``[...]``, in
-    ``O(B d)`` as ``1 - (||sum of unit rows||^2 - B) / (B (B - 1))``."""
-    count = rows.shape[-2]
-    total = F.normalize(rows, dim=-1).sum(-2)
-    return 1.0 - ((total * total).sum(-1) - count) / (count * (count - 1))
+    """``1 - mean pairwise cosine`` over the last-but-one axis: ``rows [..., B, d]`` (B >= 2) -> ``[...]``."""
+    return 1.0 - batched_pairwise_cos(rows)
 
 
 def clean_spread(clean: torch.Tensor) -> float:
