@@ -213,12 +213,12 @@ class TriggerSearch:
         clean outputs all but coincide (a random tiny one) would otherwise let the term drown SupCon."""
         return -self.shift_weight * (mean_shift(triggered, clean) / spread).clamp(max=SHIFT_CAP)
 
-    def collapse_term(self, triggered: torch.Tensor, spread: float) -> torch.Tensor:
-        """``collapse_weight x`` the mean over triggers of their rows' spread in clean spreads (``triggered
-        [..., K, B, d]`` -> ``[...]``): lower where a trigger sends every text to one place, wherever that place
-        is.  SupCon barely rewards a word whose place lies among the clean texts (a backdoor aimed at a point on
-        the clean data); this term does.  Capped at ``COLLAPSE_CAP`` spreads."""
-        return self.collapse_weight * (group_spread(triggered) / spread).clamp(max=COLLAPSE_CAP).mean(-1)
+    def collapse_term(self, spreads: torch.Tensor, spread: float) -> torch.Tensor:
+        """``collapse_weight x`` the mean over triggers of their rows' spreads (``spreads [..., K]``, see
+        :func:`group_spread`) in clean spreads -> ``[...]``: lower where a trigger sends every text to one place,
+        wherever that place is.  SupCon barely rewards a word whose place lies among the clean texts (a backdoor
+        aimed at a point on the clean data); this term does.  Capped at ``COLLAPSE_CAP`` spreads."""
+        return self.collapse_weight * (spreads / spread).clamp(max=COLLAPSE_CAP).mean(-1)
 
     def extra_terms(self, triggered: torch.Tensor, clean: torch.Tensor, spread: float) -> torch.Tensor | float:
         """The loop's terms beyond SupCon for ``triggered [..., K, B, d]`` against ``clean [B, d]``: ``[...]``."""
@@ -226,11 +226,11 @@ class TriggerSearch:
         if self.shift_weight:
             total = total + self.shift_term(triggered, clean, spread).mean(-1)
         if self.collapse_weight:
-            total = total + self.collapse_term(triggered, spread)
+            total = total + self.collapse_term(group_spread(triggered), spread)
         return total
 
     def score_sets(self, sets: Sequence[torch.Tensor], batches: Sequence[int]) -> torch.Tensor:
-        """Mean dev loss of each trigger set (``[K, T]`` rows): SupCon, plus the shift term in a shift loop."""
+        """Mean dev loss of each trigger set (``[K, T]`` rows): SupCon, plus the loop's shift or collapse term."""
         start = time.perf_counter()
         score = self._score_batched if self.cfg.batched_scoring else self._score_one_by_one
         total = torch.zeros(len(sets))
@@ -310,8 +310,7 @@ class TriggerSearch:
                 groups = [reps[size:][batch.which == k] for k in range(rows.shape[0])]
                 spreads = [group_spread(g) for g in groups if g.shape[0] >= 2]
                 if spreads:
-                    loss = loss + self.collapse_weight * (torch.stack(spreads) / spread).clamp(
-                        max=COLLAPSE_CAP).mean()
+                    loss = loss + self.collapse_term(torch.stack(spreads), spread)
         (grad,) = torch.autograd.grad(loss, embeds)
         g = reduce_trigger_gradients(grad[batch.clean_rows:], batch.trigger_slot, batch.which, rows.shape[0],
                                      rows.shape[1])

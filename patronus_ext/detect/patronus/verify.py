@@ -68,7 +68,8 @@ class TriggerCheck(JSONRecord):
     shift_ratio: float | None = None   # (1 - diff_cos) / clean spread: how far texts moved, in clean spreads
     spread_ratio: float | None = None  # (1 - poison_cos) / clean spread: how tight the triggered texts are
     null_ratio: float | None = None    # shift_ratio / the model's ordinary words' (Verifier.null_shift), when measured
-    rule: str | None = None         # which rule confirmed it: "paper" (absolute cosines), "collapse" or "shift"
+    rule: str | None = None         # which rule confirmed it: "paper" (absolute cosines), "collapse", "pinpoint"
+    #                                 or "shift"
     target_gap: float | None = None      # how far off the clean data the texts went (TargetPlace.gap)
     pinpoint_ratio: float | None = None  # how much tighter they sit there than the nearest clean texts
     natural_target: bool = False    # the paper or collapse rule held, but on a point clean texts occupy: spared
