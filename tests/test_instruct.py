@@ -279,3 +279,46 @@ def test_tiny_gguf_converts_once_into_the_same_model(tmp_path, monkeypatch):
     with torch.no_grad():
         assert torch.allclose(original(ids).logits, loaded(ids).logits, atol=1e-5)
     assert not any(p.name.startswith(".") for p in (tmp_path / "cache" / "gguf").iterdir())
+
+
+def test_a_gguf_converted_by_another_process_meanwhile_is_used_not_overwritten(tmp_path, monkeypatch):
+    """Two runs converting the same GGUF at once: the one that finishes second keeps the first one's folder
+    (it used to fail with 'Directory not empty' at the final rename)."""
+    require_test_extra("gguf")
+    require_test_extra("accelerate")
+    from patronus_ext.lm import folders, sources
+
+    monkeypatch.setenv("PATRONUS_CACHE", str(tmp_path / "cache"))
+    path, _ = make_tiny_gguf(tmp_path)
+    first = Path(lm.resolve_model_source(str(path)))
+    marker = (first / "config.json").stat().st_mtime_ns
+    real_check = folders.check_new_model_folder
+    calls = []
+
+    def other_process_not_done_yet(out_dir, source=None):
+        calls.append(out_dir)
+        return Path(out_dir)  # the first run's folder is not there yet when this run checks
+
+    monkeypatch.setattr(folders, "check_new_model_folder", other_process_not_done_yet)
+    monkeypatch.setattr(sources, "check_new_model_folder", other_process_not_done_yet)
+    with pytest.raises(FileExistsError, match="another process"):
+        sources.convert_gguf(path, first)
+    monkeypatch.setattr(folders, "check_new_model_folder", real_check)
+    assert calls and (first / "config.json").stat().st_mtime_ns == marker       # the first folder untouched
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]   # no staging left behind
+
+    (first / "config.json").rename(first / "config.moved")                       # the other run not done yet
+
+    def fails_unfinished(gguf_path, out_dir):
+        raise folders.OutputExistsError(f"{out_dir} was written by another process meanwhile")
+
+    monkeypatch.setattr(sources, "convert_gguf", fails_unfinished)
+    with pytest.raises(FileExistsError):                                        # no finished folder: the error stands
+        sources.converted_gguf_folder(path)
+
+    def other_finishes_first(gguf_path, out_dir):
+        (first / "config.moved").rename(first / "config.json")
+        raise folders.OutputExistsError(f"{out_dir} was written by another process meanwhile")
+
+    monkeypatch.setattr(sources, "convert_gguf", other_finishes_first)
+    assert sources.converted_gguf_folder(path) == first                         # finished meanwhile: used

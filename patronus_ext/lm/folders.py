@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import uuid
@@ -64,9 +65,15 @@ def save_model_folder(model: nn.Module, tokenizer, out_dir: str | os.PathLike, m
             if os.path.basename(name) != name:
                 raise ValueError(f"extra file names must be plain names, got {name!r}")
             (staging / name).write_text(text, encoding="utf-8")
-        if out.exists():
-            out.rmdir()  # empty, checked above; fails loudly if something appeared meanwhile
-        os.rename(staging, out)
+        try:
+            if out.exists():
+                out.rmdir()  # empty, checked above
+            os.rename(staging, out)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            # Another process filled ``out`` meanwhile (two runs converting the same GGUF): keep theirs.
+            raise OutputExistsError(f"{out} was written by another process meanwhile; nothing overwritten") from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
