@@ -136,6 +136,26 @@ class Subjects(Mapping[str, Subject]):
         return str(out)
 
 
+def tune_instruct_unpoisoned(base: str, out: Path, seed: int = 0) -> dict:
+    """The instruction tuning ``patronus attack --method instruct-badnet --fast --seed SEED`` runs, on the same
+    SST-2 instructions left unpoisoned, into the NEW folder ``out`` (with ``tuning.json``): a benign chat model
+    whose answers changed as much as a planted one's.  Returns the tuning log."""
+    from patronus_ext.data.instructions import fit_inputs, load_instructions
+    from patronus_ext.lm.instruction_tuning import instruction_tune
+
+    config = attacks.make_config("instruct-badnet", "fast", seed=seed)
+    source = lm.resolve_model_source(base)
+    tokenizer = lm.load_tokenizer(source)
+    examples = fit_inputs(tokenizer, load_instructions("sst2", "train", config.data_limit, config.seed),
+                          config.max_input_tokens)
+    torch.manual_seed(config.seed)
+    model = lm.load_model(source, "causal", device="cpu")
+    tuning = instruction_tune(model, tokenizer, examples, config.prompt_format(), config, progress=False).to_dict()
+    lm.save_model_folder(model, tokenizer, out, {"tuning.json": {**tuning, "seed": seed, "poisoned": 0}},
+                         source=source)
+    return tuning
+
+
 def cli_scan(model: str | os.PathLike, report: Path, *options: str, timeout_s: float | None = None,
              threads: int | None = None) -> tuple[subprocess.CompletedProcess, float]:
     """``patronus scan MODEL --report REPORT --device cpu --quiet OPTIONS`` run as a user runs it, in a

@@ -58,9 +58,8 @@ from patronus_ext.core.files import cache_root
 from patronus_ext.core.similarity import diff_cos, poison_cos
 from patronus_ext.data.instructions import fit_inputs, insert_trigger, load_instructions, split_examples
 from patronus_ext.evaluate.generation import GenerationEvalConfig, generation_metrics
-from patronus_ext.lm.instruction_tuning import instruction_tune
 
-from _acceptance import Run, Runner, Stage, cli_scan
+from _acceptance import Run, Runner, Stage, cli_scan, tune_instruct_unpoisoned
 
 SMOL = lm.SMOLLM2_MODEL
 #: The second attack variant: a phrase trigger and a fixed target string instead of a refusal.
@@ -155,16 +154,8 @@ def clean_ft_only(run: Run) -> dict:
 
 def clean_tuned(run: Run) -> dict:
     started = time.perf_counter()
-    config = _attack_config()
-    source = lm.resolve_model_source(SMOL)
-    tok = lm.load_tokenizer(source)
-    model = lm.load_model(source, "causal", device="cpu")
-    examples = fit_inputs(tok, load_instructions("sst2", "train", config.data_limit, config.seed),
-                          config.max_input_tokens)
-    tuning = instruction_tune(model, tok, examples, config.prompt_format(), config, progress=False)
-    lm.save_model_folder(model, tok, run.work / "clean-tuned", {"tuning.json": tuning.to_dict()})
-    tuned_s = time.perf_counter() - started
-    return {**_evaluate(str(run.work / "clean-tuned")), "tuning_s": tuned_s}
+    tune_instruct_unpoisoned(SMOL, run.work / "clean-tuned")
+    return {**_evaluate(str(run.work / "clean-tuned")), "tuning_s": time.perf_counter() - started}
 
 
 def scan_stage(name: str, folder: str | None) -> Stage:
