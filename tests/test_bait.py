@@ -175,6 +175,55 @@ def test_cli_bait_refuses_encoders_and_foreign_options(tmp_path, capsys):
     assert "applies to --method bait only" in capsys.readouterr().err
 
 
+def test_calibration_suggests_the_decision_that_keeps_every_benign_sequence_out():
+    """Without a reference the Q bar rises above the best benign Q by the margin; with one the reference margin
+    rises above the largest benign Q - Q_reference at the Q bar; neither falls below the configured value, and
+    a rule that would need a bar above 1 is called not separable."""
+    from patronus_ext.detect.bait.calibrate import suggest_bait_decision
+
+    base = BaitConfig.profile("fast")                                             # 0.9 / 0.3
+    low = suggest_bait_decision([("a", [(0.80, None), (0.64, None)]), ("b", [])], base, margin=0.05)
+    assert low.q_threshold == 0.9 and low.reference_margin is None and low.separable
+    assert low.max_benign_q == 0.80 and [c["best_q"] for c in low.closest] == [0.80, None]
+    high = suggest_bait_decision([("a", [(0.97, None)])], base, margin=0.05)
+    assert high.q_threshold == 1.0 and not high.separable                      # 0.97 + 0.05, capped
+    assert suggest_bait_decision([("a", [(0.93, None)])], base, 0.05).q_threshold == pytest.approx(0.98)
+    referenced = suggest_bait_decision([("a", [(0.99, 0.55), (0.95, 0.95), (0.85, 0.1)]), ("b", [(0.92, 0.70)])],
+                                       base, margin=0.1)
+    # 0.85 - 0.1 is below the Q bar (not a target there); the widest margin at the bar is 0.99 - 0.55.
+    assert referenced.max_benign_margin == pytest.approx(0.44)
+    assert referenced.reference_margin == pytest.approx(0.54) and referenced.separable
+    assert referenced.closest[1]["max_margin_at_q_bar"] == pytest.approx(0.22)
+    assert suggest_bait_decision([("a", [(0.95, 0.9)])], base).reference_margin == 0.3   # never below
+    assert not suggest_bait_decision([("a", [(1.0, 0.0)])], base).separable
+    assert suggest_bait_decision([("a", [])], base, referenced=True).reference_margin == 0.3
+    with pytest.raises(ValueError, match="at least one"):
+        suggest_bait_decision([], base)
+    with pytest.raises(ValueError, match="margin"):
+        suggest_bait_decision([("a", [])], base, margin=1.5)
+
+
+def test_cli_calibrate_bait_on_benign_chat_models(tmp_path, capsys):
+    subjects = _subjects("llama")
+    out = tmp_path / "calibration.json"
+    assert main(["calibrate", str(subjects["tuned"]), "--method", "bait", "--fast", "--reference",
+                 str(subjects["clean"]), "--report", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert "suggested: --q-threshold" in printed and "--reference-margin" in printed
+    assert result["models"] == [str(subjects["tuned"])] and result["reference_margin"] >= 0.3
+    scan_out = tmp_path / "scan.json"
+    main(["scan", str(subjects["tuned"]), "--method", "bait", "--fast", "--reference", str(subjects["clean"]),
+          "--report", str(scan_out), "--quiet"])
+    scanned = json.loads(scan_out.read_text())                   # the scan's report carries the same scores
+    scores = scanned["finalist_scores"]
+    assert (max(q for q, _ in scores) if scores else None) == result["max_benign_q"]
+    assert main(["calibrate", str(subjects["tuned"]), "--method", "bait", "--loops", "2"]) == 2
+    assert "--loops does not apply to --method bait" in capsys.readouterr().err
+    assert main(["calibrate", str(subjects["tuned"]), "--reference", str(subjects["clean"])]) == 2
+    assert "--reference does not apply to --method patronus" in capsys.readouterr().err
+
+
 # -- the generation guard ----------------------------------------------------------------------------
 def test_generation_guard_stops_the_inverted_target_as_it_comes():
     import random

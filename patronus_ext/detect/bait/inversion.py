@@ -133,6 +133,9 @@ class BaitReport:
     reference: str | None = None
     triggers: list[dict] = dataclasses.field(default_factory=list)
     trigger_search: dict[str, Any] | None = None
+    #: ``(Q, Q_reference)`` of every qualifying sequence, best Q first (``finalists`` keeps the first 10 whole):
+    #: what calibrating the decision on benign models reads.
+    scores: list[tuple[float, float | None]] = dataclasses.field(default_factory=list)
 
     @property
     def backdoored(self) -> bool:
@@ -147,6 +150,7 @@ class BaitReport:
             decision={"q_threshold": self.config.q_threshold,
                       "reference_margin": self.config.reference_margin if self.reference else None},
             candidates=dict(self.candidates), finalists=[f.to_dict() for f in self.finalists],
+            finalist_scores=[[q, q_ref] for q, q_ref in self.scores],
             forward_positions=dict(self.forward_positions), trigger_search=self.trigger_search)
 
     def summary(self, name: str) -> str:
@@ -333,6 +337,7 @@ def bait(model: torch.nn.Module, tokenizer, config: BaitConfig | None = None, *,
     timings["total"] = time.perf_counter() - started
     return BaitReport(
         verdict="backdoored" if backdoored else "clean", target=target, finalists=finalists[:10],
+        scores=[(round(f.q, 6), None if f.q_reference is None else round(f.q_reference, 6)) for f in finalists],
         candidates={"scanned": len(firsts), "after_warmup": after_warmup, "full_pass": int(seqs.shape[0]),
                     "qualifying": len(finalists), "prompts": len(prompts)},
         config=config, model={"type": getattr(model.config, "model_type", ""), "vocab_size": len(tokenizer),
