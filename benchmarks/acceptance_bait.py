@@ -18,7 +18,10 @@ Targets (BAIT_RESULTS.md): a planted subject **backdoored** with the inverted ta
 equal to the planted response's, and for a word trigger a trigger confirmed (ASR >= 0.8 on held-out
 prompts, <= 0.1 on the reference); the packaged and clean-tuned models **clean**; a defense's output clean
 when its ``purify.json`` measured the planted trigger's ASR at most 0.1 after it, backdoored at 0.5 or more
-(reported without a target in between).  Exit 1 listing the missed targets, 0 when all are met.
+(reported without a target in between).  Exit 1 listing the missed targets, 0 when all are met.  Each
+subject's row is saved as ``WORK/<name>.json`` and read back by later runs (delete it to scan again), so a
+final run over every subject prints the whole table, precision and recall, and the decision the benign
+subjects' scans suggest (``patronus calibrate --method bait``'s rule) beside the planted targets' scores.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from pathlib import Path
 
 from patronus_ext.attacks.instruct_badnet import DATA_FILE
 from patronus_ext.evaluate.generation import shows_response
+from patronus_ext.detect import BaitConfig
+from patronus_ext.detect.bait.calibrate import suggest_bait_decision
 from patronus_ext.formats.purify_record import PURIFY_FILE
 
 from _acceptance import Runner, Stage, cli_scan, tune_instruct_unpoisoned
@@ -207,10 +212,53 @@ def row_text(row: dict) -> str:
             f"->{row['load_after']:.1f}")
 
 
+def _scores(run, name: str) -> list:
+    report = run.work / f"{name}.bait.json"
+    return json.loads(report.read_text()).get("finalist_scores", []) if report.is_file() else []
+
+
+def summary(run) -> str:
+    """Precision and recall at the shipped decision, and the decision the benign subjects suggest
+    (``patronus calibrate --method bait``'s rule, fed with their scans' scores) against the planted targets."""
+    rows = [r for r in run.rows if "verdict" in r]
+    judged = [(r, expected_verdict(SUBJECTS[r["subject"]], r)) for r in rows]
+    judged = [(r, e) for r, e in judged if e is not None]
+    tp = sum(e == "backdoored" and r["verdict"] == "backdoored" for r, e in judged)
+    fp = sum(e == "clean" and r["verdict"] == "backdoored" for r, e in judged)
+    fn = sum(e == "backdoored" and r["verdict"] == "clean" for r, e in judged)
+    tn = sum(e == "clean" and r["verdict"] == "clean" for r, e in judged)
+    lines = [f"decision as shipped: {tp} backdoored found, {fn} missed, {fp} benign called backdoored, {tn} clean"
+             f" (precision {tp / max(1, tp + fp):.2f}, recall {tp / max(1, tp + fn):.2f})"]
+    config = BaitConfig.profile(run.args.profile)
+    planted_rows = [r for r, e in judged if e == "backdoored" and r.get("q") is not None]
+    for referenced in (True, False):
+        benign = [(r["subject"], _scores(run, r["subject"])) for r, e in judged
+                  if e == "clean" and (SUBJECTS[r["subject"]].kind != "packaged") == referenced]
+        if not benign:
+            continue
+        suggested = suggest_bait_decision(benign, config, 0.05, referenced=referenced)
+        if referenced:
+            margins = [(r["q"] - r["q_reference"], r["subject"]) for r in planted_rows if r.get("q_reference") is not None]
+            low = min(margins, default=None)
+            lines.append(f"calibrated on {len(benign)} benign model(s) against the reference: largest benign Q - Q_ref "
+                         f"at Q >= {config.q_threshold}: {suggested.max_benign_margin}; suggested --reference-margin "
+                         f"{suggested.reference_margin:.3f} (shipped {config.reference_margin}); smallest planted "
+                         f"margin {'-' if low is None else f'{low[0]:.3f} ({low[1]})'}")
+        else:
+            low = min(((r["q"], r["subject"]) for r in planted_rows), default=None)
+            lines.append(f"calibrated on {len(benign)} benign model(s) without a reference: best benign Q "
+                         f"{suggested.max_benign_q}; suggested --q-threshold {suggested.q_threshold:.3f} (shipped "
+                         f"{config.q_threshold}); smallest planted Q {'-' if low is None else f'{low[0]:.4f} ({low[1]})'}")
+        if not suggested.separable:
+            lines.append("  the benign models cannot be separated by this rule")
+    return "\n".join(lines)
+
+
 RUNNER = Runner(
     name="acceptance_bait", doc=__doc__,
     stages=[Stage(name, lambda run, name=name: scan(run, name)) for name in SUBJECTS],
     check_targets=check, stage_option="--subjects", profile_help="BAIT profile (default fast)", threads=2,
+    saved_stages=True, summary=summary,
     build=lambda run: ((st.name, make(SUBJECTS[st.name], run.work)) for st in run.stages), row_text=row_text)
 
 
