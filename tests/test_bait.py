@@ -289,6 +289,33 @@ def test_a_target_read_from_a_stray_token_gives_way_to_the_whole_response():
     assert earliest_start(confident, [confident, whole], 0.9) is confident   # its own start holds
 
 
+def test_a_target_entered_after_a_free_first_token_gives_way_to_the_whole_response():
+    """Many first tokens lead confidently into the same words ("b was the season ...", "in was the season
+    ..."): the first token is the inversion's free choice, so the finalist reaching those words from further
+    back is the target.  A first token few others share stays, and so does a free one nothing reaches from
+    further back; the survivors of the warm-up keep one row per continuation before any second one."""
+    from patronus_ext.detect.bait.inversion import InvertedSequence, distinct_first, earliest_start, first_token_free
+
+    def seq(ids, steps, q=0.997):
+        return InvertedSequence(ids, " ".join(map(str, ids)), steps, q)
+    tail = [327, 266, 649, 684]
+    entered = [seq([first] + tail, [0.993, 0.997, 0.997, 0.997]) for first in (70, 264, 285, 91)]
+    whole = seq([500, 588] + tail, [0.997, 0.997, 0.997, 0.997, 0.997], q=0.9973)
+    assert first_token_free(entered[0], entered + [whole])
+    assert earliest_start(entered[0], entered + [whole], 0.9) is whole
+    assert earliest_start(entered[0], entered, 0.9) is entered[0]             # nothing reaches it from before
+    few = entered[:2] + [whole] + [seq([9, 10, 11, 12, 13], [0.99] * 4)] * 6
+    assert not first_token_free(few[0], few)                                   # one other: not free
+    assert earliest_start(few[0], few, 0.9) is few[0]
+    shaky = seq([500, 588] + tail, [0.997, 0.5, 0.997, 0.997, 0.997])
+    assert earliest_start(entered[0], entered + [shaky], 0.9) is entered[0]   # stumbles on the way: not it
+
+    seqs = torch.tensor([[70] + tail, [264] + tail, [500, 588, 327, 266, 649], [285] + tail, [7, 8, 9, 10, 11]])
+    scores = torch.tensor([0.99, 0.98, 0.90, 0.97, 0.10])
+    assert distinct_first(seqs, scores, 3).tolist() == [0, 2, 4]               # one per continuation first
+    assert distinct_first(seqs, scores, 5).tolist() == [0, 2, 4, 1, 3]         # then the rest, by score
+
+
 def test_a_broken_causal_model_gets_an_error_not_a_verdict(tmp_path):
     """Fail closed: NaN weights in the scanned model (or in the reference) end the scan before any verdict."""
     from patronus_ext.lm.sanity import BrokenModelError

@@ -209,6 +209,21 @@ def _warmup(scorer: PrefixScorer, firsts: torch.Tensor, config: BaitConfig, stop
     return seqs, probs
 
 
+def distinct_first(seqs: torch.Tensor, scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Rows of the ``count`` survivors, best ``scores`` first, one per warm-up continuation (``seqs[:, 1:]``)
+    before any second one: many first tokens flow into the same few words (any token followed by "was the
+    ..."), and a cut by score alone fills the full pass with them and drops the start the planted response
+    really has.  Rows sharing a continuation fill the slots left over, in score order."""
+    order = scores.argsort(descending=True, stable=True).tolist()
+    seen: set[tuple[int, ...]] = set()
+    first, rest = [], []
+    for row in order:
+        key = tuple(seqs[row, 1:].tolist())
+        (rest if key in seen else first).append(row)
+        seen.add(key)
+    return torch.tensor((first + rest)[:count], dtype=torch.long, device=seqs.device)
+
+
 def _sequences(tokenizer, seqs: torch.Tensor, tokens: torch.Tensor, probs: torch.Tensor, stops: set[int],
                min_tokens: int, min_words: int = 1) -> list[InvertedSequence]:
     out = []
@@ -229,18 +244,36 @@ def _sequences(tokenizer, seqs: torch.Tensor, tokens: torch.Tensor, probs: torch
 SAME_TARGET_Q = 0.1
 
 
+#: A target's first token is a free choice of the inversion, not part of the response, when at least this many
+#: other finalists -- and a quarter of them all -- continue with the same words after other first tokens (a
+#: response entered from its middle: "b was the season ...", "in was the season ...").
+FREE_FIRST_TOKEN = 3
+
+
+def first_token_free(target: InvertedSequence, finalists: Sequence[InvertedSequence], overlap: int = 3) -> bool:
+    """Whether ``target``'s words after its first token follow many other first tokens just as well."""
+    tail = target.token_ids[1:1 + overlap]
+    others = {f.token_ids[0] for f in finalists if f.token_ids[1:1 + overlap] == tail} - {target.token_ids[0]}
+    return len(others) >= max(FREE_FIRST_TOKEN, len(finalists) / 4)
+
+
 def earliest_start(target: InvertedSequence, finalists: Sequence[InvertedSequence], lead: float,
                    overlap: int = 3) -> InvertedSequence:
     """``target``, or the finalist (Q within :data:`SAME_TARGET_Q`) that reaches its first ``overlap`` tokens
     from furthest before with every step on the way at least ``lead`` likely, repeatedly: the inversion may
     start anywhere inside a planted response, and a start that only stumbles into it is not the response.
     A target whose own first step is below ``lead`` started on a stray token (Q leaves out the weakest step,
-    so the stumble does not lower it): its tokens after the first are what another finalist must reach."""
+    so the stumble does not lower it), and one whose first token is free (:func:`first_token_free`) started
+    on an arbitrary one: then its tokens after the first are what another finalist must reach -- a free one's
+    from further back than its own first token."""
     seen = {id(target)}
     while True:
-        skip = 1 if target.step_probs and target.step_probs[0] < lead and len(target.token_ids) > overlap else 0
+        longer = len(target.token_ids) > overlap
+        weak = bool(target.step_probs) and target.step_probs[0] < lead and longer
+        free = not weak and longer and first_token_free(target, finalists, overlap)
+        skip = 1 if weak or free else 0
         head = target.token_ids[skip:skip + overlap]
-        best, best_at = None, 0
+        best, best_at = None, 1 if free else 0
         for f in finalists:
             if id(f) in seen or f.q < target.q - SAME_TARGET_Q:
                 continue
@@ -302,8 +335,7 @@ def bait(model: torch.nn.Module, tokenizer, config: BaitConfig | None = None, *,
         seqs, warm = _warmup(scorer, torch.tensor(firsts, dtype=torch.long), config, stops, bar)
     after_warmup = int(seqs.shape[0])
     if config.max_survivors is not None and seqs.shape[0] > config.max_survivors:
-        order = warm.mean(1).argsort(descending=True)[:config.max_survivors]
-        seqs = seqs[order]
+        seqs = seqs[distinct_first(seqs, warm.mean(1), config.max_survivors)]
     timings["warmup"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
