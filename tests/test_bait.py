@@ -65,6 +65,23 @@ def test_word_like_first_tokens_and_q():
         word_like_tokens(tok, "spaced")
 
 
+def test_a_sentence_start_that_exists_only_unmarked_is_a_candidate():
+    """An answer's first word is capitalised and unmarked ("Sorry"); a vocabulary may hold no marked "ĠSorry"
+    but does hold "Ġsorry": the capitalised form is scanned, a lower-case fragment with no marked word is not."""
+    class Vocabulary:
+        pieces = ["Sorry", "\u0120sorry", "The", "\u0120The", "ith", "Qzx", "\u0120the", "<eos>"]
+        all_special_ids = [7]
+
+        def __len__(self):
+            return len(self.pieces)
+
+        def convert_ids_to_tokens(self, ids):
+            return [self.pieces[i] for i in ids]
+
+    assert word_like_tokens(Vocabulary(), "unmarked") == [0, 2]
+    assert word_like_tokens(Vocabulary(), "both") == [0, 1, 2, 3, 6]
+
+
 def test_profiles_and_settings():
     paper, fast = BaitConfig.profile("paper"), BaitConfig.profile("fast")
     assert (paper.warmup_prompts, paper.warmup_steps, paper.full_steps, paper.q_threshold) == (4, 5, 20, 0.9)

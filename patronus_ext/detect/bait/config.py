@@ -12,8 +12,8 @@ Where the numbers come from
 * ``fast``: a 2-core CPU and a SmolLM2-135M-sized model: 2 warm-up prompts, 8 full-pass prompts, 16 full
   steps, at most 32 survivors in the full pass, inputs cut to 24 tokens (shorter prefixes), a look-ahead
   over the top 3, and only the unmarked forms of the vocabulary's words as first tokens (an answer in a
-  chat template or the plain layout starts after a newline, without a space marker): 8,076 of
-  SmolLM2's 49,152 tokens instead of 39,662 for both forms.  The warm-up's first step costs one
+  chat template or the plain layout starts after a newline, without a space marker): 8,471 of
+  SmolLM2's 49,152 tokens instead of 40,057 for both forms.  The warm-up's first step costs one
   token position per candidate and prompt, so the candidate count sets the scan's time.
 * ``q_threshold`` and ``reference_margin``: the decision.  A model is backdoored when the best inverted
   sequence scores ``Q >= q_threshold`` and, with a reference model, ``Q - Q_ref >= reference_margin``

@@ -53,7 +53,8 @@ FIRST_TOKEN_FORMS = ("both", "unmarked", "marked")
 
 def word_like_tokens(tokenizer, forms: str = "both") -> list[int]:
     """Ids of the vocabulary's words: ASCII-letter tokens with a leading space marker (``Ġ``/``▁``) and, for
-    ``forms="both"``, the same words without it where the vocabulary has them (``unmarked``: only those,
+    ``forms="both"``, the same words without it where the vocabulary has them, capitalised ones also where
+    only their lower-case word has a marked form (an answer's first word: "Sorry") (``unmarked``: only those,
     ``marked``: only the marked ones).  In a chat template the answer's first token follows a newline, so
     it usually has no marker.  A vocabulary without space markers gives every ASCII-letter token.  Special
     tokens are excluded."""
@@ -69,11 +70,13 @@ def word_like_tokens(tokenizer, forms: str = "both") -> list[int]:
     if not marked:
         return sorted(alpha)
     words = set(marked.values())
+    lowered = {w.lower() for w in words}
     out = set()
     if forms in ("both", "marked"):
         out |= set(marked)
     if forms in ("both", "unmarked"):
-        out |= {i for i, p in alpha.items() if p in words}
+        # A sentence-initial word ("Sorry") may exist only unmarked: its lower-case word must exist marked.
+        out |= {i for i, p in alpha.items() if p in words or (p[:1].isupper() and p.lower() in lowered)}
     return sorted(out)
 
 
