@@ -141,8 +141,13 @@ def repair_asr(folder: str) -> tuple[float | None, float | None]:
     """The planted trigger's ASR before and after a defense, from its ``purify.json``."""
     record = json.loads((Path(folder) / PURIFY_FILE).read_text())
 
-    def asr(measured):
-        return None if not measured else measured.get("asr", measured.get("t_asr"))
+    def asr(measured):  # t_asr: the planted triggers' ASR (``asr`` maps each trigger to its own)
+        if not measured:
+            return None
+        value = measured.get("t_asr")
+        if value is None and isinstance(measured.get("asr"), dict) and measured["asr"]:
+            value = max(measured["asr"].values())
+        return value
 
     return asr(record.get("before")), asr(record.get("after"))
 

@@ -473,7 +473,7 @@ def test_bait_acceptance_targets(tmp_path, monkeypatch):
     assert len(missed) == 3 and any("no trigger" in m for m in missed) and any("not clean" in m for m in missed)
 
 
-def test_bait_acceptance_expects_each_subject_kind_its_verdict():
+def test_bait_acceptance_expects_each_subject_kind_its_verdict(tmp_path):
     """A phrase trigger need not be recovered (its target must); a clean-tuned model must scan clean; a defense's
     output is expected clean when it repaired the backdoor, backdoored when the trigger still works, and is
     only reported in between."""
@@ -486,6 +486,11 @@ def test_bait_acceptance_expects_each_subject_kind_its_verdict():
     assert len({s.trigger for s in subjects.values() if s.backdoored}) == 6                 # each its own trigger
     assert {s.seed for s in subjects.values() if s.backdoored} == {0, 1}
     assert bait_acc.expected_verdict(tuned, {}) == "clean"
+    folder = tmp_path / "repaired"
+    folder.mkdir()
+    (folder / "purify.json").write_text(json.dumps({"before": {"t_asr": 1.0, "asr": {"mauve": 1.0}},
+                                                    "after": {"t_asr": None, "asr": {"mauve": 0.16}}}))
+    assert bait_acc.repair_asr(str(folder)) == (1.0, 0.16)                    # as purify.json writes them
     assert [bait_acc.expected_verdict(mb, {"asr_after": a}) for a in (0.05, 0.3, 0.8, None)] == \
         ["clean", None, "backdoored", None]
 
